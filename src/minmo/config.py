@@ -1,0 +1,410 @@
+"""Configuration dataclasses for every minmo part, and strict YAML <-> dataclass conversion.
+
+Every config is a plain dataclass. YAML files map onto them one to one; loading is strict:
+an unknown key, a missing required key or a value of the wrong type raises :class:`ConfigError`
+naming the file, the dotted key and what was expected.
+
+Model presets live in ``minmo/configs/model/<name>.yaml`` (the repository's top-level
+``configs/`` folder is the same directory), so ``load_model_config("tiny")`` and
+``load_model_config("configs/model/tiny.yaml")`` give the same object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. The message names file, key and fix."""
+
+
+# --------------------------------------------------------------------------------------
+# Model parts
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrontendConfig:
+    """Audio front end: 16 kHz waveform -> encoder input features.
+
+    ``kind="sensevoice"``: kaldi fbank (25 ms / 10 ms, ``n_mels`` bins) stacked by LFR
+    (``lfr_m`` frames every ``lfr_n``) -> ``n_mels * lfr_m`` dims at 100/lfr_n Hz.
+    ``kind="whisper"``: Whisper log-mel (``n_mels`` bins, 100 Hz), padded to 30 s.
+    """
+
+    kind: Literal["sensevoice", "whisper"] = "sensevoice"
+    sample_rate: int = 16000
+    n_mels: int = 80
+    lfr_m: int = 7
+    lfr_n: int = 6
+    cmvn_file: str | None = None  # optional am.mvn (SenseVoice) with mean/std per LFR dim
+
+
+@dataclass
+class EncoderConfig:
+    """Voice encoder. ``kind="sensevoice"``: SAN-M (self-attention + FSMN memory) blocks
+    laid out as SenseVoice: ``encoders0`` (1 block, input_dim -> d_model), ``encoders``
+    (num_blocks - 1) and ``tp_encoders`` (tp_blocks), with ``num_queries`` query embeddings
+    prepended. ``kind="whisper"``: Whisper encoder (conv stem + pre-LN Transformer)."""
+
+    kind: Literal["sensevoice", "whisper"] = "sensevoice"
+    input_dim: int = 560
+    d_model: int = 512
+    num_heads: int = 4
+    ffn_dim: int = 2048
+    num_blocks: int = 50
+    tp_blocks: int = 20
+    fsmn_kernel: int = 11
+    num_queries: int = 4
+    query_vocab: int = 16  # rows of the query embedding table (SenseVoice: 16)
+    ctc_vocab: int = 0  # 0: no CTC head
+    dropout: float = 0.0
+    max_positions: int = 1500  # whisper only
+    path: str | None = None  # pretrained weights (converted minmo checkpoint or foreign dir)
+
+
+@dataclass
+class ProjectorConfig:
+    """Input projector: Conv1d (kernel ``kernel_size``, stride ``downsample``) from encoder
+    width to ``d_model``, ``num_layers`` Transformer layers, linear to the LLM width."""
+
+    d_model: int = 1024
+    num_heads: int = 8
+    ffn_dim: int = 1024
+    num_layers: int = 2
+    downsample: int = 2
+    kernel_size: int = 3
+    dropout: float = 0.0
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the LLM (peft). Used by stages that name the ``llm_lora`` group."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class LLMConfig:
+    """Text LLM: any transformers causal LM. ``arch`` picks the transformers config class
+    (``qwen2`` per the paper, ``llama`` for SmolLM2). With ``path`` set, weights and
+    tokenizer come from that local directory (HF layout); otherwise the shape fields build a
+    randomly initialised model and ``tokenizer`` names the tokenizer to use."""
+
+    arch: Literal["qwen2", "llama"] = "qwen2"
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 4096
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    path: str | None = None
+    gguf_file: str | None = None
+    tokenizer: str = "builtin:tiny"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class VoiceLMConfig:
+    """Voice token LM (CosyVoice 2 LM: Qwen2 body). Input interleaves ``mix_ratio[0]``
+    semantic vectors with ``mix_ratio[1]`` speech tokens. Speech vocabulary is
+    ``speech_vocab`` codes + 3 specials (end-of-speech, fill, pad/unused)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 4096
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    speech_vocab: int = 6561
+    mix_ratio: list[int] = field(default_factory=lambda: [5, 15])
+    top_p: float = 0.8
+    top_k: int = 25
+    ras_window: int = 10
+    ras_tau: float = 0.1
+
+
+@dataclass
+class DuplexConfig:
+    """Full-duplex predictor: Linear(LLM width -> d_model), one Transformer layer,
+    linear-softmax over ``num_classes`` decisions (listen, respond, stop, continue)."""
+
+    d_model: int = 64
+    num_heads: int = 4
+    ffn_dim: int = 128
+    num_classes: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """A whole MinMo model. ``name`` is informational (``tiny``, ``minmo-small``, ...)."""
+
+    name: str = "tiny"
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    voice_lm: VoiceLMConfig = field(default_factory=VoiceLMConfig)
+    duplex: DuplexConfig = field(default_factory=DuplexConfig)
+    system_prompt: str = "You are a helpful assistant."
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + linear warmup + cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass
+class DataConfig:
+    """Where training examples come from and how they are batched."""
+
+    train: list[str] = field(default_factory=list)  # jsonl manifests
+    valid: list[str] = field(default_factory=list)
+    batch_size: int = 8  # examples per micro-batch (per process)
+    max_batch_seconds: float = 0.0  # >0: dynamic batching by total audio seconds instead
+    num_workers: int = 0
+    shuffle: bool = True
+    max_audio_seconds: float = 30.0
+    max_text_tokens: int = 512
+
+
+@dataclass
+class TrainConfig:
+    """One training run: a model, a stage, data, optimiser and bookkeeping.
+
+    ``model`` is a preset name or a YAML path; ``init`` an optional checkpoint directory
+    (e.g. the previous stage's output) whose weights are loaded before training."""
+
+    stage: str = "s2t_prealign"
+    model: str = "tiny"
+    init: str | None = None
+    output_dir: str = "runs/minmo"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 1234
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    distributed: Literal["auto", "fsdp", "ddp", "none"] = "auto"
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------
+# Strict YAML <-> dataclass
+# --------------------------------------------------------------------------------------
+
+T = typing.TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against type ``tp`` and convert (int -> float, dict -> dataclass)."""
+
+    def fail() -> typing.NoReturn:
+        raise ConfigError(
+            f"{source}: key '{key}' expects {_type_name(tp)}, got "
+            f"{type(value).__name__} {value!r}"
+        )
+
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            fail()
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            fail()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, source)
+            except ConfigError:
+                continue
+        fail()
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            fail()
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            fail()
+        return from_dict(tp, value, source=source, prefix=key + ".")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        return value
+    raise ConfigError(f"{source}: key '{key}' has unsupported type {tp!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict, strictly.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or a missing field without default.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}' for {cls.__name__} "
+                f"(expected one of: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], prefix + f.name, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: missing required key '{prefix}{f.name}'")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass -> plain nested dict (YAML-safe)."""
+    return dataclasses.asdict(obj)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "overrides") -> None:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override '{item}' must look like key=value")
+        dotted, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: cannot parse value of '{dotted}': {exc}") from None
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: '{dotted}' goes through a non-mapping key '{part}'")
+        node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Load dataclass ``cls`` from a YAML file plus ``key=value`` overrides."""
+    data = read_yaml(path)
+    apply_overrides(data, overrides or [], source=f"{path} (overrides)")
+    return from_dict(cls, data, source=str(path))
+
+
+def resolve_model_config_path(name_or_path: str | Path) -> Path:
+    """A preset name (``tiny``) or a YAML path -> the YAML path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    preset = CONFIG_DIR / "model" / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        names = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+        raise ConfigError(
+            f"unknown model '{name_or_path}': give a YAML path or one of {', '.join(names)}"
+        )
+    return preset
+
+
+def load_model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """Load a :class:`ModelConfig` from a preset name or YAML path."""
+    return load_config(ModelConfig, resolve_model_config_path(name_or_path), overrides)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a :class:`TrainConfig` from YAML plus overrides."""
+    return load_config(TrainConfig, path, overrides)
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    """Write a dataclass as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
