@@ -38,7 +38,10 @@ class FrontendConfig:
 
     ``kind="sensevoice"``: kaldi fbank (25 ms / 10 ms, ``n_mels`` bins) stacked by LFR
     (``lfr_m`` frames every ``lfr_n``) -> ``n_mels * lfr_m`` dims at 100/lfr_n Hz.
-    ``kind="whisper"``: Whisper log-mel (``n_mels`` bins, 100 Hz), padded to 30 s.
+    ``kind="whisper"``: Whisper log-mel (``n_mels`` bins, 100 Hz), any length (append
+    zeros to the waveform to reproduce Whisper's 30 s padding).
+    ``window``: fbank analysis window (SenseVoice's WavFrontend uses ``hamming``; kaldi's
+    default is ``povey``); ``dither``: kaldi dither amount (0 = deterministic).
     """
 
     kind: Literal["sensevoice", "whisper"] = "sensevoice"
