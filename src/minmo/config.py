@@ -50,6 +50,8 @@ class FrontendConfig:
     lfr_m: int = 7
     lfr_n: int = 6
     cmvn_file: str | None = None  # optional am.mvn (SenseVoice) with mean/std per LFR dim
+    window: Literal["hamming", "povey", "hann", "rectangular"] = "hamming"
+    dither: float = 0.0
 
 
 @dataclass
