@@ -1,0 +1,98 @@
+"""Latency aggregation in the paper's terms.
+
+Each measured turn gives a record ``{stage: milliseconds}``. The stages MinMo reports
+(Section "Full duplex", latency budget, measured on an NVIDIA L20) are, in order:
+
+==========================  ======================================================  ==========
+key                         meaning (time from the end of the user's speech, unless  paper (ms)
+                            noted)
+==========================  ======================================================  ==========
+``duplex_decision``         duplex predictor decides to respond                      250
+``first_text_token``        first reply text token (after the decision)              95
+``five_text_tokens``        5 reply text tokens (the first voice-LM input block)     150
+``fifteen_speech_tokens``   15 speech tokens from the voice LM                       70
+``first_audio_chunk``       first audio chunk out of token2wav                       130
+``end_to_end``              user stops talking -> first assistant audio              ~800
+==========================  ======================================================  ==========
+
+(The paper's theoretical sum of the module latencies is ~600 ms; its measured end to end is
+~800 ms.) Any other key in a record (per-module timings such as ``encoder``) is aggregated too
+and listed after the paper's stages.
+
+Statistics per stage: count, mean, min, max, and p50/p90/p95 computed with numpy's default
+*linear* interpolation between order statistics (``np.percentile(values, q)``). Missing,
+``None`` and non-finite values are skipped, so a stage's count may be smaller than the number
+of records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+PAPER_STAGES: tuple[tuple[str, str, float], ...] = (
+    ("duplex_decision", "duplex decision", 250.0),
+    ("first_text_token", "first text token", 95.0),
+    ("five_text_tokens", "5 text tokens", 150.0),
+    ("fifteen_speech_tokens", "15 speech tokens", 70.0),
+    ("first_audio_chunk", "first audio chunk (token2wav)", 130.0),
+    ("end_to_end", "end to end (measured)", 800.0),
+)
+PAPER_THEORETICAL_TOTAL_MS = 600.0
+STAGE_LABELS = {key: label for key, label, _ in PAPER_STAGES}
+PAPER_STAGE_MS = {key: ms for key, _, ms in PAPER_STAGES}
+
+
+@dataclass
+class LatencyStats:
+    """Summary of one stage's latencies in milliseconds."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    min: float
+    max: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict for ``results.json``."""
+        return dict(self.__dict__)
+
+
+def summarize(values: Iterable[float]) -> LatencyStats:
+    """Count, mean, percentiles (linear interpolation), min and max of finite values."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        nan = float("nan")
+        return LatencyStats(0, nan, nan, nan, nan, nan, nan)
+    p50, p90, p95 = (float(v) for v in np.percentile(x, [50, 90, 95]))
+    return LatencyStats(int(x.size), float(x.mean()), p50, p90, p95, float(x.min()), float(x.max()))
+
+
+def aggregate_latencies(records: Iterable[Mapping[str, float | None]]) -> dict[str, LatencyStats]:
+    """Per-stage statistics over turn records.
+
+    Args:
+        records: one mapping ``{stage: ms}`` per measured turn.
+
+    Returns:
+        ``{stage: LatencyStats}``: the paper's stages first (those present), in paper order,
+        then any other stage in first-seen order.
+    """
+    collected: dict[str, list[float]] = {}
+    for n, record in enumerate(records):
+        for stage, value in record.items():
+            if value is not None and not isinstance(value, (int, float, np.floating, np.integer)):
+                raise TypeError(
+                    f"latency record {n}: stage {stage!r} has {type(value).__name__} "
+                    f"{value!r}; expected milliseconds as a number"
+                )
+            collected.setdefault(stage, [])
+            if value is not None:
+                collected[stage].append(float(value))
+    ordered = [k for k, _, _ in PAPER_STAGES if k in collected]
+    ordered += [k for k in collected if k not in STAGE_LABELS]
+    return {stage: summarize(collected[stage]) for stage in ordered}
