@@ -1,0 +1,257 @@
+"""The MinMo model: every part wired together, and the training graph with each stage's loss.
+
+Dataflow (one direction)::
+
+    feats -> encoder -> input projector -> [spliced into ChatML embeddings] -> LLM -> hidden
+    hidden -> LM head                          (text CE:    speech-to-text stages)
+    hidden + token embedding -> output projector -> voice token LM   (speech CE: t2s, s2s)
+    hidden of speech frames + speaking flag -> duplex predictor       (duplex CE)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minmo.config import ModelConfig
+from minmo.models.duplex import DuplexPredictor, pool_flags, pool_labels
+from minmo.models.llm import LLM, TextTokenizer
+from minmo.models.projector import InputProjector, OutputProjector
+from minmo.models.voice_lm import VoiceTokenLM
+
+IGNORE = -100
+LOSSES = ("text", "speech", "duplex")
+GROUPS = ("encoder", "input_projector", "llm", "llm_lora", "output_projector", "voice_lm", "duplex")
+
+
+@dataclass
+class LossOutput:
+    """Total loss (sum of the requested terms) and float metrics for logging."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SplicedInputs:
+    """LLM inputs after inserting speech embeddings.
+
+    Attributes:
+        embeds: ``(B, L, H)``; ids: ``(B, L)`` token ids (pad over speech frames);
+        labels: ``(B, L)`` (``-100`` over speech and prompt); mask: ``(B, L)`` 1 = valid;
+        speech_start: ``(B,)`` first speech position (``-1``: none); speech_lens: ``(B,)``.
+    """
+
+    embeds: torch.Tensor
+    ids: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    speech_start: torch.Tensor
+    speech_lens: torch.Tensor
+
+
+class MinMo(nn.Module):
+    """The whole model. Built by :func:`minmo.models.builders.build_model`.
+
+    Args:
+        cfg: model config.
+        encoder: voice encoder, ``(B, T, D_in), (B,) -> (B, T', D_enc), (B,)``.
+        tokenizer: text tokenizer (ChatML + speech delimiters).
+        llm: the LLM slot.
+        voice_lm: voice token LM.
+        frontend: audio front end (waveform -> encoder features), not a module.
+    """
+
+    def __init__(self, cfg: ModelConfig, encoder: nn.Module, tokenizer: TextTokenizer, llm: LLM,
+                 voice_lm: VoiceTokenLM, frontend: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.input_projector = InputProjector(cfg.projector, cfg.encoder.d_model, llm.hidden_size)
+        self.llm = llm
+        self.output_projector = OutputProjector(llm.hidden_size, voice_lm.hidden_size)
+        self.voice_lm = voice_lm
+        self.duplex = DuplexPredictor(cfg.duplex, llm.hidden_size)
+        self.tokenizer = tokenizer
+        self.frontend = frontend
+
+    # ---- structure -------------------------------------------------------------------
+
+    def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """Parameters by group (the unit stages freeze/train). Every parameter is in exactly one."""
+        lora = self.llm.lora_parameters()
+        groups: dict[str, dict[str, nn.Parameter]] = {g: {} for g in GROUPS}
+        for group, module in (("encoder", self.encoder), ("input_projector", self.input_projector),
+                              ("output_projector", self.output_projector),
+                              ("voice_lm", self.voice_lm), ("duplex", self.duplex)):
+            groups[group] = {f"{group}.{n}": p for n, p in module.named_parameters()}
+        for n, p in self.llm.named_parameters():
+            groups["llm_lora" if n in lora else "llm"][f"llm.{n}"] = p
+        return groups
+
+    def enable_lora(self) -> None:
+        """Add LoRA adapters to the LLM (stages that train ``llm_lora``)."""
+        self.llm.enable_lora()
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per encoder output frame (after the query prefix)."""
+        if self.cfg.encoder.kind == "whisper":
+            return 0.02
+        return 0.01 * self.cfg.frontend.lfr_n
+
+    @property
+    def num_prefix_frames(self) -> int:
+        """Non-time frames the encoder prepends (SenseVoice's 4 query embeddings)."""
+        return self.cfg.encoder.num_queries if self.cfg.encoder.kind == "sensevoice" else 0
+
+    # ---- speech input ----------------------------------------------------------------
+
+    def encode_speech(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features -> LLM-width speech embeddings.
+
+        Args:
+            feats: ``(B, T, D_in)``; feat_lens: ``(B,)``.
+
+        Returns:
+            ``(B, N, H)`` embeddings and ``(B,)`` lengths (``N ~ (T + prefix) / 2``).
+        """
+        enc, enc_lens = self.encoder(feats, feat_lens)
+        return self.input_projector(enc, enc_lens)
+
+    def speech_frame_spans(self, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """10 ms index range ``[start, end)`` covered by each LLM speech frame (``-1``: a
+        query frame). Frame ``j`` ends at encoder frame ``s*j + s - 1`` (causal projector)."""
+        s, p = self.input_projector.stride, self.num_prefix_frames
+        per = round(self.frame_seconds / 0.01)
+        j = torch.arange(n_frames)
+        first_enc = j * s - p
+        last_enc = j * s + s - 1 - p
+        starts = torch.where(last_enc < 0, torch.full_like(j, -1), first_enc.clamp(min=0) * per)
+        return starts, (last_enc + 1) * per
+
+    def splice(self, batch: dict[str, Any], speech: torch.Tensor | None,
+               speech_lens: torch.Tensor | None) -> SplicedInputs:
+        """Insert each example's speech embeddings into its token embeddings at ``speech_pos``."""
+        ids, labels, pos = batch["input_ids"], batch["labels"], batch["speech_pos"]
+        lens = batch.get("input_lens")
+        if lens is None:
+            lens = (ids != self.tokenizer.pad_id).sum(1)
+        tok_emb = self.llm.embed(ids)
+        pad = self.tokenizer.pad_id
+        rows_e, rows_i, rows_l, starts, slens = [], [], [], [], []
+        for b in range(ids.shape[0]):
+            n = int(lens[b])
+            p = int(pos[b])
+            if p < 0 or speech is None:
+                rows_e.append(tok_emb[b, :n])
+                rows_i.append(ids[b, :n])
+                rows_l.append(labels[b, :n])
+                starts.append(-1)
+                slens.append(0)
+                continue
+            k = int(speech_lens[b])
+            rows_e.append(torch.cat([tok_emb[b, :p], speech[b, :k].to(tok_emb.dtype), tok_emb[b, p:n]]))
+            fill = ids.new_full((k,), pad)
+            rows_i.append(torch.cat([ids[b, :p], fill, ids[b, p:n]]))
+            rows_l.append(torch.cat([labels[b, :p], fill.fill_(IGNORE), labels[b, p:n]]))
+            starts.append(p)
+            slens.append(k)
+        seq_lens = torch.tensor([r.shape[0] for r in rows_e], device=ids.device)
+        embeds = nn.utils.rnn.pad_sequence(rows_e, batch_first=True)
+        mask = (torch.arange(embeds.shape[1], device=ids.device)[None] < seq_lens[:, None]).long()
+        return SplicedInputs(
+            embeds=embeds,
+            ids=nn.utils.rnn.pad_sequence(rows_i, batch_first=True, padding_value=pad),
+            labels=nn.utils.rnn.pad_sequence(rows_l, batch_first=True, padding_value=IGNORE),
+            mask=mask,
+            speech_start=torch.tensor(starts, device=ids.device),
+            speech_lens=torch.tensor(slens, device=ids.device),
+        )
+
+    # ---- losses ----------------------------------------------------------------------
+
+    def _text_loss(self, hidden: torch.Tensor, x: SplicedInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        targets = x.labels[:, 1:]
+        sel = targets != IGNORE
+        logits = self.llm.logits(hidden[:, :-1][sel]).float()
+        loss = F.cross_entropy(logits, targets[sel])
+        acc = (logits.argmax(-1) == targets[sel]).float().mean().item()
+        return loss, {"text_loss": loss.item(), "text_acc": acc}
+
+    def semantic_vectors(self, hidden: torch.Tensor, x: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semantic vectors of the response tokens: output projector of (hidden state that
+        produced token ``y_t``, embedding of ``y_t``). ``<|im_end|>`` is excluded.
+
+        Returns:
+            ``(B, Ls, D_v)`` padded vectors and ``(B,)`` lengths.
+        """
+        resp = (x.labels != IGNORE) & (x.ids != self.tokenizer.im_end_id)
+        resp[:, 0] = False
+        rows = []
+        for b in range(hidden.shape[0]):
+            p = resp[b].nonzero().squeeze(1)
+            rows.append(self.output_projector(hidden[b, p - 1], self.llm.embed(x.ids[b, p])))
+        lens = torch.tensor([r.shape[0] for r in rows], device=hidden.device)
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lens
+
+    def _speech_loss(self, hidden: torch.Tensor, x: SplicedInputs, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if "speech_tokens" not in batch:
+            raise KeyError("speech loss needs 'speech_tokens' in the batch (run `minmo tokenize`)")
+        sem, sem_lens = self.semantic_vectors(hidden, x)
+        loss, m = self.voice_lm(sem, sem_lens, batch["speech_tokens"], batch["speech_token_lens"])
+        return loss, {"speech_loss": loss.item(), **m}
+
+    def _duplex_loss(self, hidden: torch.Tensor, x: SplicedInputs, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if "duplex_labels" not in batch:
+            raise KeyError("duplex loss needs 'duplex_labels' in the batch (duplex manifest rows)")
+        rows_h, rows_l, rows_f = [], [], []
+        for b in range(hidden.shape[0]):
+            s, n = int(x.speech_start[b]), int(x.speech_lens[b])
+            starts, ends = self.speech_frame_spans(n)
+            rows_h.append(hidden[b, s:s + n])
+            rows_l.append(pool_labels(batch["duplex_labels"][b].cpu(), starts, ends))
+            rows_f.append(pool_flags(batch["assistant_speaking"][b].cpu(), starts, ends))
+        h = nn.utils.rnn.pad_sequence(rows_h, batch_first=True)
+        labels = nn.utils.rnn.pad_sequence(rows_l, batch_first=True, padding_value=IGNORE).to(h.device)
+        flags = nn.utils.rnn.pad_sequence(rows_f, batch_first=True).to(h.device)
+        logits = self.duplex(h, flags, x.speech_lens).float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        valid = labels != IGNORE
+        acc = (logits.argmax(-1)[valid] == labels[valid]).float().mean().item()
+        return loss, {"duplex_loss": loss.item(), "duplex_acc": acc}
+
+    def forward(self, batch: dict[str, Any], losses: Iterable[str] = ("text",)) -> LossOutput:
+        """Compute the requested losses on a collated batch (see ``docs/architecture.md``).
+
+        Args:
+            batch: collated tensors.
+            losses: subset of ``("text", "speech", "duplex")``.
+
+        Returns:
+            :class:`LossOutput` whose ``loss`` is the sum of the requested terms.
+        """
+        losses = tuple(losses)
+        unknown = set(losses) - set(LOSSES)
+        if unknown:
+            raise ValueError(f"unknown losses {sorted(unknown)}; choose from {LOSSES}")
+        upstream = (self.encoder, self.input_projector, self.llm)
+        needs_graph = any(p.requires_grad for m in upstream for p in m.parameters())
+        with torch.set_grad_enabled(needs_graph and torch.is_grad_enabled()):
+            speech, speech_lens = None, None
+            feats = batch.get("feats")
+            if feats is not None and bool((batch["speech_pos"] >= 0).any()):
+                speech, speech_lens = self.encode_speech(feats, batch["feat_lens"])
+            x = self.splice(batch, speech, speech_lens)
+            hidden = self.llm(x.embeds, x.mask).hidden
+        terms, metrics = [], {}
+        for name, fn in (("text", self._text_loss), ("speech", self._speech_loss), ("duplex", self._duplex_loss)):
+            if name in losses:
+                loss, m = fn(hidden, x) if name == "text" else fn(hidden, x, batch)
+                terms.append(loss)
+                metrics.update(m)
+        return LossOutput(torch.stack(terms).sum(), metrics)
