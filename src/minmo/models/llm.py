@@ -279,7 +279,7 @@ def build_llm(cfg: LLMConfig, vocab_size: int | None = None) -> LLM:
             kwargs["gguf_file"] = cfg.gguf_file
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     else:
-        model = AutoModelForCausalLM.from_config(_hf_config(cfg, vocab_size or cfg.vocab_size))
+        model = AutoModelForCausalLM.from_config(_hf_config(cfg, max(cfg.vocab_size, vocab_size or 0)))
     if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
     return LLM(model, cfg.lora)

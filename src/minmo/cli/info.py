@@ -1,0 +1,83 @@
+"""``minmo info CONFIG``: parameter counts per module and trainable counts per stage.
+
+The model is built on the meta device: shapes only, no weight memory, so the 7B config
+prints in seconds on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+# paper figures (MINMO.md) to print beside ours
+PAPER_PARAMS = {
+    "encoder": 636e6,
+    "input_projector": 170e6,
+    "llm": 7.6e9,
+    "output_projector": 6e6,
+    "voice_lm": 370e6,
+    "duplex": 18e6,
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "info",
+        help="parameter counts per module and trainable parameters per training stage",
+        description="Build a model config on the meta device (no memory) and print parameter "
+        "counts per module, next to the paper's, and what each training stage trains.",
+    )
+    p.add_argument("config", help="model preset name (tiny, minmo-7b, ...) or model YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=run)
+    return p
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def count(params: dict[str, nn.Parameter] | list[nn.Parameter]) -> int:
+    values = params.values() if isinstance(params, dict) else params
+    return sum(p.numel() for p in values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from minmo.config import load_model_config
+    from minmo.models.builders import build_model
+    from minmo.training.stages import STAGES, apply_stage
+
+    start = time.perf_counter()
+    cfg = load_model_config(args.config, args.overrides)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    groups = model.param_groups()
+    print(f"model {cfg.name} ({args.config}), built on the meta device in "
+          f"{time.perf_counter() - start:.1f}s\n")
+    print(f"{'module':<18}{'params':>14}{'':>9}{'paper':>10}{'ratio':>8}")
+    total = 0
+    for name, params in groups.items():
+        n = count(params)
+        total += n
+        paper = PAPER_PARAMS.get(name)
+        ratio = f"{n / paper:.2f}" if paper else ""
+        print(f"{name:<18}{n:>14}{_fmt(n):>9}{_fmt(paper) if paper else '':>10}{ratio:>8}")
+    extra = getattr(model, "speech_modules", lambda: {})()
+    for name, module in extra.items():
+        n = count(list(module.parameters()))
+        print(f"{name:<18}{n:>14}{_fmt(n):>9}")
+    print(f"{'total':<18}{total:>14}{_fmt(total):>9}\n")
+    print(f"{'stage':<16}{'trainable':>12}  groups")
+    for stage in STAGES.values():
+        if stage.build_model is not None:
+            continue  # stages of other models (speech generation) are listed with them
+        with torch.device("meta"):
+            trainable = apply_stage(model, stage)
+        print(f"{stage.name:<16}{_fmt(count(trainable)):>12}  {', '.join(stage.trains)}")
+    return 0
