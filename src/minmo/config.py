@@ -173,6 +173,139 @@ class ModelConfig:
     voice_lm: VoiceLMConfig = field(default_factory=VoiceLMConfig)
     duplex: DuplexConfig = field(default_factory=DuplexConfig)
     system_prompt: str = "You are a helpful assistant."
+    speech_tokenizer: SpeechTokenizerConfig = field(default_factory=lambda: SpeechTokenizerConfig())
+    flow: FlowConfig = field(default_factory=lambda: FlowConfig())
+    vocoder: HiFTConfig = field(default_factory=lambda: HiFTConfig())
+    speaker: SpeakerEncoderConfig = field(default_factory=lambda: SpeakerEncoderConfig())
+
+
+# --------------------------------------------------------------------------------------
+# Speech generation (CosyVoice 2 pieces): tokenizer, flow matching, HiFT vocoder, speaker
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpeechTokenizerConfig:
+    """Supervised speech tokenizer: 16 kHz fbank (100 Hz) -> two stride-2 convolutions (25 Hz)
+    -> ``blocks_before_fsq`` Transformer blocks -> FSQ (``fsq_dim`` dims x ``fsq_levels``
+    levels, ``fsq_levels ** fsq_dim`` codes) -> ``blocks_after_fsq`` blocks -> CTC head over
+    ``ctc_alphabet`` (+ blank). Defaults are the tiny, CPU-fast shape."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    d_model: int = 64
+    num_heads: int = 4
+    ffn_dim: int = 128
+    blocks_before_fsq: int = 2
+    blocks_after_fsq: int = 2
+    fsq_dim: int = 8
+    fsq_levels: int = 3
+    ctc_alphabet: str = " abcdefghijklmnopqrstuvwxyz'"
+    dropout: float = 0.0
+    path: str | None = None  # trained tokenizer checkpoint (safetensors)
+
+
+@dataclass
+class FlowConfig:
+    """Chunk-aware flow matching (CosyVoice 2 ``CausalMaskedDiffWithXvec``): speech tokens ->
+    ``n_mels`` mel frames at ``token_mel_ratio`` x the token rate. Encoder: token embedding,
+    pre-lookahead conv (``pre_lookahead_len`` tokens), ``encoder_blocks`` rel-pos Transformer
+    blocks, 2x upsample, ``encoder_up_blocks`` blocks. Estimator: 1-D U-Net (one level of
+    ``estimator_channels``) with ``estimator_transformer_blocks`` attention blocks per stage and
+    ``estimator_mid_blocks`` middle stages. Attention masks: ``chunk_tokens`` is M of the
+    chunk-M / chunk-2M masks; ``decoder_left_chunks`` (-1 = all) bounds how far back the
+    estimator attends in chunk modes (and so its streaming cache). Defaults: tiny shape."""
+
+    vocab_size: int = 6561
+    n_mels: int = 80
+    spk_embed_dim: int = 192
+    token_mel_ratio: int = 2
+    pre_lookahead_len: int = 3
+    encoder_dim: int = 64
+    encoder_heads: int = 4
+    encoder_ffn_dim: int = 128
+    encoder_blocks: int = 2
+    encoder_up_blocks: int = 1
+    estimator_channels: int = 64
+    estimator_heads: int = 4
+    estimator_head_dim: int = 16
+    estimator_transformer_blocks: int = 1
+    estimator_mid_blocks: int = 2
+    dropout: float = 0.0
+    sigma_min: float = 1e-6
+    training_cfg_rate: float = 0.2
+    inference_cfg_rate: float = 0.7
+    n_timesteps: int = 10
+    chunk_tokens: int = 15
+    train_masks: list[str] = field(
+        default_factory=lambda: ["non_causal", "full_causal", "chunk", "chunk2"]
+    )
+    decoder_left_chunks: int = -1
+    prompt_prob: float = 0.5  # share of training examples with a mel-prefix condition
+    prompt_max_ratio: float = 0.3  # longest prefix, as a share of the frames
+    path: str | None = None
+
+
+@dataclass
+class HiFTConfig:
+    """HiFT vocoder: F0 predictor -> neural source filter, HiFi-GAN upsampling
+    (``upsample_rates``) and an iSTFT head (``istft_n_fft`` / ``istft_hop``); one mel frame
+    is ``prod(upsample_rates) * istft_hop`` samples (480 at 24 kHz). Streaming: each step
+    re-reads ``stream_context_frames`` mel frames of left context, holds back
+    ``stream_lookahead_frames`` frames until the next chunk, and cross-fades
+    ``stream_crossfade_frames`` frames at joins. Defaults: tiny shape."""
+
+    sample_rate: int = 24000
+    n_mels: int = 80
+    base_channels: int = 64
+    nb_harmonics: int = 8
+    nsf_alpha: float = 0.1
+    nsf_sigma: float = 0.003
+    nsf_voiced_threshold: float = 10.0
+    upsample_rates: list[int] = field(default_factory=lambda: [8, 5, 3])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 11, 7])
+    istft_n_fft: int = 16
+    istft_hop: int = 4
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(
+        default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    )
+    source_resblock_kernel_sizes: list[int] = field(default_factory=lambda: [7, 7, 11])
+    source_resblock_dilation_sizes: list[list[int]] = field(
+        default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    )
+    lrelu_slope: float = 0.1
+    audio_limit: float = 0.99
+    f0_channels: int = 64
+    f0_layers: int = 5
+    stream_context_frames: int = 8
+    stream_lookahead_frames: int = 4
+    stream_crossfade_frames: int = 2
+    disc_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    disc_channels: int = 16  # width of the first discriminator conv (HiFi-GAN: 32)
+    disc_resolutions: list[list[int]] = field(  # [n_fft, hop, win] per spectrogram discriminator
+        default_factory=lambda: [[1024, 120, 600], [2048, 240, 1200], [512, 50, 240]]
+    )
+    mel_loss_weight: float = 45.0
+    feature_loss_weight: float = 2.0
+    f0_loss_weight: float = 1.0
+    path: str | None = None
+
+
+@dataclass
+class SpeakerEncoderConfig:
+    """Speaker embedding for the flow. ``kind="tiny"``: the project's small encoder (80-bin
+    16 kHz fbank -> conv stack -> attentive statistics pooling -> ``embed_dim``), trained by
+    speaker classification. ``kind="onnx"``: a CAM++-style ONNX model at ``onnx_path`` (80-bin
+    fbank in, ``embed_dim`` = 192 out), run with onnxruntime."""
+
+    kind: Literal["tiny", "onnx"] = "tiny"
+    embed_dim: int = 192
+    n_mels: int = 80
+    channels: int = 64
+    num_layers: int = 3
+    onnx_path: str | None = None
+    path: str | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -229,6 +362,8 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     progress: bool = True
+    resume: str = "auto"  # auto: latest checkpoint in output_dir; never; or a checkpoint path
+    save_full_weights: bool = False  # also write every model tensor (model.safetensors)
 
 
 # --------------------------------------------------------------------------------------
@@ -294,6 +429,11 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             fail()
         return from_dict(tp, value, source=source, prefix=key + ".")
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
         return float(value)
