@@ -1,0 +1,142 @@
+"""``minmo data synth|check|import``: build the synthetic corpus, validate manifests, import
+corpora. Thin argument parsing; the work is in :mod:`minmo.data`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``data`` and its sub-commands on the main CLI."""
+    parser = subparsers.add_parser("data", help="build, check and import training data",
+                                   description="Build the synthetic corpus, check manifests, "
+                                   "import corpora (see docs/data.md).")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+
+    synth = sub.add_parser("synth", help="make the synthetic multi-voice corpus (espeak-ng)")
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--hours", type=float, required=True, help="hours of audio to make")
+    synth.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--shard-seconds", type=float, default=60.0,
+                       help="audio per shard (the unit of resumption)")
+    synth.add_argument("--test-fraction", type=float, default=0.05)
+    synth.add_argument("--valid-fraction", type=float, default=0.03)
+    synth.add_argument("--languages", default=None,
+                       help="comma-separated sentence languages (default: all: "
+                            "en,de,fr,es,it,pt,nl)")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.add_argument("--no-check", action="store_true", help="skip the final manifest check")
+
+    check = sub.add_parser("check", help="validate manifests: counts, hours, bad rows")
+    check.add_argument("manifests", nargs="+", help="jsonl files or directories")
+    check.add_argument("--sample-rate", type=int, default=None,
+                       help="flag input audio at any other rate")
+    check.add_argument("--max-bad", type=int, default=200, help="bad rows to list")
+
+    imp = sub.add_parser("import", help="write a manifest for an existing corpus")
+    imp.add_argument("format", choices=["librispeech", "common_voice", "folder", "jsonl"])
+    imp.add_argument("source", help="LibriSpeech dir | Common Voice TSV | folder | jsonl file")
+    imp.add_argument("--out", required=True, help="manifest to write (.jsonl)")
+    imp.add_argument("--split", default=None, help="value of the rows' 'split' field")
+    imp.add_argument("--language", default=None, help="language code (librispeech, folder)")
+    imp.add_argument("--clips", default=None, help="Common Voice clips dir (default: "
+                                                   "<tsv dir>/clips)")
+    imp.add_argument("--task", default="asr", help="task of imported jsonl rows")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch ``minmo data <action>``; returns the exit code."""
+    action = getattr(args, "data_command", None)
+    if action == "synth":
+        return _synth(args)
+    if action == "check":
+        return _check(args)
+    if action == "import":
+        return _import(args)
+    print("usage: minmo data {synth,check,import} ... (see minmo data --help)", file=sys.stderr)
+    return 2
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from minmo.data.check import check_manifests
+    from minmo.data.synth import SynthConfig, format_summary, synthesize_corpus
+    from minmo.data.text_corpus import SENTENCE_LANGUAGES
+
+    languages = (args.languages.split(",") if args.languages else list(SENTENCE_LANGUAGES))
+    cfg = SynthConfig(out=args.out, hours=args.hours, seed=args.seed, workers=args.workers,
+                      shard_seconds=args.shard_seconds, test_fraction=args.test_fraction,
+                      valid_fraction=args.valid_fraction, languages=languages)
+    from minmo.data.espeak import EspeakError
+
+    try:
+        summary = synthesize_corpus(cfg, progress=not args.no_progress)
+    except EspeakError as exc:
+        print(f"minmo data synth: error: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    print(f"\nshards made {summary['shards_done']}, already there {summary['shards_skipped']}; "
+          f"items failed and skipped: {len(summary['failures'])}; wall {summary['wall_s']} s")
+    for failure in summary["failures"][:20]:
+        print(f"  skipped item {failure}")
+    print(f"manifests: {Path(args.out)}/{{train,valid,test}}/<task>.jsonl")
+    if args.no_check:
+        return 0
+    report = check_manifests([Path(args.out) / s for s in ("train", "valid", "test")])
+    print(f"check: {report.good_rows} good rows, {len(report.bad)} bad rows")
+    for bad in report.bad[:20]:
+        print(f"  {bad}")
+    return 0 if not report.bad else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from minmo.data.check import check_manifests
+
+    report = check_manifests(args.manifests, expected_sample_rate=args.sample_rate)
+    print(report.format(max_bad=args.max_bad))
+    return 0 if not report.bad else 1
+
+
+def _import(args: argparse.Namespace) -> int:
+    from minmo.data import importers
+
+    if args.format == "librispeech":
+        rows, problems = importers.import_librispeech(args.source, split=args.split,
+                                                      language=args.language or "en")
+    elif args.format == "common_voice":
+        rows, problems = importers.import_common_voice(args.source, args.clips, split=args.split)
+    elif args.format == "folder":
+        rows, problems = importers.import_folder(args.source, language=args.language,
+                                                 split=args.split)
+    else:
+        rows, problems = importers.import_chat_jsonl(args.source, task=args.task,
+                                                     split=args.split)
+    n = importers.write_import(rows, args.out)
+    hours = sum(r.duration or 0.0 for r in rows) / 3600.0
+    print(f"wrote {n} rows ({hours:.3f} h) to {args.out}; {len(problems)} problem(s)")
+    for p in problems[:50]:
+        print(f"  {p}")
+    if len(problems) > 50:
+        print(f"  ... and {len(problems) - 50} more")
+    return 0 if n else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``data`` alone: ``python -m minmo.cli.data synth ...``."""
+    parser = argparse.ArgumentParser(prog="minmo")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"minmo data: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

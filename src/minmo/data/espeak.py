@@ -1,0 +1,203 @@
+"""espeak-ng speakers and synthesis: text -> float32 waveform, no temp files.
+
+A *speaker* is an espeak-ng language voice plus a voice variant (``+f3``, ``+m5``), a pitch
+(``-p``, 0-99) and a rate (``-s``, words per minute). Speaker pools are split by variant:
+the variants in :data:`TEST_VARIANTS` speak only in the test split, never in train/valid, so
+test speakers are unseen voices. The assistant's voice (:data:`ASSISTANT`) uses a variant no
+user speaker uses.
+
+Emotions and styles (happy, sad, angry, whisper, fast, slow, high, low) are made with SSML
+prosody and variants; they are synthetic proxies, documented as such in ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass, replace
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+ESPEAK = "espeak-ng"
+
+LANGUAGE_VOICES: dict[str, tuple[str, ...]] = {
+    "en": ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc"),
+    "de": ("de",),
+    "fr": ("fr-fr", "fr-be"),
+    "es": ("es", "es-419"),
+    "it": ("it",),
+    "pt": ("pt",),
+    "nl": ("nl",),
+}
+"""espeak-ng voices per language code (several English accents)."""
+
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "Alicia", "Andrea", "Annie", "aunty", "belinda",
+                   "linda", "steph", "anika", "grandma")
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "adam", "Andy", "boris",
+                 "david", "edward", "john", "max", "michel", "paul", "rob", "robert", "victor",
+                 "benjamin", "caleb")
+TEST_VARIANTS = frozenset({"f4", "steph", "m6", "victor", "caleb"})
+"""Variants held out: their speakers occur only in the test split."""
+
+PITCHES = (25, 35, 45, 55, 65, 75)
+RATES = (130, 150, 170, 190)
+
+EMOTION_PROSODY = {
+    "neutral": None,
+    "happy": '<prosody pitch="+25%" rate="115%" range="x-high">{text}</prosody>',
+    "sad": '<prosody pitch="-15%" rate="75%" range="x-low" volume="soft">{text}</prosody>',
+    "angry": '<prosody pitch="-5%" rate="110%" range="high" volume="x-loud">{text}</prosody>',
+}
+"""SSML prosody per synthetic emotion (``{text}`` is the escaped sentence)."""
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic voice.
+
+    Attributes:
+        voice: espeak-ng language voice (``en-us``, ``de``, ...).
+        variant: espeak-ng variant file name (``f3``, ``m5``, ``whisper``).
+        pitch: espeak-ng ``-p`` (0-99).
+        rate: espeak-ng ``-s`` in words per minute.
+        language: language code of the text it reads (``en``, ``de``, ...).
+        gender: ``female`` or ``male``.
+    """
+
+    voice: str
+    variant: str
+    pitch: int
+    rate: int
+    language: str
+    gender: str
+
+    @property
+    def id(self) -> str:
+        """Stable speaker id, e.g. ``en-us+f3-p45-s170``."""
+        return f"{self.voice}+{self.variant}-p{self.pitch}-s{self.rate}"
+
+    @property
+    def pitch_level(self) -> str:
+        """``low`` / ``medium`` / ``high`` from the pitch setting."""
+        return "low" if self.pitch <= 35 else "high" if self.pitch >= 65 else "medium"
+
+    @property
+    def rate_level(self) -> str:
+        """``slow`` / ``normal`` / ``fast`` from the rate setting."""
+        return "slow" if self.rate <= 140 else "fast" if self.rate >= 185 else "normal"
+
+    def describe(self) -> str:
+        """Speaker-attribute sentence (the ``sa`` task's target)."""
+        speed = {"slow": "slowly", "normal": "at a normal pace", "fast": "fast"}[self.rate_level]
+        return (f"A {self.gender} speaker with a {self.pitch_level}-pitched voice, "
+                f"speaking {speed}.")
+
+
+ASSISTANT = Speaker(voice="en-us", variant="f5", pitch=50, rate=165, language="en",
+                    gender="female")
+"""The one assistant voice of every speech answer (its variant is used by no user)."""
+
+
+def variants_for_split(split: str) -> tuple[str, ...]:
+    """Variants a speaker of ``split`` may use (test: only held-out ones)."""
+    all_variants = FEMALE_VARIANTS + MALE_VARIANTS
+    if split == "test":
+        return tuple(v for v in all_variants if v in TEST_VARIANTS)
+    return tuple(v for v in all_variants if v not in TEST_VARIANTS)
+
+
+def random_speaker(rng: random.Random, language: str, split: str) -> Speaker:
+    """Draw a user speaker of ``language`` from the pool of ``split``."""
+    variant = rng.choice(variants_for_split(split))
+    return Speaker(voice=rng.choice(LANGUAGE_VOICES[language]), variant=variant,
+                   pitch=rng.choice(PITCHES), rate=rng.choice(RATES), language=language,
+                   gender="female" if variant in FEMALE_VARIANTS else "male")
+
+
+def styled_speaker(base: Speaker, style: str) -> Speaker:
+    """``base`` changed for an instruction-TTS style (fast, slow, high, low, whisper, ...)."""
+    if style == "fast":
+        return replace(base, rate=235)
+    if style == "slow":
+        return replace(base, rate=110)
+    if style == "high":
+        return replace(base, pitch=88)
+    if style == "low":
+        return replace(base, pitch=12)
+    if style == "whisper":
+        return replace(base, variant="whisperf" if base.gender == "female" else "whisper")
+    return base
+
+
+class EspeakError(RuntimeError):
+    """espeak-ng is missing or failed."""
+
+
+def check_espeak() -> str:
+    """Return the espeak-ng version line.
+
+    Raises:
+        EspeakError: espeak-ng is not installed (``bash scripts/install.sh`` installs it).
+    """
+    if shutil.which(ESPEAK) is None:
+        raise EspeakError("espeak-ng not found: install it with `bash scripts/install.sh` "
+                          "(or `apt-get install espeak-ng`)")
+    out = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with ``speaker``.
+
+    Args:
+        text: what to say.
+        speaker: the voice.
+        emotion: a key of :data:`EMOTION_PROSODY` (SSML prosody), or ``None``.
+
+    Returns:
+        ``(wave, sample_rate)``: ``(N,)`` float32 in [-1, 1] (espeak-ng's native rate,
+        22050 Hz), leading/trailing silence trimmed to 50 ms.
+
+    Raises:
+        EspeakError: espeak-ng failed or produced no audio.
+    """
+    cmd = [ESPEAK, "-v", f"{speaker.voice}+{speaker.variant}", "-p", str(speaker.pitch),
+           "-s", str(speaker.rate), "--stdout"]
+    template = EMOTION_PROSODY.get(emotion or "neutral")
+    if emotion is not None and emotion not in EMOTION_PROSODY:
+        raise EspeakError(f"unknown emotion '{emotion}' (known: {', '.join(EMOTION_PROSODY)})")
+    if template is not None:
+        cmd += ["-m", "<speak>" + template.format(text=escape(text)) + "</speak>"]
+    else:
+        cmd += ["--", text]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    raw = proc.stdout
+    if proc.returncode != 0 or len(raw) < 46 or raw[:4] != b"RIFF":
+        raise EspeakError(f"espeak-ng failed for voice {speaker.id} on {text!r}: "
+                          f"{proc.stderr.decode(errors='replace').strip()}")
+    sample_rate = int.from_bytes(raw[24:28], "little")
+    # espeak-ng streams: the header's data size is a placeholder, the samples follow byte 44.
+    body = raw[44:]
+    wave = np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    wave = trim_silence(wave, sample_rate)
+    if wave.size == 0:
+        raise EspeakError(f"espeak-ng produced silence for voice {speaker.id} on {text!r}")
+    return wave, sample_rate
+
+
+def trim_silence(wave: np.ndarray, sample_rate: int, threshold_db: float = -45.0,
+                 margin_s: float = 0.05) -> np.ndarray:
+    """Cut leading and trailing samples quieter than ``threshold_db`` (re. peak), keeping
+    ``margin_s`` seconds on each side. Returns an empty array for all-silent input."""
+    if wave.size == 0:
+        return wave
+    peak = float(np.max(np.abs(wave)))
+    if peak <= 0.0:
+        return wave[:0]
+    loud = np.nonzero(np.abs(wave) > peak * 10 ** (threshold_db / 20))[0]
+    margin = int(margin_s * sample_rate)
+    start = max(0, int(loud[0]) - margin)
+    end = min(wave.size, int(loud[-1]) + 1 + margin)
+    return wave[start:end]

@@ -1,0 +1,210 @@
+"""Synthetic corpus: determinism, resumption, held-out disjointness, checks, QA domain size."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from minmo.data.check import check_manifests
+from minmo.data.duplex import CONTINUE, LISTEN, RESPOND, STOP, Utterance, build_dialogue
+from minmo.data.espeak import ASSISTANT, TEST_VARIANTS, check_espeak
+from minmo.data.manifest import TASKS
+from minmo.data.qa import qa_pairs, qa_pairs_by_split
+from minmo.data.synth import SynthConfig, SynthError, synthesize_corpus
+from minmo.data.text_corpus import SENTENCE_LANGUAGES, sentence_ids_by_split
+
+pytest.importorskip("numpy")
+try:
+    check_espeak()
+except Exception:  # pragma: no cover - the project's install script provides espeak-ng
+    pytest.skip("espeak-ng not installed (bash scripts/install.sh)", allow_module_level=True)
+
+HOURS = 0.012  # ~43 s of audio: every item kind at least once
+
+
+def _cfg(out: Path, workers: int = 2, **kw) -> SynthConfig:
+    return SynthConfig(out=str(out), hours=HOURS, seed=7, workers=workers, shard_seconds=4.0,
+                       test_fraction=0.5, valid_fraction=0.1, **kw)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """md5 of every manifest and audio file, by relative path."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and (p.suffix in (".wav", ".npz") or p.parent.name in
+                            ("train", "valid", "test")):
+            out[str(p.relative_to(root))] = hashlib.md5(p.read_bytes()).hexdigest()
+    return out
+
+
+def _rows(root: Path, split: str) -> list[dict]:
+    rows = []
+    for path in sorted((root / split).glob("*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("synth") / "corpus"
+    summary = synthesize_corpus(_cfg(root), progress=False)
+    return root, summary
+
+
+def test_every_task_made_and_check_clean(corpus):
+    root, summary = corpus
+    assert summary["failures"] == []
+    report = check_manifests([root / "train", root / "valid", root / "test"],
+                             expected_sample_rate=None)
+    assert report.bad == [], report.format()
+    for task in TASKS:
+        assert report.counts[task] > 0, f"no rows for task {task}"
+    assert sum(summary["tasks"]["asr"].values()) == report.counts["asr"]
+    assert summary["audio_hours"] >= HOURS * 0.95
+
+
+def test_audio_is_normalised_not_clipped_not_silent(corpus):
+    root, _ = corpus
+    wavs = sorted((root / "audio").rglob("*.wav"))
+    assert wavs
+    for wav in wavs:
+        data, rate = sf.read(wav, dtype="float32", always_2d=True)
+        assert rate in (16000, 24000)
+        assert np.abs(data).max() < 0.999, wav
+        for ch in range(data.shape[1]):
+            assert np.sqrt(np.mean(data[:, ch] ** 2)) > 1e-3, f"{wav} channel {ch} silent"
+    tts = _rows(root, "train") + _rows(root, "valid") + _rows(root, "test")
+    for row in tts:
+        if row["task"] in ("tts", "s2s_chat", "instruct_tts"):
+            assert sf.info(root / "train" / row["target_audio"]).samplerate == 24000
+
+
+def test_deterministic_whatever_the_workers_and_resumable(corpus, tmp_path):
+    root, _ = corpus
+    again = tmp_path / "again"
+    synthesize_corpus(_cfg(again, workers=1), progress=False)
+    assert _digest(again) == _digest(root)
+    # interrupt: drop two finished shards (and their audio), resume, same result
+    shards = sorted((again / "shards").glob("*.jsonl"))
+    for shard in shards[:2]:
+        shard.unlink()
+    for wav in (again / "audio" / shards[0].stem).glob("*"):
+        wav.unlink()
+    summary = synthesize_corpus(_cfg(again, workers=2), progress=False)
+    assert summary["shards_done"] == 2
+    assert summary["shards_skipped"] == len(shards) - 2
+    assert _digest(again) == _digest(root)
+
+
+def test_other_seed_differs_and_settings_mismatch_refused(corpus, tmp_path):
+    root, _ = corpus
+    with pytest.raises(SynthError, match="other settings"):
+        synthesize_corpus(SynthConfig(out=str(root), hours=HOURS, seed=8, shard_seconds=4.0,
+                                      test_fraction=0.5, valid_fraction=0.1), progress=False)
+    other = tmp_path / "seed8"
+    synthesize_corpus(SynthConfig(out=str(other), hours=0.002, seed=8, shard_seconds=4.0),
+                      progress=False)
+    a = (root / "train" / "asr.jsonl").read_text()
+    b = (other / "train" / "asr.jsonl").read_text()
+    assert a != b
+
+
+def test_held_out_speakers_and_texts_never_in_train(corpus):
+    root, _ = corpus
+    train = _rows(root, "train") + _rows(root, "valid")
+    test = _rows(root, "test")
+    assert test, "the fixture asks for 50 % test items"
+
+    def variant(speaker: str) -> str:
+        return speaker.split("+", 1)[1].rsplit("-p", 1)[0]
+
+    train_speakers = {r["speaker"] for r in train if r.get("speaker") not in (None, "assistant")}
+    test_speakers = {r["speaker"] for r in test if r.get("speaker") not in (None, "assistant")}
+    assert test_speakers and not (test_speakers & train_speakers)
+    assert all(variant(s) in TEST_VARIANTS for s in test_speakers)
+    assert not any(variant(s) in TEST_VARIANTS for s in train_speakers)
+    assert ASSISTANT.variant not in {variant(s) for s in train_speakers | test_speakers}
+    train_sent = {r["sentence"] for r in train if "sentence" in r}
+    test_sent = {r["sentence"] for r in test if "sentence" in r}
+    assert test_sent and not (test_sent & train_sent)
+    qa_tasks = ("s2t_chat", "s2s_chat")
+    train_q = {r["text"] for r in train if r["task"] in qa_tasks}
+    test_q = {r["text"] for r in test if r["task"] in qa_tasks}
+    assert not (train_q & test_q)
+    held_out_q = {p.question for p in qa_pairs_by_split()["test"]}
+    assert test_q <= held_out_q
+
+
+def test_held_out_pools_are_disjoint_and_qa_is_large():
+    pairs = qa_pairs()
+    assert len(pairs) >= 10_000
+    assert len({p.question for p in pairs}) == len(pairs)
+    split = qa_pairs_by_split()
+    qs = {k: {p.question for p in v} for k, v in split.items()}
+    assert not (qs["train"] & qs["test"]) and not (qs["train"] & qs["valid"])
+    assert len(qs["test"]) > 300
+    sents = sentence_ids_by_split()
+    assert not (set(sents["train"]) & set(sents["test"]))
+    assert len(SENTENCE_LANGUAGES) >= 5 and "en" in SENTENCE_LANGUAGES
+
+
+def test_translation_pairs_are_parallel(corpus):
+    root, _ = corpus
+    rows = [r for r in _rows(root, "train") + _rows(root, "test") if r["task"] == "s2tt"]
+    assert rows
+    for row in rows:
+        assert row["target_language"] != row["language"]
+        assert row["target"] and row["target"] != row["text"]
+        assert "en" in (row["language"], row["target_language"])
+
+
+def test_duplex_rows_and_labels(corpus):
+    root, _ = corpus
+    rows = [r for s in ("train", "valid", "test") for r in _rows(root, s) if r["task"] == "duplex"]
+    assert rows
+    for row in rows:
+        base = root / row["split"]
+        info = sf.info(base / row["audio"])
+        assert info.channels == 2 and info.samplerate == 16000
+        with np.load(base / row["labels"]) as z:
+            labels, speaking = z["labels"], z["assistant_speaking"]
+            assert labels.size == speaking.size == -(-info.frames // 160)
+            assert (labels == RESPOND).sum() == len(z["respond_s"]) >= 2
+            assert set(np.unique(labels)) <= {LISTEN, RESPOND, STOP, CONTINUE}
+
+
+def test_dialogue_rules_barge_in_and_backchannel():
+    sr = 16000
+    tone = lambda s: (0.1 * np.ones(int(s * sr))).astype(np.float32)  # noqa: E731
+    qs = [Utterance(tone(1.0), f"q{i}") for i in range(30)]
+    ans = [Utterance(tone(3.0), f"a{i}") for i in range(30)]
+    bcs = [Utterance(tone(0.3), "uh-huh")]
+    import random
+
+    d = build_dialogue(qs, ans, bcs, random.Random(0), sr)
+    hop = 160
+    # every STOP frame: assistant stops there, and the user was already speaking
+    assert d.stop_s, "30 exchanges must contain barge-ins"
+    for t in d.stop_s:
+        f = int(round(t * sr)) // hop
+        assert d.labels[f] == STOP
+        assert d.assistant_speaking[f - 1] == 1 and d.assistant_speaking[f + 1] == 0
+        assert np.abs(d.audio[0, int(t * sr) - 1600:int(t * sr)]).max() > 0  # user active
+    for t in d.respond_s:
+        f = int(round(t * sr)) // hop
+        assert d.labels[f] == RESPOND and d.assistant_speaking[f + 1] == 1
+    # back-channels happen inside assistant speech and do not stop it
+    assert d.backchannel_s
+    for t in d.backchannel_s:
+        f0, f1 = int(t * 100), int((t + 0.3) * 100)
+        assert (d.labels[f0:f1] == CONTINUE).all()
+    # user turn onsets after a finished assistant turn follow N(0.6, 0.4^2) roughly
+    turns = [x for x in d.turns if not x.get("backchannel")]
+    gaps = [b["start"] - a["end"] for a, b in zip(turns, turns[1:])
+            if a["role"] == "assistant" and not a["interrupted"] and b["role"] == "user"]
+    assert gaps and 0.2 < float(np.mean(gaps)) < 1.2
