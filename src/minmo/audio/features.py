@@ -409,10 +409,31 @@ class Frontend:
         """(B, N) equal-length waveforms -> (B, T, D) features."""
         raise NotImplementedError
 
+    n_mels: int
+    initial_peak: float = 0.0
+
     def init_state(self, batch_size: int = 1, device: torch.device | str | None = None
                    ) -> FrontendState:
         """Fresh streaming state for ``batch_size`` streams."""
-        raise NotImplementedError
+        return FrontendState(
+            samples=torch.zeros(batch_size, 0, device=device), samples_start=0, num_samples=0,
+            frames=torch.zeros(batch_size, 0, self.n_mels, device=device), frames_start=0,
+            num_frames=0, num_emitted=0,
+            peak=torch.full((batch_size,), self.initial_peak, device=device),
+        )
+
+    @staticmethod
+    def _intake(chunk: np.ndarray | torch.Tensor, state: FrontendState, scale: float
+                ) -> tuple[torch.Tensor, int]:
+        """Append a chunk to the state's samples: ``(samples (B, L), samples received)``."""
+        if state.finished:
+            raise FrontendError("step() after is_last=True: start a new stream with init_state()")
+        new = _as_batch(chunk, state.samples.device) * scale
+        if new.shape[0] != state.samples.shape[0]:
+            raise FrontendError(
+                f"chunk has {new.shape[0]} streams but the state holds {state.samples.shape[0]}"
+            )
+        return torch.cat([state.samples, new], dim=1), state.num_samples + new.shape[1]
 
     def step(self, chunk: np.ndarray | torch.Tensor, state: FrontendState,
              is_last: bool = False) -> tuple[torch.Tensor, FrontendState]:
@@ -518,31 +539,10 @@ class FbankLfrFrontend(Frontend):
         fbank = self._fbank(frames.unfold(-1, FBANK_WINDOW, FBANK_SHIFT))
         return self._stack(fbank, 0, 0, lfr_num_frames(num_fbank, self.lfr_n), num_fbank)
 
-    def init_state(self, batch_size: int = 1, device: torch.device | str | None = None
-                   ) -> FrontendState:
-        return FrontendState(
-            samples=torch.zeros(batch_size, 0, device=device),
-            samples_start=0,
-            num_samples=0,
-            frames=torch.zeros(batch_size, 0, self.n_mels, device=device),
-            frames_start=0,
-            num_frames=0,
-            num_emitted=0,
-            peak=torch.zeros(batch_size, device=device),
-        )
-
     def step(self, chunk: np.ndarray | torch.Tensor, state: FrontendState,
              is_last: bool = False) -> tuple[torch.Tensor, FrontendState]:
-        if state.finished:
-            raise FrontendError("step() after is_last=True: start a new stream with init_state()")
         squeeze = np.ndim(chunk) == 1
-        new = _as_batch(chunk, state.samples.device) * WAVE_SCALE
-        if new.shape[0] != state.samples.shape[0]:
-            raise FrontendError(
-                f"chunk has {new.shape[0]} streams but the state holds {state.samples.shape[0]}"
-            )
-        samples = torch.cat([state.samples, new], dim=1)
-        num_samples = state.num_samples + new.shape[1]
+        samples, num_samples = self._intake(chunk, state, WAVE_SCALE)
         # fbank frames that are complete now
         total_fbank = fbank_num_frames(num_samples)
         fresh = total_fbank - state.num_frames
@@ -577,6 +577,8 @@ class FbankLfrFrontend(Frontend):
 class WhisperLogMelFrontend(Frontend):
     """Whisper log-mel front end (100 frames/s, ``n_mels`` bins), any input length."""
 
+    initial_peak = -math.inf
+
     def __init__(self, n_mels: int = 80) -> None:
         self.n_mels = n_mels
         self.output_dim = n_mels
@@ -599,31 +601,10 @@ class WhisperLogMelFrontend(Frontend):
         log_mel = self._log_mel(_whisper_frames(waves, 0, 0, count, waves.shape[-1]))
         return _whisper_scale(log_mel, log_mel.amax(dim=(1, 2)))
 
-    def init_state(self, batch_size: int = 1, device: torch.device | str | None = None
-                   ) -> FrontendState:
-        return FrontendState(
-            samples=torch.zeros(batch_size, 0, device=device),
-            samples_start=0,
-            num_samples=0,
-            frames=torch.zeros(batch_size, 0, self.n_mels, device=device),
-            frames_start=0,
-            num_frames=0,
-            num_emitted=0,
-            peak=torch.full((batch_size,), -math.inf, device=device),
-        )
-
     def step(self, chunk: np.ndarray | torch.Tensor, state: FrontendState,
              is_last: bool = False) -> tuple[torch.Tensor, FrontendState]:
-        if state.finished:
-            raise FrontendError("step() after is_last=True: start a new stream with init_state()")
         squeeze = np.ndim(chunk) == 1
-        new = _as_batch(chunk, state.samples.device)
-        if new.shape[0] != state.samples.shape[0]:
-            raise FrontendError(
-                f"chunk has {new.shape[0]} streams but the state holds {state.samples.shape[0]}"
-            )
-        samples = torch.cat([state.samples, new], dim=1)
-        num_samples = state.num_samples + new.shape[1]
+        samples, num_samples = self._intake(chunk, state, 1.0)
         half = WHISPER_N_FFT // 2
         if is_last:
             ready = whisper_num_frames(num_samples)
