@@ -71,7 +71,7 @@ class MinMo(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
-        self.input_projector = InputProjector(cfg.projector, cfg.encoder.d_model, llm.hidden_size)
+        self.input_projector = InputProjector(cfg.projector, encoder.output_dim, llm.hidden_size)
         self.llm = llm
         self.output_projector = OutputProjector(llm.hidden_size, voice_lm.hidden_size)
         self.voice_lm = voice_lm
@@ -107,7 +107,7 @@ class MinMo(nn.Module):
     @property
     def num_prefix_frames(self) -> int:
         """Non-time frames the encoder prepends (SenseVoice's 4 query embeddings)."""
-        return self.cfg.encoder.num_queries if self.cfg.encoder.kind == "sensevoice" else 0
+        return self.encoder.num_prefix_frames
 
     # ---- speech input ----------------------------------------------------------------
 
