@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -70,6 +71,7 @@ def plot_task_bars(results: EvalResults, path: Path) -> Path | None:
         panel_rows = [r for r in rows if (r.task, r.unit) == (task, unit)]
         groups = list(dict.fromkeys((r.dataset, r.metric) for r in panel_rows))
         tops = [r.value for r in panel_rows]
+        context: dict[tuple[str, str], float] = {}
         for g, (dataset, metric) in enumerate(groups):
             left = g - width * slots / 2
             for s, system in enumerate(systems):
@@ -85,19 +87,25 @@ def plot_task_bars(results: EvalResults, path: Path) -> Path | None:
                             textcoords="offset points")
             x_paper = left + width * (len(systems) + 0.5)
             for value, exact, paper_set in _paper_marks(task, metric, dataset):
-                tops.append(value)
-                ax.plot(x_paper, value, marker="D", markersize=7, linestyle="none",
-                        markerfacecolor="black" if exact else "white", markeredgecolor="black",
-                        label="paper (same set)" if exact else "paper (other set)")
-                ax.annotate(_value_label(value, unit) + ("" if exact else f" {paper_set}"),
-                            (x_paper, value), xytext=(6, -3), textcoords="offset points",
-                            fontsize=7, color="#444444")
+                if exact:
+                    tops.append(value)
+                    ax.plot(x_paper, value, marker="D", markersize=7, linestyle="none",
+                            color="black", label="paper (same set)")
+                    ax.annotate(_value_label(value, unit), (x_paper, value), xytext=(6, -3),
+                                textcoords="offset points", fontsize=7, color="#444444")
+                else:
+                    context.setdefault((metric, paper_set), value)
+        labels_x = [f"{d}\n" + "\n".join(textwrap.wrap(m, 18)) for d, m in groups]
+        if context:
+            tops += list(context.values())
+            _draw_context(ax, len(groups), context, unit, max(tops))
+            labels_x.append("paper\n(other sets)")
         ax.set_ylabel({"%": "%", "F1": "F1", "ms": "ms", "BLEU": "BLEU", "cos": "cosine"}
                       .get(unit, unit))
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{d}\n{m}" for d, m in groups], fontsize=8)
+        ax.set_xticks(range(len(labels_x)))
+        ax.set_xticklabels(labels_x, fontsize=8)
         ax.set_title(task.replace("_", " "), fontsize=11, fontweight="bold")
-        ax.set_xlim(-0.7, len(groups) - 0.3)
+        ax.set_xlim(-0.7, len(labels_x) - 0.3 + (0.5 if context else 0.0))
         top = max(tops)
         ax.set_ylim(0, top * 1.22 if top > 0 else 1)
         handles, labels = ax.get_legend_handles_labels()
@@ -106,11 +114,26 @@ def plot_task_bars(results: EvalResults, path: Path) -> Path | None:
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{results.model} on {results.suite}", fontsize=12)
-    fig.tight_layout()
+    fig.suptitle(f"{results.model} on {results.suite}", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def _draw_context(ax: plt.Axes, x: float, marks: dict[tuple[str, str], float], unit: str,
+                  top: float) -> None:
+    """Hollow diamonds for paper numbers on other test sets, labels spread apart."""
+    gap = 0.075 * top * 1.22
+    previous = -float("inf")
+    for (metric, paper_set), value in sorted(marks.items(), key=lambda kv: kv[1]):
+        ax.plot(x, value, marker="D", markersize=7, linestyle="none", markerfacecolor="white",
+                markeredgecolor="black", label="paper (other set)")
+        y_text = max(value, previous + gap)
+        previous = y_text
+        ax.annotate(f"{_value_label(value, unit)} {paper_set}", (x, value),
+                    xytext=(x + 0.12, y_text), textcoords="data", fontsize=7, color="#444444",
+                    va="center", arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.6})
 
 
 def plot_latency_histograms(results: EvalResults, path: Path, system: str | None = None) -> Path | None:
