@@ -315,3 +315,15 @@ def test_real_frontend_and_tokenizer_if_available(corpus):
     sup = batch["input_ids"][b][batch["labels"][b] != IGNORE_INDEX].tolist()
     assert sup[-1] == tok.im_end_id
     assert tok.decode(sup[:-1]).strip() == loader.dataset.rows[0].text
+
+
+def test_collate_without_frontend_gives_raw_waves(corpus):
+    ds = ManifestDataset([corpus / "m.jsonl"])
+    by_id = {r.id: i for i, r in enumerate(ds.rows)}
+    batch = Collator(None, TOK)([ds[by_id[k]] for k in ("u1", "tts0", "dup0")])
+    assert "feats" not in batch
+    assert batch["waves"].shape[0] == 3 and batch["wave_lens"][1] == 0
+    n = int(batch["wave_lens"][0])
+    assert n == ds[by_id["u1"]].wave.size
+    np.testing.assert_allclose(batch["waves"][0, :n].numpy(), ds[by_id["u1"]].wave)
+    assert batch["wave_lens"][2] == 16000

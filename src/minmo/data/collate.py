@@ -15,6 +15,9 @@ Keys (``B`` examples, right-padded):
 ``duplex_labels``         (B, T10) long    per-10-ms decisions, ``-100`` padded (if any
                                            duplex row)
 ``assistant_speaking``    (B, T10) float
+``waves``                 (B, N) float     raw 16 kHz input speech instead of ``feats`` when
+                                           the collate has no front end (features on GPU)
+``wave_lens``             (B,) long        valid samples (0: no speech input)
 ``target_wave``           (B, M) float     assistant speech (only with load_target_audio)
 ``target_wave_lens``      (B,) long
 ``ids`` / ``tasks``       list[str]
@@ -54,6 +57,8 @@ class Collator:
     Args:
         frontend: callable ``(N,) float32 16 kHz -> (T, D)`` tensor (``minmo.audio.features``
             ``build_frontend(cfg.frontend)``); if it has ``batch(waves)`` that is used.
+            ``None``: no features; batches carry ``waves``/``wave_lens`` instead (the
+            training loop runs the front end, e.g. on the GPU).
         tokenizer: text tokenizer with ``encode``, ``pad_id``, ``im_start_id``,
             ``im_end_id``, ``sos_speech_id``, ``eos_speech_id``.
         system_prompt: ChatML system text.
@@ -76,8 +81,6 @@ class Collator:
         self.max_text_tokens = max_text_tokens
 
     def _features(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.frontend is None:
-            raise ValueError("Collator has no frontend but the batch holds speech")
         if hasattr(self.frontend, "batch"):
             return self.frontend.batch(waves)
         feats = [self.frontend(w) for w in waves]
@@ -125,7 +128,11 @@ class Collator:
 
         feat_lens = torch.zeros(B, dtype=torch.long)
         with_speech = [i for i, ex in enumerate(examples) if ex.wave is not None]
-        if with_speech:
+        if with_speech and self.frontend is None:
+            batch["waves"], batch["wave_lens"] = _pad_1d(
+                [ex.wave if ex.wave is not None else np.zeros(0, np.float32) for ex in examples],
+                0.0, torch.float32)
+        elif with_speech:
             feats, lens = self._features([examples[i].wave for i in with_speech])
             out = feats.new_zeros(B, feats.shape[1], feats.shape[2])
             out[with_speech] = feats
