@@ -1,0 +1,240 @@
+"""The listening stream: user audio in, one duplex decision per LLM speech frame out.
+
+Per session, continuously (also while the assistant speaks)::
+
+    16 kHz samples -> front end (streaming fbank+LFR) -> encoder (streaming) -> input
+    projector (causal, streaming) -> LLM (the session's *listening* KV cache, prompt
+    ``system + user("") <|startofspeech|>`` then speech frames, as the training ``duplex``
+    rows) -> duplex predictor (causal, streaming; sees the assistant-speaking flag)
+
+The listening cache is separate from the conversation cache: the duplex stream is one long
+user turn that never closes, while the conversation grows turn by turn.
+
+Encoders: SenseVoice streams with ``init_state/step`` in chunks of ``encoder_chunk`` LFR
+frames (block-causal; the weights were trained full context, so decisions may lose a little
+accuracy; turns sent to the LLM for answers are re-encoded offline, see ``pipeline``).
+Encoders without a streaming step (Whisper) re-encode the current window (at most
+``window_seconds``) whenever new frames are due, emitting only frames that are new and do not
+touch the window's right edge: correct but costlier.
+
+Bounded context: after ``max_frames`` LLM speech frames the listening cache is rebuilt from
+the prompt and the last ``keep_frames`` speech embeddings, the duplex predictor is replayed
+over them, and the encoder and projector restart (positions continue as if the query
+frames were already seen).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from minmo.inference.kv import KVStream, grouped_forward
+from minmo.inference.prompts import DUPLEX_INSTRUCTION, system_ids, user_speech_ids
+from minmo.inference.runtime import MinMoRuntime
+from minmo.models.duplex import Decision
+
+
+@dataclass
+class ListenConfig:
+    """Listening-stream settings (see module docstring)."""
+
+    encoder_chunk: int = 2
+    max_frames: int = 500
+    keep_frames: int = 200
+    window_seconds: float = 10.0
+
+
+@dataclass
+class DuplexFrame:
+    """The predictor's output for one LLM speech frame.
+
+    Attributes:
+        index: speech frame number in the session (query frames included).
+        end_s: stream time (seconds of user audio) where the frame ends; None for the
+            encoder's query frames (not audio).
+        probs: ``(4,)`` probabilities of LISTEN, RESPOND, STOP, CONTINUE.
+        decision: argmax of ``probs``.
+        speaking: the assistant-speaking flag the predictor was given.
+    """
+
+    index: int
+    end_s: float | None
+    probs: torch.Tensor
+    decision: Decision
+    speaking: bool
+
+
+@dataclass
+class ListenState:
+    """One session's listening stream (owned by the session)."""
+
+    frontend: Any
+    encoder: Any
+    projector: Any
+    duplex: Any
+    kv: KVStream = field(default_factory=KVStream)
+    prefix_fed: bool = False
+    samples_in: int = 0
+    lfr_out: int = 0
+    feat_buffer: list[torch.Tensor] = field(default_factory=list)
+    enc_times: deque = field(default_factory=deque)
+    window_feats: list[torch.Tensor] = field(default_factory=list)
+    window_emitted: int = 0
+    window_lfr_start: int = 0
+    frames_out: int = 0
+    speech_frames: int = 0
+    recent: deque = field(default_factory=deque)
+
+
+def new_listen_state(rt: MinMoRuntime, cfg: ListenConfig) -> ListenState:
+    """Fresh listening state for one session."""
+    m = rt.model
+    enc_state = m.encoder.init_state(1, rt.device) if hasattr(m.encoder, "step") else None
+    return ListenState(
+        frontend=m.frontend.init_state(1),
+        encoder=enc_state,
+        projector=m.input_projector.init_state(1, rt.device, rt.dtype),
+        duplex=m.duplex.init_state(1, rt.device, rt.dtype),
+        recent=deque(maxlen=cfg.keep_frames),
+    )
+
+
+def _prefix(rt: MinMoRuntime, system: str) -> torch.Tensor:
+    before, _ = user_speech_ids(rt.tok, DUPLEX_INSTRUCTION)
+    return rt.embed_ids(system_ids(rt.tok, system) + before)
+
+
+def _encode_new(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
+                wave: np.ndarray) -> torch.Tensor:
+    """Samples -> new projector frames ``(n, H)`` (updates ``st.enc_times`` and counters)."""
+    m = rt.model
+    feats, st.frontend = m.frontend.step(wave, st.frontend)
+    if feats.shape[0] == 0:
+        return torch.zeros(0, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
+    frame_s = m.frame_seconds
+    enc_out: list[torch.Tensor] = []
+    if st.encoder is not None:
+        st.feat_buffer.append(feats.to(rt.device))
+        buf = torch.cat(st.feat_buffer)
+        usable = (buf.shape[0] // cfg.encoder_chunk) * cfg.encoder_chunk
+        for start in range(0, usable, cfg.encoder_chunk):
+            chunk = buf[start:start + cfg.encoder_chunk][None]
+            had_queries = st.encoder.query_ids is not None
+            out, st.encoder = m.encoder.step(chunk, st.encoder)
+            if had_queries:
+                st.enc_times.extend([None] * m.num_prefix_frames)
+            enc_out.append(out[0])
+            for _ in range(chunk.shape[1]):
+                st.lfr_out += 1
+                st.enc_times.append(st.lfr_out * frame_s)
+        st.feat_buffer = [buf[usable:]] if usable < buf.shape[0] else []
+    else:
+        st.window_feats.append(feats.to(rt.device))
+        window = torch.cat(st.window_feats)
+        lens = torch.tensor([window.shape[0]], device=rt.device)
+        out, out_lens = m.encoder(window[None], lens)
+        ready = int(out_lens[0]) - 1  # the last frame sees the window edge: wait for more
+        if ready > st.window_emitted:
+            enc_out.append(out[0, st.window_emitted:ready])
+            for k in range(st.window_emitted, ready):
+                # whisper: 2 feature frames per encoder frame, 10 ms each
+                st.enc_times.append((st.window_lfr_start + 2 * (k + 1)) * 0.01)
+            st.window_emitted = ready
+        st.lfr_out += feats.shape[0]
+        if window.shape[0] * 0.01 >= cfg.window_seconds:
+            st.window_feats, st.window_emitted = [], 0
+            st.window_lfr_start = st.lfr_out
+    if not enc_out:
+        return torch.zeros(0, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
+    proj, st.projector = m.input_projector.step(torch.cat(enc_out)[None].to(rt.dtype),
+                                                st.projector)
+    return proj[0]
+
+
+def _frame_times(st: ListenState, n: int, stride: int) -> list[float | None]:
+    times = []
+    for _ in range(n):
+        popped = [st.enc_times.popleft() for _ in range(min(stride, len(st.enc_times)))]
+        real = [t for t in popped if t is not None]
+        times.append(real[-1] if real else None)
+    return times
+
+
+@torch.inference_mode()
+def listen_step(rt: MinMoRuntime, states: list[ListenState], waves: list[np.ndarray],
+                speaking: list[Callable[[float | None], bool]], system: list[str],
+                cfg: ListenConfig) -> list[list[DuplexFrame]]:
+    """Feed each session's new 16 kHz samples; return its new duplex frames.
+
+    Args:
+        rt: shared runtime.
+        states: per-session listening states (updated in place).
+        waves: per-session ``(N,)`` float32 samples at 16 kHz (may be empty).
+        speaking: per session, ``f(end_s) -> bool``: was the assistant speaking then.
+        system: per-session system prompt (used when the stream starts or is rebuilt).
+        cfg: settings.
+
+    Returns:
+        per session, the frames completed by these samples (often 0 or 1).
+    """
+    m = rt.model
+    new_frames: list[torch.Tensor] = []
+    for st, wave in zip(states, waves):
+        st.samples_in += int(len(wave))
+        new_frames.append(_encode_new(rt, st, cfg, np.asarray(wave, dtype=np.float32)))
+    todo = [i for i, f in enumerate(new_frames) if f.shape[0] > 0]
+    results: list[list[DuplexFrame]] = [[] for _ in states]
+    if not todo:
+        return results
+    inputs = []
+    for i in todo:
+        st = states[i]
+        x = new_frames[i]
+        if not st.prefix_fed:
+            x = torch.cat([_prefix(rt, system[i]), x])
+        inputs.append(x)
+    hidden = grouped_forward(rt.llm_body, [states[i].kv for i in todo], inputs)
+    stride = m.input_projector.stride
+    for i, h in zip(todo, hidden):
+        st = states[i]
+        n = new_frames[i].shape[0]
+        st.prefix_fed = True
+        h = h[-n:]
+        times = _frame_times(st, n, stride)
+        flags = [bool(speaking[i](t)) if t is not None else False for t in times]
+        flag_t = torch.tensor([flags], dtype=torch.long, device=rt.device)
+        logits, st.duplex = m.duplex.step(h[None], flag_t, st.duplex)
+        probs = logits[0].float().softmax(-1)
+        for k in range(n):
+            results[i].append(DuplexFrame(st.frames_out, times[k], probs[k],
+                                          Decision(int(probs[k].argmax())), flags[k]))
+            st.frames_out += 1
+        st.recent.extend(zip(new_frames[i].unbind(0), flags))
+        if st.kv.length > cfg.max_frames:
+            _rebuild(rt, st, system[i])
+    return results
+
+
+def _rebuild(rt: MinMoRuntime, st: ListenState, system: str) -> None:
+    """Bounded context: restart cache, predictor, encoder and projector from recent frames."""
+    m = rt.model
+    frames = list(st.recent)
+    st.kv.reset()
+    emb = torch.stack([f for f, _ in frames]) if frames else None
+    x = _prefix(rt, system) if emb is None else torch.cat([_prefix(rt, system), emb])
+    h = grouped_forward(rt.llm_body, [st.kv], [x])[0]
+    st.duplex = m.duplex.init_state(1, rt.device, rt.dtype)
+    if frames:
+        flags = torch.tensor([[f for _, f in frames]], dtype=torch.long, device=rt.device)
+        _, st.duplex = m.duplex.step(h[-len(frames):][None], flags, st.duplex)
+    if st.encoder is not None:
+        fresh = m.encoder.init_state(1, rt.device)
+        st.encoder = dataclasses.replace(fresh, query_ids=None,
+                                         num_positions=m.num_prefix_frames)
+    st.projector = m.input_projector.init_state(1, rt.device, rt.dtype)
+    st.enc_times.clear()

@@ -1,0 +1,492 @@
+"""Per-session state and the speaking side of inference: conversation, replies, transcripts.
+
+A :class:`VoiceSession` is everything one conversation owns: its listening stream
+(:mod:`minmo.inference.listen`), its conversation KV cache with the items in it, and its
+random generator. The shared :class:`~minmo.inference.runtime.MinMoRuntime` holds none of it.
+
+Replies are :class:`ResponseJob` objects advanced by :func:`step_jobs`, which steps many
+jobs (of many sessions) at once: one batched LLM step (one text token each), then
+``voice_steps`` batched voice-LM steps, then token2wav on every 15 new speech tokens::
+
+    text token -> text delta, semantic vector -> (every 5) voice LM -> (every 15 tokens)
+    token2wav -> audio chunk
+
+The serving engine calls :func:`step_jobs` for all sessions each tick; the offline helpers
+:func:`respond`, :func:`reply` and :func:`transcribe` call it for one job until done.
+
+Input transcripts: the MinMo LLM itself transcribes, in a second cheap pass with the ASR
+instruction (``"Transcribe the speech."``) over the same speech embeddings, in a throw-away
+cache (:func:`new_transcription`); it is batched with the replies.
+
+Conversation context policy: the cache holds the system block and whole items. Before an
+item or reply would exceed ``max_context_tokens`` (minus the reply budget), the oldest
+items are dropped and the cache is rebuilt in one prefill from the kept items' stored
+embeddings. The system block is never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
+from minmo.inference.kv import KVStream, grouped_forward
+from minmo.inference.listen import ListenConfig, ListenState, new_listen_state
+from minmo.inference.prompts import (
+    ASR_INSTRUCTION,
+    CHAT_INSTRUCTION,
+    assistant_close_ids,
+    assistant_header_ids,
+    assistant_text_ids,
+    system_ids,
+    user_speech_ids,
+    user_text_ids,
+)
+from minmo.inference.runtime import MinMoRuntime
+
+
+@dataclass
+class GenerationConfig:
+    """Reply generation settings.
+
+    Attributes:
+        max_text_tokens: reply length limit (text tokens).
+        temperature, top_p: text sampling (``temperature == 0``: greedy).
+        max_speech_tokens: speech length limit (25 tokens per second).
+        voice_greedy: argmax speech tokens instead of repetition-aware sampling.
+        voice_steps: voice-LM steps per :func:`step_jobs` call (3 keeps pace with 5:15).
+        vocoder_chunk: speech tokens per token2wav call (15 as the paper).
+        transcribe_max_tokens: input-transcript length limit.
+        seed: session generator seed (None: nondeterministic).
+    """
+
+    max_text_tokens: int = 200
+    temperature: float = 0.0
+    top_p: float = 0.9
+    max_speech_tokens: int = 1500
+    voice_greedy: bool = False
+    voice_steps: int = 3
+    vocoder_chunk: int = 15
+    transcribe_max_tokens: int = 96
+    seed: int | None = 0
+
+
+@dataclass
+class SessionConfig:
+    """Per-session settings."""
+
+    system_prompt: str | None = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    max_context_tokens: int = 2048
+
+
+# ---- events -----------------------------------------------------------------------------
+
+
+@dataclass
+class TextDelta:
+    """New reply (or transcript) text."""
+
+    text: str
+
+
+@dataclass
+class SpeechTokens:
+    """Speech tokens produced in one step."""
+
+    tokens: list[int]
+
+
+@dataclass
+class AudioChunk:
+    """``(N,)`` float32 reply audio at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+@dataclass
+class JobDone:
+    """A job ended. ``status``: ``completed``, ``incomplete`` (length) or ``cancelled``."""
+
+    status: str
+    text: str
+
+
+JobEvent = TextDelta | SpeechTokens | AudioChunk | JobDone
+
+
+# ---- conversation -----------------------------------------------------------------------
+
+
+@dataclass
+class ChatItem:
+    """One item in the conversation cache: role, plain text (if any) and the embeddings
+    that were (or will be) fed for it, ``(n, H)``."""
+
+    role: str
+    text: str | None
+    embeds: torch.Tensor
+
+
+@dataclass
+class Conversation:
+    """The conversation KV cache and its items.
+
+    Attributes:
+        kv: LLM cache (system block + fed items).
+        system: system prompt text.
+        items: items in order (fed or pending).
+        pending: embeddings not fed yet; they go in front of the next reply's prompt.
+    """
+
+    kv: KVStream
+    system: str
+    items: list[ChatItem] = field(default_factory=list)
+    pending: list[torch.Tensor] = field(default_factory=list)
+    system_len: int = 0
+
+    def pending_len(self) -> int:
+        return sum(p.shape[0] for p in self.pending)
+
+
+@dataclass
+class VoiceSession:
+    """Everything one conversation owns."""
+
+    cfg: SessionConfig
+    system: str
+    listen: ListenState
+    chat: Conversation
+    generator: torch.Generator
+
+
+def new_session(rt: MinMoRuntime, cfg: SessionConfig | None = None) -> VoiceSession:
+    """A fresh session: empty conversation (system block pending), fresh listening stream."""
+    cfg = cfg or SessionConfig()
+    system = cfg.system_prompt if cfg.system_prompt is not None else rt.model.cfg.system_prompt
+    gen = torch.Generator(device="cpu")
+    if cfg.generation.seed is not None:
+        gen.manual_seed(cfg.generation.seed)
+    else:
+        gen.seed()
+    chat = Conversation(KVStream(), system)
+    sys_emb = rt.embed_ids(system_ids(rt.tok, system))
+    chat.pending.append(sys_emb)
+    chat.system_len = sys_emb.shape[0]
+    return VoiceSession(cfg, system, new_listen_state(rt, cfg.listen), chat, gen)
+
+
+def set_system_prompt(rt: MinMoRuntime, session: VoiceSession, system: str) -> None:
+    """Replace the system prompt; the conversation is rebuilt on the next reply."""
+    session.system = system
+    session.chat.system = system
+    _rebuild(rt, session.chat, keep_from=0, feed_now=False)
+
+
+def _rebuild(rt: MinMoRuntime, chat: Conversation, keep_from: int, feed_now: bool) -> None:
+    """Restart the cache: system block + items[keep_from:] (fed now, or left pending)."""
+    chat.items = chat.items[keep_from:]
+    chat.kv.reset()
+    sys_emb = rt.embed_ids(system_ids(rt.tok, chat.system))
+    chat.system_len = sys_emb.shape[0]
+    chat.pending = [sys_emb, *(it.embeds for it in chat.items)]
+    if feed_now:
+        grouped_forward(rt.llm_body, [chat.kv], [torch.cat(chat.pending)])
+        chat.pending = []
+
+
+def _fit(rt: MinMoRuntime, session: VoiceSession, extra: int) -> None:
+    """Drop the oldest items until ``extra`` more positions fit in the context budget."""
+    chat = session.chat
+    limit = session.cfg.max_context_tokens
+    total = chat.kv.length + chat.pending_len() + extra
+    if total <= limit:
+        return
+    sizes = [it.embeds.shape[0] for it in chat.items]
+    used = chat.system_len + sum(sizes) + extra
+    drop = 0
+    while drop < len(sizes) and used > limit:
+        used -= sizes[drop]
+        drop += 1
+    if used > limit:
+        raise ValueError(f"one turn needs {used} positions but max_context_tokens is {limit}; "
+                         "raise max_context_tokens or shorten the turn")
+    _rebuild(rt, chat, keep_from=drop, feed_now=False)
+
+
+def add_user_speech(rt: MinMoRuntime, session: VoiceSession, speech: torch.Tensor,
+                    transcript: str | None = None) -> ChatItem:
+    """Append a spoken user turn (``(F, H)`` speech embeddings) to the conversation."""
+    before, after = user_speech_ids(rt.tok, CHAT_INSTRUCTION)
+    emb = torch.cat([rt.embed_ids(before), speech.to(rt.dtype), rt.embed_ids(after)])
+    return _add(rt, session, ChatItem("user", transcript, emb))
+
+
+def add_user_text(rt: MinMoRuntime, session: VoiceSession, text: str) -> ChatItem:
+    """Append a typed user turn."""
+    return _add(rt, session, ChatItem("user", text, rt.embed_ids(user_text_ids(rt.tok, text))))
+
+
+def add_assistant_text(rt: MinMoRuntime, session: VoiceSession, text: str) -> ChatItem:
+    """Append an assistant turn given as text (history set by the client)."""
+    emb = rt.embed_ids(assistant_text_ids(rt.tok, text))
+    return _add(rt, session, ChatItem("assistant", text, emb))
+
+
+def _add(rt: MinMoRuntime, session: VoiceSession, item: ChatItem) -> ChatItem:
+    _fit(rt, session, item.embeds.shape[0])
+    session.chat.items.append(item)
+    session.chat.pending.append(item.embeds)
+    return item
+
+
+# ---- jobs -------------------------------------------------------------------------------
+
+
+@dataclass
+class ResponseJob:
+    """One reply (or transcript) being generated.
+
+    Attributes:
+        text: the LLM stream.
+        voice: the voice-LM stream (None: text only).
+        vocoder_state: token2wav state.
+        kind: ``"reply"`` or ``"transcript"``.
+        timings: seconds since ``t0`` of ``first_token``, ``five_tokens``,
+            ``first_speech_chunk`` (15 tokens), ``first_audio``.
+    """
+
+    text: TextStream
+    voice: VoiceStream | None
+    vocoder_state: Any
+    kind: str = "reply"
+    emitted: str = ""
+    unvocoded: list[int] = field(default_factory=list)
+    finished: bool = False
+    status: str = "in_progress"
+    session: VoiceSession | None = None
+    item: ChatItem | None = None
+    t0: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def cancel(self, rt: MinMoRuntime) -> None:
+        """Stop now: no further events; the conversation keeps what was said so far."""
+        if self.finished:
+            return
+        self.text.cancel()
+        if self.voice is not None:
+            self.voice.cancel()
+        self.status = "cancelled"
+        self._close(rt)
+
+    def _mark(self, name: str) -> None:
+        self.timings.setdefault(name, time.perf_counter() - self.t0)
+
+    def _close(self, rt: MinMoRuntime) -> None:
+        """Finish; a reply's words (up to where it stopped) become a history item."""
+        self.finished = True
+        if self.kind != "reply" or self.session is None:
+            return
+        chat = self.session.chat
+        unfed = [] if self.text.finish_reason == "stop" else [self.text.feed]
+        close = rt.embed_ids(assistant_close_ids(rt.tok))
+        chat.pending.extend([*unfed, close])
+        said = rt.embed_ids(self.text.ids) if self.text.ids else close[:0]
+        header = rt.embed_ids(assistant_header_ids(rt.tok))
+        self.item = ChatItem("assistant", self.emitted, torch.cat([header, said, close]))
+        chat.items.append(self.item)
+
+
+def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
+                gen: GenerationConfig | None = None) -> ResponseJob:
+    """Begin a reply to the conversation so far (pending items are fed with its prompt)."""
+    gen = gen or session.cfg.generation
+    _fit(rt, session, len(assistant_header_ids(rt.tok)) + gen.max_text_tokens + 2)
+    chat = session.chat
+    header = rt.embed_ids(assistant_header_ids(rt.tok))
+    prompt = torch.cat([*chat.pending, header])
+    chat.pending = []
+    text = TextStream(chat.kv, prompt, gen.max_text_tokens, semantic=audio,
+                      temperature=gen.temperature, top_p=gen.top_p, generator=session.generator)
+    voice = None
+    if audio:
+        voice = VoiceStream(max_tokens=gen.max_speech_tokens, greedy=gen.voice_greedy,
+                            generator=session.generator)
+    job = ResponseJob(text, voice, rt.vocoder.init_state() if audio else None, "reply",
+                      session=session)
+    return job
+
+
+def new_transcription(rt: MinMoRuntime, session_or_system: VoiceSession | str,
+                      speech: torch.Tensor, gen: GenerationConfig | None = None) -> ResponseJob:
+    """A transcript job over ``(F, H)`` speech embeddings, in its own throw-away cache."""
+    gen = gen or GenerationConfig()
+    system = (session_or_system.system if isinstance(session_or_system, VoiceSession)
+              else session_or_system)
+    before, after = user_speech_ids(rt.tok, ASR_INSTRUCTION)
+    prompt = torch.cat([rt.embed_ids(system_ids(rt.tok, system) + before), speech.to(rt.dtype),
+                        rt.embed_ids(after + assistant_header_ids(rt.tok))])
+    text = TextStream(KVStream(), prompt, gen.transcribe_max_tokens)
+    return ResponseJob(text, None, None, "transcript")
+
+
+def _text_delta(rt: MinMoRuntime, job: ResponseJob) -> str:
+    full = rt.decode(job.text.ids)
+    if full.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+        return ""
+    delta = full[len(job.emitted):] if full.startswith(job.emitted) else ""
+    job.emitted = full if full.startswith(job.emitted) else job.emitted
+    return delta
+
+
+@torch.inference_mode()
+def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
+              vocoder_chunk: int = 15) -> list[list[JobEvent]]:
+    """Advance every unfinished job by one text token, ``voice_steps`` speech tokens and any
+    due token2wav chunk.
+
+    Returns:
+        per job, its events of this step (a finished job's last one is :class:`JobDone`).
+    """
+    events: list[list[JobEvent]] = [[] for _ in jobs]
+    live = [i for i, j in enumerate(jobs) if not j.finished and not j.text.done]
+    if live:
+        outs = text_step(rt, [jobs[i].text for i in live])
+        for i, out in zip(live, outs):
+            job = jobs[i]
+            if out.token is not None:
+                job._mark("first_token")
+                if len(job.text.ids) == 5:
+                    job._mark("five_tokens")
+                delta = _text_delta(rt, job)
+                if delta:
+                    events[i].append(TextDelta(delta))
+                if job.voice is not None and out.semantic is not None:
+                    job.voice.add_semantic(out.semantic)
+            if job.text.done and job.voice is not None:
+                job.voice.finish_text()
+    for _ in range(voice_steps):
+        vjobs = [i for i, j in enumerate(jobs)
+                 if not j.finished and j.voice is not None and not j.voice.finished]
+        if not vjobs:
+            break
+        toks = voice_step(rt, [jobs[i].voice for i in vjobs])
+        for i, tok in zip(vjobs, toks):
+            if tok is not None:
+                jobs[i].unvocoded.append(tok)
+                events[i].append(SpeechTokens([tok]))
+    for i, job in enumerate(jobs):
+        if job.finished or job.voice is None:
+            continue
+        last = job.voice.finished
+        if len(job.unvocoded) >= vocoder_chunk or (last and job.unvocoded):
+            n = len(job.unvocoded) if last else vocoder_chunk
+            toks = torch.tensor(job.unvocoded[:n], dtype=torch.long)
+            del job.unvocoded[:n]
+            wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state,
+                                                      last=last and not job.unvocoded)
+            job._mark("first_speech_chunk")
+            if len(wave):
+                job._mark("first_audio")
+                events[i].append(AudioChunk(np.asarray(wave, dtype=np.float32),
+                                            rt.sample_rate_out))
+    for i, job in enumerate(jobs):
+        if job.finished or not job.text.done:
+            continue
+        if job.voice is not None and (not job.voice.finished or job.unvocoded):
+            continue
+        tail = rt.decode(job.text.ids)
+        if tail != job.emitted and tail.startswith(job.emitted):
+            events[i].append(TextDelta(tail[len(job.emitted):]))
+            job.emitted = tail
+        job.status = "incomplete" if job.text.finish_reason == "length" else "completed"
+        job._close(rt)
+        events[i].append(JobDone(job.status, job.emitted))
+    return events
+
+
+# ---- one-session helpers ----------------------------------------------------------------
+
+
+def run_job(rt: MinMoRuntime, job: ResponseJob, gen: GenerationConfig | None = None
+            ) -> Iterator[JobEvent]:
+    """Step one job to the end, yielding its events."""
+    gen = gen or GenerationConfig()
+    while not job.finished:
+        for ev in step_jobs(rt, [job], gen.voice_steps, gen.vocoder_chunk)[0]:
+            yield ev
+
+
+def respond(rt: MinMoRuntime, session: VoiceSession, wave: np.ndarray | None = None,
+            text: str | None = None, audio: bool = True) -> Iterator[JobEvent]:
+    """One user turn (speech ``wave`` at 16 kHz, or ``text``) and the streamed reply."""
+    if wave is not None:
+        add_user_speech(rt, session, rt.encode_speech(wave))
+    elif text is not None:
+        add_user_text(rt, session, text)
+    job = start_reply(rt, session, audio=audio)
+    yield from run_job(rt, job, session.cfg.generation)
+
+
+def transcribe(rt: MinMoRuntime, wave: np.ndarray, gen: GenerationConfig | None = None,
+               system: str | None = None) -> str:
+    """Transcript of a 16 kHz waveform by the MinMo LLM (ASR instruction prompt)."""
+    job = new_transcription(rt, system if system is not None else rt.model.cfg.system_prompt,
+                            rt.encode_speech(wave), gen)
+    for _ in run_job(rt, job, gen):
+        pass
+    return job.emitted
+
+
+@dataclass
+class Reply:
+    """Result of :func:`reply`.
+
+    Attributes:
+        transcript: the user's words as the model transcribed them (None if not asked).
+        text: reply text.
+        wave: ``(N,)`` float32 reply speech at ``sample_rate`` (empty for text only).
+        speech_tokens: the reply's speech tokens.
+        status: ``completed`` or ``incomplete``.
+        timings: seconds from the reply's start: ``first_token``, ``five_tokens``,
+            ``first_speech_chunk``, ``first_audio``, ``total``.
+    """
+
+    transcript: str | None
+    text: str
+    wave: np.ndarray
+    sample_rate: int
+    speech_tokens: list[int]
+    status: str
+    timings: dict[str, float]
+
+
+def reply(rt: MinMoRuntime, wave: np.ndarray, session: VoiceSession | None = None,
+          with_transcript: bool = True, audio: bool = True) -> Reply:
+    """One spoken turn offline: transcript (optional), reply text and reply speech."""
+    session = session or new_session(rt)
+    speech = rt.encode_speech(wave)
+    transcript = None
+    if with_transcript:
+        tjob = new_transcription(rt, session, speech, session.cfg.generation)
+        for _ in run_job(rt, tjob, session.cfg.generation):
+            pass
+        transcript = tjob.emitted
+    add_user_speech(rt, session, speech, transcript)
+    job = start_reply(rt, session, audio=audio)
+    chunks, tokens = [], []
+    for ev in run_job(rt, job, session.cfg.generation):
+        if isinstance(ev, AudioChunk):
+            chunks.append(ev.samples)
+        elif isinstance(ev, SpeechTokens):
+            tokens.extend(ev.tokens)
+    job.timings["total"] = time.perf_counter() - job.t0
+    out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return Reply(transcript, job.emitted, out, rt.sample_rate_out, tokens, job.status,
+                 dict(job.timings))

@@ -1,0 +1,221 @@
+"""Inference layer on the tiny model: prompts, batched caches, 5:15 voice stream, listening
+stream (streaming == offline), replies, multi-turn context and cancellation."""
+
+import numpy as np
+import pytest
+import torch
+
+from minmo.inference import pipeline as P
+from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
+from minmo.inference.kv import KVStream, batched_forward
+from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
+from minmo.inference.loading import load_runtime
+from minmo.inference.prompts import (
+    ASR_INSTRUCTION,
+    assistant_header_ids,
+    system_ids,
+    user_speech_ids,
+)
+
+
+@pytest.fixture(scope="module")
+def rt():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_runtime("tiny", seed=0)
+    torch.set_num_threads(threads)
+
+
+def _wave(seconds=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_prompt_ids_equal_training_layout(rt):
+    from minmo.data.chatml import build_chat_ids
+
+    tok = rt.tok
+    ref = build_chat_ids(tok, "You are a helpful assistant.", ASR_INSTRUCTION, True, None)
+    before, after = user_speech_ids(tok, ASR_INSTRUCTION)
+    ours = system_ids(tok, "You are a helpful assistant.") + before + after + assistant_header_ids(tok)
+    assert ours == ref.input_ids
+    assert len(system_ids(tok, "You are a helpful assistant.") + before) == ref.speech_pos
+
+
+def test_batched_forward_equals_one_stream_at_a_time(rt):
+    g = torch.Generator().manual_seed(0)
+    h = rt.model.llm.hidden_size
+    prompts = [torch.randn(n, h, generator=g) for n in (3, 7, 1)]
+    steps = [torch.randn(n, h, generator=g) for n in (1, 2, 1)]
+    solo = [KVStream() for _ in prompts]
+    ref = []
+    for s, p, x in zip(solo, prompts, steps):
+        batched_forward(rt.llm_body, [s], [p])
+        ref.append(batched_forward(rt.llm_body, [s], [x])[0])
+    many = [KVStream() for _ in prompts]
+    for s, p in zip(many, prompts):
+        batched_forward(rt.llm_body, [s], [p])
+    got = batched_forward(rt.llm_body, many, steps)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # the caches were extended correctly: one more batched step still agrees
+    nxt = [torch.randn(1, h, generator=g) for _ in prompts]
+    ref2 = [batched_forward(rt.llm_body, [s], [x])[0] for s, x in zip(solo, nxt)]
+    got2 = batched_forward(rt.llm_body, many, nxt)
+    for a, b in zip(ref2, got2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert [s.length for s in many] == [s.length for s in solo] == [5, 10, 3]
+
+
+def test_voice_stream_schedule_equals_push(rt):
+    vlm = rt.model.voice_lm
+    g = torch.Generator().manual_seed(1)
+    sem = torch.randn(13, vlm.hidden_size, generator=g)
+    # reference: VoiceTokenLM.push fed 4 vectors at a time, then text_done
+    state = vlm.init_state()
+    ref = []
+    with torch.inference_mode():
+        for k in range(0, 13, 4):
+            toks, state = vlm.push(sem[k:k + 4], state, greedy=True, max_tail_tokens=40)
+            ref += toks
+        toks, state = vlm.push(sem[:0], state, text_done=True, greedy=True, max_tail_tokens=40)
+        ref += toks
+    vs = VoiceStream(greedy=True, max_tokens=10_000)
+    got = []
+    fed = 0
+    for _ in range(500):
+        if fed < 13 and (not got or len(got) % 7 == 0):
+            vs.add_semantic(sem[fed:fed + 4])
+            fed += 4
+            if fed >= 13:
+                vs.finish_text()
+        tok = voice_step(rt, [vs])[0]
+        if tok is not None:
+            got.append(tok)
+        if vs.finished:
+            break
+    # push's tail is capped at 40 tokens: compare the full groups plus that many tail tokens
+    assert len(ref) >= 30
+    assert got[:len(ref)] == ref
+
+
+def test_text_step_batched_matches_single(rt):
+    def make(seed):
+        sess = P.new_session(rt)
+        P.add_user_speech(rt, sess, rt.encode_speech(_wave(1.0, seed)))
+        return P.start_reply(rt, sess, audio=False)
+
+    solo = [make(s) for s in (0, 1)]
+    for job in solo:
+        for _ in range(6):
+            text_step(rt, [job.text])
+    pair = [make(s) for s in (0, 1)]
+    for _ in range(6):
+        text_step(rt, [j.text for j in pair])
+    assert [j.text.ids for j in solo] == [j.text.ids for j in pair]
+
+
+def test_listening_stream_equals_offline_and_ignores_chunking(rt):
+    wave = _wave(2.0, 3)
+    cfg = ListenConfig(encoder_chunk=2)
+    system = rt.model.cfg.system_prompt
+
+    def stream(chunk):
+        st = new_listen_state(rt, cfg)
+        frames = []
+        for k in range(0, len(wave), chunk):
+            frames += listen_step(rt, [st], [wave[k:k + chunk]], [lambda t: False], [system], cfg)[0]
+        return frames
+
+    a, b = stream(640), stream(5000)
+    assert len(a) == len(b) > 10
+    for fa, fb in zip(a, b):
+        assert fa.end_s == fb.end_s
+        torch.testing.assert_close(fa.probs, fb.probs, atol=1e-5, rtol=1e-4)
+    # offline: encoder in the same block-causal regime, projector, LLM, predictor in one pass
+    m = rt.model
+    with torch.inference_mode():
+        feats = m.frontend(wave)
+        usable = (feats.shape[0] // 2) * 2
+        feats = feats[None, :usable]
+        enc, enc_lens = m.encoder(feats, torch.tensor([usable]), chunk_size=2)
+        proj, plens = m.input_projector(enc, enc_lens)
+        n = len(a)
+        before, _ = user_speech_ids(rt.tok, "")
+        prefix = rt.embed_ids(system_ids(rt.tok, system) + before)
+        hid = m.llm(torch.cat([prefix, proj[0, :n]])[None]).hidden[0, -n:]
+        logits = m.duplex(hid[None], torch.zeros(1, n, dtype=torch.long), torch.tensor([n]))
+    torch.testing.assert_close(torch.stack([f.probs for f in a]), logits[0].softmax(-1),
+                               atol=1e-4, rtol=1e-3)
+    assert a[0].end_s is None and a[2].end_s == pytest.approx(0.12)
+
+
+def test_listening_context_is_bounded(rt):
+    cfg = ListenConfig(max_frames=40, keep_frames=10)
+    st = new_listen_state(rt, cfg)
+    wave = _wave(8.0, 4)
+    frames = []
+    for k in range(0, len(wave), 1920):
+        frames += listen_step(rt, [st], [wave[k:k + 1920]], [lambda t: True], ["sys"], cfg)[0]
+    assert len(frames) > 60
+    assert st.kv.length <= 40 + 2
+    assert all(torch.isfinite(f.probs).all() for f in frames)
+    assert frames[-1].speaking
+
+
+def test_reply_streams_text_tokens_and_audio(rt):
+    sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
+        max_text_tokens=12, max_speech_tokens=50, seed=0)))
+    r = P.reply(rt, _wave(), sess)
+    assert r.text and r.transcript is not None
+    assert len(r.speech_tokens) == 50  # random weights never sample EOS this early
+    assert r.wave.shape == (50 * rt.sample_rate_out // 25,)
+    assert set(r.timings) >= {"first_token", "five_tokens", "first_audio"}
+    # same seed, same session config: same reply
+    sess2 = P.new_session(rt, sess.cfg)
+    r2 = P.reply(rt, _wave(), sess2)
+    assert r2.text == r.text and r2.speech_tokens == r.speech_tokens
+    # the second turn reuses the cache: it grows, and holds both turns
+    before = sess.chat.kv.length
+    P.reply(rt, _wave(1.0, 5), sess, with_transcript=False)
+    assert sess.chat.kv.length > before
+    assert [it.role for it in sess.chat.items] == ["user", "assistant", "user", "assistant"]
+
+
+def test_context_budget_drops_oldest_turns(rt):
+    cfg = P.SessionConfig(max_context_tokens=90,
+                          generation=P.GenerationConfig(max_text_tokens=6, max_speech_tokens=5))
+    sess = P.new_session(rt, cfg)
+    for k in range(4):
+        P.reply(rt, _wave(0.8, k), sess, with_transcript=False)
+        assert sess.chat.kv.length + sess.chat.pending_len() <= 90
+    assert len(sess.chat.items) < 8  # old turns were dropped
+    assert sess.chat.items[-1].role == "assistant"
+
+
+def test_cancel_closes_the_turn_and_the_next_reply_works(rt):
+    sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
+        max_text_tokens=30, max_speech_tokens=200)))
+    P.add_user_speech(rt, sess, rt.encode_speech(_wave()))
+    job = P.start_reply(rt, sess)
+    for _ in range(8):
+        P.step_jobs(rt, [job])
+    job.cancel(rt)
+    assert job.finished and job.status == "cancelled"
+    assert P.step_jobs(rt, [job]) == [[]]  # nothing more once cancelled
+    said = len(job.text.ids)
+    assert sess.chat.items[-1].role == "assistant"
+    # unfed last token + <|im_end|>\n wait in front of the next prompt
+    assert sess.chat.pending_len() == 1 + len(rt.tok.encode("\n")) + 1
+    r = P.reply(rt, _wave(1.0, 9), sess, with_transcript=False)
+    assert r.text and said > 0
+
+
+def test_text_only_reply_and_transcribe(rt):
+    sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(max_text_tokens=5)))
+    events = list(P.respond(rt, sess, text="hello there", audio=False))
+    assert isinstance(events[-1], P.JobDone)
+    assert not any(isinstance(e, P.AudioChunk) for e in events)
+    text = P.transcribe(rt, _wave(), P.GenerationConfig(transcribe_max_tokens=7))
+    assert isinstance(text, str) and text
