@@ -131,3 +131,15 @@ def test_aggregate_latencies_orders_paper_stages_and_skips_missing() -> None:
     assert [k for k, _, _ in PAPER_STAGES][0] == "duplex_decision"
     with pytest.raises(TypeError, match="record 0"):
         aggregate_latencies([{"end_to_end": "fast"}])
+
+
+def test_reply_stage_latencies_from_cumulative_timestamps() -> None:
+    from minmo.eval.latency import reply_stage_latencies
+
+    out = reply_stage_latencies(0.095, 0.150, 0.220, 0.350, before_reply_s=0.250)
+    assert out == pytest.approx({"first_text_token": 95.0, "five_text_tokens": 150.0,
+                                 "fifteen_speech_tokens": 70.0, "first_audio_chunk": 130.0,
+                                 "end_to_end": 600.0})
+    # a text-only reply has no speech stages
+    assert reply_stage_latencies(0.1, 0.2, None, None) == pytest.approx(
+        {"first_text_token": 100.0, "five_text_tokens": 200.0})

@@ -1,21 +1,21 @@
 """Latency aggregation in the paper's terms.
 
 Each measured turn gives a record ``{stage: milliseconds}``. The stages MinMo reports
-(Section "Full duplex", latency budget, measured on an NVIDIA L20) are, in order:
+(latency budget, measured on an NVIDIA L20) are *durations of successive stages*, whose sum
+is the theoretical response latency:
 
 ==========================  ======================================================  ==========
-key                         meaning (time from the end of the user's speech, unless  paper (ms)
-                            noted)
+key                         duration of                                              paper (ms)
 ==========================  ======================================================  ==========
-``duplex_decision``         duplex predictor decides to respond                      250
-``first_text_token``        first reply text token (after the decision)              95
-``five_text_tokens``        5 reply text tokens (the first voice-LM input block)     150
-``fifteen_speech_tokens``   15 speech tokens from the voice LM                       70
-``first_audio_chunk``       first audio chunk out of token2wav                       130
-``end_to_end``              user stops talking -> first assistant audio              ~800
+``duplex_decision``         user stops talking -> duplex predictor says RESPOND      250
+``first_text_token``        reply start -> first reply text token                    95
+``five_text_tokens``        reply start -> 5th text token (first voice-LM block)     150
+``fifteen_speech_tokens``   5th text token -> 15th speech token from the voice LM    70
+``first_audio_chunk``       15th speech token -> first audio chunk out of token2wav  130
+``end_to_end``              user stops talking -> first assistant audio (measured)   ~800
 ==========================  ======================================================  ==========
 
-(The paper's theoretical sum of the module latencies is ~600 ms; its measured end to end is
+(The paper's theoretical sum 250 + 150 + 70 + 130 is ~600 ms; its measured end to end is
 ~800 ms.) Any other key in a record (per-module timings such as ``encoder``) is aggregated too
 and listed after the paper's stages.
 
@@ -96,3 +96,37 @@ def aggregate_latencies(records: Iterable[Mapping[str, float | None]]) -> dict[s
     ordered = [k for k, _, _ in PAPER_STAGES if k in collected]
     ordered += [k for k in collected if k not in STAGE_LABELS]
     return {stage: summarize(collected[stage]) for stage in ordered}
+
+
+def reply_stage_latencies(
+    first_token_s: float | None,
+    five_tokens_s: float | None,
+    fifteen_speech_tokens_s: float | None,
+    first_audio_s: float | None,
+    before_reply_s: float | None = None,
+) -> dict[str, float]:
+    """Paper stage durations (ms) from cumulative reply timestamps (seconds from reply start).
+
+    Args:
+        first_token_s: first text token.
+        five_tokens_s: 5th text token.
+        fifteen_speech_tokens_s: 15th speech token ready for token2wav.
+        first_audio_s: first audio chunk out of token2wav.
+        before_reply_s: time from the end of the user's speech to the reply start (encoding,
+            and the duplex decision where measured); when given, ``end_to_end`` is filled.
+
+    Returns:
+        The stages that can be computed (a missing timestamp leaves its stages out).
+    """
+    out: dict[str, float] = {}
+    if first_token_s is not None:
+        out["first_text_token"] = 1000.0 * first_token_s
+    if five_tokens_s is not None:
+        out["five_text_tokens"] = 1000.0 * five_tokens_s
+        if fifteen_speech_tokens_s is not None:
+            out["fifteen_speech_tokens"] = 1000.0 * (fifteen_speech_tokens_s - five_tokens_s)
+    if fifteen_speech_tokens_s is not None and first_audio_s is not None:
+        out["first_audio_chunk"] = 1000.0 * (first_audio_s - fifteen_speech_tokens_s)
+    if before_reply_s is not None and first_audio_s is not None:
+        out["end_to_end"] = 1000.0 * (before_reply_s + first_audio_s)
+    return out
