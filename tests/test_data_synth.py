@@ -12,7 +12,9 @@ import soundfile as sf
 
 from minmo.data.check import check_manifests
 from minmo.data.duplex import CONTINUE, LISTEN, RESPOND, STOP, Utterance, build_dialogue
-from minmo.data.espeak import ASSISTANT, TEST_VARIANTS, check_espeak
+from minmo.data import espeak
+from minmo.data.espeak import (ASSISTANT, TEST_MBROLA_VOICES, TEST_VARIANTS, check_espeak,
+                               missing_mbrola_voices)
 from minmo.data.manifest import TASKS
 from minmo.data.qa import qa_pairs, qa_pairs_by_split
 from minmo.data.synth import SynthConfig, SynthError, synthesize_corpus
@@ -114,21 +116,23 @@ def test_other_seed_differs_and_settings_mismatch_refused(corpus, tmp_path):
     assert a != b
 
 
-def test_held_out_speakers_and_texts_never_in_train(corpus):
-    root, _ = corpus
+def _voice(speaker: str) -> str:
+    """``en-us+f3-p45-s170`` -> ``f3``; ``mb-us1-p45-s170`` -> ``mb-us1``."""
+    voice = speaker.rsplit("-p", 1)[0]
+    return voice.split("+", 1)[1] if "+" in voice else voice
+
+
+def _assert_held_out(root: Path) -> None:
     train = _rows(root, "train") + _rows(root, "valid")
     test = _rows(root, "test")
     assert test, "the fixture asks for 50 % test items"
-
-    def variant(speaker: str) -> str:
-        return speaker.split("+", 1)[1].rsplit("-p", 1)[0]
-
+    held_out = TEST_VARIANTS | TEST_MBROLA_VOICES
     train_speakers = {r["speaker"] for r in train if r.get("speaker") not in (None, "assistant")}
     test_speakers = {r["speaker"] for r in test if r.get("speaker") not in (None, "assistant")}
     assert test_speakers and not (test_speakers & train_speakers)
-    assert all(variant(s) in TEST_VARIANTS for s in test_speakers)
-    assert not any(variant(s) in TEST_VARIANTS for s in train_speakers)
-    assert ASSISTANT.variant not in {variant(s) for s in train_speakers | test_speakers}
+    assert all(_voice(s) in held_out for s in test_speakers)
+    assert not any(_voice(s) in held_out for s in train_speakers)
+    assert ASSISTANT.variant not in {_voice(s) for s in train_speakers | test_speakers}
     train_sent = {r["sentence"] for r in train if "sentence" in r}
     test_sent = {r["sentence"] for r in test if "sentence" in r}
     assert test_sent and not (test_sent & train_sent)
@@ -138,6 +142,28 @@ def test_held_out_speakers_and_texts_never_in_train(corpus):
     assert not (train_q & test_q)
     held_out_q = {p.question for p in qa_pairs_by_split()["test"]}
     assert test_q <= held_out_q
+
+
+def test_held_out_speakers_and_texts_never_in_train(corpus):
+    _assert_held_out(corpus[0])
+
+
+def test_mbrola_voices_optional(tmp_path, monkeypatch):
+    if missing_mbrola_voices(SENTENCE_LANGUAGES):
+        pytest.skip("MBROLA voices not installed (optional; see docs/data.md)")
+    root = tmp_path / "mb"
+    synthesize_corpus(_cfg(root, mbrola=True), progress=False)
+    speakers = {r.get("speaker", "") for s in ("train", "valid", "test") for r in _rows(root, s)}
+    assert any(s.startswith("mb-") for s in speakers)
+    assert check_manifests([root / "train", root / "test"]).bad == []
+    _assert_held_out(root)
+    assert json.loads((root / "synth.json").read_text())["mbrola"] is True
+
+
+def test_mbrola_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(espeak, "MBROLA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(SynthError, match="mbrola-us1"):
+        synthesize_corpus(_cfg(tmp_path / "x", mbrola=True), progress=False)
 
 
 def test_held_out_pools_are_disjoint_and_qa_is_large():

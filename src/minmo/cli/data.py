@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--languages", default=None,
                        help="comma-separated sentence languages (default: all: "
                             "en,de,fr,es,it,pt,nl)")
+    synth.add_argument("--mbrola", action="store_true",
+                       help="also use MBROLA voices (Debian mbrola-* packages) for half the "
+                            "user speakers")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.add_argument("--no-check", action="store_true", help="skip the final manifest check")
 
@@ -70,7 +73,8 @@ def _synth(args: argparse.Namespace) -> int:
     languages = (args.languages.split(",") if args.languages else list(SENTENCE_LANGUAGES))
     cfg = SynthConfig(out=args.out, hours=args.hours, seed=args.seed, workers=args.workers,
                       shard_seconds=args.shard_seconds, test_fraction=args.test_fraction,
-                      valid_fraction=args.valid_fraction, languages=languages)
+                      valid_fraction=args.valid_fraction, languages=languages,
+                      mbrola=args.mbrola)
     from minmo.data.espeak import EspeakError
 
     try:

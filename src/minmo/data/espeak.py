@@ -1,7 +1,8 @@
 """espeak-ng speakers and synthesis: text -> float32 waveform, no temp files.
 
 A *speaker* is an espeak-ng language voice plus a voice variant (``+f3``, ``+m5``), a pitch
-(``-p``, 0-99) and a rate (``-s``, words per minute). Speaker pools are split by variant:
+(``-p``, 0-99) and a rate (``-s``, words per minute); optionally (``mbrola=True``) an MBROLA
+diphone voice (``mb-us1``, more natural; Debian non-free packages) with a pitch and a rate. Speaker pools are split by variant:
 the variants in :data:`TEST_VARIANTS` speak only in the test split, never in train/valid, so
 test speakers are unseen voices. The assistant's voice (:data:`ASSISTANT`) uses a variant no
 user speaker uses.
@@ -41,6 +42,23 @@ MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "adam", "Andy",
 TEST_VARIANTS = frozenset({"f4", "steph", "m6", "victor", "caleb"})
 """Variants held out: their speakers occur only in the test split."""
 
+MBROLA_VOICES: dict[str, tuple[tuple[str, str], ...]] = {
+    "en": (("mb-us1", "female"), ("mb-us2", "male"), ("mb-us3", "male"), ("mb-en1", "male")),
+    "de": (("mb-de1", "female"), ("mb-de2", "male")),
+    "fr": (("mb-fr1", "male"), ("mb-fr4", "female")),
+    "es": (("mb-es1", "male"), ("mb-es3", "female")),
+    "it": (("mb-it3", "male"), ("mb-it4", "female")),
+    "pt": (("mb-pt1", "female"),),
+    "nl": (("mb-nl2", "male"),),
+}
+"""Optional MBROLA voices (Debian ``mbrola-*`` packages, non-free) per language, with gender."""
+TEST_MBROLA_VOICES = frozenset({"mb-us3", "mb-it3"})
+"""MBROLA voices held out for the test split."""
+MBROLA_DIR = "/usr/share/mbrola"
+MBROLA_SHARE = 0.5
+"""With MBROLA enabled, the share of user speakers drawn from MBROLA voices (where the
+language has one for the split)."""
+
 PITCHES = (25, 35, 45, 55, 65, 75)
 RATES = (130, 150, 170, 190)
 
@@ -75,8 +93,9 @@ class Speaker:
 
     @property
     def id(self) -> str:
-        """Stable speaker id, e.g. ``en-us+f3-p45-s170``."""
-        return f"{self.voice}+{self.variant}-p{self.pitch}-s{self.rate}"
+        """Stable speaker id, e.g. ``en-us+f3-p45-s170`` (MBROLA: ``mb-us1-p45-s170``)."""
+        voice = f"{self.voice}+{self.variant}" if self.variant else self.voice
+        return f"{voice}-p{self.pitch}-s{self.rate}"
 
     @property
     def pitch_level(self) -> str:
@@ -108,8 +127,40 @@ def variants_for_split(split: str) -> tuple[str, ...]:
     return tuple(v for v in all_variants if v not in TEST_VARIANTS)
 
 
-def random_speaker(rng: random.Random, language: str, split: str) -> Speaker:
-    """Draw a user speaker of ``language`` from the pool of ``split``."""
+def mbrola_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
+    """MBROLA ``(voice, gender)`` pairs a speaker of ``split`` may use."""
+    pool = MBROLA_VOICES.get(language, ())
+    if split == "test":
+        return [v for v in pool if v[0] in TEST_MBROLA_VOICES]
+    return [v for v in pool if v[0] not in TEST_MBROLA_VOICES]
+
+
+def missing_mbrola_voices(languages: list[str] | tuple[str, ...]) -> list[str]:
+    """Debian packages (``mbrola-us1``, ...) of the MBROLA voices of ``languages`` that are
+    not installed (empty: all there)."""
+    from pathlib import Path
+
+    missing = []
+    if shutil.which("mbrola") is None:
+        missing.append("mbrola")
+    for lang in languages:
+        for voice, _ in MBROLA_VOICES.get(lang, ()):
+            name = voice.removeprefix("mb-")
+            if not (Path(MBROLA_DIR) / name / name).is_file():
+                missing.append(f"mbrola-{name}")
+    return missing
+
+
+def random_speaker(rng: random.Random, language: str, split: str,
+                   mbrola: bool = False) -> Speaker:
+    """Draw a user speaker of ``language`` from the pool of ``split`` (with ``mbrola``, half
+    of them from the MBROLA voices of the language, when it has one for the split)."""
+    if mbrola:
+        pool = mbrola_voices_for_split(language, split)
+        if pool and rng.random() < MBROLA_SHARE:
+            voice, gender = rng.choice(pool)
+            return Speaker(voice=voice, variant="", pitch=rng.choice(PITCHES),
+                           rate=rng.choice(RATES), language=language, gender=gender)
     variant = rng.choice(variants_for_split(split))
     return Speaker(voice=rng.choice(LANGUAGE_VOICES[language]), variant=variant,
                    pitch=rng.choice(PITCHES), rate=rng.choice(RATES), language=language,
@@ -126,8 +177,10 @@ def styled_speaker(base: Speaker, style: str) -> Speaker:
         return replace(base, pitch=88)
     if style == "low":
         return replace(base, pitch=12)
-    if style == "whisper":
-        return replace(base, variant="whisperf" if base.gender == "female" else "whisper")
+    if style == "whisper":  # MBROLA voices cannot whisper: the language's espeak-ng voice does
+        voice = LANGUAGE_VOICES[base.language][0] if not base.variant else base.voice
+        return replace(base, voice=voice,
+                       variant="whisperf" if base.gender == "female" else "whisper")
     return base
 
 
@@ -163,7 +216,8 @@ def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple
     Raises:
         EspeakError: espeak-ng failed or produced no audio.
     """
-    cmd = [ESPEAK, "-v", f"{speaker.voice}+{speaker.variant}", "-p", str(speaker.pitch),
+    voice = f"{speaker.voice}+{speaker.variant}" if speaker.variant else speaker.voice
+    cmd = [ESPEAK, "-v", voice, "-p", str(speaker.pitch),
            "-s", str(speaker.rate), "--stdout"]
     template = EMOTION_PROSODY.get(emotion or "neutral")
     if emotion is not None and emotion not in EMOTION_PROSODY:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minmo.data.espeak import EspeakError, check_espeak
+from minmo.data.espeak import EspeakError, check_espeak, missing_mbrola_voices
 from minmo.data.manifest import TASKS
 from minmo.data.synth_items import ITEM_KINDS, KIND_SHARE, AudioCheckError, ItemContext
 from minmo.data.text_corpus import SENTENCE_LANGUAGES
@@ -59,6 +59,8 @@ class SynthConfig:
         test_fraction: share of items in the test split (held-out speakers and texts).
         valid_fraction: share of items in the valid split (seen speakers, held-out texts).
         languages: sentence languages (codes of :mod:`minmo.data.text_corpus`).
+        mbrola: also use MBROLA voices for half the user speakers (needs the Debian
+            ``mbrola-*`` packages; see ``docs/data.md``).
     """
 
     out: str
@@ -69,12 +71,15 @@ class SynthConfig:
     test_fraction: float = 0.05
     valid_fraction: float = 0.03
     languages: list[str] = field(default_factory=lambda: list(SENTENCE_LANGUAGES))
+    mbrola: bool = False
 
     def identity(self) -> dict:
         """The settings that fix the output (stored in ``synth.json``)."""
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
+        if not d["mbrola"]:  # corpora made before the option existed stay resumable
+            d.pop("mbrola")
         d["version"] = SYNTH_VERSION
         return d
 
@@ -139,7 +144,7 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
         ctx = ItemContext(root=root, audio_dir=f"audio/{plan.shard_id}", item_id=item_id,
                           split=split, rng=item_rng,
                           nprng=np.random.default_rng(_item_seed(cfg.seed + 1, item_id)),
-                          languages=tuple(cfg.languages))
+                          languages=tuple(cfg.languages), mbrola=cfg.mbrola)
         try:
             item_rows, item_seconds = gen(ctx)
         except (EspeakError, AudioCheckError) as exc:
@@ -269,6 +274,10 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
     if unknown or not cfg.languages:
         raise SynthError(f"--languages: unknown {unknown or 'empty list'}; known: "
                          f"{', '.join(SENTENCE_LANGUAGES)}")
+    if cfg.mbrola and (missing := missing_mbrola_voices(cfg.languages)):
+        raise SynthError(
+            "--mbrola needs the Debian packages " + " ".join(missing) + " (contrib/non-free; "
+            "see docs/data.md for the apt command), or drop --mbrola")
     _check_settings(cfg)
     plans = plan_shards(cfg)
     root = Path(cfg.out)

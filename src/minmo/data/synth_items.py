@@ -47,6 +47,7 @@ class ItemContext:
         rng: Python RNG of the item.
         nprng: numpy RNG of the item.
         languages: languages to draw sentences from.
+        mbrola: draw half the user speakers from MBROLA voices.
     """
 
     root: Path
@@ -56,6 +57,7 @@ class ItemContext:
     rng: random.Random
     nprng: np.random.Generator
     languages: tuple[str, ...] = SENTENCE_LANGUAGES
+    mbrola: bool = False
 
     def path(self, suffix: str) -> tuple[Path, str]:
         """Absolute and root-relative path for a file of this item."""
@@ -104,7 +106,7 @@ def _save(ctx: ItemContext, suffix: str, wave: np.ndarray, rate: int) -> tuple[s
 
 
 def _user_speaker(ctx: ItemContext, language: str) -> Speaker:
-    return random_speaker(ctx.rng, language, ctx.split)
+    return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola)
 
 
 def _user_level(ctx: ItemContext) -> float:
