@@ -274,15 +274,87 @@ def build_llm(cfg: LLMConfig, vocab_size: int | None = None) -> LLM:
         path = Path(cfg.path)
         if not path.exists():
             raise FileNotFoundError(f"llm.path {path} does not exist (a local HF model directory)")
-        kwargs: dict[str, Any] = {"dtype": torch.float32}
-        if cfg.gguf_file:
-            kwargs["gguf_file"] = cfg.gguf_file
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        if not cfg.gguf_file and _has_safetensors(path):
+            model = load_pretrained_causal_lm(path, dtype=torch.float32)
+        else:
+            kwargs: dict[str, Any] = {"dtype": torch.float32}
+            if cfg.gguf_file:
+                kwargs["gguf_file"] = cfg.gguf_file
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     else:
         model = AutoModelForCausalLM.from_config(_hf_config(cfg, max(cfg.vocab_size, vocab_size or 0)))
     if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
     return LLM(model, cfg.lora)
+
+
+def _has_safetensors(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+
+
+def load_pretrained_causal_lm(directory: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A transformers causal LM from a local HF directory, loaded shard by shard.
+
+    The model is built from ``config.json`` with its parameters on the meta device (no
+    memory); each tensor is then read from its safetensors shard straight into a fresh
+    allocation (see :func:`minmo.checkpoints.foreign_hf.load_into_meta_module`), so the
+    peak memory is about the model's size, not twice it. Loading is strict: unexpected,
+    missing and mis-shaped tensors are named. Tied embeddings may be absent from the files.
+
+    Args:
+        directory: HF model directory (``config.json`` + ``model.safetensors`` or shards
+            with ``model.safetensors.index.json``).
+        dtype: dtype of the floating-point parameters.
+
+    Returns:
+        The ``*ForCausalLM`` in eval mode (like ``from_pretrained``).
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from minmo.checkpoints.foreign_hf import load_into_meta_module
+
+    directory = Path(directory)
+    config = AutoConfig.from_pretrained(str(directory))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tied: dict[str, str] = {}
+    if getattr(config, "tie_word_embeddings", False):
+        tied = dict(getattr(model, "_tied_weights_keys", None) or {})
+    load_into_meta_module(model, directory, dtype, tied=tied)
+    if (directory / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(directory))
+    model.config.name_or_path = str(directory)
+    return model.eval()
+
+
+def convert_gguf_to_hf(directory: str | Path, gguf_file: str, out_dir: str | Path) -> Path:
+    """One-time conversion of a GGUF causal LM (dequantised by transformers) into a HF
+    directory with safetensors weights and the tokenizer, so later loads skip the slow
+    GGUF dequantisation (:func:`load_pretrained_causal_lm` reads it).
+
+    Args:
+        directory: folder holding the ``.gguf`` file.
+        gguf_file: file name inside ``directory``.
+        out_dir: new directory to write (config.json, model.safetensors, tokenizer files).
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, out_dir = Path(directory), Path(out_dir)
+    if not (directory / gguf_file).is_file():
+        raise FileNotFoundError(f"{directory / gguf_file}: GGUF file not found")
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file,
+                                                 dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights are plain floats now
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
 
 
 def build_decoder_body(
