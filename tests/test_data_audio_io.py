@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from minmo.audio.io import AudioError, audio_info, load_audio, load_audio_channels, resample, save_audio
+from minmo.audio.io import (AudioError, audio_info, load_audio, load_audio_channels, resample,
+                            save_audio)
 
 
 def _sine(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:

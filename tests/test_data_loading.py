@@ -327,3 +327,8 @@ def test_collate_without_frontend_gives_raw_waves(corpus):
     assert n == ds[by_id["u1"]].wave.size
     np.testing.assert_allclose(batch["waves"][0, :n].numpy(), ds[by_id["u1"]].wave)
     assert batch["wave_lens"][2] == 16000
+
+
+def test_example_longer_than_budget_gets_its_own_batch():
+    s = DynamicBatchSampler([1.0, 50.0, 2.0, 3.0], max_batch_seconds=10.0, shuffle=False)
+    assert s.rank_batches(0) == [[0], [1], [2, 3]]

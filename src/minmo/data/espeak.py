@@ -2,9 +2,10 @@
 
 A *speaker* is an espeak-ng language voice plus a voice variant (``+f3``, ``+m5``), a pitch
 (``-p``, 0-99) and a rate (``-s``, words per minute); optionally (``mbrola=True``) an MBROLA
-diphone voice (``mb-us1``, more natural; Debian non-free packages) with a pitch and a rate. Speaker pools are split by variant:
-the variants in :data:`TEST_VARIANTS` speak only in the test split, never in train/valid, so
-test speakers are unseen voices. The assistant's voice (:data:`ASSISTANT`) uses a variant no
+diphone voice (``mb-us1``, more natural; Debian non-free packages) with a pitch and a rate.
+Speaker pools are split by voice: the variants in :data:`TEST_VARIANTS` and the MBROLA voices
+in :data:`TEST_MBROLA_VOICES` speak only in the test split, never in train/valid, so test
+speakers are unseen voices. The assistant's voice (:data:`ASSISTANT`) uses a variant no
 user speaker uses.
 
 Emotions and styles (happy, sad, angry, whisper, fast, slow, high, low) are made with SSML

@@ -74,7 +74,8 @@ class ResumableLoader:
                 "num_replicas": self.sampler.num_replicas}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Start the next iteration at ``state`` (see :meth:`DynamicBatchSampler.load_state_dict`)."""
+        """Start the next iteration at ``state`` (see
+        :meth:`DynamicBatchSampler.load_state_dict`)."""
         self.sampler.load_state_dict(state)
         self._epoch, self._position = self.sampler.epoch, self.sampler.start_batch
 

@@ -8,7 +8,8 @@ Each epoch's batch list is a pure function of ``(seed, epoch, lengths, settings)
    so padding stays small);
 2. fill batches greedily: with ``max_batch_seconds > 0`` a batch grows while
    ``longest_length * count <= max_batch_seconds`` (the padded cost), capped by
-   ``max_batch_size``; otherwise ``batch_size`` examples per batch;
+   ``max_batch_size`` (an example longer than the budget gets a batch of its own);
+   otherwise ``batch_size`` examples per batch;
 3. shuffle the batch order, make the count divisible by ``num_replicas`` (drop the tail with
    ``drop_last``, else repeat leading batches) and give rank ``r`` batches ``r, r+R, ...``.
 
@@ -59,9 +60,6 @@ class DynamicBatchSampler(Sampler[list[tuple[int, int]]]):
         if max_batch_seconds <= 0 and batch_size < 1:
             raise ValueError("batch_size must be >= 1 (or set max_batch_seconds > 0)")
         self.lengths = np.asarray(lengths, dtype=np.float64)
-        if max_batch_seconds > 0 and self.lengths.size and self.lengths.max() > max_batch_seconds:
-            raise ValueError(f"an example of {self.lengths.max():.1f}s exceeds max_batch_seconds "
-                             f"{max_batch_seconds}: raise it or lower data.max_audio_seconds")
         self.batch_size = batch_size
         self.max_batch_seconds = max_batch_seconds
         self.max_batch_size = max_batch_size
