@@ -1,0 +1,241 @@
+"""HTTP + WebSocket server (FastAPI, uvicorn): the OpenAI Realtime endpoint, the browser
+page, ``/healthz`` and ``/metrics``.
+
+Endpoints:
+
+* ``GET /``: the browser page (``serving/web/``); ``/static/*`` its scripts.
+* ``WS /v1/realtime`` (also ``/realtime``): one Realtime session per connection; the
+  ``model`` query parameter is accepted and ignored (one model per server).
+* ``GET /healthz``: ``{"status": "ok", "sessions": n, "model": {...}}``.
+* ``GET /metrics``: Prometheus text (session gauge, counters, per-stage latency histograms).
+
+Limits: optional API key (``Authorization: Bearer``, ``api-key`` header, the browser
+subprotocol ``openai-insecure-api-key.<key>`` or ``?api_key=``; a wrong or missing key is
+refused with HTTP 401 before any session exists); ``max_sessions`` (a refused connection
+gets an ``error`` event with code ``session_limit_reached`` and close code 1013); frames over
+``max_message_bytes`` get an ``error`` event (frames over 4x that are cut by the WebSocket
+layer with close code 1009); ``idle_timeout_s`` without client frames closes the session;
+input audio backlog is bounded (the server stops reading until the engine catches up) and
+so is the outgoing queue (generation pauses for a client that does not read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.websockets import WebSocketDisconnect
+
+from minmo.serving import protocol as R
+from minmo.serving.engine import Engine, SessionLimitReached
+
+WEB_DIR = Path(__file__).parent / "web"
+SUBPROTOCOL_KEY = "openai-insecure-api-key."
+
+
+@dataclass
+class ServerConfig:
+    """Connection limits (see module docstring)."""
+
+    api_key: str | None = None
+    max_message_bytes: int = 2 * 1024 * 1024
+    idle_timeout_s: float = 300.0
+    max_backlog_seconds: float = 5.0
+
+
+def _offered_key(ws: WebSocket) -> str | None:
+    auth = ws.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    if ws.headers.get("api-key"):
+        return ws.headers["api-key"]
+    for proto in ws.scope.get("subprotocols", []):
+        if proto.startswith(SUBPROTOCOL_KEY):
+            return proto[len(SUBPROTOCOL_KEY):]
+    return ws.query_params.get("api_key")
+
+
+def create_app(engine: Engine, cfg: ServerConfig | None = None) -> FastAPI:
+    """The ASGI app around a started (or to-be-started) :class:`Engine`."""
+    cfg = cfg or ServerConfig()
+    app = FastAPI(title="minmo", docs_url=None, redoc_url=None)
+    app.state.engine, app.state.cfg = engine, cfg
+    if WEB_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
+
+    @app.get("/")
+    async def index() -> Response:
+        page = WEB_DIR / "index.html"
+        if not page.is_file():
+            return PlainTextResponse("the browser page is not installed", status_code=404)
+        return FileResponse(str(page), media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok" if engine.error is None else "degraded",
+                             "sessions": engine.session_count,
+                             "max_sessions": engine.cfg.max_sessions,
+                             "model": engine.rt.info.to_dict(),
+                             "engine_error": repr(engine.error) if engine.error else None})
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(engine.metrics.render(),
+                                 media_type="text/plain; version=0.0.4")
+
+    async def realtime(ws: WebSocket) -> None:
+        await _serve_connection(ws, engine, cfg)
+
+    app.add_api_websocket_route("/v1/realtime", realtime)
+    app.add_api_websocket_route("/realtime", realtime)
+    return app
+
+
+async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) -> None:
+    if cfg.api_key is not None:
+        key = _offered_key(ws)
+        if key is None or not hmac.compare_digest(key.encode(), cfg.api_key.encode()):
+            await ws.send_denial_response(JSONResponse(
+                {"error": {"type": "invalid_request_error", "code": "invalid_api_key",
+                           "message": "missing or wrong API key"}}, status_code=401))
+            return
+    offered = ws.scope.get("subprotocols", [])
+    subprotocol = "realtime" if "realtime" in offered else None
+    try:
+        engine.reserve()
+    except SessionLimitReached as exc:
+        await ws.accept(subprotocol=subprotocol)
+        err = R.ProtocolError(str(exc), "session_limit_reached", error_type="server_error")
+        await ws.send_text(json.dumps(R.error_event(err)))
+        await ws.close(code=1013, reason="session limit reached")
+        return
+    await ws.accept(subprotocol=subprotocol)
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue[tuple[dict, bool] | None] = asyncio.Queue()
+    opened: asyncio.Future = loop.create_future()
+    drained = asyncio.Event()
+    beta = ws.headers.get("openai-beta", "").startswith("realtime=v1")
+
+    def emit(ev: dict) -> None:  # engine thread
+        loop.call_soon_threadsafe(out.put_nowait, (ev, True))
+
+    def on_open(session: Any) -> None:
+        session.on_drain = lambda: loop.call_soon_threadsafe(drained.set)
+        loop.call_soon_threadsafe(opened.set_result, session)
+
+    engine.open(emit, beta, on_open)
+    session = await opened
+    sent = {"n": 0}
+
+    async def writer() -> None:
+        while True:
+            item = await out.get()
+            if item is None:
+                return
+            ev, from_engine = item
+            await ws.send_text(json.dumps(ev))
+            if from_engine:
+                sent["n"] += 1
+                session.sent = sent["n"]
+
+    def reject(err: R.ProtocolError) -> None:  # answered here, without the engine
+        engine.metrics.inc("client_errors")
+        out.put_nowait((R.error_event(err), False))
+
+    writer_task = asyncio.create_task(writer())
+    submitted = 0
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), timeout=cfg.idle_timeout_s)
+            except asyncio.TimeoutError:
+                out.put_nowait((R.error_event(R.ProtocolError(
+                    f"no client event for {cfg.idle_timeout_s:.0f} s: session closed",
+                    "idle_timeout")), False))
+                out.put_nowait(None)
+                await writer_task
+                await ws.close(code=1000, reason="idle timeout")
+                return
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("text")
+            if data is None:
+                data = msg.get("bytes") or b""
+            if len(data) > cfg.max_message_bytes:
+                reject(R.ProtocolError(
+                    f"frame of {len(data)} bytes exceeds the limit of {cfg.max_message_bytes}: "
+                    "send audio in smaller input_audio_buffer.append events", "message_too_large"))
+                continue
+            try:
+                ev = R.parse_client_event(data)
+                if ev["type"] == "input_audio_buffer.append":
+                    eid = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+                    pcm = R.decode_pcm16(ev.get("audio"), eid)
+                    while (submitted - session.applied_audio) / R.WIRE_RATE \
+                            + session.pending_samples / 16000 > cfg.max_backlog_seconds:
+                        drained.clear()
+                        try:
+                            await asyncio.wait_for(drained.wait(), timeout=1.0)
+                        except asyncio.TimeoutError:
+                            pass
+                    submitted += pcm.size
+                    engine.submit(session.id, "audio", pcm)
+                else:
+                    engine.submit(session.id, "event", ev)
+            except R.ProtocolError as err:
+                reject(err)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        engine.submit(session.id, "close")
+        out.put_nowait(None)
+        writer_task.cancel()
+        try:
+            await writer_task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
+class BackgroundServer:
+    """uvicorn on a free 127.0.0.1 port in a thread (tests, benchmarks).
+
+    The listening socket is bound before the thread starts, so clients can connect as soon as
+    the constructor returns (connections wait in the backlog until uvicorn accepts).
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", ws_max_size: int = 8 * 2 ** 20):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", ws_max_size=ws_max_size,
+                                lifespan="off", ws="websockets-sansio")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
