@@ -16,7 +16,7 @@ done
 # Debian packages: speech synthesis for the synthetic corpus, sox for audio checks.
 APT_PACKAGES=(espeak-ng sox libsndfile1)
 if [ "$WITH_TEST" = 1 ]; then
-  APT_PACKAGES+=()
+  APT_PACKAGES+=(chromium)  # headless browser test of the serving page (playwright drives it)
 fi
 
 missing=()
