@@ -279,8 +279,8 @@ class HiFTConfig:
     f0_channels: int = 64
     f0_layers: int = 5
     stream_context_frames: int = 8
-    stream_lookahead_frames: int = 4
-    stream_crossfade_frames: int = 2
+    stream_lookahead_frames: int = 8
+    stream_crossfade_frames: int = 1
     disc_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
     disc_channels: int = 16  # width of the first discriminator conv (HiFi-GAN: 32)
     disc_resolutions: list[list[int]] = field(  # [n_fft, hop, win] per spectrogram discriminator

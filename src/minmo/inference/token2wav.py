@@ -1,0 +1,210 @@
+"""Streaming token2wav: speech tokens -> 24 kHz audio through flow matching + HiFT.
+
+A session owns a :class:`Token2WavState`; the shared :class:`Token2Wav` holds only weights::
+
+    t2w = Token2Wav(flow, vocoder)
+    state = t2w.init_state(spk_emb)                   # (1, 192) speaker embedding
+    for tokens in voice_lm_chunks:                    # e.g. 15 tokens at a time
+        audio, state = t2w.step(tokens, state)        # (1, samples), may be empty
+    audio, state = t2w.step(empty, state, final=True) # flush
+
+Chunking (mask ``chunk``, M = ``flow.chunk_tokens`` = 15, lookahead L = 3): the flow decodes
+whole attention chunks; chunk k needs its tokens plus the L tokens after it. Chunks are
+offset by L, so the first chunk is M - L = 12 tokens and is decoded as soon as the first
+M = 15 tokens have arrived; every later chunk is M tokens and is decoded when the next M
+tokens have arrived. The vocoder holds back ``stream_lookahead_frames`` mel frames per step
+(their audio comes with the next step, cross-faded) and re-reads ``stream_context_frames`` on
+the left, so joins are smooth. Work per chunk is constant: the flow state carries encoder
+and estimator caches instead of re-running over all tokens so far.
+
+``synthesize`` is the offline reference: one flow pass with the same mask over all tokens,
+one vocoder pass over all frames. Streaming equals it exactly when the vocoder's context and
+lookahead cover its receptive field, and closely with the (cheaper) defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minmo.models.flow import ChunkFlowMatching, FlowStreamState
+from minmo.models.vocoder import HiFTStreamState, HiFTVocoder
+
+
+@dataclass
+class Token2WavState:
+    """Per-session state (owned by the caller).
+
+    Attributes:
+        flow: flow-matching stream state.
+        vocoder: vocoder stream state.
+        pending: ``(B, n)`` tokens received but not yet decoded by the flow.
+        prompt_mel: ``(B, n_mels, F)`` prompt mel for prompt tokens still pending.
+        prompt_tokens_left: leading pending tokens that belong to the prompt (not voiced).
+        finished: True after the final step.
+    """
+
+    flow: FlowStreamState
+    vocoder: HiFTStreamState
+    pending: torch.Tensor
+    prompt_mel: torch.Tensor
+    prompt_tokens_left: int = 0
+    finished: bool = False
+
+
+class Token2Wav:
+    """Tokens -> audio, offline and streaming, sharing one flow and one vocoder.
+
+    Args:
+        flow: trained :class:`ChunkFlowMatching` (eval mode).
+        vocoder: trained :class:`HiFTVocoder` (eval mode).
+        mask_mode: flow attention mask for streaming (``chunk``, ``chunk2``, ``full_causal``;
+            ``non_causal`` only decodes at the final step).
+        n_timesteps: Euler steps (default: the flow config, 10).
+        vocoder_stream: optional ``(context, lookahead, crossfade)`` frames overriding the
+            vocoder config.
+    """
+
+    def __init__(
+        self,
+        flow: ChunkFlowMatching,
+        vocoder: HiFTVocoder,
+        mask_mode: str = "chunk",
+        n_timesteps: int | None = None,
+        vocoder_stream: tuple[int, int, int] | None = None,
+    ):
+        self.flow = flow
+        self.vocoder = vocoder
+        self.mask_mode = mask_mode
+        self.n_timesteps = n_timesteps or flow.cfg.n_timesteps
+        self.vocoder_stream = vocoder_stream
+        self.ratio = flow.ratio
+        self.lookahead = flow.lookahead
+        self.sample_rate = vocoder.cfg.sample_rate
+        self.samples_per_token = flow.ratio * vocoder.hop
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.flow.parameters()).device
+
+    # ------------------------------------------------------------------ offline
+    @torch.no_grad()
+    def synthesize(
+        self,
+        tokens: torch.Tensor,
+        spk_emb: torch.Tensor,
+        prompt_tokens: torch.Tensor | None = None,
+        prompt_mel: torch.Tensor | None = None,
+        mask_mode: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offline chunk-mode reference.
+
+        Args:
+            tokens: ``(B, S)``; spk_emb: ``(B, spk_dim)``; optional prompt as in
+                :meth:`ChunkFlowMatching.synthesize`.
+
+        Returns:
+            audio ``(B, S * samples_per_token)`` and mel ``(B, n_mels, ratio * S)``.
+        """
+        mel = self.flow.synthesize(tokens.to(self.device), spk_emb.to(self.device), mask_mode=mask_mode or self.mask_mode,
+                                   prompt_tokens=prompt_tokens, prompt_mel=prompt_mel, n_timesteps=self.n_timesteps)
+        audio, _ = self.vocoder(mel)
+        return audio, mel
+
+    # ------------------------------------------------------------------ streaming
+    def init_state(
+        self,
+        spk_emb: torch.Tensor,
+        prompt_tokens: torch.Tensor | None = None,
+        prompt_mel: torch.Tensor | None = None,
+    ) -> Token2WavState:
+        """New session.
+
+        Args:
+            spk_emb: ``(B, spk_dim)`` speaker embedding (one row per session in the batch).
+            prompt_tokens / prompt_mel: optional voice prompt ``(B, P)`` and its mel
+                ``(B, n_mels, >= ratio * P)``; decoded as condition, never voiced.
+        """
+        device = self.device
+        b = spk_emb.shape[0]
+        p = 0 if prompt_tokens is None else prompt_tokens.shape[1]
+        pending = torch.zeros(b, 0, dtype=torch.long, device=device)
+        pmel = torch.zeros(b, self.flow.n_mels, 0, device=device)
+        if p:
+            if prompt_mel is None or prompt_mel.shape[2] < p * self.ratio:
+                raise ValueError(f"prompt_mel must have at least {p * self.ratio} frames for {p} prompt tokens")
+            pending = prompt_tokens.to(device).long()
+            pmel = prompt_mel[:, :, : p * self.ratio].to(device)
+        return Token2WavState(
+            flow=self.flow.init_state(b, spk_emb.to(device), self.mask_mode),
+            vocoder=self.vocoder.init_state(b, device),
+            pending=pending,
+            prompt_mel=pmel,
+            prompt_tokens_left=p,
+        )
+
+    def _next_span(self, state: Token2WavState, final: bool) -> tuple[int, bool] | None:
+        """How many pending tokens the flow decodes next (and whether it is the last step)."""
+        start = state.flow.num_tokens
+        avail = state.pending.shape[1]
+        if self.mask_mode == "non_causal":
+            return (avail, True) if final else None
+        if self.mask_mode == "full_causal":
+            n = min(self.flow.cfg.chunk_tokens, avail - self.lookahead)
+        else:
+            n = self.flow.chunk_end(start, self.mask_mode) - start
+            if avail < n + self.lookahead:
+                n = 0
+        if n > 0:
+            return n, False
+        return (avail, True) if final else None
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: Token2WavState, final: bool = False) -> tuple[torch.Tensor, Token2WavState]:
+        """Feed new tokens; return the audio that is ready.
+
+        Args:
+            tokens: ``(B, n)`` new speech tokens (``n`` may be 0).
+            state: the session state (not modified).
+            final: no more tokens will come: decode and flush everything.
+
+        Returns:
+            audio ``(B, samples)`` (possibly empty) and the new state.
+        """
+        if state.finished:
+            raise ValueError("token2wav session already finished (final=True was given); start a new state")
+        pending = torch.cat([state.pending, tokens.to(state.pending.device).long()], dim=1)
+        st = Token2WavState(state.flow, state.vocoder, pending, state.prompt_mel, state.prompt_tokens_left)
+        pieces = []
+        while True:
+            span = self._next_span(st, final)
+            if span is None or (span[0] == 0 and not span[1]):
+                break
+            n, last = span
+            chunk, rest = st.pending[:, :n], st.pending[:, n:]
+            cond = None
+            if st.prompt_mel.shape[2] > 0:
+                cond = torch.zeros(chunk.shape[0], self.flow.n_mels, n * self.ratio, device=chunk.device)
+                k = min(st.prompt_mel.shape[2], n * self.ratio)
+                cond[:, :, :k] = st.prompt_mel[:, :, :k]
+                st.prompt_mel = st.prompt_mel[:, :, k:]
+            if n > 0:
+                mel, st.flow = self.flow.step(chunk, st.flow, future=None if last else rest[:, : self.lookahead],
+                                              final=last, cond=cond, n_timesteps=self.n_timesteps)
+            else:
+                mel = torch.zeros(chunk.shape[0], self.flow.n_mels, 0, device=chunk.device)
+            drop = min(st.prompt_tokens_left, n)
+            st.prompt_tokens_left -= drop
+            mel = mel[:, :, drop * self.ratio:]
+            st.pending = rest
+            vs = self.vocoder_stream or (None, None, None)
+            audio, st.vocoder = self.vocoder.step(mel, st.vocoder, final=last, context_frames=vs[0],
+                                                  lookahead_frames=vs[1], crossfade_frames=vs[2])
+            pieces.append(audio)
+            if last:
+                st.finished = True
+                break
+        if not pieces:
+            return torch.zeros(pending.shape[0], 0, device=pending.device), st
+        return torch.cat(pieces, dim=1), st
