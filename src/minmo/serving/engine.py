@@ -204,10 +204,20 @@ class Engine:
                 s.close()
                 with self._lock:
                     del self.sessions[sid]
-            elif kind == "event":
-                s.apply(payload)
-            elif kind == "audio":
-                s.append_audio(payload)
+                continue
+            self._guard(s, s.apply if kind == "event" else s.append_audio, payload)
+
+    def _guard(self, s: RealtimeSession, fn: Callable[..., Any], *args: Any) -> None:
+        """Run one session's work; an exception closes that session only."""
+        if s.closed:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # a bug: isolate it to this session
+            import traceback
+
+            traceback.print_exc()
+            s.fail(exc)
 
     def _vad(self, live: list[RealtimeSession], chunks: dict[str, np.ndarray]) -> None:
         rounds = max((chunks[s.id].size // 512 for s in live), default=0)
@@ -221,7 +231,7 @@ class Engine:
             probs, state = self.vad.step(windows, stack_states([s.vad_state for s in group]))
             for s, st, p in zip(group, split_state(state), probs.tolist()):
                 s.vad_state = st
-                s.on_vad(p, s.clock + (r + 1) * 512)
+                self._guard(s, s.on_vad, p, s.clock + (r + 1) * 512)
 
     def _listen(self, live: list[RealtimeSession], chunks: dict[str, np.ndarray]) -> None:
         group = [s for s in live if chunks[s.id].size > 0]
@@ -233,7 +243,7 @@ class Engine:
             for s, fr in zip(group, frames):
                 s.clock += chunks[s.id].size
                 for f in fr:
-                    s.on_frame(f, self.decision_hook)
+                    self._guard(s, s.on_frame, f, self.decision_hook)
 
     def _generate(self, live: list[RealtimeSession]) -> None:
         jobs, owners = [], []
@@ -247,5 +257,5 @@ class Engine:
             return
         events = P.step_jobs(self.rt, jobs, self.gen.voice_steps, self.gen.vocoder_chunk)
         for s, job, evs in zip(owners, jobs, events):
-            if evs and not s.closed:
-                s.on_job_events(job, evs)
+            if evs:
+                self._guard(s, s.on_job_events, job, evs)

@@ -37,6 +37,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from minmo.serving import protocol as R
 from minmo.serving.engine import Engine, SessionLimitReached
+from minmo.serving.session import CLOSE_EVENT
 
 WEB_DIR = Path(__file__).parent / "web"
 SUBPROTOCOL_KEY = "openai-insecure-api-key."
@@ -142,6 +143,9 @@ async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) ->
             if item is None:
                 return
             ev, from_engine = item
+            if ev.get("type") == CLOSE_EVENT:
+                await ws.close(code=1011, reason="internal error")
+                return
             await ws.send_text(json.dumps(ev))
             if from_engine:
                 sent["n"] += 1

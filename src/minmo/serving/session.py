@@ -46,6 +46,7 @@ from minmo.serving.metrics import Metrics
 from minmo.serving.vad import VADGate
 
 SR = 16000
+CLOSE_EVENT = "minmo.internal.close"  # asks the server to close the connection
 
 
 @dataclass
@@ -168,6 +169,15 @@ class RealtimeSession:
         if self.responding:
             jobs.append(self.job)  # type: ignore[arg-type]
         return jobs
+
+    def fail(self, exc: BaseException) -> None:
+        """An internal error in this session only: tell the client, then close it."""
+        self.metrics.inc("session_failures")
+        self.emit(R.error_event(R.ProtocolError(
+            f"internal error in this session ({type(exc).__name__}: {exc}); it is closed",
+            "session_failed", error_type="server_error")))
+        self._emit({"type": CLOSE_EVENT})
+        self.close()
 
     def close(self) -> None:
         """Client gone: drop every job and state."""

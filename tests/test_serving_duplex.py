@@ -1,0 +1,308 @@
+"""Full duplex and robustness over a real server (tiny model, random weights): barge-in and
+back-channel through the engine's decision seam, 8 concurrent sessions without cross-talk,
+a fuzz of hostile frames, and a client vanishing mid-response."""
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from minmo.inference.loading import load_runtime
+from minmo.inference.pipeline import GenerationConfig
+from minmo.models.duplex import Decision
+from minmo.serving.client import RealtimeClient
+from minmo.serving.engine import Engine, EngineConfig
+from minmo.serving.server import BackgroundServer, ServerConfig, create_app
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def rt():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_runtime("tiny", seed=0)
+    torch.set_num_threads(threads)
+
+
+def speech_24k(text, tmp, voice="en", lead=0.3, tail=1.0):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
+    from minmo.audio.io import load_audio
+
+    path = tmp / (hashlib.md5(f"{text}|{voice}".encode()).hexdigest() + ".wav")
+    if not path.exists():
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    wave = load_audio(path, 24000)
+    return np.concatenate([np.zeros(int(24000 * lead), np.float32), wave,
+                           np.zeros(int(24000 * tail), np.float32)])
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("duplex")
+
+
+@contextlib.contextmanager
+def serving(rt, gen, hook=None, cfg=None, **engine_kw):
+    engine = Engine(rt, EngineConfig(**engine_kw), gen=gen, decision_hook=hook).start()
+    server = BackgroundServer(create_app(engine, cfg or ServerConfig()))
+    try:
+        yield engine, server
+    finally:
+        server.stop()
+        engine.stop()
+    assert engine.error is None, engine.error
+
+
+class Seam:
+    """Decision hook: while the assistant is busy and the VAD hears the user, answer
+    ``busy_decision``; record the frames where it did."""
+
+    def __init__(self, busy_decision):
+        self.busy_decision = busy_decision
+        self.fired: list = []
+
+    def __call__(self, info):
+        if (info.responding or info.speaking) and info.vad_active:
+            self.fired.append(info)
+            return self.busy_decision
+        return None
+
+
+def test_barge_in_stops_audio_within_one_frame_and_a_new_turn_follows(rt, tmp):
+    gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
+    seam = Seam(Decision.STOP)
+    first = speech_24k("Tell me a long story about the sea.", tmp)
+    barge = speech_24k("Wait, stop please.", tmp, lead=0.0, tail=1.2)
+
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.send_audio(first)
+            created = await c.wait_for("response.created", 30)
+            rid = created["response"]["id"]
+            await c.wait_for("response.output_audio.delta", 30)
+            mark = len(c.events)
+            await c.send_audio(barge)
+            started = await c.wait_for("input_audio_buffer.speech_started", 30, since=mark)
+            done = await c.wait_for(lambda e: e["type"] == "response.done"
+                                    and e["response"]["id"] == rid, 30)
+            nxt = await c.wait_for(lambda e: e["type"] == "response.done"
+                                   and e["response"]["id"] != rid, 60)
+            return c.events, rid, started, done, nxt
+
+    with serving(rt, gen, seam) as (engine, server):
+        events, rid, started, done, nxt = asyncio.run(main(server.ws_url))
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert done["response"]["output"][0]["status"] == "incomplete"
+    i_started = events.index(started)
+    late = [e for e in events[i_started:] if e["type"] == "response.output_audio.delta"
+            and e["response_id"] == rid]
+    assert late == []  # no audio of the interrupted reply after the barge-in
+    sent = sum(len(base64.b64decode(e["delta"])) // 2 for e in events
+               if e["type"] == "response.output_audio.delta" and e["response_id"] == rid)
+    assert 0 < sent < 600 * 24000 // 25  # cut short
+    # decided at the first frame covering the user's onset: at most one frame late
+    stop = seam.fired[0]
+    onset = (started["audio_start_ms"] + 300) * SR // 1000  # prefix padding 300 ms
+    assert 0 <= stop.end_sample - onset <= int(0.12 * SR) + 512
+    # the interruption became the next user turn and got its own reply
+    types = [e["type"] for e in events]
+    assert types.index("input_audio_buffer.speech_stopped", i_started) > i_started
+    assert nxt["response"]["status"] in ("completed", "incomplete")
+
+
+def test_back_channel_continue_keeps_talking(rt, tmp):
+    gen = GenerationConfig(max_text_tokens=12, max_speech_tokens=150, transcribe_max_tokens=4)
+    seam = Seam(Decision.CONTINUE)
+    first = speech_24k("How do I bake bread?", tmp)
+    uh_huh = speech_24k("uh huh", tmp, lead=0.0, tail=0.8)
+
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.send_audio(first)
+            created = await c.wait_for("response.created", 30)
+            await c.wait_for("response.output_audio.delta", 30)
+            mark = len(c.events)
+            await c.send_audio(uh_huh)
+            done = await c.wait_for("response.done", 60)
+            return c.events[mark:], created["response"]["id"], done, c
+
+    with serving(rt, gen, seam) as (engine, server):
+        after, rid, done, c = asyncio.run(main(server.ws_url))
+    assert seam.fired, "the back-channel was heard while the assistant spoke"
+    assert done["response"]["id"] == rid and done["response"]["status"] != "cancelled"
+    assert not any(e["type"] == "input_audio_buffer.speech_started" for e in after)
+    assert c.audio(rid).size == 150 * 24000 // 25  # every chunk was sent
+
+
+def _turn_digest(events):
+    audio = b"".join(base64.b64decode(e["delta"]) for e in events
+                     if e["type"] == "response.output_audio.delta")
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
+    return text, hashlib.sha1(audio).hexdigest(), len(audio)
+
+
+def test_eight_concurrent_sessions_hear_only_their_own_reply(rt, tmp):
+    # greedy speech tokens: random weights give near-uniform distributions, where sampling
+    # would turn batched-vs-single float noise (1e-6) into different draws
+    gen = GenerationConfig(max_text_tokens=6, max_speech_tokens=30, voice_greedy=True,
+                           transcribe_max_tokens=3)
+    sentences = ["one two three", "the cat sat down", "open the window", "good morning",
+                 "where is the station", "I like green tea", "call me later", "it is raining"]
+    voices = ["en", "en+f3", "en-us", "en+m3", "en-gb", "en+f2", "en+m7", "en-us+f4"]
+    waves = [speech_24k(s, tmp, v) for s, v in zip(sentences, voices)]
+
+    async def one(url, k):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            # a random-weights model barely listens: distinct instructions make each
+            # session's reply distinct, so a reply heard by the wrong session shows
+            await c.send({"type": "session.update", "session": {
+                "instructions": f"You are assistant {k}. {sentences[k]}"}})
+            await c.wait_for("session.updated")
+            await c.send_audio(waves[k])
+            await c.wait_for("response.done", 120)
+            return _turn_digest(c.events)
+
+    async def alone(url):
+        return [await one(url, k) for k in range(8)]
+
+    async def together(url):
+        return await asyncio.gather(*(one(url, k) for k in range(8)))
+
+    with serving(rt, gen, max_sessions=8) as (engine, server):
+        ref = asyncio.run(alone(server.ws_url))
+        got = asyncio.run(together(server.ws_url))
+    assert len({r[:2] for r in ref}) == 8  # eight different replies (text, audio)
+    assert [g[2] for g in got] == [30 * 24000 // 25 * 2] * 8
+    assert got == ref  # each session heard exactly its own reply
+
+
+def _hostile_frames(rng):
+    good_audio = base64.b64encode(np.zeros(480, "<i2").tobytes()).decode()
+    makers = [
+        lambda: "{not json",
+        lambda: "",
+        lambda: "[1, 2, 3]",
+        lambda: json.dumps({"no_type": 1}),
+        lambda: json.dumps({"type": 42}),
+        lambda: json.dumps({"type": "response.explode", "event_id": "x"}),
+        lambda: json.dumps({"type": "input_audio_buffer.append", "audio": "@@@not base64@@@"}),
+        lambda: json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}),
+        lambda: json.dumps({"type": "input_audio_buffer.append", "audio": 123}),
+        lambda: json.dumps({"type": "session.update", "session": "nope"}),
+        lambda: json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
+        lambda: json.dumps({"type": "session.update", "session": {"turn_detection": {"threshold": 7}}}),
+        lambda: json.dumps({"type": "session.update", "session": {"output_modalities": ["video"]}}),
+        lambda: json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": []}}),
+        lambda: json.dumps({"type": "conversation.item.create", "item": {"role": "wizard", "content": [{"type": "input_text", "text": "x"}]}}),
+        lambda: json.dumps({"type": "conversation.item.create", "item": {"role": "user", "content": [{"type": "input_audio", "audio": "%%%"}]}}),
+        lambda: json.dumps({"type": "conversation.item.truncate", "item_id": "nope", "audio_end_ms": 5}),
+        lambda: json.dumps({"type": "conversation.item.delete", "item_id": "x"}),
+        lambda: json.dumps({"type": "response.cancel"}),
+        lambda: json.dumps({"type": "response.create", "response": {"max_output_tokens": -3}}),
+        lambda: json.dumps({"type": "input_audio_buffer.commit"}),
+        lambda: "[" * 100_000 + "]" * 100_000,
+        lambda: bytes(rng.getrandbits(8) for _ in range(64)),
+        lambda: "x" * 70_000,  # over max_message_bytes
+        lambda: json.dumps({"type": "input_audio_buffer.append", "audio": good_audio})[:-5],
+    ]
+    return makers
+
+
+def test_fuzz_1000_hostile_frames_no_crash_other_sessions_unaffected(rt, tmp):
+    gen = GenerationConfig(max_text_tokens=6, max_speech_tokens=30, transcribe_max_tokens=3)
+    turn = speech_24k("Is this still working?", tmp)
+    rng = random.Random(0)
+    makers = _hostile_frames(rng)
+    per_session = 260
+
+    async def attacker(url, seed):
+        r = random.Random(seed)
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.wait_for("session.created")
+            for _ in range(per_session):
+                await c.send(makers[r.randrange(len(makers))]())
+            for _ in range(per_session):
+                await c.wait_for("error", 60)
+            # still alive and working after all that
+            await c.send({"type": "session.update", "session": {"instructions": "ok"}})
+            await c.wait_for("session.updated", 30)
+            return sum(e["type"] == "error" for e in c.events)
+
+    async def victim(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.send_audio(turn)
+            done = await c.wait_for("response.done", 120)
+            return done, [e for e in c.events if e["type"] == "error"]
+
+    async def main(url):
+        return await asyncio.gather(victim(url), *(attacker(url, s) for s in range(4)))
+
+    with serving(rt, gen, cfg=ServerConfig(max_message_bytes=65536), max_sessions=8) as (engine, server):
+        (done, victim_errors), *errors = asyncio.run(main(server.ws_url))
+        assert engine.wait_until(lambda: engine.session_count == 0, 30)
+    assert errors == [per_session] * 4  # every hostile frame answered by exactly one error
+    assert sum(errors) >= 1000
+    assert victim_errors == [] and done["response"]["status"] in ("completed", "incomplete")
+
+
+def test_client_vanishing_mid_response_frees_its_state(rt, tmp):
+    gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
+    turn = speech_24k("Please talk for a long time.", tmp)
+
+    async def main(url):
+        c = RealtimeClient(url + "/v1/realtime")
+        await c.__aenter__()
+        await c.send_audio(turn)
+        await c.wait_for("response.output_audio.delta", 30)
+        c.ws.transport.abort()  # vanish: no close handshake
+
+    with serving(rt, gen) as (engine, server):
+        asyncio.run(main(server.ws_url))
+        assert engine.wait_until(lambda: engine.session_count == 0, 30)
+        sessions = list(engine.sessions.values())
+        assert not engine._has_work()
+        import httpx
+
+        metrics = httpx.get(server.http_url + "/metrics").text
+    assert sessions == []
+    assert "minmo_sessions 0" in metrics
+
+
+def test_internal_error_in_one_session_closes_only_that_session(rt, tmp):
+    gen = GenerationConfig(max_text_tokens=6, max_speech_tokens=30, transcribe_max_tokens=3)
+    turn = speech_24k("Hello there.", tmp)
+    doomed: set = set()
+
+    def hook(info):
+        if info.session_id in doomed:
+            raise RuntimeError("injected failure")
+        return None
+
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as bad, \
+                RealtimeClient(url + "/v1/realtime") as good:
+            created = await bad.wait_for("session.created")
+            doomed.add(created["session"]["id"])
+            await bad.send_audio(turn[:24000])
+            err = await bad.wait_for("error", 30)
+            with pytest.raises(Exception):
+                await bad.recv(10)
+            await good.send_audio(turn)
+            done = await good.wait_for("response.done", 60)
+            return err, bad.ws.close_code, done
+
+    with serving(rt, gen, hook) as (engine, server):
+        err, code, done = asyncio.run(main(server.ws_url))
+    assert err["error"]["code"] == "session_failed" and code == 1011
+    assert done["response"]["status"] in ("completed", "incomplete")
