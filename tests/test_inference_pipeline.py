@@ -22,7 +22,7 @@ from minmo.inference.prompts import (
 def rt():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_runtime("tiny", seed=0)
+    yield load_runtime("tiny", seed=0, vocoder="placeholder")
     torch.set_num_threads(threads)
 
 
@@ -219,3 +219,16 @@ def test_text_only_reply_and_transcribe(rt):
     assert not any(isinstance(e, P.AudioChunk) for e in events)
     text = P.transcribe(rt, _wave(), P.GenerationConfig(transcribe_max_tokens=7))
     assert isinstance(text, str) and text
+
+
+def test_reply_through_streaming_token2wav():
+    rt2 = load_runtime("tiny", seed=0, vocoder="token2wav")
+    assert rt2.vocoder.name.startswith("token2wav") and "noise" in rt2.info.warning
+    sess = P.new_session(rt2, P.SessionConfig(generation=P.GenerationConfig(
+        max_text_tokens=8, max_speech_tokens=40, seed=0)))
+    P.add_user_speech(rt2, sess, rt2.encode_speech(_wave()))
+    job = P.start_reply(rt2, sess)
+    chunks = [e.samples for e in P.run_job(rt2, job) if isinstance(e, P.AudioChunk)]
+    assert len(chunks) >= 2  # streamed: audio arrives in several chunks
+    assert sum(c.size for c in chunks) == 40 * 960  # 2 mel frames x 480 samples per token
+    assert all(np.isfinite(c).all() for c in chunks)

@@ -9,9 +9,10 @@
   training run or checkpoint directory written with ``save_full_weights`` has exactly these
   files (``<run>/checkpoints/step_*/``); the latest checkpoint of a run is used.
 
-The speech decoder is the speech-generation package's streaming token2wav when it is
-available for the model, else :class:`~minmo.inference.vocoder.PlaceholderVocoder` (tones,
-not speech), which the model info says.
+The speech decoder is the speech-generation package's streaming token2wav (flow matching +
+HiFT; random weights for presets, so the audio is noise), or on request
+:class:`~minmo.inference.vocoder.PlaceholderVocoder` (tones, cheaper, for tests and
+latency work); the model info says which.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from minmo.config import ConfigError, load_model_config
+from minmo.config import load_model_config
 from minmo.inference.runtime import MinMoRuntime, ModelInfo
 from minmo.inference.vocoder import PlaceholderVocoder, SpeechDecoder
 
@@ -51,27 +52,55 @@ def _model_dir(path: Path) -> Path:
         "preset name such as 'tiny'")
 
 
-def _speech_decoder(model: torch.nn.Module) -> tuple[SpeechDecoder, list[str]]:
-    """The real streaming token2wav if the speech package provides one for this model."""
+def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: bool,
+                    choice: str) -> tuple[SpeechDecoder, list[str]]:
+    """The speech decoder for ``model``.
+
+    ``choice``: ``token2wav`` (flow matching + HiFT from ``cfg.flow`` / ``cfg.vocoder``,
+    weights from ``flow.safetensors`` / ``vocoder.safetensors`` in the model directory or
+    the configs' ``path``; the assistant voice from ``speaker.safetensors`` (tensor
+    ``embedding``)), ``placeholder`` (tones), or ``auto`` (token2wav).
+    """
+    if choice == "placeholder":
+        return PlaceholderVocoder(), ["speech is rendered by a placeholder (tones, not speech)"]
+    if choice not in ("auto", "token2wav"):
+        raise ValueError(f"unknown vocoder '{choice}': use auto, token2wav or placeholder")
+    from minmo.checkpoints import load_file_into, load_tensors
+    from minmo.inference.token2wav import Token2Wav
+    from minmo.inference.vocoder import Token2WavDecoder
+    from minmo.models.flow import ChunkFlowMatching
+    from minmo.models.vocoder import HiFTVocoder
+
+    cfg = model.cfg
+    flow, vocoder = ChunkFlowMatching(cfg.flow), HiFTVocoder(cfg.vocoder)
     notes: list[str] = []
-    try:
-        from minmo.inference.token2wav import build_speech_decoder  # type: ignore[attr-defined]
-    except ImportError:
-        build_speech_decoder = None
-    if build_speech_decoder is not None:
-        try:
-            dec = build_speech_decoder(model.cfg)
-            if dec is not None:
-                return dec, notes
-        except (ConfigError, FileNotFoundError, ValueError) as exc:
-            notes.append(f"token2wav unavailable ({exc})")
-    notes.append("speech is rendered by a placeholder (tones, not a trained token2wav)")
-    return PlaceholderVocoder(), notes
+    loaded = []
+    for module, part, cfg_path in ((flow, "flow", cfg.flow.path), (vocoder, "vocoder",
+                                                                    cfg.vocoder.path)):
+        path = directory / f"{part}.safetensors" if directory is not None else None
+        if path is None or not path.is_file():
+            path = Path(cfg_path) if cfg_path else None
+        if path is not None and path.is_file():
+            load_file_into(module, path)
+            loaded.append(part)
+    speaker = torch.zeros(cfg.flow.spk_embed_dim)
+    spk_file = directory / "speaker.safetensors" if directory is not None else None
+    if spk_file is not None and spk_file.is_file():
+        speaker = load_tensors(spk_file)["embedding"].reshape(-1).float()
+    if len(loaded) < 2:
+        notes.append("token2wav has random weights: reply audio is noise"
+                     if not trained else
+                     f"token2wav weights missing ({', '.join(sorted({'flow', 'vocoder'} - set(loaded)))}): "
+                     "reply audio is noise")
+    device = next(model.parameters()).device
+    t2w = Token2Wav(flow.to(device).eval(), vocoder.to(device).eval())
+    return Token2WavDecoder(t2w, speaker.to(device), name="token2wav (flow + HiFT)"), notes
 
 
-def load_runtime(spec: str | None = None, seed: int = 0,
-                 device: str | torch.device = "cpu") -> MinMoRuntime:
-    """Build the runtime named by ``spec`` (see module docstring).
+def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                 vocoder: str = "auto") -> MinMoRuntime:
+    """Build the runtime named by ``spec`` (see module docstring); ``vocoder`` picks the speech
+    decoder (``auto``/``token2wav`` or ``placeholder``).
 
     Raises:
         ModelLoadError / ConfigError / CheckpointError: with the path and the fix.
@@ -96,6 +125,7 @@ def load_runtime(spec: str | None = None, seed: int = 0,
         model = build_model(cfg)
         load_file_into(model, directory / MODEL_FILE)
         info = ModelInfo(cfg.name, str(directory), random_weights=False)
+        model_dir: Path | None = directory
     else:
         if path.suffix in (".yaml", ".yml") or "/" in spec:
             if not path.exists():
@@ -104,8 +134,9 @@ def load_runtime(spec: str | None = None, seed: int = 0,
         torch.manual_seed(seed)
         model = build_model(cfg)
         info = ModelInfo(cfg.name, f"preset:{spec}", random_weights=True)
+        model_dir = None
     model = model.to(device)
-    vocoder, vnotes = _speech_decoder(model)
-    info.vocoder = vocoder.name
+    decoder, vnotes = _speech_decoder(model, model_dir, not info.random_weights, vocoder)
+    info.vocoder = decoder.name
     info.notes = notes + vnotes
-    return MinMoRuntime(model, vocoder, info)
+    return MinMoRuntime(model, decoder, info)

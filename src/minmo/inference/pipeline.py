@@ -59,7 +59,6 @@ class GenerationConfig:
         max_speech_tokens: speech length limit (25 tokens per second).
         voice_greedy: argmax speech tokens instead of repetition-aware sampling.
         voice_steps: voice-LM steps per :func:`step_jobs` call (3 keeps pace with 5:15).
-        vocoder_chunk: speech tokens per token2wav call (15 as the paper).
         transcribe_max_tokens: input-transcript length limit.
         seed: session generator seed (None: nondeterministic).
     """
@@ -70,7 +69,6 @@ class GenerationConfig:
     max_speech_tokens: int = 1500
     voice_greedy: bool = False
     voice_steps: int = 3
-    vocoder_chunk: int = 15
     transcribe_max_tokens: int = 96
     seed: int | None = 0
 
@@ -268,6 +266,7 @@ class ResponseJob:
     kind: str = "reply"
     emitted: str = ""
     unvocoded: list[int] = field(default_factory=list)
+    vocoder_flushed: bool = False
     finished: bool = False
     status: str = "in_progress"
     session: VoiceSession | None = None
@@ -346,10 +345,11 @@ def _text_delta(rt: MinMoRuntime, job: ResponseJob) -> str:
 
 
 @torch.inference_mode()
-def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
-              vocoder_chunk: int = 15) -> list[list[JobEvent]]:
+def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3
+              ) -> list[list[JobEvent]]:
     """Advance every unfinished job by one text token, ``voice_steps`` speech tokens and any
-    due token2wav chunk.
+    due token2wav chunk (tokens go to the decoder in multiples of its ``feed_tokens``; the
+    decoder is flushed when the speech ends).
 
     Returns:
         per job, its events of this step (a finished job's last one is :class:`JobDone`).
@@ -381,17 +381,19 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
             if tok is not None:
                 jobs[i].unvocoded.append(tok)
                 events[i].append(SpeechTokens([tok]))
+    feed = max(1, int(getattr(rt.vocoder, "feed_tokens", 15)))
     for i, job in enumerate(jobs):
-        if job.finished or job.voice is None:
+        if job.finished or job.voice is None or job.vocoder_flushed:
             continue
         last = job.voice.finished
-        if len(job.unvocoded) >= vocoder_chunk or (last and job.unvocoded):
-            n = len(job.unvocoded) if last else vocoder_chunk
+        if len(job.unvocoded) >= feed or last:
+            n = len(job.unvocoded) if last else (len(job.unvocoded) // feed) * feed
             toks = torch.tensor(job.unvocoded[:n], dtype=torch.long)
             del job.unvocoded[:n]
-            wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state,
-                                                      last=last and not job.unvocoded)
-            job._mark("first_speech_chunk")
+            wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state, last=last)
+            job.vocoder_flushed = last
+            if len(job.voice.tokens) >= 15:
+                job._mark("first_speech_chunk")
             if len(wave):
                 job._mark("first_audio")
                 events[i].append(AudioChunk(np.asarray(wave, dtype=np.float32),
@@ -399,7 +401,7 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
     for i, job in enumerate(jobs):
         if job.finished or not job.text.done:
             continue
-        if job.voice is not None and (not job.voice.finished or job.unvocoded):
+        if job.voice is not None and not job.vocoder_flushed:
             continue
         tail = rt.decode(job.text.ids)
         if tail != job.emitted and tail.startswith(job.emitted):
@@ -419,7 +421,7 @@ def run_job(rt: MinMoRuntime, job: ResponseJob, gen: GenerationConfig | None = N
     """Step one job to the end, yielding its events."""
     gen = gen or GenerationConfig()
     while not job.finished:
-        for ev in step_jobs(rt, [job], gen.voice_steps, gen.vocoder_chunk)[0]:
+        for ev in step_jobs(rt, [job], gen.voice_steps)[0]:
             yield ev
 
 

@@ -255,7 +255,7 @@ class Engine:
                 owners.append(s)
         if not jobs:
             return
-        events = P.step_jobs(self.rt, jobs, self.gen.voice_steps, self.gen.vocoder_chunk)
+        events = P.step_jobs(self.rt, jobs, self.gen.voice_steps)
         for s, job, evs in zip(owners, jobs, events):
             if evs:
                 self._guard(s, s.on_job_events, job, evs)
