@@ -103,14 +103,17 @@ def test_gan_step_uses_two_optimisers():
     torch.manual_seed(3)
     gan = VocoderGAN(HiFTConfig(disc_channels=4))
     groups = gan.param_groups()
+    groups = {k: list(v.values()) for k, v in groups.items()}
     assert {id(p) for p in groups["generator"]}.isdisjoint({id(p) for p in groups["discriminator"]})
+    assert len(groups["generator"]) + len(groups["discriminator"]) == len(list(gan.parameters()))
     opt_g = torch.optim.AdamW(groups["generator"], lr=2e-4)
     opt_d = torch.optim.AdamW(groups["discriminator"], lr=2e-4)
     wave = _voiced_wave(12)
     batch = {"wave": wave, "f0": estimate_f0(wave)}
     d_before = [p.detach().clone() for p in groups["discriminator"]]
     g_before = [p.detach().clone() for p in groups["generator"]]
-    loss_d, md = gan.discriminator_loss(batch)
+    out_d = gan(batch, losses=("discriminator",))
+    loss_d, md = out_d.loss, out_d.metrics
     opt_d.zero_grad()
     loss_d.backward()
     assert all(p.grad is None for p in groups["generator"])

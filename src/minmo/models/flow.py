@@ -37,6 +37,7 @@ from minmo.modules.flow_blocks import (
 )
 from minmo.modules.flow_encoder_blocks import ConformerLayer, LinearEmbed, PreLookaheadLayer, TokenUpsample
 from minmo.modules.flow_estimator import ConditionalEstimator, EstimatorCache
+from minmo.modules.speech_outputs import LossOutput
 
 NOISE_TABLE_FRAMES = 50 * 300  # 5 minutes of mel frames; positions wrap around beyond
 
@@ -222,6 +223,17 @@ class ChunkFlowMatching(nn.Module):
         loss_mask = mask * (1 - prompt)
         loss = ((pred - u) ** 2 * loss_mask).sum() / (loss_mask.sum() * self.n_mels).clamp(min=1.0)
         return loss, {"flow_loss": float(loss.detach()), "mask_mode": float(MASK_MODES.index(mask_mode))}
+
+    def forward(self, batch: dict[str, torch.Tensor], losses: tuple[str, ...] = ("flow",)) -> LossOutput:
+        """Training-loop entry: :meth:`compute_loss` as a :class:`LossOutput`."""
+        if "flow" not in losses:
+            raise ValueError(f"ChunkFlowMatching trains with the 'flow' loss, got losses={losses}")
+        loss, metrics = self.compute_loss(batch)
+        return LossOutput(loss, metrics)
+
+    def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """``{"flow": {name: parameter}}`` for the training loop."""
+        return {"flow": dict(self.named_parameters())}
 
     # ------------------------------------------------------------------ inference
     def _solve(

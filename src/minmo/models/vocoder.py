@@ -35,6 +35,7 @@ from minmo.audio.mel import MelSettings, mel_spectrogram
 from minmo.config import HiFTConfig
 from minmo.modules.hift_blocks import F0Predictor, ResBlock, SineSource, init_conv_weights
 from minmo.modules.hift_discriminators import MultipleDiscriminator
+from minmo.modules.speech_outputs import LossOutput
 
 
 @dataclass
@@ -256,9 +257,23 @@ class VocoderGAN(nn.Module):
         # the reconstruction loss uses the full band (CosyVoice 2: fmax = sr / 2)
         self.loss_mel_settings = MelSettings(sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, fmax=None)
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"generator": [...], "discriminator": [...]}`` for the two optimisers."""
-        return {"generator": list(self.generator.parameters()), "discriminator": list(self.discriminator.parameters())}
+    def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """``{"generator": {name: p}, "discriminator": {name: p}}``: one optimiser each."""
+        return {
+            "generator": {f"generator.{k}": v for k, v in self.generator.named_parameters()},
+            "discriminator": {f"discriminator.{k}": v for k, v in self.discriminator.named_parameters()},
+        }
+
+    def forward(self, batch: dict[str, torch.Tensor], losses: tuple[str, ...] = ("generator",)) -> LossOutput:
+        """Training-loop entry: ``losses`` is ``("discriminator",)``, ``("generator",)`` or
+        ``("reconstruction",)`` (mel/F0 only); see the module docstring for the GAN step."""
+        if losses == ("discriminator",):
+            return LossOutput(*self.discriminator_loss(batch))
+        if losses == ("generator",):
+            return LossOutput(*self.generator_loss(batch))
+        if losses == ("reconstruction",):
+            return LossOutput(*self.reconstruction_loss(batch))
+        raise ValueError(f"VocoderGAN losses must be ('generator',), ('discriminator',) or ('reconstruction',), got {losses}")
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         wave = batch["wave"]

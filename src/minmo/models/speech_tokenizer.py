@@ -1,0 +1,213 @@
+"""Supervised semantic speech tokenizer (CosyVoice 2 style): ASR encoder with an FSQ bottleneck.
+
+    16 kHz audio -> kaldi fbank (B, T, 80) at 100 Hz -> two stride-2 convs -> (B, T/4, D) at 25 Hz
+    -> ``blocks_before_fsq`` Transformer blocks -> FSQ -> ``blocks_after_fsq`` blocks -> CTC head
+
+FSQ (finite scalar quantisation): project to ``fsq_dim`` (8) values, bound each with tanh to
+(-1, 1), scale to ``(levels - 1) / 2`` and round, so each value is one of ``levels`` (3) integers
+{-1, 0, 1}; the token is the base-``levels`` number of the shifted digits, ``levels ** fsq_dim``
+= 6561 codes. Rounding passes gradients straight through. Only the ASR (CTC) loss of the whole
+stack trains the encoder, so tokens keep what the words need ("supervised semantic tokens").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minmo.audio.features import fbank_num_frames, kaldi_fbank
+from minmo.config import SpeechTokenizerConfig
+from minmo.modules.speech_outputs import LossOutput
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantiser with an odd number of levels per dimension.
+
+    Args:
+        dim: model width.
+        fsq_dim: quantised dimensions (8).
+        levels: levels per dimension (3, odd).
+    """
+
+    def __init__(self, dim: int, fsq_dim: int = 8, levels: int = 3):
+        super().__init__()
+        if levels < 2 or levels % 2 == 0:
+            raise ValueError(f"speech_tokenizer.fsq_levels must be odd and >= 3, got {levels}")
+        self.fsq_dim, self.levels = fsq_dim, levels
+        self.half = (levels - 1) // 2
+        self.project_down = nn.Linear(dim, fsq_dim)
+        self.project_up = nn.Linear(fsq_dim, dim)
+        self.register_buffer("basis", levels ** torch.arange(fsq_dim), persistent=False)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.levels**self.fsq_dim
+
+    def quantize(self, h: torch.Tensor) -> torch.Tensor:
+        """``(..., fsq_dim)`` -> integer-valued codes in ``[-half, half]``, straight-through."""
+        z = torch.tanh(h) * self.half
+        return z + (torch.round(z) - z).detach()
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(..., fsq_dim)`` codes -> ``(...)`` token ids in ``[0, levels ** fsq_dim)``."""
+        digits = (codes.round() + self.half).long()
+        return (digits * self.basis.to(digits.device)).sum(dim=-1)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(...)`` token ids -> ``(..., fsq_dim)`` float codes."""
+        digits = torch.div(indices.long()[..., None], self.basis.to(indices.device), rounding_mode="floor") % self.levels
+        return (digits - self.half).float()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, dim)`` -> quantised features ``(B, T, dim)`` and token ids ``(B, T)``."""
+        codes = self.quantize(self.project_down(x))
+        return self.project_up(codes / self.half), self.codes_to_indices(codes.detach())
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, T)`` -> the features the post-FSQ blocks see ``(B, T, dim)``."""
+        return self.project_up(self.indices_to_codes(indices) / self.half)
+
+
+def sinusoid_positions(length: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Absolute sin/cos position table ``(length, dim)``."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)
+    return table
+
+
+class CharVocab:
+    """CTC targets: characters of ``alphabet`` (lower-cased), id 0 = blank; others dropped."""
+
+    def __init__(self, alphabet: str):
+        self.alphabet = alphabet
+        self.index = {c: i + 1 for i, c in enumerate(alphabet)}
+
+    def __len__(self) -> int:
+        return len(self.alphabet) + 1
+
+    def encode(self, text: str) -> list[int]:
+        ids = [self.index[c] for c in " ".join(text.lower().split()) if c in self.index]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Greedy CTC collapse: merge repeats, drop blanks."""
+        out, prev = [], 0
+        for i in ids:
+            if i != prev and i != 0:
+                out.append(self.alphabet[i - 1])
+            prev = i
+        return "".join(out).strip()
+
+
+class SpeechTokenizer(nn.Module):
+    """ASR encoder with an FSQ layer after ``blocks_before_fsq`` blocks (25 tokens/s).
+
+    Args:
+        cfg: shapes (:class:`minmo.config.SpeechTokenizerConfig`).
+    """
+
+    def __init__(self, cfg: SpeechTokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.vocab = CharVocab(cfg.ctc_alphabet)
+        self.input_norm = nn.LayerNorm(cfg.n_mels)  # per-frame spectrum normalisation
+        self.conv1 = nn.Conv1d(cfg.n_mels, d, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
+
+        def block() -> nn.TransformerEncoderLayer:
+            return nn.TransformerEncoderLayer(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout, activation="gelu",
+                                              batch_first=True, norm_first=True)
+
+        self.blocks_before = nn.ModuleList([block() for _ in range(cfg.blocks_before_fsq)])
+        self.norm_before = nn.LayerNorm(d)  # unit-scale inputs keep the FSQ levels in use
+        self.fsq = FSQ(d, cfg.fsq_dim, cfg.fsq_levels)
+        self.blocks_after = nn.ModuleList([block() for _ in range(cfg.blocks_after_fsq)])
+        self.norm = nn.LayerNorm(d)
+        self.ctc_head = nn.Linear(d, len(self.vocab))
+
+    @staticmethod
+    def token_frames(num_fbank_frames: torch.Tensor | int) -> torch.Tensor | int:
+        """Tokens produced from ``num_fbank_frames`` 100 Hz frames (``ceil(T / 4)``)."""
+        if isinstance(num_fbank_frames, int):
+            return (num_fbank_frames + 3) // 4
+        return torch.div(num_fbank_frames + 3, 4, rounding_mode="floor")
+
+    @staticmethod
+    def features(waves: torch.Tensor) -> torch.Tensor:
+        """16 kHz float waveforms ``(B, N)`` in [-1, 1] -> fbank ``(B, T, 80)`` (kaldi scale)."""
+        return kaldi_fbank(waves * 32768.0)
+
+    @staticmethod
+    def feature_frames(num_samples: int) -> int:
+        return fbank_num_frames(num_samples)
+
+    def _encode_front(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = F.gelu(self.conv1(self.input_norm(feats).transpose(1, 2)))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        lens = self.token_frames(feat_lens.to(x.device)).clamp(max=x.shape[1])
+        x = x + sinusoid_positions(x.shape[1], x.shape[2], x.device)
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lens[:, None]
+        for blk in self.blocks_before:
+            x = blk(x, src_key_padding_mask=pad)
+        return self.norm_before(x), lens, pad
+
+    @torch.no_grad()
+    def tokenize(self, feats: torch.Tensor, feat_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fbank ``(B, T, n_mels)`` -> token ids ``(B, ceil(T/4))`` and their lengths ``(B,)``."""
+        if feat_lens is None:
+            feat_lens = torch.full((feats.shape[0],), feats.shape[1], device=feats.device)
+        x, lens, _ = self._encode_front(feats, feat_lens)
+        _, ids = self.fsq(x)
+        return ids, lens
+
+    def forward(self, batch: dict[str, torch.Tensor], losses: tuple[str, ...] = ("ctc",)) -> LossOutput:
+        """CTC loss through the FSQ bottleneck.
+
+        Args:
+            batch: ``feats`` ``(B, T, n_mels)`` fbank, ``feat_lens`` ``(B,)``, ``ctc_targets``
+                ``(B, L)`` character ids (pad < 0), ``ctc_target_lens`` ``(B,)``.
+            losses: must contain ``"ctc"``.
+
+        Returns:
+            :class:`LossOutput` with metrics ``ctc_loss``, ``code_usage`` (distinct codes in
+            the batch) and ``code_perplexity`` (of the batch's code histogram).
+        """
+        if "ctc" not in losses:
+            raise ValueError(f"SpeechTokenizer trains with the 'ctc' loss, got losses={losses}")
+        x, lens, pad = self._encode_front(batch["feats"], batch["feat_lens"])
+        x, ids = self.fsq(x)
+        for blk in self.blocks_after:
+            x = blk(x, src_key_padding_mask=pad)
+        log_probs = self.ctc_head(self.norm(x)).log_softmax(-1)
+        targets, target_lens = batch["ctc_targets"], batch["ctc_target_lens"]
+        loss = F.ctc_loss(log_probs.transpose(0, 1).float(), targets.clamp(min=0), lens, target_lens.to(lens.device),
+                          blank=0, reduction="mean", zero_infinity=True)
+        used = ids[~pad]
+        hist = torch.bincount(used, minlength=self.fsq.codebook_size).float()
+        prob = hist / hist.sum().clamp(min=1)
+        perplexity = torch.exp(-(prob * torch.log(prob.clamp(min=1e-12))).sum())
+        return LossOutput(loss, {"ctc_loss": float(loss.detach()), "code_usage": float((hist > 0).sum()),
+                                 "code_perplexity": float(perplexity)})
+
+    @torch.no_grad()
+    def transcribe(self, feats: torch.Tensor, feat_lens: torch.Tensor | None = None) -> list[str]:
+        """Greedy CTC transcript (checks what the tokens carry)."""
+        if feat_lens is None:
+            feat_lens = torch.full((feats.shape[0],), feats.shape[1], device=feats.device)
+        x, lens, pad = self._encode_front(feats, feat_lens)
+        x, _ = self.fsq(x)
+        for blk in self.blocks_after:
+            x = blk(x, src_key_padding_mask=pad)
+        best = self.ctc_head(self.norm(x)).argmax(-1)
+        return [self.vocab.decode(best[b, : int(lens[b])].tolist()) for b in range(best.shape[0])]
+
+    def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """``{"tokenizer": {name: parameter}}`` for the training loop."""
+        return {"tokenizer": dict(self.named_parameters())}
