@@ -37,6 +37,7 @@ def test_convert_all_parts_and_build(tmp_path: Path, releases: dict[str, Path], 
     printed = capsys.readouterr().out
     assert "dropped llm.model.lm_head.weight" in printed and "fresh (trained by MinMo's stages)" in printed
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "model.safetensors", "tokenizer",
+                                                "flow.safetensors", "vocoder.safetensors",
                                                 "am.mvn", "campplus.onnx", "convert.json",
                                                 "chn_jpn_yue_eng_ko_spectok.bpe.model"}
     report = json.loads((out / "convert.json").read_text())
@@ -44,6 +45,13 @@ def test_convert_all_parts_and_build(tmp_path: Path, releases: dict[str, Path], 
     cfg = load_model_config(out / "config.yaml")
     assert cfg.name == "tiny-real" and cfg.frontend.cmvn_file == str(out / "am.mvn")
     assert cfg.llm.tokenizer == str(out / "tokenizer") and cfg.speaker.kind == "onnx"
+    assert cfg.flow.path == str(out / "flow.safetensors") and cfg.flow.encoder_dim == 32
+    from minmo.checkpoints import load_file_into
+    from minmo.models.flow import ChunkFlowMatching
+    from minmo.models.vocoder import HiFTVocoder
+
+    load_file_into(ChunkFlowMatching(cfg.flow), cfg.flow.path)  # strict: every key
+    load_file_into(HiFTVocoder(cfg.vocoder), cfg.vocoder.path)
     model = build_model(cfg)
     tensors = load_file(str(out / "model.safetensors"))
     state = model.state_dict()

@@ -9,13 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from minmo.checkpoints.cosyvoice2 import import_cosyvoice2_llm, voice_lm_config
+from minmo.checkpoints.cosyvoice2 import (
+    flow_config,
+    hift_config,
+    import_cosyvoice2_flow,
+    import_cosyvoice2_hift,
+    import_cosyvoice2_llm,
+    voice_lm_config,
+)
 from minmo.checkpoints.foreign_common import ForeignCheckpointError
 from minmo.config import load_model_config
+from minmo.models.flow import ChunkFlowMatching
+from minmo.models.vocoder import HiFTVocoder
 from minmo.models.voice_lm import VoiceTokenLM
 
 # cosyvoice2.yaml as released (model sections; data/training sections shortened), with the
-# sizes as format fields so the test can write a miniature one.
+# sizes as format fields so the test can write a miniature one (FULL: the release's sizes).
 COSYVOICE2_YAML = """\
 # set random seed, so that you may reproduce your result.
 __set_seed1: !apply:random.seed [1986]
@@ -52,7 +61,7 @@ llm: !new:cosyvoice.llm.llm.Qwen2LM
         tau_r: 0.1
 
 flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
-    input_size: 512
+    input_size: {enc}
     output_size: 80
     spk_embed_dim: !ref <spk_embed_dim>
     output_type: 'mel'
@@ -62,10 +71,10 @@ flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
     token_mel_ratio: !ref <token_mel_ratio>
     pre_lookahead_len: 3
     encoder: !new:cosyvoice.transformer.upsample_encoder.UpsampleConformerEncoder
-        output_size: 512
-        attention_heads: 8
-        linear_units: 2048
-        num_blocks: 6
+        output_size: {enc}
+        attention_heads: {enc_heads}
+        linear_units: {enc_ffn}
+        num_blocks: {enc_blocks}
         dropout_rate: 0.1
         positional_dropout_rate: 0.1
         attention_dropout_rate: 0.1
@@ -73,7 +82,7 @@ flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
         input_layer: 'linear'
         pos_enc_layer_type: 'rel_pos_espnet'
         selfattention_layer_type: 'rel_selfattn'
-        input_size: 512
+        input_size: {enc}
         use_cnn_module: False
         macaron_style: False
         static_chunk_size: !ref <chunk_size>
@@ -92,19 +101,19 @@ flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
         estimator: !new:cosyvoice.flow.decoder.CausalConditionalDecoder
             in_channels: 320
             out_channels: 80
-            channels: [256]
+            channels: [{est}]
             dropout: 0.0
-            attention_head_dim: 64
-            n_blocks: 4
-            num_mid_blocks: 12
-            num_heads: 8
+            attention_head_dim: {est_head_dim}
+            n_blocks: {est_blocks}
+            num_mid_blocks: {est_mid}
+            num_heads: {est_heads}
             act_fn: 'gelu'
             static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
             num_decoding_left_chunks: !ref <num_decoding_left_chunks>
 
 hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
     in_channels: 80
-    base_channels: 512
+    base_channels: {hift}
     nb_harmonics: 8
     sampling_rate: !ref <sample_rate>
     nsf_alpha: 0.1
@@ -124,7 +133,7 @@ hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
     f0_predictor: !new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor
         num_class: 1
         in_channels: 80
-        cond_channels: 512
+        cond_channels: {hift}
 
 # processor functions
 parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
@@ -140,6 +149,11 @@ data_pipeline: [
     !ref <tokenize>,
 ]
 """
+
+FULL = dict(hidden=896, enc=512, enc_heads=8, enc_ffn=2048, enc_blocks=6, est=256, est_head_dim=64,
+            est_blocks=4, est_mid=12, est_heads=8, hift=512)
+TINY = dict(hidden=64, enc=32, enc_heads=2, enc_ffn=64, enc_blocks=1, est=32, est_head_dim=16,
+            est_blocks=1, est_mid=1, est_heads=2, hift=16)
 
 # Qwen2.5-0.5B's config.json fields (CosyVoice-BlankEN/config.json) at a given size
 QWEN_BLANK = {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
@@ -158,7 +172,7 @@ def write_cosyvoice2_dir(directory: Path, seed: int = 0, blank_config: bool = Tr
 
     hidden, text_vocab, speech = 64, 50, 6561
     directory.mkdir(parents=True)
-    (directory / "cosyvoice2.yaml").write_text(COSYVOICE2_YAML.format(hidden=hidden))
+    (directory / "cosyvoice2.yaml").write_text(COSYVOICE2_YAML.format(**TINY))
     qwen = dict(QWEN_BLANK, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
                 vocab_size=text_vocab)
@@ -173,9 +187,18 @@ def write_cosyvoice2_dir(directory: Path, seed: int = 0, blank_config: bool = Tr
     state["llm_decoder.bias"] = torch.randn(speech + 3) * 0.05
     state["speech_embedding.weight"] = torch.randn(speech + 3, hidden)
     torch.save(state, directory / "llm.pt")
-    for name in ("flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx"):
-        (directory / name).write_bytes(b"")  # present in a release; not read by this importer
+    # flow.pt / hift.pt: the release's key names (those of CausalMaskedDiffWithXvec and
+    # HiFTGenerator, which minmo's modules share), at the tiny yaml's sizes
+    torch.save(_perturbed(ChunkFlowMatching(flow_config(directory)).state_dict()), directory / "flow.pt")
+    hift = _perturbed(HiFTVocoder(hift_config(directory)).state_dict())
+    torch.save({f"generator.{k}": v for k, v in hift.items()}, directory / "hift.pt")
+    for name in ("campplus.onnx", "speech_tokenizer_v2.onnx"):
+        (directory / name).write_bytes(b"")  # present in a release; not read here
     return body.eval(), state
+
+
+def _perturbed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def test_voice_lm_imports_with_official_keys(tmp_path: Path) -> None:
@@ -234,7 +257,7 @@ def test_full_size_release_shapes_match_minmo_7b(tmp_path: Path) -> None:
     module has the documented parameter count (docs/checkpoints.md)."""
     directory = tmp_path / "cv2"
     (directory / "CosyVoice-BlankEN").mkdir(parents=True)
-    (directory / "cosyvoice2.yaml").write_text(COSYVOICE2_YAML.format(hidden=896))
+    (directory / "cosyvoice2.yaml").write_text(COSYVOICE2_YAML.format(**FULL))
     (directory / "CosyVoice-BlankEN" / "config.json").write_text(json.dumps(dict(
         QWEN_BLANK, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
@@ -250,3 +273,39 @@ def test_full_size_release_shapes_match_minmo_7b(tmp_path: Path) -> None:
     # Qwen2.5-0.5B body without its text embedding (357,898,112) + speech_embedding and
     # llm_decoder (6564 x 896 each, + 6564 bias) + llm_embedding (2 x 896) + the 1-row stub
     assert params == 357_898_112 + 2 * 6564 * 896 + 6564 + 2 * 896 + 896 == 369_670_052
+
+
+def test_flow_and_hift_import(tmp_path: Path) -> None:
+    write_cosyvoice2_dir(tmp_path / "cv2")
+    flow = import_cosyvoice2_flow(tmp_path / "cv2")
+    module = ChunkFlowMatching(flow.sections["flow"])
+    module.load_state_dict(flow.tensors, strict=True)
+    saved = torch.load(tmp_path / "cv2" / "flow.pt", weights_only=True)
+    assert torch.equal(module.decoder.estimator.final_proj.weight, saved["decoder.estimator.final_proj.weight"])
+    hift = import_cosyvoice2_hift(tmp_path / "cv2")
+    assert hift.sections["vocoder"].base_channels == 16 and hift.sections["vocoder"].f0_channels == 16
+    HiFTVocoder(hift.sections["vocoder"]).load_state_dict(hift.tensors, strict=True)
+    # a renamed flow key and a truncated hift.pt are named
+    key = "encoder.encoders.0.self_attn.linear_q.weight"
+    saved["encoder.encoders.0.self_attn.linear_qq.weight"] = saved.pop(key)
+    torch.save(saved, tmp_path / "cv2" / "flow.pt")
+    with pytest.raises(ForeignCheckpointError, match="linear_qq.weight"):
+        import_cosyvoice2_flow(tmp_path / "cv2")
+    data = (tmp_path / "cv2" / "hift.pt").read_bytes()
+    (tmp_path / "cv2" / "hift.pt").write_bytes(data[:-200])
+    with pytest.raises(ForeignCheckpointError, match="hift.pt"):
+        import_cosyvoice2_hift(tmp_path / "cv2")
+
+
+def test_full_size_flow_and_hift_shapes_match_minmo_7b(tmp_path: Path) -> None:
+    """The released yaml gives minmo-7b's flow/HiFT shapes; the flow has the release's 1121
+    tensors (docs/checkpoints.md)."""
+    (tmp_path / "cv2").mkdir()
+    (tmp_path / "cv2" / "cosyvoice2.yaml").write_text(COSYVOICE2_YAML.format(**FULL))
+    base = load_model_config("minmo-7b")
+    flow, hift = flow_config(tmp_path / "cv2", base.flow), hift_config(tmp_path / "cv2", base.vocoder)
+    assert flow == base.flow and hift == base.vocoder
+    with torch.device("meta"):
+        flow_sd, hift_sd = ChunkFlowMatching(flow).state_dict(), HiFTVocoder(hift).state_dict()
+    assert len(flow_sd) == 1121 and sum(v.numel() for v in flow_sd.values()) == 112_549_360
+    assert sum(v.numel() for v in hift_sd.values()) == 20_821_295

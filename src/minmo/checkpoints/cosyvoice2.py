@@ -28,12 +28,17 @@ FILL id (reported in the notes).
 
 The Qwen2 body's head counts are read from ``CosyVoice-BlankEN/config.json``; without it
 they are inferred from the tensors with Qwen2.5's head size 64.
+
+``flow.pt`` and ``hift.pt`` map one to one onto :class:`~minmo.models.flow.ChunkFlowMatching`
+and :class:`~minmo.models.vocoder.HiFTVocoder`, whose module names follow CosyVoice 2's
+(1121 flow tensors, weight-norm parametrizations ``parametrizations.weight.original{0,1}`` in
+HiFT). Their shapes come from the ``flow:`` / ``hift:`` sections of the yaml.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +54,9 @@ from minmo.checkpoints.foreign_common import (
     torch_load_state_dict,
 )
 from minmo.config import VoiceLMConfig
+
+if TYPE_CHECKING:
+    from minmo.config import FlowConfig, HiFTConfig
 
 CONFIG_FILE = "cosyvoice2.yaml"
 LLM_FILE = "llm.pt"
@@ -177,3 +185,150 @@ def import_cosyvoice2_llm(directory: str | Path) -> ImportedPart:
                             f"token {cosy_fill} is minmo's FILL id {module.fill_id}")
     report.loaded = len(tensors)
     return ImportedPart("voice_lm", tensors, {"voice_lm": cfg}, report)
+
+
+# --------------------------------------------------------------------------------------
+# Flow matching (flow.pt) and HiFT vocoder (hift.pt)
+# --------------------------------------------------------------------------------------
+
+
+def _node(config: dict[str, Any], key: str, path: Path, target: str) -> TaggedNode:
+    node = config.get(key)
+    if not isinstance(node, TaggedNode) or not node.target.endswith(target):
+        raise ForeignCheckpointError(f"{path}: '{key}' is not a !new:...{target} node")
+    return node
+
+
+def flow_config(directory: str | Path, base: "FlowConfig | None" = None) -> "FlowConfig":
+    """``flow:`` of ``cosyvoice2.yaml`` -> :class:`FlowConfig` (fields the yaml does not
+    set, e.g. minmo's ``chunk_tokens`` = 15, are kept from ``base``).
+
+    Raises:
+        ForeignCheckpointError: a layout minmo's flow does not implement (named).
+    """
+    import copy
+
+    from minmo.config import FlowConfig
+
+    path = Path(directory) / CONFIG_FILE
+    config = read_cosyvoice2_config(directory)
+    flow = _node(config, "flow", path, "CausalMaskedDiffWithXvec")
+    enc = flow.get("encoder")
+    dec = flow.get("decoder")
+    if not isinstance(enc, TaggedNode) or not isinstance(dec, TaggedNode):
+        raise ForeignCheckpointError(f"{path}: flow has no encoder/decoder nodes")
+    est = dec.get("estimator")
+    cfm = dec.get("cfm_params")
+    cfm = cfm.get("content", {}) if isinstance(cfm, TaggedNode) else {}
+    channels = est.get("channels", [256]) if isinstance(est, TaggedNode) else [256]
+    if not isinstance(est, TaggedNode) or len(channels) != 1:
+        raise ForeignCheckpointError(f"{path}: flow.decoder.estimator must have one channel level "
+                                     f"(channels: [C]); got {channels}")
+    n_mels = int(flow.get("output_size", 80))
+    if int(est.get("in_channels", 4 * n_mels)) != 4 * n_mels:
+        raise ForeignCheckpointError(f"{path}: estimator in_channels {est.get('in_channels')} != "
+                                     f"4 x output_size {n_mels}")
+    if int(flow.get("input_size", 512)) != int(enc.get("output_size", 512)):
+        raise ForeignCheckpointError(f"{path}: flow input_size != encoder output_size")
+    for key, want in (("use_cnn_module", False), ("macaron_style", False),
+                      ("selfattention_layer_type", "rel_selfattn")):
+        if enc.get(key, want) != want:
+            raise ForeignCheckpointError(f"{path}: flow.encoder.{key}: {enc.get(key)} is not supported")
+    cfg = copy.deepcopy(base) if base is not None else FlowConfig()
+    cfg.vocab_size = int(flow.get("vocab_size", 6561))
+    cfg.n_mels = n_mels
+    cfg.spk_embed_dim = int(flow.get("spk_embed_dim", 192))
+    cfg.token_mel_ratio = int(flow.get("token_mel_ratio", 2))
+    cfg.pre_lookahead_len = int(flow.get("pre_lookahead_len", 3))
+    cfg.encoder_dim = int(enc.get("output_size", 512))
+    cfg.encoder_heads = int(enc.get("attention_heads", 8))
+    cfg.encoder_ffn_dim = int(enc.get("linear_units", 2048))
+    cfg.encoder_blocks = int(enc.get("num_blocks", 6))
+    cfg.encoder_up_blocks = 4  # fixed in CosyVoice 2's UpsampleConformerEncoder
+    cfg.estimator_channels = int(channels[0])
+    cfg.estimator_heads = int(est.get("num_heads", 8))
+    cfg.estimator_head_dim = int(est.get("attention_head_dim", 64))
+    cfg.estimator_transformer_blocks = int(est.get("n_blocks", 4))
+    cfg.estimator_mid_blocks = int(est.get("num_mid_blocks", 12))
+    cfg.sigma_min = float(cfm.get("sigma_min", cfg.sigma_min))
+    cfg.training_cfg_rate = float(cfm.get("training_cfg_rate", cfg.training_cfg_rate))
+    cfg.inference_cfg_rate = float(cfm.get("inference_cfg_rate", cfg.inference_cfg_rate))
+    return cfg
+
+
+def hift_config(directory: str | Path, base: "HiFTConfig | None" = None) -> "HiFTConfig":
+    """``hift:`` of ``cosyvoice2.yaml`` -> :class:`HiFTConfig` (streaming/discriminator
+    fields kept from ``base``)."""
+    import copy
+
+    from minmo.config import HiFTConfig
+
+    path = Path(directory) / CONFIG_FILE
+    hift = _node(read_cosyvoice2_config(directory), "hift", path, "HiFTGenerator")
+    f0 = hift.get("f0_predictor")
+    istft = hift.get("istft_params") or {}
+    cfg = copy.deepcopy(base) if base is not None else HiFTConfig()
+    cfg.n_mels = int(hift.get("in_channels", 80))
+    cfg.base_channels = int(hift.get("base_channels", 512))
+    cfg.nb_harmonics = int(hift.get("nb_harmonics", 8))
+    cfg.sample_rate = int(hift.get("sampling_rate", 24000))
+    cfg.nsf_alpha = float(hift.get("nsf_alpha", 0.1))
+    cfg.nsf_sigma = float(hift.get("nsf_sigma", 0.003))
+    cfg.nsf_voiced_threshold = float(hift.get("nsf_voiced_threshold", 10))
+    cfg.upsample_rates = [int(r) for r in hift.get("upsample_rates", [8, 5, 3])]
+    cfg.upsample_kernel_sizes = [int(k) for k in hift.get("upsample_kernel_sizes", [16, 11, 7])]
+    cfg.istft_n_fft = int(istft.get("n_fft", 16))
+    cfg.istft_hop = int(istft.get("hop_len", 4))
+    for key in ("resblock_kernel_sizes", "source_resblock_kernel_sizes"):
+        setattr(cfg, key, [int(k) for k in hift.get(key, getattr(cfg, key))])
+    for key in ("resblock_dilation_sizes", "source_resblock_dilation_sizes"):
+        setattr(cfg, key, [[int(d) for d in ds] for ds in hift.get(key, getattr(cfg, key))])
+    cfg.lrelu_slope = float(hift.get("lrelu_slope", 0.1))
+    cfg.audio_limit = float(hift.get("audio_limit", 0.99))
+    if isinstance(f0, TaggedNode):
+        cfg.f0_channels = int(f0.get("cond_channels", 512))
+    return cfg
+
+
+def _legacy_weight_norm(key: str) -> str:
+    """Old ``weight_norm`` names (``weight_g``/``weight_v``) -> parametrization names."""
+    if key.endswith(".weight_g"):
+        return key[: -len("weight_g")] + "parametrizations.weight.original0"
+    if key.endswith(".weight_v"):
+        return key[: -len("weight_v")] + "parametrizations.weight.original1"
+    return key
+
+
+def import_cosyvoice2_flow(directory: str | Path, base: "FlowConfig | None" = None) -> ImportedPart:
+    """``flow.pt`` -> :class:`~minmo.models.flow.ChunkFlowMatching` (names one to one)."""
+    from minmo.models.flow import ChunkFlowMatching
+
+    directory = Path(directory)
+    path = require_file(directory, FLOW_FILE, "CosyVoice 2 flow-matching weights")
+    cfg = flow_config(directory, base)
+    tensors = {k: v.float() if v.is_floating_point() else v
+               for k, v in torch_load_state_dict(path).items()}
+    with torch.device("meta"):
+        module = ChunkFlowMatching(cfg)
+    check_against_module(module, tensors, str(path))
+    report = PartReport("flow", str(path), loaded=len(tensors))
+    report.notes.append(f"chunk_tokens kept at minmo's {cfg.chunk_tokens} (CosyVoice 2 trained "
+                        "chunk masks of 25 tokens; the four-mask training makes other sizes work)")
+    return ImportedPart("flow", tensors, {"flow": cfg}, report)
+
+
+def import_cosyvoice2_hift(directory: str | Path, base: "HiFTConfig | None" = None) -> ImportedPart:
+    """``hift.pt`` -> :class:`~minmo.models.vocoder.HiFTVocoder` (a ``generator.`` prefix of
+    training checkpoints is dropped, old ``weight_g``/``weight_v`` names are mapped)."""
+    from minmo.models.vocoder import HiFTVocoder
+
+    directory = Path(directory)
+    path = require_file(directory, HIFT_FILE, "CosyVoice 2 HiFT vocoder weights")
+    cfg = hift_config(directory, base)
+    tensors = {_legacy_weight_norm(k.removeprefix("generator.")): v.float() if v.is_floating_point() else v
+               for k, v in torch_load_state_dict(path).items()}
+    with torch.device("meta"):
+        module = HiFTVocoder(cfg)
+    check_against_module(module, tensors, str(path))
+    return ImportedPart("vocoder", tensors, {"vocoder": cfg},
+                        PartReport("vocoder", str(path), loaded=len(tensors)))

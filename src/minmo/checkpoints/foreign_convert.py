@@ -7,6 +7,8 @@ Output layout::
                           determine (encoder, frontend, llm, voice_lm) replaced
       model.safetensors   every converted tensor, named as in ``MinMo.state_dict()``
                           (``encoder.*``, ``llm.model.*``, ``voice_lm.*``)
+      flow.safetensors    CosyVoice 2 flow matching / HiFT vocoder in their modules' naming
+      vocoder.safetensors (``flow.path`` / ``vocoder.path``; the runtime also finds them here)
       tokenizer/          the LLM's tokenizer files (HF layout; ``llm.tokenizer`` points here)
       am.mvn, *.bpe.model SenseVoice CMVN (``frontend.cmvn_file``) and CTC vocabulary
       campplus.onnx       CosyVoice 2 speaker model (``speaker.kind: onnx``)
@@ -45,6 +47,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                    "tokenizer.model", "generation_config.json")
 PART_PREFIX = {"encoder": "encoder.", "llm": "llm.", "voice_lm": "voice_lm."}
+SEPARATE_FILES = {"flow": "flow.safetensors", "vocoder": "vocoder.safetensors"}  # not in MinMo
 
 
 @dataclass
@@ -73,8 +76,10 @@ class ConvertSources:
     llm_reference: bool = False
 
 
-def import_parts(sources: ConvertSources, log: Callable[[str], None] = print) -> list[ImportedPart]:
+def import_parts(sources: ConvertSources, log: Callable[[str], None] = print,
+                 base: ModelConfig | None = None) -> list[ImportedPart]:
     """Read every requested source into :class:`ImportedPart` objects (none written yet).
+    ``base`` supplies the config fields a release does not set (flow/vocoder streaming).
 
     Raises:
         ForeignCheckpointError: conflicting sources (two encoders, two LLMs) or any import
@@ -129,15 +134,23 @@ def import_parts(sources: ConvertSources, log: Callable[[str], None] = print) ->
         else:
             timed(f"LLM {llm_dir}", lambda: import_hf_llm(llm_dir))
     if sources.cosyvoice2:
-        from minmo.checkpoints.cosyvoice2 import SPEAKER_FILE, import_cosyvoice2_llm
+        from minmo.checkpoints.cosyvoice2 import (
+            SPEAKER_FILE,
+            import_cosyvoice2_flow,
+            import_cosyvoice2_hift,
+            import_cosyvoice2_llm,
+        )
 
-        timed(f"CosyVoice 2 voice LM {sources.cosyvoice2}", lambda: import_cosyvoice2_llm(sources.cosyvoice2))
-        speaker = Path(sources.cosyvoice2) / SPEAKER_FILE
+        cv2 = Path(sources.cosyvoice2)
+        timed(f"CosyVoice 2 voice LM {cv2}", lambda: import_cosyvoice2_llm(cv2))
+        speaker = cv2 / SPEAKER_FILE
         if speaker.is_file() and speaker.stat().st_size > 0:
             parts[-1].files[SPEAKER_FILE] = speaker
         parts[-1].report.notes.append(
-            "flow.pt / hift.pt / speech_tokenizer_v2.onnx are not converted by this version "
-            "(see docs/checkpoints.md)")
+            "speech_tokenizer_v2.onnx is not converted (minmo trains its own tokenizer; see "
+            "docs/checkpoints.md)")
+        timed(f"CosyVoice 2 flow {cv2}", lambda: import_cosyvoice2_flow(cv2, base.flow if base else None))
+        timed(f"CosyVoice 2 HiFT {cv2}", lambda: import_cosyvoice2_hift(cv2, base.vocoder if base else None))
     if not parts:
         raise ForeignCheckpointError("nothing to convert: give at least one source directory")
     return parts
@@ -198,7 +211,10 @@ def write_minmo_checkpoint(out_dir: str | Path, base: ModelConfig, parts: list[I
     if llm_part is not None and llm_part.tensors:
         cfg.llm.tokenizer = str(out_dir / TOKENIZER_DIR)
     for part in parts:
-        tensors.update(prefixed(part.tensors, PART_PREFIX[part.part]))
+        if part.part in SEPARATE_FILES:
+            getattr(cfg, part.part).path = str(out_dir / SEPARATE_FILES[part.part])
+        else:
+            tensors.update(prefixed(part.tensors, PART_PREFIX[part.part]))
         for file_name in part.files:
             if file_name.endswith(".mvn"):
                 cfg.frontend.cmvn_file = str(out_dir / file_name)
@@ -226,6 +242,9 @@ def write_minmo_checkpoint(out_dir: str | Path, base: ModelConfig, parts: list[I
                 shutil.copy2(path, tmp / file_name)
         if tensors:
             save_tensors(tensors, tmp / MODEL_FILE, metadata={"format": "pt", "producer": "minmo convert"})
+        for part in parts:
+            if part.part in SEPARATE_FILES:
+                save_tensors(part.tensors, tmp / SEPARATE_FILES[part.part], metadata={"format": "pt"})
         save_yaml(cfg, tmp / CONFIG_FILE)
         report = {"sources": sources or {}, "parts": [p.report.to_dict() for p in parts],
                   "fresh_modules": fresh, "tensors": len(tensors)}

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
              if k in ("sensevoice", "whisper_hf", "whisper_ct2", "llm_hf", "llm_gguf", "cosyvoice2") and v}
     try:
         base = load_model_config(args.base)
-        parts = import_parts(sources)
+        parts = import_parts(sources, base=base)
         write_minmo_checkpoint(args.out, base, parts, sources=named, name=args.name)
     except CheckpointError as exc:
         print(f"minmo convert: error: {exc}", file=sys.stderr)
