@@ -1,0 +1,511 @@
+"""The one training loop: every stage, one process or many, fresh or resumed.
+
+``train(cfg)`` does, in order: start the process group (under torchrun); build the model
+(seeded, identical on every rank); load ``cfg.init`` weights; apply the stage's freeze
+matrix; resume from the latest checkpoint in ``output_dir`` (or ``cfg.resume``); wrap the
+model (FSDP2/DDP); build AdamW + warmup-cosine over the trainable parameters; then run
+optimizer steps until ``optim.max_steps``, each over ``optim.grad_accum`` micro-batches, with
+bf16 autocast on CUDA, gradient clipping, a JSONL metrics line every ``log_every`` steps and
+an atomic checkpoint every ``save_every`` steps and at the end.
+
+Resuming restores model, optimizer, scheduler, every RNG and the data position, so a run
+killed after a checkpoint and resumed ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from minmo.checkpoints import CheckpointError, check_keys
+from minmo.config import ConfigError, TrainConfig, load_model_config
+from minmo.training import checkpointing as ckpt
+from minmo.training.data_source import BatchSource, DataPosition
+from minmo.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_model_state,
+    gather_optimizer_state,
+    gradient_sync,
+    init_distributed,
+    load_optimizer_state,
+    shutdown_distributed,
+    unwrap_model,
+    wrap_model,
+)
+from minmo.training.errors import TrainingError
+from minmo.training.optim import build_adamw, build_scheduler
+from minmo.training.stages import Stage, StepContext, StepOutput, apply_stage, get_stage, null_context
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+KILL_ENV = "MINMO_DEBUG_KILL_AT_STEP"
+"""Debug/test hook: ``MINMO_DEBUG_KILL_AT_STEP=N`` SIGKILLs the process right after the
+checkpoint of step ``N`` is written (simulates a crash for the resume test)."""
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished :func:`train` call (identical on every rank).
+
+    Attributes:
+        steps: optimizer steps done in total (including those before a resume).
+        final_loss: loss of the last step (``nan`` if no step ran).
+        skipped_rows: bad data rows skipped (unique, all ranks).
+        seconds: wall time of this call.
+        output_dir: run directory.
+        resumed_from: checkpoint resumed from, if any.
+        losses: loss of every step run by this call, in order.
+    """
+
+    steps: int
+    final_loss: float
+    skipped_rows: int
+    seconds: float
+    output_dir: Path
+    resumed_from: Path | None = None
+    losses: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the console."""
+        return (f"done: steps={self.steps} final_loss={self.final_loss:.4f} "
+                f"skipped_rows={self.skipped_rows} time={self.seconds:.1f}s "
+                f"output={self.output_dir}")
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast on CUDA for ``auto``/``bf16``; CPU always trains in fp32."""
+    return device.type == "cuda" and precision in ("auto", "bf16")
+
+
+class MetricsLog:
+    """Append-only JSONL metrics (rank 0). On resume, lines past the resumed step (written
+    after the last checkpoint of a crashed run) are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if _record_step(line) is not None and _record_step(line) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and path.is_file():
+            path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _record_step(line: str) -> int | None:
+    """The ``step`` of one metrics line; ``None`` for a blank or torn line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _progress(cfg: TrainConfig, info: DistInfo, start: int) -> Any:
+    from tqdm.auto import tqdm
+
+    enabled = cfg.progress and info.is_main and sys.stderr.isatty()
+    return tqdm(total=cfg.optim.max_steps, initial=start, disable=not enabled,
+                desc=cfg.stage, unit="step", dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks of train()
+# --------------------------------------------------------------------------------------
+
+
+def build_stage_model(cfg: TrainConfig, stage: Stage) -> tuple[nn.Module, Any]:
+    """The model of ``stage`` (MinMo from ``cfg.model`` unless the stage brings its own).
+
+    Returns:
+        (model, resolved model config or ``None``).
+    """
+    if stage.build_model is not None:
+        return stage.build_model(cfg), None
+    from minmo.models.builders import build_model
+
+    model_cfg = load_model_config(cfg.model)
+    return build_model(model_cfg), model_cfg
+
+
+def load_init_weights(model: nn.Module, path: str) -> None:
+    """Load ``cfg.init`` (a previous stage's checkpoint or run directory, or a
+    ``.safetensors`` file) into ``model``; the file may hold any subset of the model's
+    tensors. LoRA tensors in it make the model add its adapters first (kept frozen unless
+    the stage trains them)."""
+    source, tensors = ckpt.init_tensors(path)
+    if any("lora_" in k for k in tensors) and hasattr(model, "enable_lora"):
+        model.enable_lora()
+    targets = model.state_dict(keep_vars=True)
+    check_keys({k: v.shape for k, v in targets.items()}, {k: v.shape for k, v in tensors.items()},
+               str(source), allow_missing=True)
+    with torch.no_grad():
+        for k, v in tensors.items():
+            targets[k].copy_(v.to(dtype=targets[k].dtype))
+    log.info("init: loaded %d tensors from %s", len(tensors), source)
+
+
+def find_resume(cfg: TrainConfig, info: DistInfo) -> Path | None:
+    """The checkpoint to resume from: ``cfg.resume`` when it is a path, the latest in
+    ``output_dir`` when ``auto``, none when ``never``. Rank 0 decides for all."""
+    found: Path | None = None
+    if info.is_main:
+        ckpt.remove_temporaries(cfg.output_dir)
+        if cfg.resume == "auto":
+            found = ckpt.latest_checkpoint(cfg.output_dir)
+        elif cfg.resume == "never":
+            existing = ckpt.latest_checkpoint(cfg.output_dir)
+            if existing is not None:
+                raise TrainingError(f"{cfg.output_dir}: already holds checkpoints (latest "
+                                    f"{existing.name}) and resume=never; use resume=auto to "
+                                    "continue, or another output_dir to start over")
+        else:
+            found = ckpt.resolve_checkpoint(cfg.resume)
+    found = broadcast_object(str(found) if found else None, info)
+    return Path(found) if found else None
+
+
+def build_optimizers(stage: Stage, model: nn.Module, cfg: TrainConfig
+                     ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
+    """Optimizers (the stage's own, or one AdamW ``"main"``) and a warmup-cosine scheduler
+    for each."""
+    if stage.build_optimizers is not None:
+        optimizers = stage.build_optimizers(model, cfg.optim)
+    else:
+        optimizers = {"main": build_adamw(model.parameters(), cfg.optim)}
+    schedulers = {name: build_scheduler(opt, cfg.optim) for name, opt in optimizers.items()}
+    return optimizers, schedulers
+
+
+def build_data(stage: Stage, cfg: TrainConfig, model: nn.Module, info: DistInfo) -> BatchSource:
+    """The stage's own data, or the manifest data of ``cfg.data`` collated for ``model``."""
+    if stage.build_data is not None:
+        return stage.build_data(cfg, model, info.rank, info.world_size)
+    from minmo.training.manifest_data import build_manifest_source
+
+    return build_manifest_source(cfg, model, info.rank, info.world_size)
+
+
+def micro_batches(stream: Iterator[tuple[Any, DataPosition]], count: int, info: DistInfo,
+                  last_good: list[Any]) -> tuple[list[tuple[Any, float]], DataPosition]:
+    """Take ``count`` micro-batches; a ``None`` batch (all rows bad) becomes a zero-weight
+    placeholder (the previous good batch) so every rank runs the same collectives. Alone, a
+    ``None`` batch is simply skipped."""
+    out: list[tuple[Any, float]] = []
+    position = DataPosition()
+    while len(out) < count:
+        batch, position = next(stream)
+        if batch is not None:
+            last_good[:] = [batch]
+            out.append((batch, 1.0))
+        elif info.distributed:
+            if not last_good:
+                raise TrainingError("every row of this process's first batch is bad; fix the "
+                                    "manifest rows reported above")
+            out.append((last_good[0], 0.0))
+    return out, position
+
+
+def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.Module,
+                    optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                    step: int, position: DataPosition, extra_state: dict[str, Any],
+                    configs: dict[str, Any]) -> Path | None:
+    """Gather everything (collective) and write one checkpoint on rank 0; prune old ones."""
+    trainable = gather_model_state(model, trainable_only=True)
+    full = gather_model_state(model, trainable_only=False) if cfg.save_full_weights else None
+    optim_states = {name: gather_optimizer_state(model, opt) for name, opt in optimizers.items()}
+    rng = [ckpt.capture_rng()]
+    if info.distributed:
+        import torch.distributed as dist
+
+        rng = [None] * info.world_size
+        dist.all_gather_object(rng, ckpt.capture_rng())
+    path = None
+    if info.is_main:
+        payload = ckpt.CheckpointPayload(
+            step=step, position=position, trainable=trainable, full=full,
+            optimizers=optim_states,
+            schedulers={name: s.state_dict() for name, s in schedulers.items()},
+            rng=rng, state={**extra_state, "world_size": info.world_size}, configs=configs,
+        )
+        path = ckpt.write_checkpoint(cfg.output_dir, payload, lora_writer=_lora_writer(raw, info, trainable))
+        ckpt.prune_checkpoints(cfg.output_dir, cfg.keep_last)
+        log.info("saved checkpoint %s", path)
+    barrier(info)
+    return path
+
+
+def _lora_writer(raw: nn.Module, info: DistInfo, trainable: dict[str, torch.Tensor]) -> Any:
+    """A function writing the LLM's LoRA adapters in peft layout, or ``None`` without LoRA.
+
+    Unsharded models use ``LLM.save_lora``. Under FSDP the module holds only shards, so the
+    adapter is written from the gathered tensors: peft key = ``base_model.model.`` + the name
+    inside the transformers model with the adapter name (``.default``) removed, checked
+    against ``LLM.lora_state_dict()``'s keys; ``adapter_config.json`` as ``save_lora``
+    writes it."""
+    llm = getattr(raw, "llm", None)
+    if llm is None or not getattr(llm, "lora_enabled", False):
+        return None
+    if info.mode != "fsdp":
+        return llm.save_lora
+    prefix = "llm.model."
+
+    def write(directory: Path) -> None:
+        from minmo.checkpoints import save_tensors
+
+        full = {}
+        for name, tensor in trainable.items():
+            if name.startswith(prefix) and "lora_" in name:
+                full["base_model.model." + name[len(prefix):].replace(".default.", ".")] = tensor
+        expected = set(llm.lora_state_dict())
+        if set(full) != expected:
+            raise CheckpointError(f"{directory}: LoRA keys of the gathered state differ from "
+                                  f"peft's: {sorted(set(full) ^ expected)[:5]} (is every LoRA "
+                                  "tensor trainable in this stage?)")
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors(full, directory / "adapter_model.safetensors")
+        c = llm.lora_cfg
+        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": c.r, "lora_alpha": c.alpha,
+                  "lora_dropout": c.dropout, "target_modules": list(c.target_modules),
+                  "bias": "none",
+                  "base_model_name_or_path": getattr(llm.model.config, "_name_or_path", "")}
+        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+    return write
+
+
+def _debug_kill(step: int) -> None:
+    target = os.environ.get(KILL_ENV)
+    if target and int(target) == step:
+        log.warning("%s=%s: killing this process now", KILL_ENV, target)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------
+# train()
+# --------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, model: nn.Module | None = None, source: BatchSource | None = None,
+          model_config: Any = None) -> TrainResult:
+    """Run (or resume) one training stage.
+
+    Args:
+        cfg: the training config.
+        model: an already built model (tests); default: built from ``cfg.model``/the stage.
+            It must be identical on every rank.
+        source: batches (tests); default: the stage's data or ``cfg.data`` manifests.
+        model_config: the resolved model config to store in checkpoints with ``model``.
+
+    Returns:
+        :class:`TrainResult` (also printed as one summary line by the CLI).
+
+    Raises:
+        TrainingError, ConfigError, CheckpointError: with a message naming file and fix.
+    """
+    t0 = time.perf_counter()
+    info = init_distributed(cfg.distributed)
+    try:
+        return _train(cfg, info, model, source, model_config, t0)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
+           source: BatchSource | None, model_cfg: Any, t0: float) -> TrainResult:
+    try:
+        stage = get_stage(cfg.stage)
+    except KeyError as exc:
+        raise ConfigError(f"stage: {exc.args[0]}") from None
+    if cfg.optim.grad_accum < 1 or cfg.optim.max_steps < 1:
+        raise ConfigError("optim.grad_accum and optim.max_steps must be >= 1")
+    out_dir = Path(cfg.output_dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    ckpt.seed_everything(cfg.seed)  # same initial weights on every rank
+    if model is None:
+        model, model_cfg = build_stage_model(cfg, stage)
+    if cfg.init:
+        load_init_weights(model, cfg.init)
+    try:
+        apply_stage(model, stage)
+    except ValueError as exc:
+        raise ConfigError(f"stage '{stage.name}': {exc}") from None
+
+    resume_path = find_resume(cfg, info)
+    resume = ckpt.read_checkpoint(resume_path) if resume_path else None
+    if resume is not None:
+        saved_stage = resume.state.get("stage")
+        if saved_stage not in (None, stage.name):
+            raise CheckpointError(f"{resume.path}: written by stage '{saved_stage}', this run is "
+                                  f"'{stage.name}'; use init= to start a new stage from it, or "
+                                  "another output_dir")
+        ckpt.load_trainable(model, resume.trainable, str(resume.path / ckpt.TRAINABLE_FILE))
+
+    model.train()
+    wrapped = wrap_model(model, info)
+    raw = unwrap_model(wrapped)
+    optimizers, schedulers = build_optimizers(stage, raw, cfg)
+    step, position, prior_skipped = 0, DataPosition(), 0
+    if resume is not None:
+        for name, opt in optimizers.items():
+            if name not in resume.optimizers:
+                raise CheckpointError(f"{resume.path / ckpt.OPTIMIZER_FILE}: no state for "
+                                      f"optimizer '{name}'")
+            load_optimizer_state(wrapped, opt, resume.optimizers[name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(resume.schedulers[name])
+        step, position = resume.step, resume.position
+        if info.rank < len(resume.rng):
+            ckpt.restore_rng(resume.rng[info.rank])
+        else:
+            log.warning("resuming with more processes than saved; RNG of rank %d reseeded",
+                        info.rank)
+            ckpt.seed_everything(cfg.seed + info.rank + 7919 * step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume.path, step,
+                 position.epoch, position.index)
+    else:
+        ckpt.seed_everything(cfg.seed + info.rank)
+
+    if source is None:
+        source = build_data(stage, cfg, raw, info)
+    configs: dict[str, Any] = {"config.yaml": cfg}
+    if model_cfg is not None:
+        configs["model.yaml"] = model_cfg
+    metrics = MetricsLog(out_dir / METRICS_FILE, resume.step if resume else None) \
+        if info.is_main else None
+
+    bf16 = use_bf16(cfg.precision, info.device)
+    if cfg.precision == "bf16" and not bf16 and info.is_main:
+        log.warning("precision bf16 asked, but no CUDA device: training in fp32 on CPU")
+
+    def autocast() -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else null_context()
+
+    def accumulate(is_last: bool) -> Any:
+        return gradient_sync(wrapped, info, is_last)
+
+    stream = source.batches(position)
+    last_good: list[Any] = []
+    losses: list[float] = []
+    final_loss = math.nan
+    window_examples, window_t = 0.0, time.perf_counter()
+    checked_keys = False
+    bar = _progress(cfg, info, step)
+    while step < cfg.optim.max_steps:
+        micro, position = micro_batches(stream, cfg.optim.grad_accum, info, last_good)
+        micro = [(to_device(b, info.device), w) for b, w in micro]
+        if not checked_keys:
+            _check_batch_keys(stage, micro[0][0])
+            checked_keys = True
+        ctx = StepContext(wrapped, raw, stage, micro, optimizers, schedulers,
+                          cfg.optim.grad_clip, autocast, accumulate, step)
+        out: StepOutput = stage.step(ctx)
+        step += 1
+        loss, metric_means, examples = _reduce_step(out, info)
+        final_loss = loss
+        losses.append(loss)
+        window_examples += examples
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps:
+            skipped = _global_skipped(source, info)
+            now = time.perf_counter()
+            record = {"step": step, "loss": loss,
+                      "lr": next(iter(schedulers.values())).get_last_lr()[0],
+                      **out.grad_norms, **metric_means,
+                      "examples_per_s": window_examples / max(now - window_t, 1e-9),
+                      "skipped_rows": skipped, "epoch": position.epoch,
+                      "skipped_update": out.skipped_update}
+            window_examples, window_t = 0.0, now
+            if metrics is not None:
+                metrics.write(record)
+        if step % max(1, cfg.save_every) == 0 or step == cfg.optim.max_steps:
+            extra = {"stage": stage.name, "loss": loss, "skipped_rows": _global_skipped(source, info)}
+            save_checkpoint(cfg, info, wrapped, raw, optimizers, schedulers, step, position,
+                            extra, configs)
+            _debug_kill(step)
+    bar.close()
+    skipped = _global_skipped(source, info)
+    result = TrainResult(steps=step, final_loss=final_loss, skipped_rows=skipped,
+                         seconds=time.perf_counter() - t0, output_dir=out_dir,
+                         resumed_from=resume.path if resume else None, losses=losses)
+    return result
+
+
+def _check_batch_keys(stage: Stage, batch: dict[str, Any]) -> None:
+    missing = [k for k in stage.needs if k not in batch]
+    if missing:
+        raise TrainingError(f"stage '{stage.name}' needs {missing} in every batch, the data has "
+                            f"none: add them to the manifest rows (e.g. speech_tokens via "
+                            f"`minmo data tokenize`, duplex labels files)")
+
+
+def _reduce_step(out: StepOutput, info: DistInfo) -> tuple[float, dict[str, float], float]:
+    """Average loss and metrics over ranks, weighted by real micro-batches; total examples."""
+    names = sorted(out.metrics)
+    if info.distributed:
+        import torch.distributed as dist
+
+        all_names: list[Any] = [None] * info.world_size
+        dist.all_gather_object(all_names, names)
+        names = sorted({n for ns in all_names for n in ns})
+    w = float(out.weight)
+    loss_part = out.loss * w if w else 0.0
+    values = [loss_part, w, float(out.examples)]
+    values += [out.metrics.get(n, 0.0) * w for n in names]
+    values += [w if n in out.metrics else 0.0 for n in names]
+    red = all_reduce_sum(values, info)
+    total_w = red[1]
+    loss = red[0] / total_w if total_w else math.nan
+    k = len(names)
+    metric_means = {n: red[3 + i] / red[3 + k + i] for i, n in enumerate(names) if red[3 + k + i]}
+    return loss, metric_means, red[2]
+
+
+def _global_skipped(source: BatchSource, info: DistInfo) -> int:
+    """Unique bad rows over all ranks."""
+    ids = set(source.bad_rows)
+    if not info.distributed:
+        return len(ids)
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, ids)
+    return len(set().union(*gathered))
+

@@ -1,0 +1,130 @@
+"""The default training data: ``cfg.data.train`` manifests through ``minmo.data``'s loader,
+adapted to the loop's :class:`~minmo.training.data_source.BatchSource` protocol.
+
+``minmo.data.loader.build_loader`` gives a resumable, multi-worker loader (manifest dataset,
+length-bucketed batch sampler, ChatML collate). Rank ``r`` of ``R`` takes global batches
+``r, r+R, ...``, so one optimizer step of ``R`` processes sees the same examples as one
+process with ``grad_accum = R``.
+
+Bad rows never stop training: schema and header problems are dropped when the manifests
+are read, file problems when a row is loaded; each is logged once (file, line or id, why,
+fix) and counted. A missing manifest file or an empty training set is a
+:class:`~minmo.training.errors.TrainingError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from minmo.config import TrainConfig
+from minmo.training.data_source import Batch, DataPosition
+from minmo.training.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+S2T_TASKS = ("asr", "s2tt", "lid", "casr", "ser", "aed", "sa", "s2t_chat", "s2s_chat")
+STAGE_TASKS: dict[str, tuple[str, ...]] = {
+    "s2t_prealign": S2T_TASKS,
+    "s2t_fullalign": S2T_TASKS,
+    "s2t_sft": S2T_TASKS,
+    "t2s_projector": ("tts", "instruct_tts"),
+    "t2s_full": ("tts", "instruct_tts"),
+    "s2s": ("s2s_chat",),
+    "duplex": ("duplex",),
+}
+"""Manifest tasks each MinMo stage trains on; rows of other tasks are left out (not bad)."""
+
+FIX_HINT = "fix or remove the row (`minmo data check MANIFEST` lists every bad row)"
+
+
+class LoaderBatchSource:
+    """:class:`BatchSource` over a ``minmo.data.loader.ResumableLoader``.
+
+    Args:
+        loader: the resumable loader (one epoch per iteration).
+    """
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self._bad: set[str] = set()
+        for bad in loader.dataset.bad:
+            key = f"{bad.source}:{bad.line}"
+            self._bad.add(key)
+            log.warning("skipping bad row %s: %s", bad, FIX_HINT)
+
+    @property
+    def bad_rows(self) -> set[str]:
+        return set(self._bad)
+
+    @property
+    def skipped(self) -> int:
+        return len(self._bad)
+
+    def _note_skipped(self, batch: Batch) -> None:
+        for item in batch.get("skipped", []):
+            row_id = item.split(": ", 1)[0]
+            if row_id not in self._bad:
+                self._bad.add(row_id)
+                log.warning("skipping bad row (id %s): %s", item, FIX_HINT)
+
+    def batches(self, start: DataPosition = DataPosition()) -> Iterator[tuple[Batch | None, DataPosition]]:
+        self.loader.load_state_dict({"epoch": start.epoch, "batch": start.index})
+        while True:
+            epoch_iter = iter(self.loader)
+            empty_epoch = True
+            while True:
+                # The DataLoader draws its worker seed from the global torch RNG when an
+                # epoch's iterator starts; fork it so data loading never moves the training
+                # RNG (a resumed run starts an iterator mid-epoch, a straight run does not).
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(epoch_iter, None)
+                if batch is None:
+                    break
+                empty_epoch = False
+                self._note_skipped(batch)
+                state = self.loader.state_dict()
+                position = DataPosition(int(state["epoch"]), int(state["batch"]))
+                yield (batch if batch["ids"] else None), position
+            if empty_epoch and start.index == 0:
+                raise TrainingError("an epoch produced no batches: the training set is empty")
+            start = DataPosition()
+
+
+def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
+                          ) -> LoaderBatchSource:
+    """The loader of ``cfg.data.train`` for ``model`` (its front end, tokenizer and system
+    prompt), keeping the tasks of ``cfg.stage``.
+
+    Raises:
+        TrainingError: no manifests configured, a manifest file missing, or no usable row.
+    """
+    from minmo.data.loader import build_loader
+    from minmo.data.manifest import expand_manifest_paths
+
+    if not cfg.data.train:
+        raise TrainingError("data.train is empty: list the training manifests (.jsonl files "
+                            "or directories) in the config or as data.train=[path.jsonl]")
+    for path in expand_manifest_paths(cfg.data.train):
+        if not Path(path).is_file():
+            raise TrainingError(f"{path}: manifest file not found (data.train); fix the path "
+                                "or create it with `minmo data synth --out DIR`")
+    model_cfg = getattr(model, "cfg", None)
+    system_prompt = getattr(model_cfg, "system_prompt", "You are a helpful assistant.")
+    tasks = STAGE_TASKS.get(cfg.stage)
+    try:
+        loader = build_loader(cfg.data, cfg.data.train, model.frontend, model.tokenizer,
+                              system_prompt=system_prompt, seed=cfg.seed, rank=rank,
+                              world_size=world_size, train=True, tasks=tasks)
+    except ValueError as exc:
+        where = f" for stage '{cfg.stage}' (tasks {', '.join(tasks)})" if tasks else ""
+        raise TrainingError(f"{exc}{where}") from None
+    source = LoaderBatchSource(loader)
+    if rank == 0:
+        log.info("data: %d rows from %d manifest(s), %d bad rows skipped",
+                 len(loader.dataset), len(cfg.data.train), source.skipped)
+    return source

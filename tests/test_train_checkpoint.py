@@ -1,0 +1,140 @@
+"""Checkpoint files: atomic writes, strict loading, discovery, pruning, RNG, LR schedule,
+the data source's exact positions."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from minmo.checkpoints import (CheckpointError, atomic_directory, load_file_into, load_tensors,
+                               save_tensors)
+from minmo.training import checkpointing as ckpt
+from minmo.training.data_source import DataPosition, IndexedBatchSource, ListDataset
+from minmo.training.optim import WarmupCosine
+
+
+def test_save_load_roundtrip_and_shared_tensors(tmp_path):
+    w = torch.randn(3, 4)
+    tensors = {"a": w, "tied": w, "b": torch.arange(5)}
+    save_tensors(tensors, tmp_path / "t.safetensors")
+    back = load_tensors(tmp_path / "t.safetensors")
+    assert set(back) == {"a", "tied", "b"} and torch.equal(back["tied"], w)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_strict_load_names_keys(tmp_path):
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    path = tmp_path / "m.safetensors"
+
+    save_tensors({**good, "extra.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match=r"m\.safetensors.*unexpected keys.*extra\.weight"):
+        load_file_into(model, path)
+
+    save_tensors({k: v for k, v in good.items() if k != "1.bias"}, path)
+    with pytest.raises(CheckpointError, match=r"missing keys.*1\.bias"):
+        load_file_into(model, path)
+    assert load_file_into(model, path, allow_missing=True).missing == ["1.bias"]
+
+    save_tensors({**good, "0.weight": torch.zeros(4, 2)}, path)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: 0\.weight \(file \(4, 2\), model \(3, 2\)\)"):
+        load_file_into(model, path)
+
+
+def test_corrupt_and_missing_files_are_refused_with_their_path(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00garbage")
+    with pytest.raises(CheckpointError, match="broken.safetensors: not a readable safetensors"):
+        load_tensors(bad)
+    with pytest.raises(CheckpointError, match="nothere.safetensors: checkpoint file not found"):
+        load_tensors(tmp_path / "nothere.safetensors")
+    with pytest.raises(CheckpointError, match="no checkpoint here"):
+        ckpt.read_checkpoint(tmp_path)
+
+
+def test_atomic_directory_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "checkpoints" / "step_00000001"
+    with pytest.raises(ValueError):
+        with atomic_directory(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise ValueError("crash while writing")
+    assert not final.exists() and list((tmp_path / "checkpoints").iterdir()) == []
+    with atomic_directory(final) as tmp:
+        (tmp / "state.json").write_text("{}")
+    assert (final / "state.json").is_file()
+    with pytest.raises(CheckpointError, match="already exists"):
+        with atomic_directory(final):
+            pass
+
+
+def test_discovery_ignores_temporaries_and_prunes(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (5, 10, 15):
+        d = ckpt.checkpoint_dir(tmp_path, step)
+        d.mkdir(parents=True)
+        (d / ckpt.STATE_FILE).write_text("{}")
+    (root / ".tmp-step_00000020-abcd").mkdir()  # a crash mid-write
+    (root / "step_00000025").mkdir()  # no state.json: not a checkpoint
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000015"
+    assert [p.name for p in ckpt.remove_temporaries(tmp_path)] == [".tmp-step_00000020-abcd"]
+    ckpt.prune_checkpoints(tmp_path, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000010", "step_00000015"]
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step_00000015"
+
+
+def test_rng_capture_restore():
+    ckpt.seed_everything(3)
+    state = ckpt.capture_rng()
+    first = (random.random(), np.random.rand(), torch.rand(2))
+    random.random(), np.random.rand(), torch.rand(5)  # move on
+    ckpt.restore_rng(state)
+    again = (random.random(), np.random.rand(), torch.rand(2))
+    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def test_warmup_cosine_schedule():
+    f = WarmupCosine(warmup_steps=4, max_steps=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(4, 20))
+
+
+def test_indexed_source_positions_resume_and_bad_rows():
+    rows = [{"x": torch.tensor([float(i)])} for i in range(7)]
+    rows[3] = None  # a bad row
+    collate = lambda xs: {"x": torch.cat([r["x"] for r in xs])}  # noqa: E731
+
+    def take(source, start, n):
+        it = source.batches(start)
+        return [next(it) for _ in range(n)]
+
+    full = take(IndexedBatchSource(ListDataset(rows), collate, 2, seed=5), DataPosition(), 9)
+    # 7 rows, batches of 2 -> 4 batches per epoch; positions count batches
+    assert [p for _b, p in full[:5]] == [DataPosition(0, 1), DataPosition(0, 2),
+                                        DataPosition(0, 3), DataPosition(1, 0),
+                                        DataPosition(1, 1)]
+    seen = sorted(int(v) for b, _p in full[:4] if b is not None for v in b["x"])
+    assert seen == [0, 1, 2, 4, 5, 6]  # one epoch = every good row once
+    again = IndexedBatchSource(ListDataset(rows), collate, 2, seed=5)
+    resumed = take(again, full[5][1], 3)
+    for (b1, p1), (b2, p2) in zip(full[6:], resumed):
+        assert p1 == p2 and (b1 is None) == (b2 is None)
+        assert b1 is None or torch.equal(b1["x"], b2["x"])
+
+    # two ranks share each global batch: together they see what one process sees
+    halves = [IndexedBatchSource(ListDataset(rows), collate, 1, seed=5, rank=r, world_size=2)
+              for r in range(2)]
+    one = IndexedBatchSource(ListDataset(rows), collate, 2, seed=5)
+    for (b0, _), (b1, _), (b, _) in zip(take(halves[0], DataPosition(), 4),
+                                        take(halves[1], DataPosition(), 4),
+                                        take(one, DataPosition(), 4)):
+        parts = [t["x"] for t in (b0, b1) if t is not None]
+        expect = b["x"] if b is not None else torch.empty(0)
+        assert torch.equal(torch.cat(parts) if parts else torch.empty(0), expect)
+    assert one.skipped == 1 and one.bad_rows == {3}
