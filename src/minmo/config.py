@@ -230,7 +230,7 @@ class FlowConfig:
     estimator_heads: int = 4
     estimator_head_dim: int = 16
     estimator_transformer_blocks: int = 1
-    estimator_mid_blocks: int = 2
+    estimator_mid_blocks: int = 1
     dropout: float = 0.0
     sigma_min: float = 1e-6
     training_cfg_rate: float = 0.2
@@ -257,7 +257,7 @@ class HiFTConfig:
 
     sample_rate: int = 24000
     n_mels: int = 80
-    base_channels: int = 64
+    base_channels: int = 32
     nb_harmonics: int = 8
     nsf_alpha: float = 0.1
     nsf_sigma: float = 0.003
@@ -266,17 +266,15 @@ class HiFTConfig:
     upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 11, 7])
     istft_n_fft: int = 16
     istft_hop: int = 4
-    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
-    resblock_dilation_sizes: list[list[int]] = field(
-        default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
-    )
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7])  # CosyVoice 2: [3, 7, 11]
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3], [1, 3]])  # x3 [1, 3, 5]
     source_resblock_kernel_sizes: list[int] = field(default_factory=lambda: [7, 7, 11])
     source_resblock_dilation_sizes: list[list[int]] = field(
-        default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+        default_factory=lambda: [[1, 3], [1, 3], [1, 3]]  # CosyVoice 2: [1, 3, 5] each
     )
     lrelu_slope: float = 0.1
     audio_limit: float = 0.99
-    f0_channels: int = 64
+    f0_channels: int = 32
     f0_layers: int = 5
     stream_context_frames: int = 8
     stream_lookahead_frames: int = 8

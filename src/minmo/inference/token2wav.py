@@ -208,3 +208,85 @@ class Token2Wav:
         if not pieces:
             return torch.zeros(pending.shape[0], 0, device=pending.device), st
         return torch.cat(pieces, dim=1), st
+
+
+def load_module_weights(module: torch.nn.Module, path: str, prefix: str = "") -> None:
+    """Load a safetensors state dict strictly; keys may carry ``prefix`` (it is stripped)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: weights file not found (set the config's path to a trained checkpoint)")
+    state = load_file(path)
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: state dict does not match {type(module).__name__}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def build_token2wav(model_cfg, device: torch.device | str = "cpu", mask_mode: str = "chunk") -> Token2Wav:
+    """Flow + vocoder from a :class:`minmo.config.ModelConfig` (weights from ``flow.path`` and
+    ``vocoder.path`` when set, else random), in eval mode on ``device``."""
+    flow = ChunkFlowMatching(model_cfg.flow)
+    vocoder = HiFTVocoder(model_cfg.vocoder)
+    if model_cfg.flow.path:
+        load_module_weights(flow, model_cfg.flow.path)
+    if model_cfg.vocoder.path:
+        load_module_weights(vocoder, model_cfg.vocoder.path, prefix="generator.")
+    return Token2Wav(flow.to(device).eval(), vocoder.to(device).eval(), mask_mode=mask_mode)
+
+
+def benchmark_token2wav(
+    t2w: Token2Wav, num_tokens: int = 150, chunk_tokens: int = 15, repeats: int = 3, seed: int = 0
+) -> dict[str, float]:
+    """Streaming latency and speed of ``t2w`` on random tokens (batch 1).
+
+    Returns:
+        ``first_chunk_ms`` (first ``chunk_tokens`` tokens -> first audio, median over repeats),
+        ``chunk_ms`` (mean later chunk), ``rtf`` (compute time / audio time over the stream),
+        ``audio_s``, and ``first_chunk_cpu_ms`` (process CPU time of the first chunk: on a
+        busy CPU machine wall time includes waiting for a core).
+    """
+    import statistics
+    import time
+
+    device = t2w.device
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, t2w.flow.cfg.vocab_size, (1, num_tokens), generator=gen).to(device)
+    spk = torch.randn(1, t2w.flow.cfg.spk_embed_dim, generator=gen).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    firsts, firsts_cpu, chunks, totals, audio_s = [], [], [], [], 0.0
+    for r in range(repeats + 1):  # the first run warms up
+        state = t2w.init_state(spk)
+        samples, total, per = 0, 0.0, []
+        for i in range(0, num_tokens, chunk_tokens):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            audio, state = t2w.step(tokens[:, i:i + chunk_tokens], state, final=i + chunk_tokens >= num_tokens)
+            sync()
+            dt = time.perf_counter() - t0
+            if i == 0:
+                cpu_first = time.process_time() - c0
+            per.append(dt)
+            total += dt
+            samples += audio.shape[1]
+        if r:
+            firsts.append(per[0])
+            firsts_cpu.append(cpu_first)
+            chunks.extend(per[1:-1])
+            totals.append(total)
+            audio_s = samples / t2w.sample_rate
+    return {
+        "first_chunk_ms": 1000 * statistics.median(firsts),
+        "chunk_ms": 1000 * statistics.mean(chunks) if chunks else float("nan"),
+        "rtf": statistics.median(totals) / max(audio_s, 1e-9),
+        "audio_s": audio_s,
+        "first_chunk_cpu_ms": 1000 * statistics.median(firsts_cpu),
+    }

@@ -1,0 +1,152 @@
+"""``minmo tts`` (speech tokens in a manifest -> wav files) and ``minmo tokenize`` (fill
+``speech_tokens`` into a manifest with the speech tokenizer).
+
+    minmo tokenize data/train/tts.jsonl --model tiny --set speech_tokenizer.path=runs/tok.safetensors
+    minmo tts data/train/tts.jsonl --out-dir out/wavs --model tiny \
+        --set flow.path=runs/flow.safetensors --set vocoder.path=runs/hift.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tts`` and ``tokenize``."""
+    tts = subparsers.add_parser("tts", help="speech tokens of a manifest -> 24 kHz wav files (token2wav)",
+                                description="Synthesise every row that has speech_tokens with flow matching + "
+                                "HiFT, offline or streaming in 15-token chunks, and write <id>.wav files.")
+    tts.add_argument("manifest", help="jsonl manifest whose rows carry speech_tokens")
+    tts.add_argument("--out-dir", required=True, help="folder for the wav files")
+    tts.add_argument("--model", default="tiny", help="model preset or YAML (flow/vocoder/speaker sections)")
+    tts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, e.g. flow.path=runs/flow.safetensors (repeatable)")
+    tts.add_argument("--speaker-wav", help="16 kHz reference voice for the speaker embedding (else zeros)")
+    tts.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal", "non_causal"])
+    tts.add_argument("--stream", action="store_true", help="decode through the streaming path (15-token steps)")
+    tts.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
+    tts.add_argument("--device", default="cpu")
+    tts.set_defaults(func=run_tts)
+
+    tok = subparsers.add_parser("tokenize", help="fill speech_tokens into a manifest with the speech tokenizer",
+                                description="Tokenise each row's audio (target_audio by default) to 25 Hz "
+                                "speech tokens, in batches, and write the manifest with speech_tokens set.")
+    tok.add_argument("manifest", help="jsonl manifest")
+    tok.add_argument("--out", help="output manifest (default: <manifest stem>.tokens.jsonl beside it)")
+    tok.add_argument("--model", default="tiny", help="model preset or YAML (speech_tokenizer section)")
+    tok.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    tok.add_argument("--field", default="target_audio", choices=["target_audio", "audio"],
+                     help="which audio to tokenise (default: the assistant's target_audio)")
+    tok.add_argument("--batch-size", type=int, default=16)
+    tok.add_argument("--allow-random", action="store_true",
+                     help="run with random tokenizer weights when speech_tokenizer.path is unset (tests)")
+    tok.add_argument("--device", default="cpu")
+    tok.set_defaults(func=run_tokenize)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch on the sub-command name."""
+    return run_tokenize(args) if args.command == "tokenize" else run_tts(args)
+
+
+def _speaker_embedding(cfg, speaker_wav: str | None, device: str):
+    import torch
+
+    if not speaker_wav:
+        return torch.zeros(1, cfg.flow.spk_embed_dim, device=device)
+    from minmo.audio.io import load_audio
+    from minmo.models.speaker import build_speaker_embedder
+
+    if cfg.speaker.kind == "tiny" and not cfg.speaker.path:
+        raise ValueError("--speaker-wav needs trained speaker weights: set speaker.path (or speaker.kind=onnx "
+                         "with speaker.onnx_path)")
+    embedder = build_speaker_embedder(cfg.speaker)
+    return embedder.embed_wave(load_audio(speaker_wav, 16000)).reshape(1, -1).to(device)
+
+
+def run_tts(args: argparse.Namespace) -> int:
+    """Synthesise the rows' speech tokens; report written / skipped rows."""
+    import soundfile as sf
+    import torch
+    from tqdm import tqdm
+
+    from minmo.config import load_model_config
+    from minmo.data.manifest import read_manifest
+    from minmo.inference.token2wav import build_token2wav
+
+    cfg = load_model_config(args.model, args.set)
+    scan = read_manifest(args.manifest)
+    rows = [r for r in scan.rows if r.speech_tokens]
+    skipped = len(scan.rows) - len(rows)
+    if args.limit:
+        rows = rows[: args.limit]
+    t2w = build_token2wav(cfg, args.device, args.mask)
+    spk = _speaker_embedding(cfg, args.speaker_wav, args.device)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for row in tqdm(rows, desc="tts", unit="row"):
+        tokens = torch.tensor([row.speech_tokens], dtype=torch.long, device=args.device)
+        if args.stream:
+            state, pieces = t2w.init_state(spk), []
+            for i in range(0, tokens.shape[1], 15):
+                audio, state = t2w.step(tokens[:, i:i + 15], state)
+                pieces.append(audio)
+            audio, state = t2w.step(tokens[:, :0], state, final=True)
+            audio = torch.cat(pieces + [audio], dim=1)
+        else:
+            audio, _ = t2w.synthesize(tokens, spk)
+        sf.write(out_dir / f"{row.id}.wav", audio[0].float().cpu().numpy(), t2w.sample_rate, subtype="PCM_16")
+    print(f"minmo tts: wrote {len(rows)} wav files to {out_dir} ({skipped} rows without speech_tokens skipped, "
+          f"{len(scan.bad)} bad rows)")
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    """Tokenise the manifest's audio in batches; rows whose audio is missing are reported."""
+    import torch
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from minmo.audio.io import AudioError, load_audio
+    from minmo.config import load_model_config
+    from minmo.data.manifest import read_manifest, write_manifest
+    from minmo.models.speech_tokenizer import SpeechTokenizer
+
+    cfg = load_model_config(args.model, args.set)
+    model = SpeechTokenizer(cfg.speech_tokenizer)
+    if cfg.speech_tokenizer.path:
+        model.load_state_dict(load_file(cfg.speech_tokenizer.path), strict=True)
+    elif not args.allow_random:
+        raise ValueError("speech_tokenizer.path is not set: train a tokenizer (stage 'tokenizer') and pass "
+                         "--set speech_tokenizer.path=<file>.safetensors (or --allow-random for a dry run)")
+    model = model.to(args.device).eval()
+    scan = read_manifest(args.manifest)
+    out = Path(args.out) if args.out else Path(args.manifest).with_suffix(".tokens.jsonl")
+    todo = [r for r in scan.rows if getattr(r, args.field)]
+    failed = 0
+    for start in tqdm(range(0, len(todo), args.batch_size), desc="tokenize", unit="batch"):
+        batch, waves = todo[start:start + args.batch_size], []
+        for row in batch:
+            try:
+                offset = row.offset if args.field == "audio" else 0.0
+                duration = row.duration if args.field == "audio" and row.offset else None
+                waves.append(torch.from_numpy(load_audio(getattr(row, args.field), 16000, offset, duration)))
+            except AudioError as err:
+                print(f"minmo tokenize: row {row.id}: {err} (skipped)")
+                waves.append(None)
+                failed += 1
+        good = [(r, w) for r, w in zip(batch, waves) if w is not None and len(w) >= 400]
+        if not good:
+            continue
+        n = max(len(w) for _, w in good)
+        wav = torch.stack([torch.nn.functional.pad(w, (0, n - len(w))) for _, w in good]).to(args.device)
+        feats = model.features(wav)
+        lens = torch.tensor([model.feature_frames(len(w)) for _, w in good], device=args.device)
+        ids, id_lens = model.tokenize(feats, lens)
+        for (row, _), seq, k in zip(good, ids.tolist(), id_lens.tolist()):
+            row.speech_tokens = seq[:k]
+    write_manifest(out, scan.rows)
+    done = sum(1 for r in todo if r.speech_tokens)
+    print(f"minmo tokenize: {done} rows tokenised ({failed} unreadable, {len(scan.bad)} bad rows) -> {out}")
+    return 0
