@@ -266,7 +266,7 @@ def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     from minmo.cli.main import main
 
     root = build_suite(tmp_path / "corpus")
-    monkeypatch.setattr(adapters, "load_eval_model", lambda spec, device="cpu": ScriptedModel())
+    monkeypatch.setattr(adapters, "load_eval_model", lambda spec, device="cpu", **options: ScriptedModel())
     out = tmp_path / "out"
     code = main(["eval", "--model", "scripted", "--suite", "synth-test", "--data", str(root),
                  "--limit", "20", "--tasks", "asr,lid,s2s_chat,duplex", "--out", str(out),
@@ -283,7 +283,7 @@ def test_cli_refuses_to_print_numbers_without_a_model(tmp_path: Path, monkeypatc
 
     root = build_suite(tmp_path / "corpus")
 
-    def unavailable(spec, device="cpu"):
+    def unavailable(spec, device="cpu", **options):
         raise ModelUnavailableError("inference API not in this build")
 
     monkeypatch.setattr(adapters, "load_eval_model", unavailable)
@@ -292,3 +292,11 @@ def test_cli_refuses_to_print_numbers_without_a_model(tmp_path: Path, monkeypatc
     assert code == 2
     assert "inference API not in this build" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_limit_applies_per_task_before_the_language_split() -> None:
+    items = [EvalItem(f"{lang}{i}", "asr", None, "x", lang, dataset="synth")
+             for i in range(3) for lang in ("en", "de")]
+    groups = make_groups(items, limit=3)
+    assert [(d, [i.id for i in m]) for _, d, m in groups] == [
+        ("synth/de", ["de0"]), ("synth/en", ["en0", "en1"])]

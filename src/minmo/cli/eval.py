@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--fleurs-task", default="asr", choices=("asr", "s2tt", "lid"))
     parser.add_argument("--split", default=None, help="manifest: keep rows of this split")
     parser.add_argument("--limit", type=int, default=None,
-                        help="first N items of every (task, test set) group")
+                        help="first N items (file order) of every task")
     parser.add_argument("--tasks", default=None,
                         help="comma-separated task names to run (default: all in the suite)")
     parser.add_argument("--k", type=int, default=10,
@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="ASR for generated speech: self, none, or faster-whisper:DIR")
     parser.add_argument("--baseline", default="none", choices=("none", "cascade"),
                         help="also evaluate the cascade (ASR -> same LLM -> TTS) baseline")
+    parser.add_argument("--max-reply-seconds", type=float, default=10.0,
+                        help="speech length limit of spoken replies (bounds the time a model "
+                        "that never stops can take)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -67,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"minmo eval: {len(read.items)} items from suite {args.suite}"
           + (f" ({len(read.problems)} rows skipped)" if read.problems else ""), file=sys.stderr)
     try:
-        model = load_eval_model(args.model, args.device)
+        model = load_eval_model(args.model, args.device,
+                                max_reply_seconds=args.max_reply_seconds)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         if args.baseline == "cascade":
             from minmo.eval.model_binding import bind_cascade_baseline
 
-            cascade = bind_cascade_baseline(args.model, args.device)
+            cascade = bind_cascade_baseline(args.model, args.device, shared=model)
             systems.append(SystemUnderTest("cascade", cascade, systems[0].judge))
     except ModelUnavailableError as exc:
         print(f"minmo eval: {exc}", file=sys.stderr)

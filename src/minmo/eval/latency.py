@@ -42,6 +42,10 @@ PAPER_STAGES: tuple[tuple[str, str, float], ...] = (
 )
 PAPER_THEORETICAL_TOTAL_MS = 600.0
 STAGE_LABELS = {key: label for key, label, _ in PAPER_STAGES}
+STAGE_LABELS.update({
+    "duplex_frame_compute": "duplex predictor compute per frame",
+    "asr": "ASR pass (cascade)",
+})
 PAPER_STAGE_MS = {key: ms for key, _, ms in PAPER_STAGES}
 
 
@@ -94,7 +98,7 @@ def aggregate_latencies(records: Iterable[Mapping[str, float | None]]) -> dict[s
             if value is not None:
                 collected[stage].append(float(value))
     ordered = [k for k, _, _ in PAPER_STAGES if k in collected]
-    ordered += [k for k in collected if k not in STAGE_LABELS]
+    ordered += [k for k in collected if k not in PAPER_STAGE_MS]
     return {stage: summarize(collected[stage]) for stage in ordered}
 
 

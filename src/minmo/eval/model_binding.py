@@ -1,41 +1,285 @@
 """Bind ``minmo eval --model`` to the project's inference API (``minmo.inference``).
 
-Only abilities the inference package really provides are bound; everything else is absent
-from :meth:`capabilities`, so its tasks are reported as not scored with the reason. If no
-ability at all can be bound, :class:`ModelUnavailableError` explains what is missing instead
-of printing numbers.
+:class:`MinMoEvalModel` drives a :class:`~minmo.inference.runtime.MinMoRuntime` exactly as the
+server does, one item at a time:
+
+* ``speech_to_text``: the training prompt of the task (system block, the *first* paraphrase
+  of the task's instruction from :mod:`minmo.data.templates`, the speech embeddings, the
+  assistant header), greedy text generation in a throw-away cache.
+* ``spoken_reply``: :func:`minmo.inference.pipeline.reply` (text + speech), with the reply's
+  timestamps turned into the paper's stage durations.
+* ``synthesize``: a typed user turn with the TTS (or instruction-TTS) instruction, answered
+  with speech. The model has one trained assistant voice: a voice prompt is not used.
+* ``duplex``: the user channel is fed to :func:`minmo.inference.listen.listen_step` in chunks
+  of one LLM frame, in simulated time (no sleeping), with the assistant-speaking flag taken
+  from the dialogue's reference (the recorded assistant channel).
+
+:class:`CascadeEvalModel` is the baseline: the same runtime's ASR pass, then the transcript
+as a typed user turn to the same LLM (and voice LM for speech).
 """
 
 from __future__ import annotations
 
-from minmo.eval.adapters import EvalModel, ModelUnavailableError
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from minmo.eval.adapters import DuplexTrace, EvalModel, ModelUnavailableError, SpokenReply
+from minmo.eval.latency import reply_stage_latencies
+from minmo.eval.readers import EvalItem
+
+TEXT_TOKEN_LIMITS = {"asr": 96, "casr": 96, "s2tt": 128, "lid": 48, "ser": 48, "aed": 48,
+                     "sa": 48, "s2t_chat": 64}
+"""Reply length limits (text tokens) per task: generous for the answers of each task, and
+they bound the time a model that never stops (random weights) can take."""
+SPEECH_TOKENS_PER_SECOND = 25
+TTS_TOKEN_TEXT_RATIO = 20
+"""At most this many speech tokens per text token of the text to speak (CosyVoice's
+``max_token_text_ratio``)."""
 
 
-def bind_minmo_model(spec: str, device: str = "cpu") -> EvalModel:
-    """Load ``spec`` (checkpoint directory or model preset) for evaluation.
+def _load_runtime(spec: str, device: str) -> Any:
+    try:
+        from minmo.inference.loading import load_runtime
+    except ImportError as exc:
+        raise ModelUnavailableError(
+            f"cannot evaluate model {spec!r}: minmo.inference has no model loader in this "
+            f"build ({exc}); no numbers were produced"
+        ) from None
+    try:
+        return load_runtime(spec, device=device)
+    except (FileNotFoundError, ValueError) as exc:  # ModelLoadError, ConfigError, ...
+        raise ModelUnavailableError(f"cannot load model {spec!r}: {exc}") from None
 
-    Raises:
-        ModelUnavailableError: the inference API is not in this build.
-    """
-    import minmo.inference as inference
 
-    public = sorted(n for n in dir(inference) if not n.startswith("_"))
-    raise ModelUnavailableError(
-        f"cannot evaluate model {spec!r}: this build's inference package (minmo.inference) "
-        "does not yet provide a model loader with speech-to-text / spoken-reply / TTS / "
-        f"duplex generation (it exports: {', '.join(public) or 'nothing'}). The evaluation "
-        "harness itself (metrics, readers, reports; docs/eval.md) is ready and will bind "
-        "to the loader once it lands. No numbers were produced."
+def task_instruction(task: str, item: EvalItem) -> str:
+    """The user-turn text for a speech task: the first training paraphrase, filled in."""
+    from minmo.data.templates import INSTRUCTIONS, language_name
+
+    template = INSTRUCTIONS.get(task, ("",))[0]
+    return template.format(
+        text=item.reference,
+        target_language=language_name(item.extra.get("target_language") or "en"),
+        hotwords=", ".join(item.extra.get("hotwords") or []),
     )
 
 
-def bind_cascade_baseline(spec: str, device: str = "cpu") -> EvalModel:
-    """The cascade baseline (the project's ASR -> the same LLM -> TTS) for ``spec``.
+def tts_instruction(text: str, style: str | None, instruction: str | None) -> str:
+    """The typed user turn asking for speech: the row's own instruction, the style's first
+    template, or the plain TTS template."""
+    from minmo.data.templates import INSTRUCTIONS, STYLE_INSTRUCTIONS
+
+    if instruction:
+        return instruction if text in instruction else f"{instruction} {text}"
+    if style and style in STYLE_INSTRUCTIONS:
+        return STYLE_INSTRUCTIONS[style][0].format(text=text)
+    return INSTRUCTIONS["tts"][0].format(text=text)
+
+
+def _to_16k(wave: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
+    from minmo.audio.io import resample
+
+    return resample(np.asarray(wave, dtype=np.float32), sample_rate, target)
+
+
+class MinMoEvalModel:
+    """:class:`~minmo.eval.adapters.EvalModel` over a MinMo runtime."""
+
+    def __init__(self, runtime: Any, name: str, max_reply_seconds: float = 10.0,
+                 max_reply_text_tokens: int = 64, max_tts_seconds: float = 30.0):
+        self.rt = runtime
+        self.name = name
+        self.max_reply_seconds = max_reply_seconds
+        self.max_reply_text_tokens = max_reply_text_tokens
+        self.max_tts_seconds = max_tts_seconds
+
+    def _session(self, max_text_tokens: int, max_speech_tokens: int) -> Any:
+        from minmo.inference.pipeline import GenerationConfig, SessionConfig, new_session
+
+        gen = GenerationConfig(max_text_tokens=max_text_tokens,
+                               max_speech_tokens=max_speech_tokens)
+        return new_session(self.rt, SessionConfig(generation=gen))
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"speech_to_text", "spoken_reply", "synthesize", "duplex"})
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for ``results.json`` (random weights, placeholder vocoder, ...)."""
+        return self.rt.info.to_dict()
+
+    # ---- speech in, text out -------------------------------------------------------------
+
+    def speech_to_text(self, task: str, wave: np.ndarray, sample_rate: int,
+                       item: EvalItem) -> str:
+        from minmo.inference.kv import KVStream
+        from minmo.inference.pipeline import GenerationConfig, ResponseJob, run_job
+        from minmo.inference.prompts import assistant_header_ids, system_ids, user_speech_ids
+        from minmo.inference.generate import TextStream
+
+        rt = self.rt
+        wave = _to_16k(wave, sample_rate, rt.sample_rate_in)
+        speech = rt.encode_speech(wave)
+        before, after = user_speech_ids(rt.tok, task_instruction(task, item))
+        prompt = torch.cat([rt.embed_ids(system_ids(rt.tok, rt.model.cfg.system_prompt) + before),
+                            speech.to(rt.dtype),
+                            rt.embed_ids(after + assistant_header_ids(rt.tok))])
+        gen = GenerationConfig()
+        limit = TEXT_TOKEN_LIMITS.get(task, gen.transcribe_max_tokens)
+        job = ResponseJob(TextStream(KVStream(), prompt, limit), None, None, "transcript")
+        for _ in run_job(rt, job, gen):
+            pass
+        return job.emitted
+
+    # ---- spoken replies and TTS ----------------------------------------------------------
+
+    def spoken_reply(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> SpokenReply:
+        from minmo.inference.pipeline import reply
+
+        rt = self.rt
+        wave = _to_16k(wave, sample_rate, rt.sample_rate_in)
+        session = self._session(self.max_reply_text_tokens,
+                                int(self.max_reply_seconds * SPEECH_TOKENS_PER_SECOND))
+        started = time.perf_counter()
+        out = reply(rt, wave, session=session, with_transcript=False, audio=True)
+        elapsed = time.perf_counter() - started
+        t = out.timings
+        before = max(0.0, elapsed - t["total"]) if "total" in t else None
+        timings = reply_stage_latencies(t.get("first_token"), t.get("five_tokens"),
+                                        t.get("first_speech_chunk"), t.get("first_audio"), before)
+        return SpokenReply(out.text, out.wave, out.sample_rate, timings)
+
+    def synthesize(self, text: str, language: str, style: str | None, instruction: str | None,
+                   prompt: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int]:
+        from minmo.inference.pipeline import AudioChunk, respond
+
+        rt = self.rt
+        text_tokens = len(rt.tok.encode(text))
+        speech_cap = min(TTS_TOKEN_TEXT_RATIO * max(text_tokens, 1),
+                         int(self.max_tts_seconds * SPEECH_TOKENS_PER_SECOND))
+        session = self._session(text_tokens + 16, speech_cap)
+        chunks = [ev.samples for ev in respond(rt, session, text=tts_instruction(
+            text, style, instruction), audio=True) if isinstance(ev, AudioChunk)]
+        wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return wave, rt.sample_rate_out
+
+    # ---- full duplex ---------------------------------------------------------------------
+
+    def duplex(self, user_wave: np.ndarray, sample_rate: int, item: EvalItem) -> DuplexTrace:
+        from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
+
+        rt = self.rt
+        wave = _to_16k(user_wave, sample_rate, rt.sample_rate_in)
+        speaking10 = np.zeros(0, dtype=np.int64)
+        if item.extra.get("labels"):
+            with np.load(item.extra["labels"]) as npz:
+                speaking10 = np.asarray(npz["assistant_speaking"], dtype=np.int64)
+
+        def assistant_speaking(end_s: float | None) -> bool:
+            if end_s is None or speaking10.size == 0:
+                return False
+            index = min(int(end_s * 100.0) - 1, speaking10.size - 1)
+            return bool(speaking10[max(index, 0)])
+
+        frame_s = rt.llm_frame_seconds
+        frame_ms = round(frame_s * 1000.0, 6)
+        num_frames = int(np.ceil(wave.size / rt.sample_rate_in / frame_s))
+        decisions = np.zeros(num_frames, dtype=np.int64)
+        cfg = ListenConfig()
+        state = new_listen_state(rt, cfg)
+        chunk = max(1, int(round(frame_s * rt.sample_rate_in)))
+        timings: list[dict[str, float]] = []
+        system = rt.model.cfg.system_prompt
+        for start in range(0, wave.size, chunk):
+            began = time.perf_counter()
+            frames = listen_step(rt, [state], [wave[start:start + chunk]],
+                                 [assistant_speaking], [system], cfg)[0]
+            spent = 1000.0 * (time.perf_counter() - began)
+            real = [f for f in frames if f.end_s is not None]
+            if real:
+                timings.append({"duplex_frame_compute": spent / len(real)})
+            for frame in real:
+                index = int(round(frame.end_s / frame_s)) - 1
+                if 0 <= index < num_frames:
+                    decisions[index] = int(frame.decision)
+        return DuplexTrace(frame_ms, decisions, timings)
+
+
+class CascadeEvalModel(MinMoEvalModel):
+    """Baseline: the runtime's ASR pass, then the transcript typed to the same LLM.
+
+    Only the spoken-QA tasks differ from the aligned model (ASR is the same pass), so the
+    cascade is scored on ``s2t_chat`` and ``s2s_chat``.
+    """
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"speech_to_text", "spoken_reply"})
+
+    def supports_task(self, task: str) -> bool:
+        """The tasks the cascade is compared on."""
+        return task in ("s2t_chat", "s2s_chat")
+
+    def _transcript(self, wave: np.ndarray, sample_rate: int) -> str:
+        from minmo.inference.pipeline import transcribe
+
+        return transcribe(self.rt, _to_16k(wave, sample_rate, self.rt.sample_rate_in))
+
+    def speech_to_text(self, task: str, wave: np.ndarray, sample_rate: int,
+                       item: EvalItem) -> str:
+        from minmo.inference.pipeline import TextDelta, respond
+
+        if task == "asr":  # used as the ASR judge
+            return self._transcript(wave, sample_rate)
+        if task != "s2t_chat":
+            raise ValueError(f"the cascade baseline is compared on spoken QA only, not {task}")
+        session = self._session(self.max_reply_text_tokens, 0)
+        transcript = self._transcript(wave, sample_rate)
+        return "".join(ev.text for ev in respond(self.rt, session, text=transcript, audio=False)
+                       if isinstance(ev, TextDelta))
+
+    def spoken_reply(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> SpokenReply:
+        from minmo.inference.pipeline import AudioChunk, TextDelta, respond
+
+        started = time.perf_counter()
+        transcript = self._transcript(wave, sample_rate)
+        asr_s = time.perf_counter() - started
+        session = self._session(self.max_reply_text_tokens,
+                                int(self.max_reply_seconds * SPEECH_TOKENS_PER_SECOND))
+        text, chunks, first_audio = [], [], None
+        for ev in respond(self.rt, session, text=transcript, audio=True):
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            elif isinstance(ev, AudioChunk):
+                chunks.append(ev.samples)
+                if first_audio is None:
+                    first_audio = time.perf_counter() - started
+        wave_out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        timings = {"asr": 1000.0 * asr_s}
+        if first_audio is not None:
+            timings["end_to_end"] = 1000.0 * first_audio
+        return SpokenReply("".join(text), wave_out, self.rt.sample_rate_out, timings)
+
+
+def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 10.0
+                     ) -> EvalModel:
+    """Load ``spec`` (model directory, run directory or preset such as ``tiny``).
 
     Raises:
-        ModelUnavailableError: the components or the inference API are not in this build.
+        ModelUnavailableError: no loader in this build, or the model cannot be loaded.
     """
-    raise ModelUnavailableError(
-        f"--baseline cascade for {spec!r}: the cascade needs minmo.inference's ASR, text LLM "
-        "and TTS entry points, which this build does not provide yet; run without --baseline."
-    )
+    return MinMoEvalModel(_load_runtime(spec, device), spec, max_reply_seconds=max_reply_seconds)
+
+
+def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None) -> EvalModel:
+    """The cascade baseline over the same model (see :class:`CascadeEvalModel`).
+
+    Args:
+        spec: as for :func:`bind_minmo_model`.
+        device: torch device.
+        shared: an already bound :class:`MinMoEvalModel` whose runtime to reuse.
+    """
+    if isinstance(shared, MinMoEvalModel):
+        return CascadeEvalModel(shared.rt, f"cascade({spec})", shared.max_reply_seconds,
+                                shared.max_reply_text_tokens, shared.max_tts_seconds)
+    return CascadeEvalModel(_load_runtime(spec, device), f"cascade({spec})")

@@ -95,17 +95,24 @@ def plot_task_bars(results: EvalResults, path: Path) -> Path | None:
                                 textcoords="offset points", fontsize=7, color="#444444")
                 else:
                     context.setdefault((metric, paper_set), value)
-        labels_x = [f"{d}\n" + "\n".join(textwrap.wrap(m, 18)) for d, m in groups]
+        metrics_here = {m for _, m in groups}
+        if len(metrics_here) == 1:  # the metric goes to the axis label, ticks name the sets
+            labels_x = [d for d, _ in groups]
+        else:
+            labels_x = [f"{d}\n" + "\n".join(textwrap.wrap(m, 18)) for d, m in groups]
         if context:
             tops += list(context.values())
             _draw_context(ax, len(groups), context, unit, max(tops))
             labels_x.append("paper\n(other sets)")
-        ax.set_ylabel({"%": "%", "F1": "F1", "ms": "ms", "BLEU": "BLEU", "cos": "cosine"}
-                      .get(unit, unit))
+        unit_name = {"%": "%", "F1": "F1", "ms": "ms", "BLEU": "BLEU", "cos": "cosine"}.get(unit, unit)
+        single = next(iter(metrics_here)) if len(metrics_here) == 1 else None
+        ax.set_ylabel(unit_name if single in (None, unit_name) else f"{single} ({unit_name})")
         ax.set_xticks(range(len(labels_x)))
-        ax.set_xticklabels(labels_x, fontsize=8)
+        crowded = len(labels_x) > 4
+        ax.set_xticklabels(labels_x, fontsize=8, rotation=35 if crowded else 0,
+                           ha="right" if crowded else "center")
         ax.set_title(task.replace("_", " "), fontsize=11, fontweight="bold")
-        ax.set_xlim(-0.7, len(labels_x) - 0.3 + (0.5 if context else 0.0))
+        ax.set_xlim(-0.7, len(labels_x) - 0.3 + (1.0 if context else 0.0))
         top = max(tops)
         ax.set_ylim(0, top * 1.22 if top > 0 else 1)
         handles, labels = ax.get_legend_handles_labels()
@@ -157,14 +164,15 @@ def plot_latency_histograms(results: EvalResults, path: Path, system: str | None
         if stage in PAPER_STAGE_MS:
             ax.axvline(PAPER_STAGE_MS[stage], color="#b54a4a", linestyle="--", linewidth=1.5,
                        label=f"paper {PAPER_STAGE_MS[stage]:.0f} ms")
-        ax.set_title(STAGE_LABELS.get(stage, stage), fontsize=10, fontweight="bold")
+        ax.set_title(f"{STAGE_LABELS.get(stage, stage)} (n = {len(values)})", fontsize=10,
+                     fontweight="bold")
         ax.set_xlabel("ms")
         ax.set_ylabel("turns")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(stages):]:
         ax.axis("off")
-    fig.suptitle(f"latency per stage ({system}, n = {max(len(v) for v in samples.values())})")
+    fig.suptitle(f"latency per stage: {system}")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -228,23 +236,26 @@ def plot_confusion(row: MetricRow, path: Path) -> Path | None:
     if not labels or not matrix:
         return None
     counts = np.asarray(matrix, dtype=float)
+    true_rows = [i for i in range(len(labels)) if counts[i].sum() > 0]  # labels that occur
+    counts = counts[true_rows]
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    size = max(4.0, 0.55 * len(labels) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(labels)):
+    width = max(4.0, 0.55 * len(labels) + 2.5)
+    height = max(3.0, 0.55 * len(true_rows) + 2.0)
+    fig, ax = plt.subplots(figsize=(width + 1.2, height))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(true_rows)):
         for j in range(len(labels)):
             if counts[i, j]:
                 ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=9,
                         color="white" if share[i, j] > 0.6 else "black")
     ax.set_xticks(range(len(labels)))
-    ax.set_yticks(range(len(labels)))
+    ax.set_yticks(range(len(true_rows)))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=9)
-    ax.set_yticklabels(labels, fontsize=9)
+    ax.set_yticklabels([labels[i] for i in true_rows], fontsize=9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{row.task} on {row.dataset} ({row.system})\naccuracy "
+    ax.set_title(f"{row.task} on {row.dataset} ({row.system})\n{row.metric} "
                  f"{row.value:.1f}%, n = {row.count}", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
     fig.tight_layout()

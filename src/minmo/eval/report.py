@@ -48,10 +48,16 @@ def _metric_header(row: MetricRow) -> str:
     return f"{row.metric}{unit} {arrow}"
 
 
+TASK_NAMES = {"asr": "ASR", "casr": "contextual ASR", "spoken_qa_s2t": "S2T",
+              "spoken_qa_s2s": "S2S"}
+
+
 def _task_table(rows: list[MetricRow], systems: list[str]) -> list[str]:
     keys = list(dict.fromkeys((r.task, r.dataset, r.metric) for r in rows))
-    lines = ["| Test set | Metric | " + " | ".join(systems) + " | Paper | N |",
-             "|---|---|" + "---:|" * len(systems) + "---|---:|"]
+    several = len({r.task for r in rows}) > 1
+    lines = [("| Task " if several else "") + "| Test set | Metric | " + " | ".join(systems)
+             + " | Paper | N |",
+             ("|---" if several else "") + "|---|---|" + "---:|" * len(systems) + "---|---:|"]
     for task, dataset, metric in keys:
         same = [r for r in rows if (r.task, r.dataset, r.metric) == (task, dataset, metric)]
         cells = []
@@ -59,7 +65,8 @@ def _task_table(rows: list[MetricRow], systems: list[str]) -> list[str]:
             match = [r for r in same if r.system == system]
             cells.append(format_value(match[0].value, match[0].unit) if match else "–")
         count = max(r.count for r in same)
-        lines.append(f"| {dataset} | {_metric_header(same[0])} | " + " | ".join(cells)
+        task_cell = f"| {TASK_NAMES.get(task, task)} " if several else ""
+        lines.append(f"{task_cell}| {dataset} | {_metric_header(same[0])} | " + " | ".join(cells)
                      + f" | {format_paper_cell(task, metric, dataset)} | {count} |")
     return lines
 
@@ -88,8 +95,17 @@ def render_markdown(results: EvalResults, plot_files: list[Path]) -> str:
     systems = results.systems() or ["minmo"]
     lines = [f"# minmo evaluation: `{results.model}` on `{results.suite}`", "",
              f"Created {results.created}.", ""]
-    if results.settings:
-        lines.append("Settings: " + ", ".join(f"{k} = `{v}`" for k, v in results.settings.items()))
+    for key, info in results.settings.items():
+        if key.startswith("model_info") and isinstance(info, dict):
+            system = key[len("model_info["):-1] if "[" in key else "model"
+            lines.append(f"Model ({system}): `{info.get('name')}` from `{info.get('source')}`, "
+                         f"speech decoder `{info.get('vocoder')}`.")
+            if info.get("warning"):
+                lines.append(f"\n> **Warning:** {info['warning']}")
+            lines.append("")
+    plain = {k: v for k, v in results.settings.items() if not k.startswith("model_info")}
+    if plain:
+        lines.append("Settings: " + ", ".join(f"{k} = `{v}`" for k, v in plain.items()))
         lines.append("")
     lines += ["Units: error rates and accuracies in %, BLEU 0–100, F1 0–1, latencies in ms. "
               "↓ lower is better, ↑ higher is better. The paper column gives MinMo's published "
@@ -156,7 +172,9 @@ def write_report(results: EvalResults, out_dir: str | Path, k: int = 10,
     for row in results.rows:
         name = f"{plots.safe_name(row.task)}_{plots.safe_name(row.dataset)}_{plots.safe_name(row.system)}"
         if row.details.get("matrix"):
-            path = plots.plot_confusion(row, out / f"confusion_{name}.png")
+            view = "" if row.metric == "accuracy" else "_" + plots.safe_name(
+                row.metric.replace(" accuracy", ""))
+            path = plots.plot_confusion(row, out / f"confusion_{name}{view}.png")
             if path is not None:
                 written.append(path)
         if row.details.get("per_speaker"):

@@ -13,7 +13,7 @@ Suites (``--suite``, with ``--data`` pointing at the files):
 ``llama-questions`` a Llama-Questions-style jsonl; scored as S2T and as S2S
 ================== ==========================================================================
 
-``--limit N`` keeps the first N items (file order) of every (task, test set) group.
+``--limit N`` keeps the first N items (file order) of every task of the suite.
 """
 
 from __future__ import annotations
@@ -92,15 +92,17 @@ def make_groups(items: Iterable[EvalItem], limit: int | None = None,
                 tasks: Sequence[str] | None = None) -> list[tuple[str, str, list[EvalItem]]]:
     """Group items by (task, test set) in :data:`TASK_ORDER`, keeping file order.
 
-    Language-dependent tasks are split further when a set mixes languages: ASR/CASR/TTS by
-    language (``synth/de``), translation by language pair (``synth/de->en``). ``limit`` keeps
-    the first N items of each group; ``tasks`` keeps only those task names.
+    ``limit`` keeps the first N items of each (task, set as read); ``tasks`` keeps only those
+    task names. Language-dependent tasks are then split when a set mixes languages: ASR/CASR/
+    TTS by language (``synth/de``), translation by language pair (``synth/de->en``).
     """
     groups: dict[tuple[str, str], list[EvalItem]] = {}
     for item in items:
         if tasks and item.task not in tasks:
             continue
-        groups.setdefault((item.task, item.dataset), []).append(item)
+        members = groups.setdefault((item.task, item.dataset), [])
+        if limit is None or len(members) < limit:
+            members.append(item)
     split: dict[tuple[str, str], list[EvalItem]] = {}
     for (task, dataset), members in groups.items():
         languages = {m.language for m in members}
@@ -117,8 +119,7 @@ def make_groups(items: Iterable[EvalItem], limit: int | None = None,
             split.setdefault((task, name), []).append(m)
     order = {t: n for n, t in enumerate(TASK_ORDER)}
     keys = sorted(split, key=lambda k: (order.get(k[0], len(order)), k[1]))
-    return [(task, name, split[(task, name)][:limit] if limit else split[(task, name)])
-            for task, name in keys]
+    return [(task, name, split[(task, name)]) for task, name in keys]
 
 
 @dataclass
@@ -174,6 +175,10 @@ def run_evaluation(
                   "systems": [s.name for s in systems]},
         problems=list(read.problems),
     )
+    for system in systems:
+        describe = getattr(system.model, "describe", None)
+        if describe is not None:
+            results.settings[f"model_info[{system.name}]"] = describe()
     predictions: list[dict[str, Any]] = []
     total = sum(len(members) for _, _, members in groups) * len(systems)
     bar = tqdm(total=total, desc="eval", unit="item", disable=not settings.show_progress)

@@ -84,10 +84,14 @@ class _Runner:
 
 
 def _needs(ctx: GroupContext, out: GroupOutcome, capability: str) -> bool:
-    if capability in ctx.model.capabilities():
+    supports = getattr(ctx.model, "supports_task", None)
+    if supports is not None and not supports(ctx.task):
+        reason = f"{ctx.system} is not compared on this task"
+    elif capability not in ctx.model.capabilities():
+        reason = f"model has no '{capability}' ability"
+    else:
         return True
-    out.skipped.append(SkippedTask(ctx.task, ctx.dataset, ctx.system,
-                                   f"model has no '{capability}' ability", len(ctx.items)))
+    out.skipped.append(SkippedTask(ctx.task, ctx.dataset, ctx.system, reason, len(ctx.items)))
     return False
 
 

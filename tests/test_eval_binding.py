@@ -1,0 +1,96 @@
+"""The binding of the evaluation adapter to minmo.inference, on the tiny random-weight model.
+
+The numbers a random model produces are meaningless; these tests check the plumbing: every
+ability returns the documented types and shapes, on the documented grids, within the limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minmo.eval.adapters import ModelUnavailableError
+from minmo.eval.latency import PAPER_STAGE_MS
+from minmo.eval.model_binding import (
+    MinMoEvalModel,
+    bind_cascade_baseline,
+    bind_minmo_model,
+    task_instruction,
+    tts_instruction,
+)
+from minmo.eval.readers import EvalItem
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def model() -> MinMoEvalModel:
+    bound = bind_minmo_model("tiny", max_reply_seconds=0.6)
+    assert isinstance(bound, MinMoEvalModel)
+    bound.max_reply_text_tokens = 8  # random weights never stop: keep the test short
+    bound.max_tts_seconds = 0.6
+    return bound
+
+
+def speech(seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.2 * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_instructions_are_the_training_templates() -> None:
+    item = EvalItem("x", "s2tt", None, "hallo", "de", extra={"target_language": "en"})
+    assert task_instruction("s2tt", item) == "Translate the speech into English."
+    assert task_instruction("asr", item) == "Transcribe the speech."
+    assert tts_instruction("hello", "fast", None) == "Say this quickly: hello"
+    assert tts_instruction("hello", None, None) == "Read this text aloud: hello"
+    assert tts_instruction("hello", None, "Whisper this:") == "Whisper this: hello"
+
+
+def test_speech_to_text_returns_text(model: MinMoEvalModel) -> None:
+    item = EvalItem("x", "lid", None, "English", "en")
+    out = model.speech_to_text("lid", speech(0.6), SR, item)
+    assert isinstance(out, str)
+    assert model.describe()["random_weights"] is True
+
+
+def test_spoken_reply_and_tts_respect_limits(model: MinMoEvalModel) -> None:
+    item = EvalItem("q", "s2s_chat", None, "four", "en")
+    reply = model.spoken_reply(speech(0.6), SR, item)
+    assert isinstance(reply.text, str)
+    assert reply.wave is not None and reply.wave.ndim == 1 and reply.wave.dtype == np.float32
+    assert reply.sample_rate == model.rt.sample_rate_out
+    # 0.6 s limit = 15 speech tokens; the speech decoder may add its own tail, so allow 2x
+    assert reply.wave.size <= 2 * 0.6 * reply.sample_rate
+    assert set(reply.timings_ms) <= set(PAPER_STAGE_MS)
+    assert all(v >= 0 for v in reply.timings_ms.values())
+    wave, rate = model.synthesize("hi there", "en", "slow", None, None)
+    assert rate == model.rt.sample_rate_out and wave.ndim == 1
+    assert wave.size <= 2 * 0.6 * rate
+
+
+def test_duplex_trace_on_the_llm_frame_grid(model: MinMoEvalModel, tmp_path: Path) -> None:
+    labels = np.zeros(150, dtype=np.int8)
+    speaking = np.zeros(150, dtype=np.uint8)
+    speaking[60:120] = 1
+    np.savez(tmp_path / "l.npz", labels=labels, assistant_speaking=speaking)
+    item = EvalItem("d", "duplex", None, "", "en", extra={"labels": str(tmp_path / "l.npz")})
+    trace = model.duplex(speech(1.5), SR, item)
+    frame_s = model.rt.llm_frame_seconds
+    assert trace.frame_ms == pytest.approx(1000 * frame_s)
+    assert trace.decisions.shape == (int(np.ceil(1.5 / frame_s)),)
+    assert set(np.unique(trace.decisions)) <= {0, 1, 2, 3}
+    assert trace.timings_ms and all("duplex_frame_compute" in t for t in trace.timings_ms)
+
+
+def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:
+    cascade = bind_cascade_baseline("tiny", shared=model)
+    assert cascade.rt is model.rt
+    assert cascade.supports_task("s2t_chat") and not cascade.supports_task("asr")
+
+
+def test_unloadable_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="cannot load model"):
+        bind_minmo_model(str(tmp_path / "no_such_model"))
