@@ -218,11 +218,9 @@ def test_voice_lm_imports_with_official_keys(tmp_path: Path) -> None:
         hidden = body(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
         ref = torch.nn.functional.linear(hidden, state["llm_decoder.weight"], state["llm_decoder.bias"])
         ours = lm.decoder(lm.body(inputs_embeds=x).last_hidden_state)
-    fill, unused = 6563, 6562  # CosyVoice 2 fill row -> minmo FILL id
-    assert lm.fill_id == unused
-    torch.testing.assert_close(ours[..., :unused], ref[..., :unused], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours[..., lm.fill_id], ref[..., fill], rtol=1e-5, atol=1e-5)
-    assert torch.equal(lm.speech_embedding.weight[lm.fill_id], state["speech_embedding.weight"][fill])
+    assert lm.fill_id == 6563 and lm.eos_id == 6561  # CosyVoice 2's speech vocabulary layout
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(lm.speech_embedding.weight, state["speech_embedding.weight"])
 
 
 def test_shape_inferred_without_blank_qwen_config(tmp_path: Path) -> None:

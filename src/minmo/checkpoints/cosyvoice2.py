@@ -20,11 +20,8 @@ Voice LM (``llm.pt``) keys -> :class:`~minmo.models.voice_lm.VoiceTokenLM`::
                                                 (semantic vectors replace text tokens)
     llm.model.lm_head.weight                    dropped: the text head, never used
 
-Speech-vocabulary rows: both use ``EOS = 6561``; CosyVoice 2's fill token is ``6563``
-(``speech_token_size + 2``) and row 6562 is unused, whereas minmo's ``VoiceTokenLM`` puts
-FILL at ``speech_vocab + 1``. When they differ the importer swaps the two rows of
-``decoder`` and ``speech_embedding`` so that the pretrained fill logit lands on minmo's
-FILL id (reported in the notes).
+Speech-vocabulary rows are laid out alike: ``EOS = 6561``, row 6562 unused,
+``FILL = 6563`` (``speech_token_size + 2``), so the rows load one to one.
 
 The Qwen2 body's head counts are read from ``CosyVoice-BlankEN/config.json``; without it
 they are inferred from the tensors with Qwen2.5's head size 64.
@@ -175,14 +172,6 @@ def import_cosyvoice2_llm(directory: str | Path) -> ImportedPart:
         module = VoiceTokenLM(cfg)
     fresh = check_against_module(module, tensors, str(path), allow_fresh=("body.embed_tokens.weight",))
     report.fresh = [f"{k} (the stock Qwen2Model's unused 1-row text table)" for k in fresh]
-    cosy_fill, unused = cfg.speech_vocab + 2, cfg.speech_vocab + 1
-    if module.fill_id != cosy_fill:
-        order = torch.arange(module.vocab)
-        order[[unused, cosy_fill]] = order[[cosy_fill, unused]]
-        for key in ("decoder.weight", "decoder.bias", "speech_embedding.weight"):
-            tensors[key] = tensors[key][order].clone()
-        report.notes.append(f"speech rows {unused} and {cosy_fill} swapped: CosyVoice 2's fill "
-                            f"token {cosy_fill} is minmo's FILL id {module.fill_id}")
     report.loaded = len(tensors)
     return ImportedPart("voice_lm", tensors, {"voice_lm": cfg}, report)
 

@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from minmo.checkpoints.io import CheckpointError
     from minmo.config import ConfigError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
         if os.environ.get("MINMO_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -12,8 +12,8 @@ speech token predicts the next; the 15th speech token of a full group predicts `
 group), the rest of the semantic vectors, the ``TASK`` embedding and the remaining speech
 follow, ending with ``EOS``. Speech can therefore start after 5 text tokens.
 
-Speech vocabulary: ``speech_vocab`` codes (6561) then ``EOS = speech_vocab``,
-``FILL = speech_vocab + 1`` and one reserved id.
+Speech vocabulary (as CosyVoice 2): ``speech_vocab`` codes (6561), ``EOS = speech_vocab``,
+one unused id ``speech_vocab + 1``, ``FILL = speech_vocab + 2``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class VoiceTokenLM(nn.Module):
             cfg.max_position_embeddings, cfg.rope_theta, cfg.rms_norm_eps,
         )
         self.eos_id = cfg.speech_vocab
-        self.fill_id = cfg.speech_vocab + 1
+        self.unused_id = cfg.speech_vocab + 1
+        self.fill_id = cfg.speech_vocab + 2
         self.vocab = cfg.speech_vocab + 3
         self.special_embedding = nn.Embedding(2, d)  # 0: SOS, 1: TASK (as CosyVoice 2's llm_embedding)
         self.speech_embedding = nn.Embedding(self.vocab, d)
@@ -170,7 +171,7 @@ class VoiceTokenLM(nn.Module):
         if not allow_eos:
             logits[self.eos_id] = float("-inf")
         logits[self.fill_id] = float("-inf")  # FILL is a training target only
-        logits[self.vocab - 1] = float("-inf")
+        logits[self.unused_id] = float("-inf")
         if greedy:
             return int(logits.argmax())
         probs = logits.softmax(-1)
