@@ -92,7 +92,7 @@ def test_deterministic_whatever_the_workers_and_resumable(corpus, tmp_path):
     synthesize_corpus(_cfg(again, workers=1), progress=False)
     assert _digest(again) == _digest(root)
     # interrupt: drop two finished shards (and their audio), resume, same result
-    shards = sorted((again / "shards").glob("*.jsonl"))
+    shards = sorted((again / "shards").glob("*.rows"))
     for shard in shards[:2]:
         shard.unlink()
     for wav in (again / "audio" / shards[0].stem).glob("*"):

@@ -3,7 +3,7 @@
 The requested hours are cut into *shards* (``shard_seconds`` of audio each, per item kind;
 see :data:`minmo.data.synth_items.KIND_SHARE`). A shard is the unit of work, of determinism
 and of resumption: its RNG depends only on ``(seed, shard id)``, it writes its audio under
-``audio/<shard>/`` and, last, its rows to ``shards/<shard>.jsonl`` (atomic rename). A rerun
+``audio/<shard>/`` and, last, its rows to ``shards/<shard>.rows`` (atomic rename). A rerun
 skips shards whose row file exists, so an interrupted run resumes where it stopped and the
 result is the same as an uninterrupted one, whatever the number of workers.
 
@@ -11,7 +11,7 @@ Layout of ``OUT``::
 
     synth.json                  the settings (a rerun must use the same ones)
     audio/<shard>/*.wav|*.npz   audio (16 kHz user speech, 24 kHz assistant speech)
-    shards/<shard>.jsonl        rows of each finished shard (paths relative to OUT)
+    shards/<shard>.rows        rows of each finished shard (paths relative to OUT)
     <split>/<task>.jsonl        merged manifests (split: train, valid, test)
     summary.json, summary.md    counts and hours per task and split
 """
@@ -123,7 +123,7 @@ def _item_seed(seed: int, item_id: str) -> int:
 
 
 def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
-    """Generate one shard and write ``shards/<id>.jsonl`` last (atomically).
+    """Generate one shard and write ``shards/<id>.rows`` last (atomically).
 
     Raises:
         SynthError: too many consecutive item failures (espeak-ng broken?).
@@ -157,9 +157,9 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
         consecutive_fail = 0
         rows.extend(item_rows)
         seconds += item_seconds
-    shard_file = root / "shards" / f"{plan.shard_id}.jsonl"
+    shard_file = root / "shards" / f"{plan.shard_id}.rows"
     shard_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = shard_file.with_suffix(".jsonl.tmp")
+    tmp = shard_file.with_suffix(".rows.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -208,7 +208,7 @@ def merge_shards(cfg: SynthConfig, plans: list[ShardPlan]) -> dict:
     seen_audio: set[str] = set()
     total_seconds = 0.0
     for plan in plans:
-        with (root / "shards" / f"{plan.shard_id}.jsonl").open(encoding="utf-8") as fh:
+        with (root / "shards" / f"{plan.shard_id}.rows").open(encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
                 groups[(row["split"], row["task"])].append(_to_manifest_row(row))
@@ -224,7 +224,7 @@ def merge_shards(cfg: SynthConfig, plans: list[ShardPlan]) -> dict:
             path = root / split / f"{task}.jsonl"
             rows = groups.get((split, task), [])
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".jsonl.tmp")
+            tmp = path.with_suffix(".rows.tmp")
             with tmp.open("w", encoding="utf-8") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -281,7 +281,7 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
     _check_settings(cfg)
     plans = plan_shards(cfg)
     root = Path(cfg.out)
-    pending = [p for p in plans if not (root / "shards" / f"{p.shard_id}.jsonl").is_file()]
+    pending = [p for p in plans if not (root / "shards" / f"{p.shard_id}.rows").is_file()]
     failures: list[str] = []
     workers = cfg.workers or os.cpu_count() or 1
     planned = sum(p.target_seconds for p in pending)
