@@ -157,6 +157,8 @@ def test_eight_concurrent_sessions_hear_only_their_own_reply(rt, tmp):
     # would turn batched-vs-single float noise (1e-6) into different draws
     gen = GenerationConfig(max_text_tokens=6, max_speech_tokens=30, voice_greedy=True,
                            transcribe_max_tokens=3)
+    # each session's reply has its own length (3 + k text tokens) and instructions, so a
+    # reply (or part of one) delivered to the wrong session shows
     sentences = ["one two three", "the cat sat down", "open the window", "good morning",
                  "where is the station", "I like green tea", "call me later", "it is raining"]
     voices = ["en", "en+f3", "en-us", "en+m3", "en-gb", "en+f2", "en+m7", "en-us+f4"]
@@ -167,7 +169,8 @@ def test_eight_concurrent_sessions_hear_only_their_own_reply(rt, tmp):
             # a random-weights model barely listens: distinct instructions make each
             # session's reply distinct, so a reply heard by the wrong session shows
             await c.send({"type": "session.update", "session": {
-                "instructions": f"You are assistant {k}. {sentences[k]}"}})
+                "instructions": f"You are assistant {k}. {sentences[k]}",
+                "max_output_tokens": 3 + k}})
             await c.wait_for("session.updated")
             await c.send_audio(waves[k])
             await c.wait_for("response.done", 120)

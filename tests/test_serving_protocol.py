@@ -240,3 +240,18 @@ def test_page_and_health_endpoints(rt):
     assert js.status_code == 200 and "audioWorklet.addModule" in js.text
     assert "random weights" in js.text  # the banner text for untrained models
     assert worklet.status_code == 200 and "registerProcessor" in worklet.text
+
+
+def test_idle_session_is_closed(rt):
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.wait_for("session.created")
+            err = await c.wait_for("error", 30)  # nothing sent: the server gives up
+            with pytest.raises(Exception):
+                await c.recv(10)
+            return err, c.ws.close_code
+
+    with serving(rt, ServerConfig(idle_timeout_s=0.3)) as (engine, server):
+        err, code = asyncio.run(main(server.ws_url))
+        assert engine.wait_until(lambda: engine.session_count == 0, 10)
+    assert err["error"]["code"] == "idle_timeout" and code == 1000

@@ -16,7 +16,7 @@ STAGES = {
     "five_text_tokens": "turn commit to 5 reply text tokens",
     "first_speech_chunk": "turn commit to the first 15 speech tokens",
     "first_audio": "turn commit to the first reply audio byte sent",
-    "speech_end_to_first_audio": "end of user speech to the first reply audio byte sent",
+    "vad_stop_to_first_audio": "VAD end-of-speech event (after the silence window) to the first reply audio byte sent",
     "barge_in_stop": "barge-in decision to response cancelled",
 }
 

@@ -320,7 +320,7 @@ class RealtimeSession:
     def take_audio(self) -> np.ndarray:
         """Samples for this tick's VAD/listening (at most ``max_tick_seconds``), a multiple
         of the VAD window while more is queued."""
-        cap = int(self.limits.max_tick_seconds * SR)
+        cap = max(512, int(self.limits.max_tick_seconds * SR) // 512 * 512)
         if not self.pending:
             return np.zeros(0, dtype=np.float32)
         buf = np.concatenate(self.pending)
@@ -549,7 +549,7 @@ class RealtimeSession:
                     now = time.perf_counter()
                     self.metrics.observe("first_audio", now - r["t0"])
                     if r["speech_end"] is not None:
-                        self.metrics.observe("speech_end_to_first_audio", now - r["speech_end"])
+                        self.metrics.observe("vad_stop_to_first_audio", now - r["speech_end"])
             elif isinstance(ev, P.JobDone):
                 for name in ("first_token", "five_tokens", "first_speech_chunk"):
                     if name in job.timings:

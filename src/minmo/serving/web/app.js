@@ -37,9 +37,9 @@ function showModel(info) {
   if (!info) return;
   ui.model.textContent = `${info.name} (${info.source})`;
   if (info.random_weights || info.warning) {
+    // the server's warning already says "random weights — not a trained model" when so
     ui.banner.style.display = "block";
-    ui.banner.textContent = "⚠ " + (info.random_weights ? "random weights — not a trained model. " : "")
-      + (info.warning || "");
+    ui.banner.textContent = "⚠ " + (info.warning || "random weights — not a trained model");
   }
 }
 

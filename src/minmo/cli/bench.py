@@ -1,0 +1,183 @@
+"""``minmo bench serve|modules|token2wav``: latency and throughput of the serving path.
+
+* ``serve``: end of user speech -> first reply audio byte (p50/p95) through a real server and
+  real-time clients, and how many concurrent sessions stay real time.
+* ``modules``: per-module latency (encoder, listening stream, LLM, voice LM, predictor,
+  speech decoder, VAD), one session and batched.
+* ``token2wav``: the speech-generation benchmark (``benchmarks/bench_token2wav.py``).
+
+``--write-docs FILE`` puts the figures in a section of a markdown file (``docs/benchmarks.md``
+by default), replacing only that section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+DOCS = "docs/benchmarks.md"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="latency/throughput benchmarks: serve, modules, token2wav",
+                       description=__doc__.split("\n\n")[0])
+    bsub = p.add_subparsers(dest="bench", metavar="WHAT")
+    s = bsub.add_parser("serve", help="end-of-speech -> first audio, concurrent real-time sessions")
+    s.add_argument("--model", default="tiny", help="model directory or preset (default tiny)")
+    s.add_argument("--levels", default="1,2,4,8", help="concurrent sessions to try")
+    s.add_argument("--rounds", type=int, default=2, help="turns per session per level")
+    s.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
+    s.add_argument("--max-text-tokens", type=int, default=24)
+    s.add_argument("--max-speech-tokens", type=int, default=150)
+    s.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE")
+    s.add_argument("--json", default=None, help="also write the results as JSON here")
+    s.set_defaults(func=run_serve)
+    m = bsub.add_parser("modules", help="per-module latency of the serving path")
+    m.add_argument("--model", default="tiny")
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
+    m.add_argument("--repeats", type=int, default=20)
+    m.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE")
+    m.set_defaults(func=run_modules)
+    t = bsub.add_parser("token2wav", help="streaming token2wav benchmark (speech generation)")
+    t.add_argument("args", nargs=argparse.REMAINDER, help="passed to bench_token2wav")
+    t.set_defaults(func=run_token2wav)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    return p
+
+
+def _machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def write_section(path: str | Path, heading: str, body: str) -> None:
+    """Replace (or append) the ``## heading`` section of a markdown file; the rest stays."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == f"## {heading}"), None)
+    block = [f"## {heading}", "", *body.rstrip().splitlines(), ""]
+    if start is None:
+        lines += ["", *block] if lines and lines[-1].strip() else block
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
+                   len(lines))
+        lines[start:end] = block
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _section_file(path: str, marker: str, body: str) -> None:
+    """Keep several generated parts in one section, each between HTML comment markers."""
+    p = Path(path)
+    text = p.read_text() if p.is_file() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "## Serving"), None)
+    section = []
+    if start is not None:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
+                   len(lines))
+        section = lines[start + 1:end]
+    begin, finish = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    new_part = [begin, *body.rstrip().splitlines(), finish]
+    if begin in section and finish in section:
+        a, b = section.index(begin), section.index(finish)
+        section[a:b + 1] = new_part
+    else:
+        while section and not section[-1].strip():
+            section.pop()
+        section += ["", *new_part]
+    write_section(p, "Serving", "\n".join(section).strip("\n"))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from minmo.serving.bench import markdown_table, run_serve_benchmark, stage_means, summary
+
+    levels = tuple(int(x) for x in args.levels.split(","))
+    print(f"minmo bench serve: model {args.model}, server threads {args.threads}, levels "
+          f"{levels}, {args.rounds} round(s) each (clients stream in real time)", file=sys.stderr)
+    results, facts = run_serve_benchmark(args.model, levels, args.rounds, args.max_text_tokens,
+                                         args.max_speech_tokens, args.threads, args.vocoder)
+    table = markdown_table(results)
+    means = stage_means(facts["metrics"])
+    stages = ", ".join(f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in means.items()
+                       if k in ("turn_encode", "first_text_token", "first_speech_chunk",
+                                "first_audio", "tick"))
+    info = facts["model"]
+    print(table)
+    print(summary(results))
+    print(f"server stage means (all levels): {stages}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "levels": [{"sessions": r.sessions, "p50_s": r.pct(50), "p95_s": r.pct(95),
+                        "real_time": r.real_time,
+                        "turns": [vars(t) for t in r.turns]} for r in results],
+            "facts": {k: v for k, v in facts.items() if k != "metrics"}}, indent=2, default=str))
+    if args.write_docs:
+        body = "\n".join([
+            f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
+            f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder}` "
+            f"({datetime.date.today()}, {_machine()}; model `{info['name']}` {info['source']}, "
+            f"{'random weights' if info['random_weights'] else 'trained'}, speech decoder "
+            f"{info['vocoder']}).",
+            "",
+            f"Each client streams a {facts['turn_seconds']} s espeak-ng turn "
+            f"({facts['speech_seconds']} s incl. lead-in to the end of speech, then silence) in "
+            f"real time, 40 ms frames; replies are capped at {facts['max_text_tokens']} text / "
+            f"{facts['max_speech_tokens']} speech tokens. Latency = end of speech (last speech "
+            "sample sent) -> first `response.output_audio.delta` received; it includes the "
+            f"VAD's {facts['silence_duration_ms']} ms silence window. Real time = every reply "
+            "arrived, no audio chunk came later than a player started at the first chunk "
+            "would need it (100 ms slack), and p95 latency ≤ 1.5 s.",
+            "", table, "", summary(results) + ".",
+            "", f"Server stage means over the run: {stages}."])
+        _section_file(args.write_docs, f"serve-{args.vocoder}", body)
+        print(f"wrote the Serving section of {args.write_docs}", file=sys.stderr)
+    return 0
+
+
+def run_modules(args: argparse.Namespace) -> int:
+    from minmo.serving.bench import modules_table, run_modules_benchmark
+
+    rows, facts = run_modules_benchmark(args.model, args.vocoder, args.threads, args.repeats)
+    table = modules_table(rows)
+    print(table)
+    if args.write_docs:
+        info = facts["model"]
+        body = (f"`minmo bench modules --model {args.model} --threads {args.threads} --vocoder "
+                f"{args.vocoder}` ({datetime.date.today()}, {_machine()}; model `{info['name']}`, "
+                f"speech decoder {info['vocoder']}):\n\n{table}")
+        _section_file(args.write_docs, "modules", body)
+        print(f"wrote the Serving section of {args.write_docs}", file=sys.stderr)
+    return 0
+
+
+def run_token2wav(args: argparse.Namespace) -> int:
+    script = Path("benchmarks/bench_token2wav.py")
+    if not script.is_file():
+        print("minmo bench token2wav: benchmarks/bench_token2wav.py not found: run from the "
+              "repository root of a build that has the speech-generation benchmark",
+              file=sys.stderr)
+        return 1
+    spec = importlib.util.spec_from_file_location("bench_token2wav", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    for name in ("run", "main"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            try:
+                out = fn(args.args) if name == "run" else fn()
+            except TypeError:
+                out = fn()
+            return int(out or 0)
+    print(f"minmo bench token2wav: {script} has no run()/main() to call", file=sys.stderr)
+    return 1

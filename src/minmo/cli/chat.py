@@ -1,0 +1,75 @@
+"""``minmo chat IN.wav [--out OUT.wav]``: one spoken turn offline through the same engine code:
+the user's transcript, the reply text, and the reply speech."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "chat",
+        help="one spoken turn offline: transcript, reply text, reply speech",
+        description="Run one spoken turn through MinMo: prints what the model heard "
+        "(its own transcription pass) and its reply, and writes the reply speech (24 kHz).",
+    )
+    p.add_argument("input", help="input audio (wav/flac/ogg/mp3; any rate, mixed to mono)")
+    p.add_argument("--out", default=None, help="write the reply speech here (.wav)")
+    p.add_argument("--model", default=None, help="model directory or preset (see minmo serve)")
+    p.add_argument("--text-only", action="store_true", help="reply in text only (no speech)")
+    p.add_argument("--no-transcript", action="store_true", help="skip the transcription pass")
+    p.add_argument("--max-text-tokens", type=int, default=200)
+    p.add_argument("--max-speech-tokens", type=int, default=1500)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: half the cores, at least 1)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from minmo.audio.io import load_audio, save_audio
+    from minmo.inference import pipeline as P
+    from minmo.inference.loading import load_runtime
+
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // 2))
+    wave = load_audio(args.input, 16000)
+    rt = load_runtime(args.model, seed=args.seed, device=args.device, vocoder=args.vocoder)
+    if rt.info.warning:
+        print(f"minmo chat: WARNING: {rt.info.warning}", file=sys.stderr)
+    gen = P.GenerationConfig(max_text_tokens=args.max_text_tokens,
+                             max_speech_tokens=args.max_speech_tokens,
+                             temperature=args.temperature, seed=args.seed)
+    session = P.new_session(rt, P.SessionConfig(generation=gen))
+    result = P.reply(rt, wave, session, with_transcript=not args.no_transcript,
+                     audio=not args.text_only)
+    if args.out and not args.text_only:
+        save_audio(args.out, result.wave, result.sample_rate)
+    if args.json:
+        print(json.dumps({"transcript": result.transcript, "reply": result.text,
+                          "status": result.status, "out": args.out,
+                          "audio_seconds": round(result.wave.size / result.sample_rate, 3),
+                          "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+                          "model": rt.info.to_dict()}, ensure_ascii=False))
+        return 0
+    if result.transcript is not None:
+        print(f"you said : {result.transcript}")
+    print(f"reply    : {result.text}")
+    if not args.text_only:
+        where = f" -> {args.out}" if args.out else " (not written: give --out)"
+        print(f"speech   : {result.wave.size / result.sample_rate:.2f} s{where}")
+    t = result.timings
+    if "first_audio" in t:
+        print(f"latency  : first token {t['first_token'] * 1000:.0f} ms, first audio "
+              f"{t['first_audio'] * 1000:.0f} ms, total {t['total'] * 1000:.0f} ms")
+    return 0

@@ -1,0 +1,70 @@
+"""``minmo serve``: the real-time full-duplex server (OpenAI Realtime WebSocket + browser page)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "serve",
+        help="real-time full-duplex voice server: OpenAI Realtime WebSocket API + browser page",
+        description="Serve a MinMo model over the OpenAI Realtime WebSocket protocol "
+        "(ws://HOST:PORT/v1/realtime) with a browser page at http://HOST:PORT/. Without "
+        "--model the embedded default is used (until it is trained: the tiny config on random "
+        "weights, as the warning says).",
+    )
+    p.add_argument("--model", default=None,
+                   help="model directory (model.yaml + model.safetensors, or a training run) "
+                   "or preset name (tiny, minmo-7b, ...); default: embedded minmo-small")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("MINMO_API_KEY"),
+                   help="require this key (Authorization: Bearer KEY); env MINMO_API_KEY")
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--max-message-bytes", type=int, default=2 * 1024 * 1024)
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds without client "
+                   "events before a session is closed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the engine (default: half the cores, at least 1)")
+    p.add_argument("--max-text-tokens", type=int, default=200)
+    p.add_argument("--max-speech-tokens", type=int, default=1500)
+    p.add_argument("--temperature", type=float, default=0.0, help="text sampling (0: greedy)")
+    p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
+                   help="speech decoder: token2wav (flow + HiFT) or placeholder tones")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from minmo.inference.loading import load_runtime
+    from minmo.inference.pipeline import GenerationConfig
+    from minmo.serving.engine import Engine, EngineConfig
+    from minmo.serving.server import ServerConfig, create_app
+
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder)
+    if rt.info.warning:
+        print(f"minmo serve: WARNING: {rt.info.warning}", file=sys.stderr)
+    gen = GenerationConfig(max_text_tokens=args.max_text_tokens,
+                           max_speech_tokens=args.max_speech_tokens,
+                           temperature=args.temperature, seed=None)
+    engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),
+                    gen=gen).start()
+    app = create_app(engine, ServerConfig(api_key=args.api_key,
+                                          max_message_bytes=args.max_message_bytes,
+                                          idle_timeout_s=args.idle_timeout))
+    print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}; "
+          f"page http://{args.host}:{args.port}/  realtime ws://{args.host}:{args.port}/v1/realtime"
+          + ("  (API key required)" if args.api_key else ""), file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    ws_max_size=4 * args.max_message_bytes, ws="websockets-sansio")
+    finally:
+        engine.stop()
+    return 0

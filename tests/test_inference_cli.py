@@ -1,0 +1,94 @@
+"""Model selection (presets, model directories) and ``minmo chat`` / ``minmo bench`` plumbing."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from minmo.cli.main import main
+from minmo.inference.loading import ModelLoadError, load_runtime
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A minmo model directory written from a seeded tiny model."""
+    from safetensors.torch import save_model
+
+    from minmo.config import save_yaml
+
+    rt = load_runtime("tiny", seed=7, vocoder="placeholder")
+    d = tmp_path_factory.mktemp("model")
+    save_yaml(rt.model.cfg, d / "model.yaml")
+    save_model(rt.model, str(d / "model.safetensors"))
+    return d, rt
+
+
+def test_default_model_is_tiny_on_random_weights_and_says_so():
+    rt = load_runtime(None, vocoder="placeholder")
+    assert rt.info.random_weights and rt.info.name == "tiny"
+    assert "random weights — not a trained model" in rt.info.warning
+    assert "minmo-small" in rt.info.warning
+
+
+def test_model_directory_loads_strictly(model_dir):
+    d, ref = model_dir
+    rt = load_runtime(str(d), seed=0, vocoder="placeholder")
+    assert rt.info.random_weights is False and rt.info.source == str(d)
+    for (name, a), (_, b) in zip(ref.model.state_dict().items(), rt.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    # a run directory resolves to its latest checkpoint with full weights
+    step = d.parent / "run" / "checkpoints" / "step_00000010"
+    step.mkdir(parents=True)
+    for f in ("model.yaml", "model.safetensors"):
+        (step / f).write_bytes((d / f).read_bytes())
+    assert load_runtime(str(d.parent / "run"), vocoder="placeholder").info.source == str(step)
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load_runtime(str(d.parent), vocoder="placeholder")
+
+
+def test_minmo_chat_writes_reply_speech(tmp_path, capsys):
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+    out = tmp_path / "out.wav"
+    rc = main(["chat", str(tmp_path / "in.wav"), "--out", str(out), "--json", "--vocoder",
+               "placeholder", "--max-text-tokens", "5", "--max-speech-tokens", "30", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "WARNING" in captured.err and "random weights" in captured.err
+    result = json.loads(captured.out)
+    assert result["reply"] and result["transcript"] is not None
+    wave, rate = sf.read(out)
+    assert rate == 24000 and wave.shape == (30 * 960,)
+    assert result["model"]["random_weights"] is True
+
+
+def test_minmo_chat_errors_name_the_path(tmp_path, capsys):
+    rc = main(["chat", str(tmp_path / "missing.wav")])
+    assert rc == 1 and "missing.wav" in capsys.readouterr().err
+    sf.write(tmp_path / "in.wav", np.zeros(1600, np.float32), 16000)
+    rc = main(["chat", str(tmp_path / "in.wav"), "--model", str(tmp_path / "nodir")])
+    assert rc == 1 and "nodir" in capsys.readouterr().err
+
+
+def test_bench_writes_only_its_section(tmp_path):
+    from minmo.cli.bench import _section_file
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Data loading\n\nkeep me\n\n## Training\n\nme too\n")
+    _section_file(str(doc), "serve-placeholder", "| a |\n|---|")
+    _section_file(str(doc), "modules", "table two")
+    _section_file(str(doc), "serve-placeholder", "| b |\n|---|")
+    text = doc.read_text()
+    assert "keep me" in text and "me too" in text
+    assert text.count("## Serving") == 1 and "| a |" not in text and "| b |" in text
+    assert text.index("table two") > text.index("| b |")

@@ -1,0 +1,91 @@
+"""The browser page in headless Chromium (Debian's ``chromium``, driven by playwright) with a
+fake microphone playing a spoken turn: it connects, streams mic audio, shows the user
+transcript, plays reply audio, and shows the random-weights banner. A screenshot is saved
+(``$MINMO_SCREENSHOT`` or the test's tmp dir)."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from minmo.inference.loading import load_runtime
+from minmo.inference.pipeline import GenerationConfig
+from minmo.serving.engine import Engine, EngineConfig
+from minmo.serving.server import BackgroundServer, create_app
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def turn_wav(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
+    from minmo.audio.io import load_audio
+
+    d = tmp_path_factory.mktemp("browser")
+    raw = d / "raw.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw), "Hello there, what can you do for me?"],
+                   check=True)
+    wave = load_audio(raw, 48000)
+    wave = np.concatenate([np.zeros(24000, np.float32), wave, np.zeros(3 * 48000, np.float32)])
+    path = d / "turn.wav"
+    sf.write(path, wave, 48000, subtype="PCM_16")
+    return path
+
+
+def test_page_talks_and_listens_in_headless_chromium(turn_wav, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (bash scripts/install.sh --test)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rt = load_runtime("tiny", seed=0, vocoder="placeholder")
+    gen = GenerationConfig(max_text_tokens=12, max_speech_tokens=60, transcribe_max_tokens=6)
+    engine = Engine(rt, EngineConfig(max_sessions=2), gen=gen).start()
+    server = BackgroundServer(create_app(engine))
+    shot = Path(os.environ.get("MINMO_SCREENSHOT", tmp_path / "page.png"))
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={turn_wav}",
+                "--autoplay-policy=no-user-gesture-required"])
+            page = browser.new_context().new_page()
+            page.goto(server.http_url + "/")
+            page.wait_for_function("document.getElementById('banner').textContent.length > 0",
+                                   timeout=30_000)
+            page.click("#toggle")
+            page.wait_for_function(
+                "window.minmo.userTranscripts.length > 0 && window.minmo.audioChunks > 0 "
+                "&& window.minmo.played > 0 && window.minmo.latenciesMs.length > 0",
+                timeout=90_000)
+            state = page.evaluate("() => window.minmo")
+            banner = page.inner_text("#banner")
+            log = page.inner_text("#log")
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            page.click("#toggle")  # stop: closes the session
+            browser.close()
+        assert engine.wait_until(lambda: engine.session_count == 0, 30)
+    finally:
+        server.stop()
+        engine.stop()
+        torch.set_num_threads(threads)
+    assert engine.error is None
+    assert "random weights" in banner
+    assert state["connected"] is False or state["sessionId"]
+    assert state["events"]["input_audio_buffer.speech_started"] >= 1
+    assert state["userTranscripts"][0]
+    assert state["audioSamples"] > 0 and state["played"] > 0
+    assert state["latenciesMs"][0] > 0
+    assert "first audio" in log
+    assert state["errors"] == []
+    assert shot.stat().st_size > 10_000
