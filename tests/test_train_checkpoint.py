@@ -138,3 +138,44 @@ def test_indexed_source_positions_resume_and_bad_rows():
         expect = b["x"] if b is not None else torch.empty(0)
         assert torch.equal(torch.cat(parts) if parts else torch.empty(0), expect)
     assert one.skipped == 1 and one.bad_rows == {3}
+
+
+def test_full_weights_merge_lora_and_load_into_a_plain_model(tmp_path):
+    from minmo.checkpoints import load_file_into
+    from minmo.config import DataConfig, OptimConfig, TrainConfig
+    from minmo.models.builders import minmo_tiny
+    from minmo.training.data_source import DataPosition
+    from minmo.training.loop import train
+    from minmo.training.manifest_data import build_manifest_source
+    from minmo.training.toydata import write_toy_corpus
+
+    corpus = write_toy_corpus(tmp_path / "data", num_examples=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = TrainConfig(stage="s2t_sft", output_dir=str(tmp_path / "run"), progress=False,
+                          save_full_weights=True, data=DataConfig(train=[str(corpus["asr"])],
+                                                                  batch_size=2, num_workers=0),
+                          optim=OptimConfig(lr=3e-2, warmup_steps=1, max_steps=3))
+        train(cfg)
+        step = ckpt.checkpoint_dir(tmp_path / "run", 3)
+        torch.manual_seed(cfg.seed)  # the run's frozen weights come from this seed
+        trained = minmo_tiny()
+        trained.enable_lora()
+        state = trained.state_dict()
+        for k, v in load_tensors(step / ckpt.TRAINABLE_FILE).items():
+            state[k].copy_(v)
+        torch.manual_seed(0)  # any other init: every tensor must come from the file
+        plain = minmo_tiny()
+        report = load_file_into(plain, step / ckpt.FULL_FILE)  # strict: no LoRA keys left
+        assert not report.missing and not any("lora_" in k for k in report.loaded)
+        batch, _ = next(build_manifest_source(cfg, plain, 0, 1).batches(DataPosition()))
+        trained.eval(), plain.eval()
+        with torch.no_grad():
+            a = trained(batch, losses=("text",)).loss
+            b = plain(batch, losses=("text",)).loss
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        lora_b = [v for k, v in load_tensors(step / ckpt.TRAINABLE_FILE).items() if "lora_B" in k]
+        assert any(float(v.abs().max()) > 0 for v in lora_b)  # the adapters did move
+    finally:
+        torch.set_num_threads(threads)

@@ -38,6 +38,12 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def one_line(message: str) -> str:
+    """Fold a multi-line message (e.g. a YAML parser's, with its caret art) into one line."""
+    parts = [p.strip() for p in message.splitlines()]
+    return " ".join(p for p in parts if p and set(p) != {"^"})
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print the summary line. Known errors become one line on
     stderr and exit code 1 (set ``MINMO_DEBUG=1`` for the traceback)."""
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError) as exc:
         if os.environ.get("MINMO_DEBUG"):
             raise
-        print(f"minmo train: error: {exc}", file=sys.stderr)
+        print(f"minmo train: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(result.summary(), flush=True)

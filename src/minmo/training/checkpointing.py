@@ -3,7 +3,8 @@
 One checkpoint is one directory ``<output_dir>/checkpoints/step_<8 digits>/``::
 
     trainable.safetensors   trainable tensors, names as in model.named_parameters()
-    model.safetensors       every tensor of the model (only with save_full_weights)
+    model.safetensors       every tensor, LoRA merged into the base weights, so it loads
+                            into a plain model (only with save_full_weights)
     optimizer.pt            {optimizer name: full optimizer state keyed by parameter name}
     trainer.pt              {"schedulers": {name: state}, "rng": [per-rank RNG states]}
     state.json              step, data position, bad rows, world size, stage, last loss
@@ -264,9 +265,34 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: s
             params[name].copy_(value.to(dtype=params[name].dtype))
 
 
+def merge_lora(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """Fold peft LoRA adapters into their base linear layers (``W + scaling * B @ A``).
+
+    Keys ``<m>.base_layer.weight/bias``, ``<m>.lora_A.<adapter>.weight`` and
+    ``<m>.lora_B.<adapter>.weight`` become ``<m>.weight/bias``: the result loads into the
+    same model *without* LoRA adapters. ``scaling`` is ``lora_alpha / r``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    lora_a = {k.split(".lora_A.")[0]: v for k, v in state.items() if ".lora_A." in k}
+    lora_b = {k.split(".lora_B.")[0]: v for k, v in state.items() if ".lora_B." in k}
+    if lora_a.keys() != lora_b.keys():
+        raise CheckpointError(f"LoRA A/B tensors do not pair up: {sorted(lora_a.keys() ^ lora_b.keys())[:5]}")
+    for key, value in state.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        if ".base_layer." in key:
+            module, leaf = key.split(".base_layer.")
+            if leaf == "weight" and module in lora_a:
+                delta = lora_b[module].float() @ lora_a[module].float()
+                value = (value.float() + scaling * delta).to(value.dtype)
+            key = f"{module}.{leaf}"
+        out[key] = value
+    return out
+
+
 def init_tensors(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """Weights to start a stage from: a checkpoint (or run) directory's full weights when it
-    has them, with its trainable tensors on top; or a single ``.safetensors`` file.
+    has them (LoRA merged in), else its trainable tensors; or a single ``.safetensors`` file.
 
     Returns:
         (the file or directory read, ``{name: tensor}``).
@@ -275,8 +301,6 @@ def init_tensors(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     if path.suffix == ".safetensors":
         return path, load_tensors(path)
     ckpt = resolve_checkpoint(path)
-    tensors: dict[str, torch.Tensor] = {}
     if (ckpt / FULL_FILE).is_file():
-        tensors.update(load_tensors(ckpt / FULL_FILE))
-    tensors.update(load_tensors(ckpt / TRAINABLE_FILE))
-    return ckpt, tensors
+        return ckpt / FULL_FILE, load_tensors(ckpt / FULL_FILE)
+    return ckpt / TRAINABLE_FILE, load_tensors(ckpt / TRAINABLE_FILE)

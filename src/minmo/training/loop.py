@@ -246,6 +246,9 @@ def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.
     """Gather everything (collective) and write one checkpoint on rank 0; prune old ones."""
     trainable = gather_model_state(model, trainable_only=True)
     full = gather_model_state(model, trainable_only=False) if cfg.save_full_weights else None
+    llm = getattr(raw, "llm", None)
+    if full and getattr(llm, "lora_enabled", False):
+        full = ckpt.merge_lora(full, llm.lora_cfg.alpha / llm.lora_cfg.r)
     optim_states = {name: gather_optimizer_state(model, opt) for name, opt in optimizers.items()}
     rng = [ckpt.capture_rng()]
     if info.distributed:
@@ -353,6 +356,10 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         raise ConfigError(f"stage: {exc.args[0]}") from None
     if cfg.optim.grad_accum < 1 or cfg.optim.max_steps < 1:
         raise ConfigError("optim.grad_accum and optim.max_steps must be >= 1")
+    if stage.build_data is None and source is None:
+        from minmo.training.manifest_data import check_manifests
+
+        check_manifests(cfg)
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -95,15 +95,13 @@ class LoaderBatchSource:
             start = DataPosition()
 
 
-def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
-                          ) -> LoaderBatchSource:
-    """The loader of ``cfg.data.train`` for ``model`` (its front end, tokenizer and system
-    prompt), keeping the tasks of ``cfg.stage``.
+def check_manifests(cfg: TrainConfig) -> None:
+    """Fail fast (before building the model) when ``data.train`` is empty or names a
+    manifest that does not exist.
 
     Raises:
-        TrainingError: no manifests configured, a manifest file missing, or no usable row.
+        TrainingError: naming the missing file and the fix.
     """
-    from minmo.data.loader import build_loader
     from minmo.data.manifest import expand_manifest_paths
 
     if not cfg.data.train:
@@ -113,6 +111,19 @@ def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_s
         if not Path(path).is_file():
             raise TrainingError(f"{path}: manifest file not found (data.train); fix the path "
                                 "or create it with `minmo data synth --out DIR`")
+
+
+def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
+                          ) -> LoaderBatchSource:
+    """The loader of ``cfg.data.train`` for ``model`` (its front end, tokenizer and system
+    prompt), keeping the tasks of ``cfg.stage``.
+
+    Raises:
+        TrainingError: no manifests configured, a manifest file missing, or no usable row.
+    """
+    from minmo.data.loader import build_loader
+
+    check_manifests(cfg)
     model_cfg = getattr(model, "cfg", None)
     system_prompt = getattr(model_cfg, "system_prompt", "You are a helpful assistant.")
     tasks = STAGE_TASKS.get(cfg.stage)
