@@ -388,7 +388,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     wrapped = wrap_model(model, info)
     raw = unwrap_model(wrapped)
     optimizers, schedulers = build_optimizers(stage, raw, cfg)
-    step, position, prior_skipped = 0, DataPosition(), 0
+    step, position = 0, DataPosition()
     if resume is not None:
         for name, opt in optimizers.items():
             if name not in resume.optimizers:
@@ -430,7 +430,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     stream = source.batches(position)
     last_good: list[Any] = []
     losses: list[float] = []
-    final_loss = math.nan
+    final_loss = float(resume.state.get("loss", math.nan)) if resume else math.nan
+    prior_bad = set(resume.state.get("bad_rows", [])) if resume else set()
     window_examples, window_t = 0.0, time.perf_counter()
     checked_keys = False
     bar = _progress(cfg, info, step)
@@ -442,6 +443,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             checked_keys = True
         ctx = StepContext(wrapped, raw, stage, micro, optimizers, schedulers,
                           cfg.optim.grad_clip, autocast, accumulate, step)
+        lr = next(iter(optimizers.values())).param_groups[0]["lr"]  # used by this step
         out: StepOutput = stage.step(ctx)
         step += 1
         loss, metric_means, examples = _reduce_step(out, info)
@@ -451,10 +453,9 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps:
-            skipped = _global_skipped(source, info)
+            skipped = len(_global_bad_rows(source, info, prior_bad))
             now = time.perf_counter()
-            record = {"step": step, "loss": loss,
-                      "lr": next(iter(schedulers.values())).get_last_lr()[0],
+            record = {"step": step, "loss": loss, "lr": lr,
                       **out.grad_norms, **metric_means,
                       "examples_per_s": window_examples / max(now - window_t, 1e-9),
                       "skipped_rows": skipped, "epoch": position.epoch,
@@ -463,12 +464,14 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             if metrics is not None:
                 metrics.write(record)
         if step % max(1, cfg.save_every) == 0 or step == cfg.optim.max_steps:
-            extra = {"stage": stage.name, "loss": loss, "skipped_rows": _global_skipped(source, info)}
+            bad = _global_bad_rows(source, info, prior_bad)
+            extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
+                     "bad_rows": sorted(bad)}
             save_checkpoint(cfg, info, wrapped, raw, optimizers, schedulers, step, position,
                             extra, configs)
             _debug_kill(step)
     bar.close()
-    skipped = _global_skipped(source, info)
+    skipped = len(_global_bad_rows(source, info, prior_bad))
     result = TrainResult(steps=step, final_loss=final_loss, skipped_rows=skipped,
                          seconds=time.perf_counter() - t0, output_dir=out_dir,
                          resumed_from=resume.path if resume else None, losses=losses)
@@ -505,14 +508,15 @@ def _reduce_step(out: StepOutput, info: DistInfo) -> tuple[float, dict[str, floa
     return loss, metric_means, red[2]
 
 
-def _global_skipped(source: BatchSource, info: DistInfo) -> int:
-    """Unique bad rows over all ranks."""
-    ids = set(source.bad_rows)
-    if not info.distributed:
-        return len(ids)
-    import torch.distributed as dist
+def _global_bad_rows(source: BatchSource, info: DistInfo, prior: set[str]) -> set[str]:
+    """Keys of the unique bad rows met by all ranks, plus those of the run before a resume
+    (``prior``). Collective under several processes."""
+    keys = {str(k) for k in source.bad_rows}
+    if info.distributed:
+        import torch.distributed as dist
 
-    gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, ids)
-    return len(set().union(*gathered))
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, keys)
+        keys = set().union(*gathered)
+    return keys | prior
 
