@@ -219,6 +219,10 @@ def test_text_only_reply_and_transcribe(rt):
     assert not any(isinstance(e, P.AudioChunk) for e in events)
     text = P.transcribe(rt, _wave(), P.GenerationConfig(transcribe_max_tokens=7))
     assert isinstance(text, str) and text
+    same = P.speech_to_text(rt, _wave(), ASR_INSTRUCTION, max_tokens=7)
+    assert same == text  # transcribe is the ASR instruction pass
+    other = P.speech_to_text(rt, _wave(), "Translate the speech into German.", max_tokens=3)
+    assert isinstance(other, str) and other
 
 
 def test_reply_through_streaming_token2wav():

@@ -57,7 +57,8 @@ def _machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores{load}, {gpu}, torch {torch.__version__}"
 
 
 def write_section(path: str | Path, heading: str, body: str) -> None:

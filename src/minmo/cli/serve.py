@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder: token2wav (flow + HiFT) or placeholder tones")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
+                   help="who decides turn ends and barge-ins: the duplex predictor (with VAD "
+                   "confirming user speech) or the VAD rule alone; auto: the predictor unless "
+                   "the model has random weights")
     p.set_defaults(func=run)
     return p
 
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from minmo.inference.pipeline import GenerationConfig
     from minmo.serving.engine import Engine, EngineConfig
     from minmo.serving.server import ServerConfig, create_app
+    from minmo.serving.session import SessionLimits
 
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
     rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder)
@@ -54,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
     gen = GenerationConfig(max_text_tokens=args.max_text_tokens,
                            max_speech_tokens=args.max_speech_tokens,
                            temperature=args.temperature, seed=None)
+    trust = (not rt.info.random_weights) if args.turn_policy == "auto" \
+        else args.turn_policy == "predictor"
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),
-                    gen=gen).start()
+                    gen=gen, limits=SessionLimits(trust_predictor=trust)).start()
     app = create_app(engine, ServerConfig(api_key=args.api_key,
                                           max_message_bytes=args.max_message_bytes,
                                           idle_timeout_s=args.idle_timeout))
-    print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}; "
+    print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}, "
+          f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'}; "
           f"page http://{args.host}:{args.port}/  realtime ws://{args.host}:{args.port}/v1/realtime"
           + ("  (API key required)" if args.api_key else ""), file=sys.stderr, flush=True)
     try:

@@ -323,15 +323,20 @@ def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
 
 
 def new_transcription(rt: MinMoRuntime, session_or_system: VoiceSession | str,
-                      speech: torch.Tensor, gen: GenerationConfig | None = None) -> ResponseJob:
-    """A transcript job over ``(F, H)`` speech embeddings, in its own throw-away cache."""
+                      speech: torch.Tensor, gen: GenerationConfig | None = None,
+                      instruction: str = ASR_INSTRUCTION,
+                      max_tokens: int | None = None) -> ResponseJob:
+    """A speech-in, text-out job over ``(F, H)`` speech embeddings in its own throw-away
+    cache: the transcript (ASR instruction) by default, or any task's ``instruction``
+    (translation, language ID, ...). Greedy; ``max_tokens`` defaults to
+    ``gen.transcribe_max_tokens``."""
     gen = gen or GenerationConfig()
     system = (session_or_system.system if isinstance(session_or_system, VoiceSession)
               else session_or_system)
-    before, after = user_speech_ids(rt.tok, ASR_INSTRUCTION)
+    before, after = user_speech_ids(rt.tok, instruction)
     prompt = torch.cat([rt.embed_ids(system_ids(rt.tok, system) + before), speech.to(rt.dtype),
                         rt.embed_ids(after + assistant_header_ids(rt.tok))])
-    text = TextStream(KVStream(), prompt, gen.transcribe_max_tokens)
+    text = TextStream(KVStream(), prompt, max_tokens or gen.transcribe_max_tokens)
     return ResponseJob(text, None, None, "transcript")
 
 
@@ -439,8 +444,16 @@ def respond(rt: MinMoRuntime, session: VoiceSession, wave: np.ndarray | None = N
 def transcribe(rt: MinMoRuntime, wave: np.ndarray, gen: GenerationConfig | None = None,
                system: str | None = None) -> str:
     """Transcript of a 16 kHz waveform by the MinMo LLM (ASR instruction prompt)."""
+    return speech_to_text(rt, wave, ASR_INSTRUCTION, gen=gen, system=system)
+
+
+def speech_to_text(rt: MinMoRuntime, wave: np.ndarray, instruction: str,
+                   max_tokens: int | None = None, gen: GenerationConfig | None = None,
+                   system: str | None = None) -> str:
+    """One speech-in, text-out pass with any task instruction (greedy), e.g.
+    ``"Translate the speech into German."`` -- the training prompt layout."""
     job = new_transcription(rt, system if system is not None else rt.model.cfg.system_prompt,
-                            rt.encode_speech(wave), gen)
+                            rt.encode_speech(wave), gen, instruction, max_tokens)
     for _ in run_job(rt, job, gen):
         pass
     return job.emitted
