@@ -33,6 +33,8 @@ class DistInfo:
         rank, world_size, local_rank: from torchrun's environment (0, 1, 0 without it).
         device: where this process computes.
         mode: ``"none"``, ``"ddp"`` or ``"fsdp"``.
+        owns_group: this call started the process group (and :func:`shutdown_distributed`
+            may end it); False when the caller had started one.
     """
 
     rank: int = 0
@@ -40,6 +42,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     mode: str = "none"
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -74,15 +77,16 @@ def init_distributed(setting: str = "auto") -> DistInfo:
     if setting == "none":
         raise ValueError(f"distributed: none, but {world} processes were started (torchrun); "
                          "set distributed to auto, fsdp or ddp")
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if cuda else "gloo")
     mode = "fsdp" if setting == "auto" else setting
-    return DistInfo(rank, world, local_rank, device, mode)
+    return DistInfo(rank, world, local_rank, device, mode, owns_group=owns)
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group if one is running."""
-    if dist.is_available() and dist.is_initialized():
+def shutdown_distributed(info: DistInfo) -> None:
+    """Destroy the process group if :func:`init_distributed` started it."""
+    if info.owns_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

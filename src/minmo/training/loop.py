@@ -345,7 +345,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, source: BatchSource 
     try:
         return _train(cfg, info, model, source, model_config, t0)
     finally:
-        shutdown_distributed()
+        shutdown_distributed(info)
 
 
 def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
