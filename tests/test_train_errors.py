@@ -125,3 +125,16 @@ def test_console_script_exit_code_and_single_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "broken.yaml" in lines[0] and "seed" in lines[0]
+
+
+def test_speech_stage_without_speech_tokens(tmp_path, capsys, corpus):
+    rows = [json.loads(x) for x in corpus["tts"].read_text().splitlines()]
+    manifest = tmp_path / "tts_no_tokens.jsonl"
+    manifest.write_text("".join(
+        json.dumps({**{k: v for k, v in r.items() if k != "speech_tokens"},
+                    "target_audio": str(corpus["tts"].parent / "wavs" / "u0.wav")}) + "\n"
+        for r in rows))
+    err = _one_line_error(capsys, train_main(["configs/train/t2s_full.yaml",
+                                              f"data.train=[{manifest}]",
+                                              *_fast(tmp_path / "o")]))
+    assert "tts_no_tokens.jsonl" in err and "speech_tokens" in err and "minmo tokenize" in err

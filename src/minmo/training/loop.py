@@ -483,7 +483,7 @@ def _check_batch_keys(stage: Stage, batch: dict[str, Any]) -> None:
     if missing:
         raise TrainingError(f"stage '{stage.name}' needs {missing} in every batch, the data has "
                             f"none: add them to the manifest rows (e.g. speech_tokens via "
-                            f"`minmo data tokenize`, duplex labels files)")
+                            f"`minmo tokenize MANIFEST`; duplex rows: the labels .npz)")
 
 
 def _reduce_step(out: StepOutput, info: DistInfo) -> tuple[float, dict[str, float], float]:

@@ -39,6 +39,9 @@ STAGE_TASKS: dict[str, tuple[str, ...]] = {
 }
 """Manifest tasks each MinMo stage trains on; rows of other tasks are left out (not bad)."""
 
+SPEECH_TOKEN_STAGES = ("t2s_projector", "t2s_full", "s2s")
+"""Stages whose loss reads ``speech_tokens``."""
+
 FIX_HINT = "fix or remove the row (`minmo data check MANIFEST` lists every bad row)"
 
 
@@ -134,6 +137,16 @@ def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_s
     except ValueError as exc:
         where = f" for stage '{cfg.stage}' (tasks {', '.join(tasks)})" if tasks else ""
         raise TrainingError(f"{exc}{where}") from None
+    if cfg.stage in SPEECH_TOKEN_STAGES:
+        without = sum(1 for row in loader.dataset.rows if not row.speech_tokens)
+        if without == len(loader.dataset.rows):
+            raise TrainingError(f"stage '{cfg.stage}' trains on speech tokens, but no row of "
+                                f"{', '.join(map(str, cfg.data.train))} has 'speech_tokens': "
+                                "fill them with `minmo tokenize MANIFEST`")
+        if without and rank == 0:
+            log.warning("%d of %d rows have no speech_tokens (no speech loss on them); "
+                        "fill them with `minmo tokenize MANIFEST`", without,
+                        len(loader.dataset.rows))
     source = LoaderBatchSource(loader)
     if rank == 0:
         log.info("data: %d rows from %d manifest(s), %d bad rows skipped",
