@@ -179,3 +179,37 @@ def test_full_weights_merge_lora_and_load_into_a_plain_model(tmp_path):
         assert any(float(v.abs().max()) > 0 for v in lora_b)  # the adapters did move
     finally:
         torch.set_num_threads(threads)
+
+
+def test_stage_chain_carries_earlier_stages_weights(tmp_path):
+    """init: <previous run> must hand on everything earlier stages trained, not only what
+    the previous stage trained (s2t_sft -> t2s_projector -> duplex)."""
+    from minmo.config import DataConfig, OptimConfig, TrainConfig
+    from minmo.training.loop import train
+    from minmo.training.toydata import write_toy_corpus
+
+    corpus = write_toy_corpus(tmp_path / "data", num_examples=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def run(stage, manifest, init=None):
+        train(TrainConfig(stage=stage, output_dir=str(tmp_path / stage), init=init,
+                          progress=False, data=DataConfig(train=[str(corpus[manifest])],
+                                                          batch_size=2, num_workers=0),
+                          optim=OptimConfig(lr=1e-2, warmup_steps=1, max_steps=2)))
+        return ckpt.latest_checkpoint(tmp_path / stage)
+
+    try:
+        sft = run("s2t_sft", "asr")
+        proj = run("t2s_projector", "tts", init=str(tmp_path / "s2t_sft"))
+        last = run("duplex", "duplex", init=str(tmp_path / "t2s_projector"))
+    finally:
+        torch.set_num_threads(threads)
+    sft_trained = load_tensors(sft / ckpt.TRAINABLE_FILE)
+    proj_trained = load_tensors(proj / ckpt.TRAINABLE_FILE)
+    assert any("lora_" in k for k in sft_trained) and any("input_projector" in k for k in sft_trained)
+    _, handed_on = ckpt.init_tensors(last)
+    for name, value in {**sft_trained, **proj_trained}.items():
+        assert name in handed_on, f"{name} lost along the stage chain"
+        assert torch.equal(handed_on[name], value), name
+    assert all(k.startswith("duplex.") for k in load_tensors(last / ckpt.TRAINABLE_FILE))

@@ -3,6 +3,8 @@
 One checkpoint is one directory ``<output_dir>/checkpoints/step_<8 digits>/``::
 
     trainable.safetensors   trainable tensors, names as in model.named_parameters()
+    carried.safetensors     frozen tensors this run took from its ``init`` (earlier stages'
+                            results), so that a later stage's init gets them too
     model.safetensors       every tensor, LoRA merged into the base weights, so it loads
                             into a plain model (only with save_full_weights)
     optimizer.pt            {optimizer name: full optimizer state keyed by parameter name}
@@ -38,6 +40,7 @@ from minmo.training.data_source import DataPosition
 
 CHECKPOINT_SUBDIR = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
+CARRIED_FILE = "carried.safetensors"
 FULL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAINER_FILE = "trainer.pt"
@@ -165,7 +168,7 @@ class CheckpointPayload:
     state: dict[str, Any] = field(default_factory=dict)
     full: dict[str, torch.Tensor] | None = None
     configs: dict[str, Any] = field(default_factory=dict)  # file name -> dataclass
-    lora: dict[str, torch.Tensor] | None = None  # peft-format keys
+    carried: dict[str, torch.Tensor] | None = None  # frozen tensors taken from init
 
 
 def write_checkpoint(output_dir: str | Path, payload: CheckpointPayload,
@@ -181,6 +184,8 @@ def write_checkpoint(output_dir: str | Path, payload: CheckpointPayload,
     final = checkpoint_dir(output_dir, payload.step)
     with atomic_directory(final) as tmp:
         save_tensors(payload.trainable, tmp / TRAINABLE_FILE, metadata={"format": "pt"})
+        if payload.carried:
+            save_tensors(payload.carried, tmp / CARRIED_FILE, metadata={"format": "pt"})
         if payload.full is not None:
             save_tensors(payload.full, tmp / FULL_FILE, metadata={"format": "pt"})
         torch.save(payload.optimizers, tmp / OPTIMIZER_FILE)
@@ -292,7 +297,8 @@ def merge_lora(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torc
 
 def init_tensors(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """Weights to start a stage from: a checkpoint (or run) directory's full weights when it
-    has them (LoRA merged in), else its trainable tensors; or a single ``.safetensors`` file.
+    has them (LoRA merged in), else its carried + trainable tensors (everything earlier
+    stages trained); or a single ``.safetensors`` file.
 
     Returns:
         (the file or directory read, ``{name: tensor}``).
@@ -303,4 +309,6 @@ def init_tensors(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     ckpt = resolve_checkpoint(path)
     if (ckpt / FULL_FILE).is_file():
         return ckpt / FULL_FILE, load_tensors(ckpt / FULL_FILE)
-    return ckpt / TRAINABLE_FILE, load_tensors(ckpt / TRAINABLE_FILE)
+    tensors = load_tensors(ckpt / CARRIED_FILE) if (ckpt / CARRIED_FILE).is_file() else {}
+    tensors.update(load_tensors(ckpt / TRAINABLE_FILE))
+    return ckpt, tensors

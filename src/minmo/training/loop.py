@@ -161,21 +161,33 @@ def build_stage_model(cfg: TrainConfig, stage: Stage) -> tuple[nn.Module, Any]:
     return build_model(model_cfg), model_cfg
 
 
-def load_init_weights(model: nn.Module, path: str) -> None:
+def load_init_weights(model: nn.Module, path: str) -> dict[str, torch.Tensor]:
     """Load ``cfg.init`` (a previous stage's checkpoint or run directory, or a
     ``.safetensors`` file) into ``model``; the file may hold any subset of the model's
     tensors. LoRA tensors in it make the model add its adapters first (kept frozen unless
-    the stage trains them)."""
+    the stage trains them).
+
+    Returns:
+        The loaded tensors that differ from what the model was built with: the weights this
+        run *carries* from earlier stages (written to every checkpoint, so that the next
+        stage's ``init`` gets them too).
+    """
     source, tensors = ckpt.init_tensors(path)
     if any("lora_" in k for k in tensors) and hasattr(model, "enable_lora"):
         model.enable_lora()
     targets = model.state_dict(keep_vars=True)
     check_keys({k: v.shape for k, v in targets.items()}, {k: v.shape for k, v in tensors.items()},
                str(source), allow_missing=True)
+    carried = {}
     with torch.no_grad():
         for k, v in tensors.items():
-            targets[k].copy_(v.to(dtype=targets[k].dtype))
-    log.info("init: loaded %d tensors from %s", len(tensors), source)
+            v = v.to(dtype=targets[k].dtype)
+            if not torch.equal(targets[k].detach().cpu(), v):
+                carried[k] = v
+            targets[k].copy_(v)
+    log.info("init: loaded %d tensors from %s (%d differ from the built model)", len(tensors),
+             source, len(carried))
+    return carried
 
 
 def find_resume(cfg: TrainConfig, info: DistInfo) -> Path | None:
@@ -242,8 +254,9 @@ def micro_batches(stream: Iterator[tuple[Any, DataPosition]], count: int, info: 
 def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.Module,
                     optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
                     step: int, position: DataPosition, extra_state: dict[str, Any],
-                    configs: dict[str, Any]) -> Path | None:
-    """Gather everything (collective) and write one checkpoint on rank 0; prune old ones."""
+                    configs: dict[str, Any], carried: dict[str, torch.Tensor]) -> Path | None:
+    """Gather everything (collective) and write one checkpoint on rank 0; prune old ones.
+    ``carried``: frozen tensors this run took from ``init`` (written alongside)."""
     trainable = gather_model_state(model, trainable_only=True)
     full = gather_model_state(model, trainable_only=False) if cfg.save_full_weights else None
     llm = getattr(raw, "llm", None)
@@ -263,6 +276,7 @@ def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.
             optimizers=optim_states,
             schedulers={name: s.state_dict() for name, s in schedulers.items()},
             rng=rng, state={**extra_state, "world_size": info.world_size}, configs=configs,
+            carried=carried or None,
         )
         path = ckpt.write_checkpoint(cfg.output_dir, payload, lora_writer=_lora_writer(raw, info, trainable))
         ckpt.prune_checkpoints(cfg.output_dir, cfg.keep_last)
@@ -367,12 +381,12 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     ckpt.seed_everything(cfg.seed)  # same initial weights on every rank
     if model is None:
         model, model_cfg = build_stage_model(cfg, stage)
-    if cfg.init:
-        load_init_weights(model, cfg.init)
+    carried = load_init_weights(model, cfg.init) if cfg.init else {}
     try:
-        apply_stage(model, stage)
+        trainable_names = set(apply_stage(model, stage))
     except ValueError as exc:
         raise ConfigError(f"stage '{stage.name}': {exc}") from None
+    carried = {k: v for k, v in carried.items() if k not in trainable_names}
 
     resume_path = find_resume(cfg, info)
     resume = ckpt.read_checkpoint(resume_path) if resume_path else None
@@ -468,7 +482,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
                      "bad_rows": sorted(bad)}
             save_checkpoint(cfg, info, wrapped, raw, optimizers, schedulers, step, position,
-                            extra, configs)
+                            extra, configs, carried)
             _debug_kill(step)
     bar.close()
     skipped = len(_global_bad_rows(source, info, prior_bad))
