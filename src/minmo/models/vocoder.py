@@ -104,8 +104,8 @@ class HiFTVocoder(nn.Module):
     # ------------------------------------------------------------------ core
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Mel ``(B, n_mels, T)`` + excitation ``(B, 1, hop * T)`` -> audio ``(B, hop * T)``."""
-        spec = torch.stft(source.squeeze(1), self.n_fft, self.istft_hop, self.n_fft, window=self.stft_window,
-                          return_complex=True)
+        spec = torch.stft(source.squeeze(1).float(), self.n_fft, self.istft_hop, self.n_fft,
+                          window=self.stft_window.float(), return_complex=True)  # fp32 even under autocast
         s_stft = torch.cat([spec.real, spec.imag], dim=1)
         x = self.conv_pre(mel)
         for i, up in enumerate(self.ups):
@@ -114,13 +114,12 @@ class HiFTVocoder(nn.Module):
                 x = F.pad(x, (1, 0), mode="reflect")
             x = x + self.source_resblocks[i](self.source_downs[i](s_stft))
             x = sum(self.resblocks[i * self.num_kernels + j](x) for j in range(self.num_kernels)) / self.num_kernels
-        x = self.conv_post(F.leaky_relu(x))
+        x = self.conv_post(F.leaky_relu(x)).float()
         half = self.n_fft // 2 + 1
         magnitude = torch.exp(x[:, :half]).clamp(max=1e2)
         phase = torch.sin(x[:, half:])
-        spec = torch.polar(magnitude, phase) if magnitude.dtype != torch.float16 else torch.complex(
-            magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        audio = torch.istft(spec, self.n_fft, self.istft_hop, self.n_fft, window=self.stft_window)
+        spec = torch.polar(magnitude, phase)
+        audio = torch.istft(spec, self.n_fft, self.istft_hop, self.n_fft, window=self.stft_window.float())
         return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
