@@ -267,6 +267,8 @@ class ResponseJob:
     emitted: str = ""
     unvocoded: list[int] = field(default_factory=list)
     vocoder_flushed: bool = False
+    vocoder_inflight: int = 0
+    ready_audio: list[np.ndarray] = field(default_factory=list)
     finished: bool = False
     status: str = "in_progress"
     session: VoiceSession | None = None
@@ -350,16 +352,25 @@ def _text_delta(rt: MinMoRuntime, job: ResponseJob) -> str:
 
 
 @torch.inference_mode()
-def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3
-              ) -> list[list[JobEvent]]:
+def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
+              pool: Any = None) -> list[list[JobEvent]]:
     """Advance every unfinished job by one text token, ``voice_steps`` speech tokens and any
     due token2wav chunk (tokens go to the decoder in multiples of its ``feed_tokens``; the
     decoder is flushed when the speech ends).
+
+    Args:
+        pool: a :class:`~minmo.inference.vocoder_pool.VocoderPool` to run the decoder on a
+            worker thread (audio then comes out on a later call); None: inline.
 
     Returns:
         per job, its events of this step (a finished job's last one is :class:`JobDone`).
     """
     events: list[list[JobEvent]] = [[] for _ in jobs]
+    if pool is not None:
+        for job, wave in pool.collect():
+            job.vocoder_inflight -= 1
+            if not job.finished and len(wave):
+                job.ready_audio.append(wave)
     live = [i for i, j in enumerate(jobs) if not j.finished and not j.text.done]
     if live:
         outs = text_step(rt, [jobs[i].text for i in live])
@@ -395,18 +406,24 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3
             n = len(job.unvocoded) if last else (len(job.unvocoded) // feed) * feed
             toks = torch.tensor(job.unvocoded[:n], dtype=torch.long)
             del job.unvocoded[:n]
-            wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state, last=last)
             job.vocoder_flushed = last
             if len(job.voice.tokens) >= 15:
                 job._mark("first_speech_chunk")
-            if len(wave):
-                job._mark("first_audio")
-                events[i].append(AudioChunk(np.asarray(wave, dtype=np.float32),
-                                            rt.sample_rate_out))
+            if pool is not None:
+                pool.submit(job, toks, last)
+            else:
+                wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state, last=last)
+                if len(wave):
+                    job.ready_audio.append(np.asarray(wave, dtype=np.float32))
+    for i, job in enumerate(jobs):
+        if not job.finished and job.ready_audio:
+            job._mark("first_audio")
+            events[i].extend(AudioChunk(w, rt.sample_rate_out) for w in job.ready_audio)
+            job.ready_audio.clear()
     for i, job in enumerate(jobs):
         if job.finished or not job.text.done:
             continue
-        if job.voice is not None and not job.vocoder_flushed:
+        if job.voice is not None and (not job.vocoder_flushed or job.vocoder_inflight):
             continue
         tail = rt.decode(job.text.ids)
         if tail != job.emitted and tail.startswith(job.emitted):

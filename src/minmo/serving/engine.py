@@ -31,6 +31,7 @@ import torch
 from minmo.inference import pipeline as P
 from minmo.inference.listen import ListenConfig, listen_step
 from minmo.inference.runtime import MinMoRuntime
+from minmo.inference.vocoder_pool import VocoderPool
 from minmo.serving.metrics import Metrics
 from minmo.serving.session import DecisionHook, RealtimeSession, SessionLimits
 from minmo.serving.vad import SileroVAD, split_state, stack_states
@@ -46,12 +47,15 @@ class EngineConfig:
         threads: torch intra-op threads for the engine (None: leave as is).
         idle_wait_s: how long the loop sleeps when no session has work (wake-ups are
             immediate on new commands).
+        vocoder_thread: run token2wav on a worker thread, overlapping the LLM and voice-LM
+            steps of the next ticks (:class:`~minmo.inference.vocoder_pool.VocoderPool`).
     """
 
     max_sessions: int = 16
     max_outbound_events: int = 400
     threads: int | None = None
     idle_wait_s: float = 0.05
+    vocoder_thread: bool = True
 
 
 class SessionLimitReached(RuntimeError):
@@ -84,6 +88,10 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.decision_hook = decision_hook
         self.vad = SileroVAD.from_package()
+        self.vocoder_pool = VocoderPool(rt.vocoder, self.cfg.threads) \
+            if self.cfg.vocoder_thread else None
+        if self.vocoder_pool is not None:
+            self.vocoder_pool.on_done = lambda: self._wake.set()
         self.sessions: dict[str, RealtimeSession] = {}
         self._commands: deque[tuple[str, str, Any]] = deque()
         self._lock = threading.Lock()
@@ -109,6 +117,8 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self.vocoder_pool is not None:
+            self.vocoder_pool.close()
 
     def reserve(self) -> None:
         """Claim a session slot (raises :class:`SessionLimitReached` when full)."""
@@ -169,7 +179,15 @@ class Engine:
         if self._commands:
             return True
         return any(s.pending_samples >= 512 or (s.live_jobs() and s.outbound <
-                   self.cfg.max_outbound_events) for s in self.sessions.values())
+                   self.cfg.max_outbound_events and self._can_advance(s))
+                   for s in self.sessions.values())
+
+    def _can_advance(self, s: RealtimeSession) -> bool:
+        """False when the session's jobs only wait for the vocoder thread's results."""
+        if self.vocoder_pool is None or self.vocoder_pool.pending():
+            return True
+        return any(not j.text.done or (j.voice is not None and not j.voice.finished)
+                   or not j.vocoder_flushed or j.ready_audio for j in s.live_jobs())
 
     @torch.inference_mode()
     def tick(self) -> None:
@@ -255,7 +273,7 @@ class Engine:
                 owners.append(s)
         if not jobs:
             return
-        events = P.step_jobs(self.rt, jobs, self.gen.voice_steps)
+        events = P.step_jobs(self.rt, jobs, self.gen.voice_steps, self.vocoder_pool)
         for s, job, evs in zip(owners, jobs, events):
             if evs:
                 self._guard(s, s.on_job_events, job, evs)
