@@ -236,3 +236,40 @@ def test_reply_through_streaming_token2wav():
     assert len(chunks) >= 2  # streamed: audio arrives in several chunks
     assert sum(c.size for c in chunks) == 40 * 960  # 2 mel frames x 480 samples per token
     assert all(np.isfinite(c).all() for c in chunks)
+
+
+def test_vocoder_pool_gives_the_same_audio_as_inline(rt):
+    from minmo.inference.vocoder_pool import VocoderPool
+
+    def run(pool):
+        sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
+            max_text_tokens=8, max_speech_tokens=40, voice_greedy=True)))
+        P.add_user_speech(rt, sess, rt.encode_speech(_wave()))
+        job = P.start_reply(rt, sess)
+        audio, done = [], None
+        for _ in range(10_000):
+            for ev in P.step_jobs(rt, [job], pool=pool)[0]:
+                if isinstance(ev, P.AudioChunk):
+                    audio.append(ev.samples)
+                elif isinstance(ev, P.JobDone):
+                    done = ev
+            if job.finished:
+                break
+            if pool is not None and job.vocoder_inflight and not pool.pending():
+                assert ready.wait(30)  # the worker's next result (an event, not a timer)
+                ready.clear()
+        return np.concatenate(audio), done
+
+    import threading
+
+    ready = threading.Event()
+    inline, d1 = run(None)
+    pool = VocoderPool(rt.vocoder)
+    pool.on_done = ready.set
+    try:
+        pooled, d2 = run(pool)
+    finally:
+        pool.close()
+    assert d1.status == d2.status and d1.text == d2.text
+    np.testing.assert_array_equal(pooled, inline)
+    assert inline.size == 40 * 960
