@@ -44,6 +44,7 @@ class LevelResult:
     turns: list[TurnResult] = field(default_factory=list)
     slack_s: float = 0.1
     max_p95_s: float = 1.5
+    cpu_cores: float = float("nan")  # server CPU seconds per wall second during the level
 
     @property
     def latencies(self) -> list[float]:
@@ -140,6 +141,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _server_cpu(base: str) -> float:
+    """CPU seconds the server process has used (from its /metrics)."""
+    import httpx
+
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("minmo_process_cpu_seconds_total"):
+            return float(line.split()[1])
+    return float("nan")
+
+
 def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1, 2, 4, 8),
                         rounds: int = 2, max_text_tokens: int = 24, max_speech_tokens: int = 150,
                         threads: int = 1, vocoder: str = "auto", timeout: float = 90.0,
@@ -183,7 +194,9 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
         asyncio.run(_level(url, 1, wave, speech_end, 1, timeout))  # warm-up
         results = []
         for n in levels:
+            cpu0, t0 = _server_cpu(base), time.perf_counter()
             res = asyncio.run(_level(url, n, wave, speech_end, rounds, timeout))
+            res.cpu_cores = (_server_cpu(base) - cpu0) / (time.perf_counter() - t0)
             results.append(res)
             if progress:
                 print(f"  {n:3d} sessions: p50 {res.pct(50) * 1000:6.0f} ms  p95 "
@@ -208,13 +221,13 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
 def markdown_table(results: list[LevelResult]) -> str:
     """Results as a markdown table."""
     lines = ["| concurrent sessions | turns | end of speech → first audio p50 | p95 | "
-             "worst playback underrun | real time |",
-             "|---:|---:|---:|---:|---:|:---:|"]
+             "worst playback underrun | real time | server CPU (cores busy) |",
+             "|---:|---:|---:|---:|---:|:---:|---:|"]
     for r in results:
         worst = max((t.underrun_s for t in r.turns), default=float("nan"))
         lines.append(f"| {r.sessions} | {len(r.turns)} | {r.pct(50) * 1000:.0f} ms | "
                      f"{r.pct(95) * 1000:.0f} ms | {worst * 1000:.0f} ms | "
-                     f"{'yes' if r.real_time else 'no'} |")
+                     f"{'yes' if r.real_time else 'no'} | {r.cpu_cores:.2f} |")
     return "\n".join(lines)
 
 
@@ -236,24 +249,36 @@ def summary(results: list[LevelResult]) -> str:
     best = max(held) if held else 0
     first = results[0] if results else None
     median = statistics.median(first.latencies) if first and first.latencies else float("nan")
-    return (f"single session: end of speech -> first audio p50 {median * 1000:.0f} ms; "
+    text = (f"single session: end of speech -> first audio p50 {median * 1000:.0f} ms; "
             f"real time held up to {best} concurrent sessions (of those tried)")
+    if first is not None and first.cpu_cores == first.cpu_cores and first.cpu_cores > 0:
+        per = first.cpu_cores / first.sessions
+        text += (f"; one session kept the server {per:.2f} cores busy on average over its "
+                 f"turns, i.e. about {1 / per:.0f} such sessions per free core (CPU-time "
+                 "estimate, independent of other load)")
+    return text
+
+
+_CPU: dict[str, float] = {}
 
 
 def _timeit(fn, repeats: int) -> float:
+    """Mean wall seconds per call; the mean CPU seconds of this thread go to ``_CPU["last"]``
+    (CPU time does not grow when other processes share the cores)."""
     fn()  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     for _ in range(repeats):
         fn()
+    _CPU["last"] = (time.thread_time() - cpu) / repeats
     return (time.perf_counter() - start) / repeats
 
 
 def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", threads: int = 1,
-                          repeats: int = 20) -> tuple[list[tuple[str, str, float, str]], dict]:
+                          repeats: int = 20) -> tuple[list[tuple[str, str, float, float, str]], dict]:
     """Per-module latency of the serving path (one session unless noted).
 
     Returns:
-        rows ``(module, work, ms, note)`` and facts.
+        rows ``(module, work, wall ms, cpu ms, note)`` and facts.
     """
     import torch
 
@@ -266,13 +291,16 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
 
     torch.set_num_threads(threads)
     rt = load_runtime(model, vocoder=vocoder)
-    rows: list[tuple[str, str, float, str]] = []
+    rows: list[tuple[str, str, float, float, str]] = []
+
+    def add(module: str, work: str, ms: float, note: str = "") -> None:
+        rows.append((module, work, ms, 1000 * _CPU.get("last", float("nan")), note))
     rng = np.random.default_rng(0)
     wave3 = (rng.standard_normal(48000) * 0.1).astype(np.float32)
     frame = 1920  # 120 ms at 16 kHz
     with torch.inference_mode():
-        rows.append(("encoder + projector", "3 s turn, offline", 1000 * _timeit(
-            lambda: rt.encode_speech(wave3), repeats), "per committed turn"))
+        add("encoder + projector", "3 s turn, offline", 1000 * _timeit(
+            lambda: rt.encode_speech(wave3), repeats), "per committed turn")
         cfg = ListenConfig()
         st = new_listen_state(rt, cfg)
         listen_step(rt, [st], [wave3[:frame * 4]], [lambda t: False], ["s"], cfg)
@@ -283,18 +311,18 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
             listen_step(rt, [st], [wave3[k * frame:(k + 1) * frame]], [lambda t: False], ["s"], cfg)
 
         ms = 1000 * _timeit(one_frame, repeats)
-        rows.append(("listening stream", "120 ms of audio -> duplex decision", ms,
-                     f"real-time factor {ms / 120:.3f}"))
+        add("listening stream", "120 ms of audio -> duplex decision", ms,
+            f"CPU real-time factor {_CPU['last'] * 1000 / 120:.3f}")
         sts = [new_listen_state(rt, cfg) for _ in range(8)]
         listen_step(rt, sts, [wave3[:frame * 4]] * 8, [lambda t: False] * 8, ["s"] * 8, cfg)
         ms8 = 1000 * _timeit(lambda: listen_step(rt, sts, [wave3[:frame]] * 8,
                                                  [lambda t: False] * 8, ["s"] * 8, cfg), repeats)
-        rows.append(("listening stream", "8 sessions x 120 ms, batched", ms8,
-                     f"{ms8 / 8:.2f} ms per session"))
+        add("listening stream", "8 sessions x 120 ms, batched", ms8,
+            f"{_CPU['last'] * 1000 / 8:.2f} CPU ms per session")
         h = rt.model.llm.hidden_size
         x = torch.randn(200, h)
-        rows.append(("LLM", "prefill 200 positions", 1000 * _timeit(
-            lambda: batched_forward(rt.llm_body, [KVStream()], [x]), repeats), ""))
+        add("LLM", "prefill 200 positions", 1000 * _timeit(
+            lambda: batched_forward(rt.llm_body, [KVStream()], [x]), repeats))
         for b in (1, 8):
             kvs = [KVStream() for _ in range(b)]
             batched_forward(rt.llm_body, kvs, [x] * b)
@@ -305,8 +333,8 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
                     kv.cache.crop(-1)
                     kv.length = 200
 
-            rows.append(("LLM", f"decode step, {b} session(s) batched", 1000 * _timeit(
-                decode, repeats), "one text token each"))
+            add("LLM", f"decode step, {b} session(s) batched", 1000 * _timeit(
+                decode, repeats), "one text token each")
         sem = torch.randn(400, rt.model.voice_lm.hidden_size)
         for b in (1, 8):
             streams = [VoiceStream(max_tokens=10 ** 6) for _ in range(b)]
@@ -316,15 +344,15 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
             def vstep(streams=streams):
                 voice_step(rt, streams)
 
-            rows.append(("voice LM", f"speech-token step, {b} session(s) batched", 1000 * _timeit(
-                vstep, repeats * 3), "25 tokens = 1 s of speech"))
+            add("voice LM", f"speech-token step, {b} session(s) batched", 1000 * _timeit(
+                vstep, repeats * 3), "25 tokens = 1 s of speech")
         hid = torch.randn(1, 1, h)
         dstate = rt.model.duplex.init_state(1)
 
         def dstep():
             rt.model.duplex.step(hid, torch.zeros(1, 1, dtype=torch.long), dstate)
 
-        rows.append(("duplex predictor", "one LLM frame", 1000 * _timeit(dstep, repeats), ""))
+        add("duplex predictor", "one LLM frame", 1000 * _timeit(dstep, repeats))
         vocoder_state = rt.vocoder.init_state()
         toks = torch.randint(0, 6561, (15,))
         holder = {"s": vocoder_state}
@@ -333,26 +361,28 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
             _, holder["s"] = rt.vocoder.step(toks, holder["s"])
 
         ms = 1000 * _timeit(vocode, max(3, repeats // 4))
-        rows.append((f"speech decoder ({rt.vocoder.name})", "15 tokens (0.6 s of audio)", ms,
-                     f"real-time factor {ms / 600:.3f}"))
+        add(f"speech decoder ({rt.vocoder.name})", "15 tokens (0.6 s of audio)", ms,
+            f"CPU real-time factor {_CPU['last'] * 1000 / 600:.3f}")
         vad = SileroVAD.from_package()
         for b in (1, 8):
             state = stack_states([vad.init_state(1)] * b)
             win = torch.zeros(b, 512)
-            rows.append(("silero VAD", f"32 ms window, {b} session(s) batched", 1000 * _timeit(
-                lambda: vad.step(win, state), repeats), ""))
+            add("silero VAD", f"32 ms window, {b} session(s) batched", 1000 * _timeit(
+                lambda: vad.step(win, state), repeats))
         sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
             max_text_tokens=20, max_speech_tokens=60)))
         r = P.reply(rt, wave3, sess, with_transcript=False)
+        _CPU["last"] = float("nan")
         for k in ("first_token", "five_tokens", "first_speech_chunk", "first_audio", "total"):
             if k in r.timings:
-                rows.append(("reply (one turn)", f"commit -> {k.replace('_', ' ')}",
-                             1000 * r.timings[k], "20 text / 60 speech tokens"))
+                add("reply (one turn)", f"commit -> {k.replace('_', ' ')}",
+                    1000 * r.timings[k], "20 text / 60 speech tokens")
     facts = {"model": rt.info.to_dict(), "threads": threads}
     return rows, facts
 
 
-def modules_table(rows: list[tuple[str, str, float, str]]) -> str:
-    lines = ["| module | work | ms | note |", "|---|---|---:|---|"]
-    lines += [f"| {m} | {w} | {ms:.2f} | {n} |" for m, w, ms, n in rows]
+def modules_table(rows: list[tuple[str, str, float, float, str]]) -> str:
+    lines = ["| module | work | wall ms | CPU ms | note |", "|---|---|---:|---:|---|"]
+    lines += [f"| {m} | {w} | {ms:.2f} | {'' if cpu != cpu else f'{cpu:.2f}'} | {n} |"
+              for m, w, ms, cpu, n in rows]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ latency histograms (thread-safe; the engine thread observes, ``/metrics`` render
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5, 5.0, 10.0)
@@ -61,7 +62,10 @@ class Metrics:
         """Prometheus exposition text."""
         with self._lock:
             lines = ["# HELP minmo_sessions Active realtime sessions.",
-                     "# TYPE minmo_sessions gauge", f"minmo_sessions {self.sessions}"]
+                     "# TYPE minmo_sessions gauge", f"minmo_sessions {self.sessions}",
+                     "# HELP minmo_process_cpu_seconds_total CPU time of the server process.",
+                     "# TYPE minmo_process_cpu_seconds_total counter",
+                     f"minmo_process_cpu_seconds_total {time.process_time():.3f}"]
             for name, value in sorted(self.counters.items()):
                 lines += [f"# TYPE minmo_{name}_total counter", f"minmo_{name}_total {value}"]
             lines += ["# HELP minmo_stage_seconds Latency of each serving stage.",

@@ -16,7 +16,8 @@ gets an ``error`` event with code ``session_limit_reached`` and close code 1013)
 ``max_message_bytes`` get an ``error`` event (frames over 4x that are cut by the WebSocket
 layer with close code 1009); ``idle_timeout_s`` without client frames closes the session;
 input audio backlog is bounded (the server stops reading until the engine catches up) and
-so is the outgoing queue (generation pauses for a client that does not read).
+so is the outgoing queue (generation pauses for a client that does not read; a client that
+keeps sending while ``max_queued_events`` wait unread is disconnected with close code 1008).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ServerConfig:
     max_message_bytes: int = 2 * 1024 * 1024
     idle_timeout_s: float = 300.0
     max_backlog_seconds: float = 5.0
+    max_queued_events: int = 2000
 
 
 def _offered_key(ws: WebSocket) -> str | None:
@@ -170,6 +172,13 @@ async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) ->
                 await ws.close(code=1000, reason="idle timeout")
                 return
             if msg["type"] == "websocket.disconnect":
+                return
+            if out.qsize() > cfg.max_queued_events:  # the client sends but does not read
+                out.put_nowait((R.error_event(R.ProtocolError(
+                    f"over {cfg.max_queued_events} events wait for the client to read them: "
+                    "session closed", "client_not_reading")), False))
+                out.put_nowait(None)
+                await ws.close(code=1008, reason="client not reading")
                 return
             data = msg.get("text")
             if data is None:
