@@ -6,6 +6,10 @@ sampler gives rank ``r`` batches ``r, r+R, ...``); one process with ``grad_accum
 the same two per step. Both average the two micro-batch losses, so the curves and the
 parameters agree up to float summation order. The stage is ``s2t_sft`` so the FSDP path also
 writes the LoRA adapters from gathered shards.
+
+Validation runs on 3 batches at steps 2 and 4: rank 0 takes batches 0 and 2, rank 1 batch 1
+and then repeats it with weight 0 (FSDP needs every rank in each forward pass); the reduced
+``valid_loss`` equals the one process's.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_toy_corpus(tmp_path_factory.mktemp("dist"), num_examples=6)
+    root = tmp_path_factory.mktemp("dist")
+    valid = write_toy_corpus(root / "valid", num_examples=3, seed=1)
+    return {**write_toy_corpus(root / "train", num_examples=6), "valid": valid["asr"]}
 
 
-def _overrides(manifest, out, accum):
-    return ["init=null", f"data.train=[{manifest}]", "data.batch_size=1", "data.num_workers=0",
+def _overrides(corpus, out, accum):
+    return ["init=null", f"data.train=[{corpus['asr']}]", "data.batch_size=1",
+            "data.num_workers=0", f"data.valid=[{corpus['valid']}]", "valid_every=2",
             f"optim.max_steps={STEPS}", "optim.warmup_steps=1", "optim.lr=0.01",
             f"optim.grad_accum={accum}", f"save_every={STEPS}", "log_every=1",
             "progress=false", f"output_dir={out}"]
@@ -44,6 +51,11 @@ def _curve(out):
     return [json.loads(x)["loss"] for x in (out / METRICS_FILE).read_text().splitlines()]
 
 
+def _valid(out):
+    lines = [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines()]
+    return {x["step"]: (x["valid_loss"], x["valid_batches"]) for x in lines if "valid_loss" in x}
+
+
 def test_torchrun_two_processes_match_one(corpus, tmp_path):
     config = "configs/train/s2t_sft.yaml"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -51,7 +63,7 @@ def test_torchrun_two_processes_match_one(corpus, tmp_path):
     two = tmp_path / "two"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "minmo.cli.train", config, *_overrides(corpus["asr"], two, 1)],
+         "-m", "minmo.cli.train", config, *_overrides(corpus, two, 1)],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"done: steps={STEPS}" in proc.stdout
@@ -62,7 +74,7 @@ def test_torchrun_two_processes_match_one(corpus, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = train(load_train_config(config, _overrides(corpus["asr"], one, 2)))
+        result = train(load_train_config(config, _overrides(corpus, one, 2)))
     finally:
         torch.set_num_threads(threads)
 
@@ -71,6 +83,11 @@ def test_torchrun_two_processes_match_one(corpus, tmp_path):
     assert curve_two == pytest.approx(curve_one, rel=1e-5)
     assert result.losses == pytest.approx(curve_one, rel=1e-6)
     assert curve_one[-1] < curve_one[0]  # it trained
+    valid_two, valid_one = _valid(two), _valid(one)
+    assert list(valid_one) == [2, 4] and [b for _l, b in valid_one.values()] == [3, 3]
+    assert {k: b for k, (_l, b) in valid_two.items()} == {2: 3, 4: 3}
+    assert [v[0] for v in valid_two.values()] == pytest.approx(
+        [v[0] for v in valid_one.values()], rel=1e-5)
 
     a = load_tensors(ckpt.checkpoint_dir(two, STEPS) / ckpt.TRAINABLE_FILE)
     b = load_tensors(ckpt.checkpoint_dir(one, STEPS) / ckpt.TRAINABLE_FILE)

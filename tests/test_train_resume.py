@@ -1,6 +1,7 @@
 """Acceptance 5: 20 steps straight == 10 steps, process SIGKILLed, resumed for 10 (as
 subprocesses through the CLI), with dropout on so that RNG restoration matters, a DataLoader
-worker, gradient accumulation and LoRA adapters."""
+worker, gradient accumulation, LoRA adapters and a validation pass every 5 steps (which must
+not move the training RNG)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def setup(tmp_path_factory):
     save_yaml(model_cfg, root / "tiny_dropout.yaml")
     common = ["configs/train/s2t_sft.yaml", f"model={root / 'tiny_dropout.yaml'}", "init=null",
               f"data.train=[{corpus['asr']}]", "data.batch_size=2", "data.num_workers=1",
+              f"data.valid=[{corpus['asr']}]", "valid_every=5", "valid_max_batches=2",
               "optim.max_steps=20", "optim.warmup_steps=3", "optim.grad_accum=2",
               "optim.lr=0.003", "save_every=10", "log_every=1", "progress=false"]
     return root, common
@@ -66,17 +68,20 @@ def test_kill_and_resume_equals_straight_run(setup):
     a, b = (load_tensors(d / ckpt.TRAINABLE_FILE) for d in (final_a, final_b))
     assert a.keys() == b.keys() and any("lora_" in k for k in a)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= 1e-6, f"parameters differ by {worst}"
+    assert worst == 0.0, f"parameters differ by {worst}"  # bit-exact, validation included
     # the first step moved the parameters away from their start: the comparison is not vacuous
     start = load_tensors(ckpt.checkpoint_dir(root / "b", 10) / ckpt.TRAINABLE_FILE)
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4
 
-    curves = []
+    curves, valid = [], []
     for run in ("a", "b"):
         lines = [json.loads(x) for x in (root / run / METRICS_FILE).read_text().splitlines()]
         assert [x["step"] for x in lines] == list(range(1, 21))
         curves.append([x["loss"] for x in lines])
+        valid.append({x["step"]: x["valid_loss"] for x in lines if "valid_loss" in x})
     assert curves[0] == pytest.approx(curves[1], abs=1e-6)
+    assert list(valid[0]) == [5, 10, 15, 20] and valid[0] == pytest.approx(valid[1], abs=1e-6)
+    assert "valid_loss=" in straight.stdout and "valid_loss=" in resumed.stdout
 
     # LoRA adapters are saved on their own, in peft layout, equal to the trained tensors
     lora_a = load_tensors(final_a / ckpt.LORA_DIR / "adapter_model.safetensors")

@@ -6,7 +6,9 @@ matrix; resume from the latest checkpoint in ``output_dir`` (or ``cfg.resume``);
 model (FSDP2/DDP); build AdamW + warmup-cosine over the trainable parameters; then run
 optimizer steps until ``optim.max_steps``, each over ``optim.grad_accum`` micro-batches, with
 bf16 autocast on CUDA, gradient clipping, a JSONL metrics line every ``log_every`` steps and
-an atomic checkpoint every ``save_every`` steps and at the end.
+an atomic checkpoint every ``save_every`` steps and at the end. With ``data.valid``
+manifests, a validation pass (``training/validation.py``) runs every ``valid_every`` steps
+and after the last step; its ``valid_*`` values join that step's metrics line.
 
 Resuming restores model, optimizer, scheduler, every RNG and the data position, so a run
 killed after a checkpoint and resumed ends with the same parameters as an uninterrupted one.
@@ -49,6 +51,7 @@ from minmo.training.distributed import (
 from minmo.training.errors import TrainingError
 from minmo.training.optim import build_adamw, build_scheduler
 from minmo.training.stages import Stage, StepContext, StepOutput, apply_stage, get_stage, null_context
+from minmo.training.validation import build_valid_set, check_valid_config, evaluate, should_validate
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class TrainResult:
         output_dir: run directory.
         resumed_from: checkpoint resumed from, if any.
         losses: loss of every step run by this call, in order.
+        valid: the last validation pass of this call (``valid_loss``, ``valid_<metric>``,
+            ...); empty without ``data.valid``.
     """
 
     steps: int
@@ -79,10 +84,12 @@ class TrainResult:
     output_dir: Path
     resumed_from: Path | None = None
     losses: list[float] = field(default_factory=list)
+    valid: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for the console."""
-        return (f"done: steps={self.steps} final_loss={self.final_loss:.4f} "
+        valid = f"valid_loss={self.valid['valid_loss']:.4f} " if "valid_loss" in self.valid else ""
+        return (f"done: steps={self.steps} final_loss={self.final_loss:.4f} {valid}"
                 f"skipped_rows={self.skipped_rows} time={self.seconds:.1f}s "
                 f"output={self.output_dir}")
 
@@ -374,6 +381,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         from minmo.training.manifest_data import check_manifests
 
         check_manifests(cfg)
+    check_valid_config(cfg)
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -425,6 +433,9 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
 
     if source is None:
         source = build_data(stage, cfg, raw, info)
+    valid_set = build_valid_set(cfg, stage, raw, info)
+    valid: dict[str, float] = {}
+    valid_reported: set[str] = set()
     configs: dict[str, Any] = {"config.yaml": cfg}
     if model_cfg is not None:
         configs["model.yaml"] = model_cfg
@@ -464,16 +475,22 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         final_loss = loss
         losses.append(loss)
         window_examples += examples
+        validate = valid_set is not None and should_validate(cfg, step)
+        if validate:
+            valid = evaluate(raw, stage, valid_set, info, autocast, micro[0][0], to_device,
+                             valid_reported)
+            window_t += valid["valid_seconds"]  # examples_per_s counts training time only
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps:
+        bar.set_postfix(loss=f"{loss:.4f}", **({"valid_loss": f"{valid['valid_loss']:.4f}"}
+                                               if valid else {}))
+        if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps or validate:
             skipped = len(_global_bad_rows(source, info, prior_bad))
             now = time.perf_counter()
             record = {"step": step, "loss": loss, "lr": lr,
                       **out.grad_norms, **metric_means,
                       "examples_per_s": window_examples / max(now - window_t, 1e-9),
                       "skipped_rows": skipped, "epoch": position.epoch,
-                      "skipped_update": out.skipped_update}
+                      "skipped_update": out.skipped_update, **(valid if validate else {})}
             window_examples, window_t = 0.0, now
             if metrics is not None:
                 metrics.write(record)
@@ -488,7 +505,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     skipped = len(_global_bad_rows(source, info, prior_bad))
     result = TrainResult(steps=step, final_loss=final_loss, skipped_rows=skipped,
                          seconds=time.perf_counter() - t0, output_dir=out_dir,
-                         resumed_from=resume.path if resume else None, losses=losses)
+                         resumed_from=resume.path if resume else None, losses=losses,
+                         valid=valid)
     return result
 
 
