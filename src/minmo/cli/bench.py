@@ -46,8 +46,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--repeats", type=int, default=20)
     m.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE")
     m.set_defaults(func=run_modules)
-    t = bsub.add_parser("token2wav", help="streaming token2wav benchmark (speech generation)")
-    t.add_argument("args", nargs=argparse.REMAINDER, help="passed to bench_token2wav")
+    t = bsub.add_parser("token2wav", help="streaming token2wav benchmark (speech generation)",
+                        description="Runs benchmarks/bench_token2wav.py (the speech-generation "
+                        "benchmark) with these options.")
+    t.add_argument("--model", default="tiny")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--tokens", type=int, default=150)
+    t.add_argument("--chunk", type=int, default=15)
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal"])
+    t.add_argument("--repeats", type=int, default=3)
     t.set_defaults(func=run_token2wav)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
     return p
@@ -172,13 +182,12 @@ def run_token2wav(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location("bench_token2wav", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
+    argv = [f"--{k}={getattr(args, k)}" for k in ("model", "device", "dtype", "threads",
+                                                   "tokens", "chunk", "steps", "mask", "repeats")]
     for name in ("run", "main"):
         fn = getattr(module, name, None)
         if callable(fn):
-            try:
-                out = fn(args.args) if name == "run" else fn()
-            except TypeError:
-                out = fn()
-            return int(out or 0)
+            out = fn(argv)
+            return out if isinstance(out, int) else 0
     print(f"minmo bench token2wav: {script} has no run()/main() to call", file=sys.stderr)
     return 1

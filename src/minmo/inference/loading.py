@@ -4,6 +4,8 @@
   ``minmo/assets/models/minmo-small/`` once trained; until then the ``tiny`` config is built
   on **random weights** and every command says so.
 * a preset name (``tiny``, ``minmo-7b``, ...): that config, random weights (same warning).
+* an overlay package (``overlay.json``, see :mod:`minmo.checkpoints.overlay`): only the
+  trained tensors, on base weights rebuilt from local packages (the embedded minmo-small).
 * a directory: a minmo model directory, ``model.yaml`` (the resolved ``ModelConfig``) plus
   ``model.safetensors`` (every tensor, names as ``MinMo.state_dict()``), loaded strictly. A
   training run or checkpoint directory written with ``save_full_weights`` has exactly these
@@ -65,35 +67,34 @@ def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: boo
         return PlaceholderVocoder(), ["speech is rendered by a placeholder (tones, not speech)"]
     if choice not in ("auto", "token2wav"):
         raise ValueError(f"unknown vocoder '{choice}': use auto, token2wav or placeholder")
-    from minmo.checkpoints import load_file_into, load_tensors
-    from minmo.inference.token2wav import Token2Wav
+    import dataclasses
+
+    from minmo.checkpoints import load_tensors
+    from minmo.inference.token2wav import build_token2wav
     from minmo.inference.vocoder import Token2WavDecoder
-    from minmo.models.flow import ChunkFlowMatching
-    from minmo.models.vocoder import HiFTVocoder
 
     cfg = model.cfg
-    flow, vocoder = ChunkFlowMatching(cfg.flow), HiFTVocoder(cfg.vocoder)
+    paths = {}
+    for part, cfg_path in (("flow", cfg.flow.path), ("vocoder", cfg.vocoder.path)):
+        local = directory / f"{part}.safetensors" if directory is not None else None
+        if local is not None and local.is_file():
+            paths[part] = str(local)
+        elif cfg_path:
+            paths[part] = cfg_path
+    t2w_cfg = dataclasses.replace(
+        cfg, flow=dataclasses.replace(cfg.flow, path=paths.get("flow")),
+        vocoder=dataclasses.replace(cfg.vocoder, path=paths.get("vocoder")))
+    device = next(model.parameters()).device
+    t2w = build_token2wav(t2w_cfg, device)  # strict loading (the vocoder may be a GAN file)
     notes: list[str] = []
-    loaded = []
-    for module, part, cfg_path in ((flow, "flow", cfg.flow.path), (vocoder, "vocoder",
-                                                                    cfg.vocoder.path)):
-        path = directory / f"{part}.safetensors" if directory is not None else None
-        if path is None or not path.is_file():
-            path = Path(cfg_path) if cfg_path else None
-        if path is not None and path.is_file():
-            load_file_into(module, path)
-            loaded.append(part)
+    if len(paths) < 2:
+        missing = ", ".join(sorted({"flow", "vocoder"} - set(paths)))
+        notes.append("token2wav has random weights: reply audio is noise" if not trained else
+                     f"token2wav weights missing ({missing}): reply audio is noise")
     speaker = torch.zeros(cfg.flow.spk_embed_dim)
     spk_file = directory / "speaker.safetensors" if directory is not None else None
     if spk_file is not None and spk_file.is_file():
         speaker = load_tensors(spk_file)["embedding"].reshape(-1).float()
-    if len(loaded) < 2:
-        notes.append("token2wav has random weights: reply audio is noise"
-                     if not trained else
-                     f"token2wav weights missing ({', '.join(sorted({'flow', 'vocoder'} - set(loaded)))}): "
-                     "reply audio is noise")
-    device = next(model.parameters()).device
-    t2w = Token2Wav(flow.to(device).eval(), vocoder.to(device).eval())
     return Token2WavDecoder(t2w, speaker.to(device), name="token2wav (flow + HiFT)"), notes
 
 
@@ -106,6 +107,7 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
         ModelLoadError / ConfigError / CheckpointError: with the path and the fix.
     """
     from minmo.checkpoints import load_file_into
+    from minmo.checkpoints.overlay import is_overlay_dir, load_overlay_model
     from minmo.models.builders import build_model
 
     spec = spec or DEFAULT_MODEL
@@ -113,12 +115,19 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
     notes: list[str] = []
     if spec == DEFAULT_MODEL and not path.exists():
         embedded = EMBEDDED_DIR / DEFAULT_MODEL
-        if (embedded / MODEL_FILE).is_file():
+        if (embedded / MODEL_FILE).is_file() or is_overlay_dir(embedded):
             path = embedded
         else:
             spec = "tiny"
             notes.append(f"the embedded '{DEFAULT_MODEL}' is not trained yet; using 'tiny'")
-    if path.is_dir():
+    if path.is_dir() and is_overlay_dir(path):
+        model, meta = load_overlay_model(path, seed=seed)
+        cfg = model.cfg
+        info = ModelInfo(cfg.name, str(path), random_weights=False)
+        if meta.get("untrained_groups"):
+            notes.append("not trained yet: " + ", ".join(meta["untrained_groups"]))
+        model_dir = path
+    elif path.is_dir():
         directory = _model_dir(path)
         cfg = load_model_config(directory / CONFIG_FILE)
         torch.manual_seed(seed)
