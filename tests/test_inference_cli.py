@@ -92,3 +92,13 @@ def test_bench_writes_only_its_section(tmp_path):
     assert "keep me" in text and "me too" in text
     assert text.count("## Serving") == 1 and "| a |" not in text and "| b |" in text
     assert text.index("table two") > text.index("| b |")
+
+
+def test_serve_chat_bench_are_registered(capsys):
+    for argv in (["serve", "--help"], ["chat", "--help"], ["bench", "serve", "--help"],
+                 ["bench", "modules", "--help"], ["bench", "token2wav", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--api-key" in out and "--turn-policy" in out and "--out" in out

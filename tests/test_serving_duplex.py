@@ -309,3 +309,35 @@ def test_internal_error_in_one_session_closes_only_that_session(rt, tmp):
         err, code, done = asyncio.run(main(server.ws_url))
     assert err["error"]["code"] == "session_failed" and code == 1011
     assert done["response"]["status"] in ("completed", "incomplete")
+
+
+def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(rt, tmp):
+    """Random weights: the VAD rule decides. A 150 ms blip during the assistant's speech (an
+    echo or a click) does not interrupt; sustained speech does."""
+    gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
+    first = speech_24k("Tell me about the mountains.", tmp)
+    talk = speech_24k("No no, tell me about rivers instead.", tmp, lead=0.0, tail=1.2)
+    voiced = np.nonzero(np.abs(talk) > 0.05)[0]
+    blip = np.concatenate([talk[voiced[0]:voiced[0] + 3600], np.zeros(24000, np.float32)])
+
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.send_audio(first)
+            created = await c.wait_for("response.created", 30)
+            await c.wait_for("response.output_audio.delta", 30)
+            mark = len(c.events)
+            await c.send_audio(blip)
+            # the blip is processed once the audio after it is: wait for a later delta
+            await c.send_audio(np.zeros(4800, np.float32))
+            await c.wait_for("response.output_audio.delta", 30, since=len(c.events))
+            blip_events = [e["type"] for e in c.events[mark:]]
+            await c.send_audio(talk)
+            done = await c.wait_for(lambda e: e["type"] == "response.done", 60)
+            return created["response"]["id"], blip_events, done
+
+    with serving(rt, gen) as (engine, server):
+        assert not engine.limits.trust_predictor  # random weights: the VAD rule
+        rid, blip_events, done = asyncio.run(main(server.ws_url))
+    assert "input_audio_buffer.speech_started" not in blip_events
+    assert "response.done" not in blip_events
+    assert done["response"]["id"] == rid and done["response"]["status"] == "cancelled"

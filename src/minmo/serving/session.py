@@ -18,8 +18,9 @@ Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
   assistant speaks cancels the reply (``turn_detected``) and opens a user turn; ``CONTINUE``
   and ``LISTEN`` change nothing (a back-channel is heard and ignored).
 * VAD rule (used while the predictor is untrained): ``RESPOND`` once VAD reports
-  ``silence_duration_ms`` of silence after speech; ``STOP`` once user speech during the
-  assistant's speech lasts ``barge_in_ms``.
+  ``silence_duration_ms`` of silence after speech; ``STOP`` once the user's speech during the
+  assistant's speech spans ``barge_in_ms`` (from its onset to its latest speech window, so a
+  short blip followed by silence never interrupts).
 
 Echo: while the assistant is audible (by the playback clock, plus ``echo_tail_ms``), a VAD
 start needs probability ``echo_threshold`` rather than ``threshold``, and only a sustained
@@ -113,6 +114,7 @@ class RealtimeSession:
         self.gate = VADGate()
         self.vad_events: list[tuple[str, int]] = []
         self.vad_speaking = False  # VAD state as of the frame being decided
+        self.vad_last_speech = 0  # end of the last speech window up to that frame
         self.turn_open = False
         self.turn_start = 0
         self.turn_item: str | None = None
@@ -343,6 +345,8 @@ class RealtimeSession:
         change = self.gate.update(prob, window_end)
         if change:
             self.vad_events.append((change, window_end))
+        if self.gate.active and prob >= self.gate.threshold:
+            self.vad_events.append(("speech", window_end))
 
     def on_frame(self, frame: DuplexFrame, hook: DecisionHook | None) -> None:
         """Turn-taking for one LLM frame (see module docstring)."""
@@ -361,15 +365,15 @@ class RealtimeSession:
         if busy and decision == Decision.STOP and td.interrupt_response:
             self._barge_in(end, td)
         elif not busy and decision == Decision.RESPOND and self.turn_open:
-            stop = self.gate.last_speech_sample + min(td.silence_duration_ms, 100) * SR // 1000
+            stop = self.vad_last_speech + min(td.silence_duration_ms, 100) * SR // 1000
             self._commit_turn(min(stop, self.clock), respond=td.create_response)
         elif self.turn_open and end - self.turn_start > self.limits.max_turn_seconds * SR:
             self._commit_turn(end, respond=td.create_response)
 
     def _default_decision(self, info: FrameInfo, busy: bool, frame: DuplexFrame,
                           end: int) -> Decision:
-        heard = self.candidate is not None and end - self.candidate >= \
-            self.limits.barge_in_ms * SR // 1000
+        heard = self.candidate is not None and self.vad_last_speech - self.candidate >= \
+            self.limits.barge_in_ms * SR // 1000  # speech heard, not time elapsed
         if self.limits.trust_predictor:
             if busy:
                 return Decision.STOP if frame.decision == Decision.STOP and self.candidate \
@@ -381,6 +385,9 @@ class RealtimeSession:
         return Decision.RESPOND if self.turn_open and self.turn_stopped else Decision.LISTEN
 
     def _vad_event(self, kind: str, pos: int, td: R.TurnDetection) -> None:
+        if kind == "speech":
+            self.vad_last_speech = pos
+            return
         busy = self.responding or self.speaking(pos)
         self.vad_speaking = kind == "start"
         if kind == "start":
