@@ -178,9 +178,15 @@ class Engine:
     def _has_work(self) -> bool:
         if self._commands:
             return True
-        return any(s.pending_samples >= 512 or (s.live_jobs() and s.outbound <
-                   self.cfg.max_outbound_events and self._can_advance(s))
-                   for s in self.sessions.values())
+        for s in self.sessions.values():
+            if s.closed:
+                continue
+            if s.pending_samples >= 512:
+                return True
+            if s.live_jobs() and s.outbound < self.cfg.max_outbound_events and \
+                    self._can_advance(s):
+                return True
+        return False
 
     def _can_advance(self, s: RealtimeSession) -> bool:
         """False when the session's jobs only wait for the vocoder thread's results."""

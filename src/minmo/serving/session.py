@@ -187,6 +187,7 @@ class RealtimeSession:
             self.job.cancel(self.rt)
         self.closed = True
         self.job, self.transcripts, self.pending, self.history = None, [], [], self.history[:0]
+        self.pending_samples = 0
 
     # ---- client events ---------------------------------------------------------------
 
