@@ -170,3 +170,14 @@ def test_cosyvoice2_shapes_match_public_parameter_count():
                 "decoder.estimator.mid_blocks.11.1.3.attn1.to_q.weight",
                 "decoder.estimator.up_blocks.0.0.block1.block.2.weight", "spk_embed_affine_layer.weight"):
         assert key in names
+
+
+def test_padded_batch_matches_single_examples(flow):
+    torch.manual_seed(6)
+    a, b = torch.randint(0, 6561, (1, 30)), torch.randint(0, 6561, (1, 21))
+    spk = torch.randn(2, 192)
+    batch = torch.cat([a, torch.nn.functional.pad(b, (0, 9), value=-1)])
+    mel = flow.synthesize(batch, spk, token_lens=torch.tensor([30, 21]))
+    torch.testing.assert_close(mel[:1], flow.synthesize(a, spk[:1]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mel[1:, :, :42], flow.synthesize(b, spk[1:]), atol=1e-4, rtol=1e-4)
+    assert mel[1, :, 42:].abs().max() == 0
