@@ -25,6 +25,17 @@ const minmo = (window.minmo = {
 
 let ws = null, ctx = null, mic = null, micNode = null, player = null;
 let speechStoppedAt = null, firstAudioPending = false;
+// capture clock: [samples sent so far, performance.now() when that frame was captured]
+let sentSamples = 0;
+const sentLog = [];
+
+function captureTime(sample) {
+  // wall time at which the mic frame holding `sample` (24 kHz stream position) was captured
+  for (let i = sentLog.length - 1; i >= 0; i--) {
+    if (sentLog[i][0] - FRAME <= sample) return sentLog[i][1];
+  }
+  return sentLog.length ? sentLog[0][1] : performance.now();
+}
 const userTurns = new Map(); // item_id -> element
 const replies = new Map(); // response_id -> {el, text}
 
@@ -106,7 +117,8 @@ function onEvent(ev) {
       break;
     }
     case "input_audio_buffer.speech_stopped":
-      speechStoppedAt = performance.now();
+      // latency is measured from where the VAD put the end of speech, in capture time
+      speechStoppedAt = captureTime(ev.audio_end_ms * (RATE / 1000));
       firstAudioPending = true;
       setState("thinking");
       break;
@@ -195,7 +207,12 @@ async function start() {
       ui.status.textContent = `disconnected (${e.code}${e.reason ? ": " + e.reason : ""})`;
       stop();
     };
-    micNode.port.onmessage = (e) => send({ type: "input_audio_buffer.append", audio: floatToB64(e.data) });
+    micNode.port.onmessage = (e) => {
+      sentSamples += e.data.length;
+      sentLog.push([sentSamples, performance.now()]);
+      if (sentLog.length > 1500) sentLog.shift(); // last 60 s
+      send({ type: "input_audio_buffer.append", audio: floatToB64(e.data) });
+    };
     ui.toggle.textContent = "Stop";
     ui.toggle.classList.add("stop");
   } catch (err) {
@@ -212,6 +229,7 @@ function stop() {
   if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
   if (ctx) { ctx.close(); ctx = null; }
   micNode = null; player = null;
+  sentSamples = 0; sentLog.length = 0;
   ui.toggle.textContent = "Start";
   ui.toggle.classList.remove("stop");
   setState("idle");
