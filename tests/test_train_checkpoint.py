@@ -213,3 +213,55 @@ def test_stage_chain_carries_earlier_stages_weights(tmp_path):
         assert name in handed_on, f"{name} lost along the stage chain"
         assert torch.equal(handed_on[name], value), name
     assert all(k.startswith("duplex.") for k in load_tensors(last / ckpt.TRAINABLE_FILE))
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_lora_writer_goes_through_save_lora(tmp_path, one_thread):
+    """``LLM.save_lora(dir, tensors)`` writes given tensors in its own format; the loop's
+    FSDP writer (gathered tensors, trained or carried from init) gives the same files as the
+    module's own ``save_lora``."""
+    import json
+
+    from minmo.models.builders import minmo_tiny
+    from minmo.training.distributed import DistInfo
+    from minmo.training.loop import _lora_writer
+
+    torch.manual_seed(0)
+    model = minmo_tiny()
+    model.enable_lora()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p))
+    gathered = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    model.llm.save_lora(tmp_path / "own")
+    own = load_tensors(tmp_path / "own" / "adapter_model.safetensors")
+    own_config = json.loads((tmp_path / "own" / "adapter_config.json").read_text())
+
+    fsdp = DistInfo(mode="fsdp")
+    for name, trained, carried in (("trained", gathered, {}), ("carried", {}, gathered)):
+        _lora_writer(model, fsdp, trained, carried)(tmp_path / name)
+        files = load_tensors(tmp_path / name / "adapter_model.safetensors")
+        assert files.keys() == own.keys() and all(torch.equal(files[k], own[k]) for k in own)
+        assert json.loads((tmp_path / name / "adapter_config.json").read_text()) == own_config
+    with pytest.raises(CheckpointError, match="LoRA keys differ.*neither trained"):
+        _lora_writer(model, fsdp, {}, {})(tmp_path / "none")
+
+    doubled = {k: 2 * v for k, v in own.items()}
+    model.llm.save_lora(tmp_path / "given", tensors=doubled)
+    fresh = minmo_tiny()
+    fresh.llm.load_lora(tmp_path / "given")
+    params = dict(fresh.named_parameters())
+    for name, value in gathered.items():
+        torch.testing.assert_close(params[name].detach(), 2 * value, rtol=0, atol=0)
+    short = dict(list(doubled.items())[1:])
+    with pytest.raises(KeyError, match="missing"):
+        model.llm.save_lora(tmp_path / "short", tensors=short)
+    assert not (tmp_path / "short").exists()

@@ -252,13 +252,32 @@ class LLM(nn.Module):
         sd = get_peft_model_state_dict(self.model)
         return {f"base_model.model.{k}": v for k, v in sd.items()}
 
-    def save_lora(self, directory: str | Path) -> None:
-        """Write ``adapter_model.safetensors`` + ``adapter_config.json`` (peft layout)."""
+    def save_lora(self, directory: str | Path,
+                  tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write ``adapter_model.safetensors`` + ``adapter_config.json`` (peft layout).
+
+        Args:
+            directory: created if missing.
+            tensors: the adapter tensors to write, keyed as :meth:`lora_state_dict` (e.g.
+                full tensors gathered from a sharded model); default: this module's own.
+
+        Raises:
+            KeyError: ``tensors`` has other keys than :meth:`lora_state_dict` (names the
+                directory and the first differing keys).
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
+        expected = self.lora_state_dict()
+        if tensors is None:
+            tensors = expected
+        elif set(tensors) != set(expected):
+            missing = sorted(set(expected) - set(tensors))
+            unexpected = sorted(set(tensors) - set(expected))
+            raise KeyError(f"{directory}: LoRA keys differ from peft's: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.lora_state_dict().items()}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, str(directory / "adapter_model.safetensors"))
         c = self.lora_cfg
         config = {

@@ -285,48 +285,40 @@ def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.
             rng=rng, state={**extra_state, "world_size": info.world_size}, configs=configs,
             carried=carried or None,
         )
-        path = ckpt.write_checkpoint(cfg.output_dir, payload, lora_writer=_lora_writer(raw, info, trainable))
+        path = ckpt.write_checkpoint(cfg.output_dir, payload, lora_writer=_lora_writer(raw, info, trainable, carried))
         ckpt.prune_checkpoints(cfg.output_dir, cfg.keep_last)
         log.info("saved checkpoint %s", path)
     barrier(info)
     return path
 
 
-def _lora_writer(raw: nn.Module, info: DistInfo, trainable: dict[str, torch.Tensor]) -> Any:
-    """A function writing the LLM's LoRA adapters in peft layout, or ``None`` without LoRA.
+def _lora_writer(raw: nn.Module, info: DistInfo, trainable: dict[str, torch.Tensor],
+                 carried: dict[str, torch.Tensor]) -> Any:
+    """A function writing the LLM's LoRA adapters in peft layout (``LLM.save_lora``), or
+    ``None`` without LoRA.
 
-    Unsharded models use ``LLM.save_lora``. Under FSDP the module holds only shards, so the
-    adapter is written from the gathered tensors: peft key = ``base_model.model.`` + the name
-    inside the transformers model with the adapter name (``.default``) removed, checked
-    against ``LLM.lora_state_dict()``'s keys; ``adapter_config.json`` as ``save_lora``
-    writes it."""
+    Unsharded models write their own tensors. Under FSDP the module holds only shards, so
+    ``save_lora`` gets the gathered tensors: the trained ones (``trainable``) or, when the
+    stage keeps LoRA frozen, those taken from ``init`` (``carried``); peft key =
+    ``base_model.model.`` + the name inside the transformers model with the adapter name
+    (``.default``) removed (``save_lora`` checks them against ``lora_state_dict()``)."""
     llm = getattr(raw, "llm", None)
     if llm is None or not getattr(llm, "lora_enabled", False):
         return None
     if info.mode != "fsdp":
         return llm.save_lora
     prefix = "llm.model."
+    adapters = {"base_model.model." + name[len(prefix):].replace(".default.", "."): tensor
+                for name, tensor in {**carried, **trainable}.items()
+                if name.startswith(prefix) and "lora_" in name}
 
     def write(directory: Path) -> None:
-        from minmo.checkpoints import save_tensors
-
-        full = {}
-        for name, tensor in trainable.items():
-            if name.startswith(prefix) and "lora_" in name:
-                full["base_model.model." + name[len(prefix):].replace(".default.", ".")] = tensor
-        expected = set(llm.lora_state_dict())
-        if set(full) != expected:
-            raise CheckpointError(f"{directory}: LoRA keys of the gathered state differ from "
-                                  f"peft's: {sorted(set(full) ^ expected)[:5]} (is every LoRA "
-                                  "tensor trainable in this stage?)")
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(full, directory / "adapter_model.safetensors")
-        c = llm.lora_cfg
-        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": c.r, "lora_alpha": c.alpha,
-                  "lora_dropout": c.dropout, "target_modules": list(c.target_modules),
-                  "bias": "none",
-                  "base_model_name_or_path": getattr(llm.model.config, "_name_or_path", "")}
-        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        try:
+            llm.save_lora(directory, tensors=adapters)
+        except KeyError as exc:
+            raise CheckpointError(f"{exc.args[0]} (the gathered state lacks LoRA tensors that "
+                                  "are neither trained in this stage nor taken from init)"
+                                  ) from None
 
     return write
 
