@@ -70,7 +70,7 @@ class MinMoRuntime:
         self.device = next(model.parameters()).device
         self.dtype = next(model.llm.parameters()).dtype
         # decoder bodies (transformers Qwen2Model / LlamaModel) driven with explicit caches
-        self.llm_body = model.llm.model.model
+        self.llm_body = model.llm.body
         self.vlm_body = model.voice_lm.body
         stop = {self.tok.im_end_id}
         eos = getattr(self.tok.hf, "eos_token_id", None)

@@ -190,6 +190,12 @@ class LLM(nn.Module):
         return self.model.config.hidden_size
 
     @property
+    def body(self) -> nn.Module:
+        """The decoder body (``Qwen2Model`` / ``LlamaModel``: embeddings in, post-norm hidden
+        out), for callers that drive it with their own caches and positions."""
+        return self.model.model
+
+    @property
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[0]
 
@@ -219,7 +225,7 @@ class LLM(nn.Module):
         Returns:
             :class:`LLMOutput` with post-norm hidden states ``(B, L, H)``.
         """
-        out = self.model.model(
+        out = self.body(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
