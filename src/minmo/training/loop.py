@@ -401,6 +401,9 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     model.train()
     wrapped = wrap_model(model, info)
     raw = unwrap_model(wrapped)
+    if info.distributed and info.is_main:
+        log.info("distributed: %s over %d processes (%s)", info.mode, info.world_size,
+                 "nccl" if info.device.type == "cuda" else "gloo")
     optimizers, schedulers = build_optimizers(stage, raw, cfg)
     step, position = 0, DataPosition()
     if resume is not None:
