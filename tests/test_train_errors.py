@@ -138,3 +138,39 @@ def test_speech_stage_without_speech_tokens(tmp_path, capsys, corpus):
                                               f"data.train=[{manifest}]",
                                               *_fast(tmp_path / "o")]))
     assert "tts_no_tokens.jsonl" in err and "speech_tokens" in err and "minmo tokenize" in err
+
+
+def test_speech_stage_rows_without_speech_tokens_are_skipped_and_counted(tmp_path, capsys,
+                                                                         caplog, corpus):
+    from minmo.config import load_train_config
+    from minmo.models.builders import minmo_tiny
+    from minmo.training.data_source import DataPosition
+    from minmo.training.manifest_data import build_manifest_source
+
+    base = corpus["tts"].parent
+    rows = [json.loads(x) for x in corpus["tts"].read_text().splitlines()]
+    no_tokens = {k: v for k, v in rows[0].items() if k != "speech_tokens"}
+    no_tokens.update(id="untokenized", target_audio=str(base / "wavs" / "u0.wav"))
+    manifest = tmp_path / "some_tokens.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], no_tokens, *rows[1:]]))
+    caplog.set_level(logging.WARNING)
+    args = ["configs/train/t2s_full.yaml", f"data.train=[{manifest}]", "log_every=1",
+            *_fast(tmp_path / "o")]
+    assert train_main(args) == 0
+    assert "done: steps=2" in capsys.readouterr().out.splitlines()[-1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    named = [w for w in warnings if "untokenized" in w]
+    assert len(named) == 1 and "some_tokens.jsonl:2" in named[0], warnings
+    assert "minmo tokenize" in named[0] and len(named[0].splitlines()) == 1
+    metrics = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_rows"] for m in metrics] == [1, 1]
+
+    # the row never reaches a batch: one epoch holds exactly the tokenized rows
+    source = build_manifest_source(load_train_config(args[0], args[1:]), minmo_tiny(), 0, 1)
+    assert source.skipped == 1
+    seen = []
+    for batch, position in source.batches(DataPosition()):
+        if position.epoch > 0:  # first batch of the next epoch
+            break
+        seen += batch["ids"]
+    assert sorted(seen) == sorted(r["id"] for r in rows)

@@ -124,3 +124,20 @@ def test_missing_valid_manifest_is_one_line(corpus, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1, err
     assert str(missing) in err and "data.valid" in err
+
+
+def test_speech_stage_validation_leaves_out_rows_without_speech_tokens(corpus, tmp_path):
+    train_set, valid_set = corpus
+    rows = [json.loads(x) for x in valid_set["tts"].read_text().splitlines()]
+    rows[1] = {k: v for k, v in rows[1].items() if k != "speech_tokens"}
+    rows[1]["target_audio"] = str(valid_set["tts"].parent / "wavs" / "u1.wav")
+    manifest = tmp_path / "valid_tts.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(stage="t2s_full", output_dir=str(tmp_path / "tts"), progress=False,
+                      data=DataConfig(train=[str(train_set["tts"])], valid=[str(manifest)],
+                                      batch_size=2, num_workers=0),
+                      optim=OptimConfig(lr=3e-3, warmup_steps=1, max_steps=1))
+    result = train(cfg)
+    assert result.valid["valid_examples"] == 4 and result.valid["valid_batches"] == 2
+    assert math.isfinite(result.valid["valid_speech_loss"])
+    assert result.skipped_rows == 0  # validation rows are not training's bad rows

@@ -8,7 +8,8 @@ process with ``grad_accum = R``.
 
 Bad rows never stop training: schema and header problems are dropped when the manifests
 are read, file problems when a row is loaded; each is logged once (file, line or id, why,
-fix) and counted. A missing manifest file or an empty training set is a
+fix) and counted. In the speech stages a row without ``speech_tokens`` is such a bad row too
+(dropped when the manifests are read; the warning names ``minmo tokenize``). A missing manifest file or an empty training set is a
 :class:`~minmo.training.errors.TrainingError`.
 """
 
@@ -43,6 +44,8 @@ SPEECH_TOKEN_STAGES = ("t2s_projector", "t2s_full", "s2s")
 """Stages whose loss reads ``speech_tokens``."""
 
 FIX_HINT = "fix or remove the row (`minmo data check MANIFEST` lists every bad row)"
+MISSING_SPEECH_TOKENS = "missing_speech_tokens"
+"""Bad-row kind of a speech-stage row without ``speech_tokens`` (its message holds the fix)."""
 
 
 class LoaderBatchSource:
@@ -58,7 +61,10 @@ class LoaderBatchSource:
         for bad in loader.dataset.bad:
             key = f"{bad.source}:{bad.line}"
             self._bad.add(key)
-            log.warning("skipping bad row %s: %s", bad, FIX_HINT)
+            if bad.kind == MISSING_SPEECH_TOKENS:
+                log.warning("skipping bad row %s", bad)
+            else:
+                log.warning("skipping bad row %s: %s", bad, FIX_HINT)
 
     @property
     def bad_rows(self) -> set[str]:
@@ -116,6 +122,55 @@ def check_manifests(cfg: TrainConfig) -> None:
                                 "or create it with `minmo data synth --out DIR`")
 
 
+def drop_rows_without_speech_tokens(loader: Any, stage: str, manifests: list[str],
+                                    key: str = "data.train") -> Any:
+    """In a speech stage (:data:`SPEECH_TOKEN_STAGES`), move the rows without
+    ``speech_tokens`` from ``loader.dataset.rows`` to its bad rows (kind
+    :data:`MISSING_SPEECH_TOKENS`, message naming ``minmo tokenize`` and the manifest) and
+    rebuild the batch sampler with the same settings over the rows left.
+
+    Args:
+        loader: a ``ResumableLoader`` that has not been iterated yet.
+        stage: the stage name; other stages return ``loader`` unchanged.
+        manifests: the manifests it reads (for the error message).
+        key: the config key of ``manifests``.
+
+    Returns:
+        ``loader`` itself when every row has speech tokens, else a new loader.
+
+    Raises:
+        TrainingError: no row has speech tokens.
+    """
+    from minmo.data.loader import ResumableLoader
+    from minmo.data.manifest import BadRow
+    from minmo.data.sampler import DynamicBatchSampler
+
+    dataset = loader.dataset
+    if stage not in SPEECH_TOKEN_STAGES or all(row.speech_tokens for row in dataset.rows):
+        return loader
+    kept = [row for row in dataset.rows if row.speech_tokens]
+    if not kept:
+        raise TrainingError(f"stage '{stage}' trains on speech tokens, but no row of "
+                            f"{', '.join(map(str, manifests))} ({key}) has 'speech_tokens': "
+                            "fill them with `minmo tokenize MANIFEST`")
+    for row in dataset.rows:
+        if not row.speech_tokens:
+            source, _, line = str(row.meta.get("_source", "?:0")).rpartition(":")
+            dataset.bad.append(BadRow(
+                source, int(line or 0), row.id, MISSING_SPEECH_TOKENS,
+                f"stage '{stage}' trains on speech tokens and this row has none: fill them "
+                f"with `minmo tokenize {source}` or remove the row"))
+    dataset.rows = kept
+    old = loader.sampler
+    sampler = DynamicBatchSampler(
+        dataset.lengths(), batch_size=old.batch_size, max_batch_seconds=old.max_batch_seconds,
+        max_batch_size=old.max_batch_size, shuffle=old.shuffle, seed=old.seed,
+        bucket_size=old.bucket_size, num_replicas=old.num_replicas, rank=old.rank,
+        drop_last=old.drop_last)
+    return ResumableLoader(dataset, sampler, loader.collate,
+                           num_workers=loader.loader.num_workers)
+
+
 def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
                           ) -> LoaderBatchSource:
     """The loader of ``cfg.data.train`` for ``model`` (its front end, tokenizer and system
@@ -137,16 +192,7 @@ def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_s
     except ValueError as exc:
         where = f" for stage '{cfg.stage}' (tasks {', '.join(tasks)})" if tasks else ""
         raise TrainingError(f"{exc}{where}") from None
-    if cfg.stage in SPEECH_TOKEN_STAGES:
-        without = sum(1 for row in loader.dataset.rows if not row.speech_tokens)
-        if without == len(loader.dataset.rows):
-            raise TrainingError(f"stage '{cfg.stage}' trains on speech tokens, but no row of "
-                                f"{', '.join(map(str, cfg.data.train))} has 'speech_tokens': "
-                                "fill them with `minmo tokenize MANIFEST`")
-        if without and rank == 0:
-            log.warning("%d of %d rows have no speech_tokens (no speech loss on them); "
-                        "fill them with `minmo tokenize MANIFEST`", without,
-                        len(loader.dataset.rows))
+    loader = drop_rows_without_speech_tokens(loader, cfg.stage, cfg.data.train)
     source = LoaderBatchSource(loader)
     if rank == 0:
         log.info("data: %d rows from %d manifest(s), %d bad rows skipped",

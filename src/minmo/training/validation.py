@@ -108,7 +108,7 @@ def build_valid_set(cfg: TrainConfig, stage: Stage, model: nn.Module, info: Dist
                         "validation)", stage.name)
         return None
     from minmo.data.loader import build_loader
-    from minmo.training.manifest_data import STAGE_TASKS
+    from minmo.training.manifest_data import STAGE_TASKS, drop_rows_without_speech_tokens
 
     tasks = STAGE_TASKS.get(cfg.stage)
     model_cfg = getattr(model, "cfg", None)
@@ -117,6 +117,8 @@ def build_valid_set(cfg: TrainConfig, stage: Stage, model: nn.Module, info: Dist
         loader = build_loader(cfg.data, cfg.data.valid, model.frontend, model.tokenizer,
                               system_prompt=system_prompt, seed=cfg.seed, rank=0,
                               world_size=1, train=False, tasks=tasks)
+        loader = drop_rows_without_speech_tokens(loader, cfg.stage, cfg.data.valid,
+                                                 key="data.valid")
     except ValueError as exc:
         where = f" for stage '{cfg.stage}' (tasks {', '.join(tasks)})" if tasks else ""
         raise TrainingError(f"data.valid: {exc}{where}") from None
