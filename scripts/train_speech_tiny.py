@@ -30,6 +30,7 @@ from minmo.audio.io import load_audio, resample
 from minmo.audio.mel import estimate_f0, mel_spectrogram
 from minmo.config import FlowConfig, HiFTConfig, SpeechTokenizerConfig
 from minmo.data.manifest import read_manifests
+from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
 from minmo.models.speech_tokenizer import SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
@@ -74,7 +75,7 @@ def train_tokenizer(items, minutes: float, bs: int = 8) -> SpeechTokenizer:
         wav = pad_stack([b["w16"] for b in batch])
         feats = model.features(wav)
         lens = torch.tensor([model.feature_frames(len(b["w16"])) for b in batch])
-        tg = [torch.tensor(model.vocab.encode(b["text"])) for b in batch]
+        tg = [torch.tensor(model.vocab.encode(normalize_english(b["text"]))) for b in batch]  # numbers spelled out
         out = model({"feats": feats, "feat_lens": lens, "ctc_targets": pad_stack(tg, -1).long(),
                      "ctc_target_lens": torch.tensor([len(t) for t in tg])})
         opt.zero_grad()
