@@ -23,6 +23,20 @@ PAPER_PARAMS = {
 }
 
 
+def _speech_modules(cfg) -> dict[str, nn.Module]:
+    """The speech-output parts outside the MinMo graph, built on the meta device."""
+    from minmo.models.flow import ChunkFlowMatching
+    from minmo.models.speech_tokenizer import SpeechTokenizer
+    from minmo.models.vocoder import HiFTVocoder
+
+    with torch.device("meta"):
+        return {
+            "speech_tokenizer": SpeechTokenizer(cfg.speech_tokenizer),
+            "flow": ChunkFlowMatching(cfg.flow),
+            "vocoder": HiFTVocoder(cfg.vocoder),
+        }
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "info",
@@ -68,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
         paper = PAPER_PARAMS.get(name)
         ratio = f"{n / paper:.2f}" if paper else ""
         print(f"{name:<18}{n:>14}{_fmt(n):>9}{_fmt(paper) if paper else '':>10}{ratio:>8}")
-    extra = getattr(model, "speech_modules", lambda: {})()
-    for name, module in extra.items():
+    print(f"{'total':<18}{total:>14}{_fmt(total):>9}\n")
+    print(f"{'speech output':<18}{'params':>14}")
+    for name, module in _speech_modules(cfg).items():
         n = count(list(module.parameters()))
         print(f"{name:<18}{n:>14}{_fmt(n):>9}")
-    print(f"{'total':<18}{total:>14}{_fmt(total):>9}\n")
+    print()
     print(f"{'stage':<16}{'trainable':>12}  groups")
     for stage in STAGES.values():
         if stage.build_model is not None:
