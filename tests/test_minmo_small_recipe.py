@@ -1,0 +1,225 @@
+"""minmo-small's recipe: the stage YAMLs, the orchestration script and the overlay package.
+
+Fast and offline: the recipe runs 2 steps per stage on a tiny stand-in model (the ``tiny``
+config as "base parts") and a 6-clip corpus of tones, exports an overlay and loads it back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from minmo.checkpoints import CheckpointError, load_tensors, save_tensors
+from minmo.checkpoints.overlay import (
+    fold_lora,
+    is_overlay_dir,
+    load_overlay_model,
+    read_meta,
+    write_overlay,
+)
+from minmo.config import TrainConfig, from_dict, load_model_config, read_yaml, save_yaml
+from minmo.models.builders import build_model
+from minmo.training.stages import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE_DIR = REPO / "configs" / "train" / "minmo-small"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_minmo_small",
+                                                  REPO / "scripts" / "train_minmo_small.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------
+# Recipe YAMLs
+# --------------------------------------------------------------------------------------
+
+
+def test_every_recipe_yaml_loads_strictly_and_names_its_stage():
+    script = _script()
+    files = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    assert files == sorted(script.RECIPE), "one YAML per recipe stage, no strays"
+    for name in script.RECIPE:
+        path = RECIPE_DIR / f"{name}.yaml"
+        cfg = from_dict(TrainConfig, read_yaml(path), source=str(path))
+        assert cfg.stage == name and cfg.stage in STAGES
+        assert cfg.data.train and all(script.CORPUS_PLACEHOLDER in p for p in cfg.data.train)
+        assert cfg.optim.max_steps > cfg.optim.warmup_steps
+    assert set(script.DEFAULT_STAGES) <= set(script.RECIPE)
+    assert list(script.DEFAULT_STAGES) == sorted(script.DEFAULT_STAGES, key=script.RECIPE.index)
+
+
+def test_minmo_small_model_config_loads():
+    cfg = load_model_config("minmo-small")
+    assert cfg.encoder.kind == "whisper" and cfg.llm.arch == "llama"
+    assert cfg.projector.kernel_size >= cfg.projector.downsample
+
+
+def test_stage_config_fills_paths_and_applies_stage_overrides(tmp_path):
+    script = _script()
+    sets = ["data.batch_size=3", "s2t_sft:optim.max_steps=7"]
+    pre = script.stage_config("s2t_prealign", tmp_path / "run", tmp_path / "corpus", sets)
+    sft = script.stage_config("s2t_sft", tmp_path / "run", tmp_path / "corpus", sets)
+    assert pre.model == str(tmp_path / "run" / "base" / "config.yaml")
+    assert pre.output_dir == str(tmp_path / "run" / "s2t_prealign")
+    assert pre.data.train == [str(tmp_path / "corpus" / "train" / "asr.jsonl")]
+    assert pre.data.batch_size == 3 and sft.data.batch_size == 3
+    assert sft.optim.max_steps == 7 and pre.optim.max_steps != 7
+    with pytest.raises(SystemExit, match="unknown stage 'nope'"):
+        script.stage_config("s2t_sft", tmp_path, tmp_path, ["nope:optim.lr=1"])
+
+
+# --------------------------------------------------------------------------------------
+# Overlay package
+# --------------------------------------------------------------------------------------
+
+
+def _tiny_base(directory: Path, seed: int = 0) -> tuple[Path, torch.nn.Module]:
+    """A stand-in for the prepared base: tiny config, encoder + LLM tensors."""
+    cfg = load_model_config("tiny")
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    directory.mkdir(parents=True)
+    save_yaml(cfg, directory / "config.yaml")
+    sd = model.state_dict()
+    save_tensors({k: v for k, v in sd.items() if k.startswith(("encoder.", "llm."))},
+                 directory / "model.safetensors")
+    return directory, model
+
+
+def _batch_text(model: torch.nn.Module) -> dict:
+    tok = model.tokenizer
+    ids = torch.tensor([tok.encode("hello there, how are you")])
+    return {"input_ids": ids, "labels": ids.clone(), "speech_pos": torch.tensor([-1])}
+
+
+def test_overlay_round_trip_folds_lora_and_matches_the_trained_model(tmp_path):
+    base, model = _tiny_base(tmp_path / "base")
+    model.enable_lora()
+    torch.manual_seed(1)
+    trained = {}
+    for name, p in model.named_parameters():
+        if "lora_" in name or name.startswith("input_projector."):
+            with torch.no_grad():
+                p.add_(torch.randn_like(p) * 0.1)  # lora_B starts at zero: make it matter
+            trained[name] = p.detach().clone()
+    out = write_overlay(tmp_path / "pkg", model.cfg, trained, base="minmo-small",
+                        training={"note": "test"}, readme="# test\n", dtype=torch.float32)
+    assert is_overlay_dir(out) and (out / "README.md").read_text() == "# test\n"
+    meta = read_meta(out)
+    assert meta["trained_groups"] == ["input_projector", "llm_lora"]
+    assert meta["untrained_groups"] == ["duplex", "output_projector", "voice_lm"]
+
+    loaded, _ = load_overlay_model(out, base_path=base)
+    assert not any("lora_" in n for n, _ in loaded.named_parameters()), "LoRA folded away"
+    model.eval()
+    batch = _batch_text(model)
+    with torch.no_grad():
+        want = model.llm(model.llm.embed(batch["input_ids"])).hidden
+        got = loaded.llm(loaded.llm.embed(batch["input_ids"])).hidden
+    assert torch.allclose(want, got, atol=1e-4), (want - got).abs().max()
+    for name, value in trained.items():
+        if name.startswith("input_projector."):
+            assert torch.equal(loaded.state_dict()[name], value)
+
+
+def test_overlay_refuses_unexplained_missing_tensors_and_unpaired_lora(tmp_path):
+    base, model = _tiny_base(tmp_path / "base")
+    proj = {k: v for k, v in model.state_dict().items() if k.startswith("input_projector.")}
+    out = write_overlay(tmp_path / "pkg", model.cfg, proj)
+    meta_path = out / "overlay.json"
+    meta = json.loads(meta_path.read_text())
+    meta["untrained_groups"] = ["voice_lm"]  # output_projector, duplex now unexplained
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="neither the base"):
+        load_overlay_model(out, base_path=base)
+    base_sd = {"a.weight": torch.zeros(2, 3)}
+    with pytest.raises(CheckpointError, match="no partner"):
+        fold_lora(base_sd, {"a.lora_A.default.weight": torch.zeros(1, 3)}, 1.0, "x")
+    folded, rest = fold_lora(base_sd, {"a.lora_A.default.weight": torch.ones(1, 3),
+                                       "a.lora_B.default.weight": torch.ones(2, 1),
+                                       "b.bias": torch.ones(2)}, 0.5, "x")
+    assert torch.equal(folded["a.weight"], torch.full((2, 3), 0.5)) and list(rest) == ["b.bias"]
+    meta["format"] = "other"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a minmo overlay"):
+        read_meta(out)
+
+
+# --------------------------------------------------------------------------------------
+# 2-step smoke run of the recipe on the tiny stand-in
+# --------------------------------------------------------------------------------------
+
+
+def _tiny_corpus(root: Path) -> Path:
+    (root / "train").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = {"asr": [], "s2t_chat": []}
+    for i in range(6):
+        t = np.arange(int(16000 * 0.4)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(root / "audio" / f"c{i}.wav", wave.astype(np.float32), 16000)
+        task = "asr" if i < 4 else "s2t_chat"
+        row = {"id": f"c{i}-{task}", "task": task, "audio": f"../audio/c{i}.wav",
+               "duration": 0.4, "sample_rate": 16000, "text": f"tone number {i}",
+               "language": "en", "split": "train"}
+        if task == "s2t_chat":
+            row["target"] = f"it is tone {i}."
+        rows[task].append(row)
+    for task, items in rows.items():
+        (root / "train" / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    return root
+
+
+def test_recipe_smoke_run_chains_stages_and_exports(tmp_path):
+    script = _script()
+    run = tmp_path / "run"
+    _tiny_base(run / "base")
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    sets = ["optim.max_steps=2", "optim.warmup_steps=1", "data.batch_size=2",
+            "data.num_workers=0", "log_every=1", "progress=false"]
+    argv = ["--out", str(run), "--corpus", str(corpus), "--llm-dtype", "bf16",
+            "--export", str(tmp_path / "pkg")] + [f"--set={s}" for s in sets]
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    pre = load_tensors(next((run / "s2t_prealign" / "checkpoints").iterdir()) / "trainable.safetensors")
+    sft = load_tensors(next((run / "s2t_sft" / "checkpoints").iterdir()) / "trainable.safetensors")
+    assert pre and all(k.startswith("input_projector.") for k in pre)
+    assert any("lora_" in k for k in sft) and all(v.dtype == torch.float32 for v in sft.values())
+    record = json.loads((run / "recipe.json").read_text())
+    assert [r["stage"] for r in record["stages"]] == ["s2t_prealign", "s2t_sft"]
+    assert all(r["steps"] == 2 for r in record["stages"])
+    for stage in ("s2t_prealign", "s2t_sft"):
+        lines = (run / stage / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == [1, 2]
+        assert all(np.isfinite(json.loads(x)["loss"]) for x in lines)
+
+    # a rerun skips finished stages
+    before = (run / "s2t_sft" / "metrics.jsonl").read_text()
+    argv[argv.index("--export") + 1] = str(tmp_path / "pkg2")
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert (run / "s2t_sft" / "metrics.jsonl").read_text() == before
+
+    meta = read_meta(tmp_path / "pkg")
+    assert meta["trained_groups"] == ["input_projector", "llm_lora"]
+    assert [r["stage"] for r in meta["training"]["recipe"]] == ["s2t_prealign", "s2t_sft"]
+    model, _ = load_overlay_model(tmp_path / "pkg", base_path=run / "base")
+    assert torch.equal(model.state_dict()["input_projector.out.weight"],
+                       sft["input_projector.out.weight"].half().float())  # stored as float16
