@@ -11,14 +11,6 @@ from minmo.cli.main import main
 from minmo.inference.loading import ModelLoadError, load_runtime
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A minmo model directory written from a seeded tiny model."""

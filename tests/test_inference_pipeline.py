@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minmo.inference import pipeline as P
-from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
+from minmo.inference.generate import VoiceStream, text_step, voice_step
 from minmo.inference.kv import KVStream, batched_forward
 from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
 from minmo.inference.loading import load_runtime

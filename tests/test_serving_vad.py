@@ -10,14 +10,6 @@ import torch
 from minmo.serving.vad import SileroVAD, VADGate, split_state, stack_states
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only contend on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     if shutil.which("espeak-ng") is None:

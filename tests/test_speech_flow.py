@@ -9,15 +9,6 @@ from minmo.models.flow import ChunkFlowMatching
 from minmo.modules.flow_blocks import MASK_MODES, chunk_attention_bias
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def flow():
     torch.manual_seed(0)

@@ -9,14 +9,6 @@ from minmo.config import SpeechTokenizerConfig
 from minmo.models.speech_tokenizer import FSQ, CharVocab, SpeechTokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_fsq_has_exactly_6561_codes_and_round_trips():
     fsq = FSQ(16, 8, 3)
     assert fsq.codebook_size == 6561

@@ -10,14 +10,6 @@ from minmo.config import SpeakerEncoderConfig
 from minmo.models.speaker import OnnxSpeakerEmbedder, SpeakerEncoder, build_speaker_embedder, speaker_features
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _voice(speaker: int, utt: int, seconds: float = 0.6, sr: int = 16000) -> torch.Tensor:
     """A toy 'voice': pitch and spectral tilt per speaker, a random melody per utterance."""
     gen = torch.Generator().manual_seed(1000 * speaker + utt)

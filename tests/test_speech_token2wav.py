@@ -10,14 +10,6 @@ from minmo.models.flow import ChunkFlowMatching
 from minmo.models.vocoder import HiFTVocoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def parts():
     torch.manual_seed(0)

@@ -12,14 +12,6 @@ from minmo.models.vocoder import HiFTVocoder, VocoderGAN
 from minmo.modules.hift_blocks import SineSource
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vocoder():
     torch.manual_seed(0)

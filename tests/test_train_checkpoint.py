@@ -215,14 +215,6 @@ def test_stage_chain_carries_earlier_stages_weights(tmp_path):
     assert all(k.startswith("duplex.") for k in load_tensors(last / ckpt.TRAINABLE_FILE))
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_lora_writer_goes_through_save_lora(tmp_path, one_thread):
     """``LLM.save_lora(dir, tensors)`` writes given tensors in its own format; the loop's
     FSDP writer (gathered tensors, trained or carried from init) gives the same files as the

@@ -12,20 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from minmo.cli.train import main as train_main
 from minmo.training.toydata import write_toy_corpus
 
 CONFIG = "configs/train/s2t_prealign.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

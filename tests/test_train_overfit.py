@@ -17,7 +17,6 @@ paper, the frozen parts are pretrained first, here in a few dozen steps:
 from __future__ import annotations
 
 import pytest
-import torch
 
 from minmo.checkpoints import load_tensors, save_tensors
 from minmo.config import DataConfig, OptimConfig, TrainConfig
@@ -39,15 +38,6 @@ def _run(root, stage, manifest, steps, lr, init=None, seed=1234, name=None):
 def _assert_overfits(result, stage):
     first, last = result.losses[0], result.losses[-1]
     assert last <= 0.1 * first, f"{stage}: loss {first:.4f} -> {last:.4f} (< 90 % drop)"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two threads contend badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

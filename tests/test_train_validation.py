@@ -21,14 +21,6 @@ from minmo.training.manifest_data import STAGE_TASKS
 from minmo.training.toydata import write_toy_corpus
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("valid")
