@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -26,14 +25,14 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from minmo.audio.io import load_audio, resample
+from minmo.audio.io import resample
 from minmo.audio.mel import estimate_f0, mel_spectrogram
 from minmo.config import FlowConfig, HiFTConfig, SpeechTokenizerConfig
-from minmo.data.manifest import read_manifests
-from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
 from minmo.models.speech_tokenizer import SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
+from minmo.training.speech_stages import (assistant_speaker, flow_batch, load_speech_items,
+                                          tokenize, tokenizer_batch, vocoder_batch)
 
 
 def log(msg: str) -> None:
@@ -41,29 +40,8 @@ def log(msg: str) -> None:
 
 
 def load_items(data: Path, split: str) -> list[dict]:
-    """English utterances with text: assistant speech (target_audio) and ASR rows (audio)."""
-    scan = read_manifests([data / split])
-    seen, items = set(), []
-    for r in scan.rows:
-        if r.task in ("tts", "instruct_tts", "s2s_chat") and r.target_audio:
-            path, text, voice = r.target_audio, (r.text if r.task != "s2s_chat" else r.target), "assistant"
-        elif r.task == "asr" and r.audio and (r.language or "en") == "en":
-            path, text, voice = r.audio, r.text, r.speaker or "?"
-        else:
-            continue
-        if path in seen or not text:
-            continue
-        seen.add(path)
-        w16 = load_audio(path, 16000)
-        w24 = load_audio(path, 24000)
-        items.append({"id": r.id, "text": text, "voice": voice, "w16": torch.from_numpy(w16),
-                      "w24": torch.from_numpy(w24)})
-    return items
-
-
-def pad_stack(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
-    n = max(s.shape[-1] for s in seqs)
-    return torch.stack([torch.nn.functional.pad(s, (0, n - s.shape[-1]), value=value) for s in seqs])
+    """English utterances with text of ``data/split`` (see ``load_speech_items``)."""
+    return load_speech_items([data / split])
 
 
 def train_tokenizer(items, minutes: float, bs: int = 8) -> SpeechTokenizer:
@@ -71,13 +49,7 @@ def train_tokenizer(items, minutes: float, bs: int = 8) -> SpeechTokenizer:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     end, step = time.time() + 60 * minutes, 0
     while time.time() < end:
-        batch = random.sample(items, min(bs, len(items)))
-        wav = pad_stack([b["w16"] for b in batch])
-        feats = model.features(wav)
-        lens = torch.tensor([model.feature_frames(len(b["w16"])) for b in batch])
-        tg = [torch.tensor(model.vocab.encode(normalize_english(b["text"]))) for b in batch]  # numbers spelled out
-        out = model({"feats": feats, "feat_lens": lens, "ctc_targets": pad_stack(tg, -1).long(),
-                     "ctc_target_lens": torch.tensor([len(t) for t in tg])})
+        out = model(tokenizer_batch(random.sample(items, min(bs, len(items)))))
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -89,28 +61,12 @@ def train_tokenizer(items, minutes: float, bs: int = 8) -> SpeechTokenizer:
     return model.eval()
 
 
-def tokenize(model: SpeechTokenizer, w16: torch.Tensor) -> torch.Tensor:
-    feats = model.features(w16[None])
-    ids, lens = model.tokenize(feats)
-    return ids[0, : int(lens[0])]
-
-
 def train_flow(items, spk, minutes: float, bs: int = 8, max_tokens: int = 100) -> ChunkFlowMatching:
     model = ChunkFlowMatching(FlowConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     end, step = time.time() + 60 * minutes, 0
     while time.time() < end:
-        batch = random.sample(items, min(bs, len(items)))
-        toks, mels = [], []
-        for b in batch:
-            n = len(b["tokens"])
-            s = random.randint(0, max(0, n - max_tokens))
-            k = min(max_tokens, n - s)
-            toks.append(b["tokens"][s:s + k])
-            mels.append(b["mel"][:, 2 * s: 2 * (s + k)])
-        out = model({"speech_tokens": pad_stack(toks, -1).long(), "speech_token_lens": torch.tensor([len(t) for t in toks]),
-                     "mel": pad_stack(mels, math.log(1e-5)), "mel_lens": torch.tensor([m.shape[1] for m in mels]),
-                     "spk_emb": spk.expand(len(batch), -1)})
+        out = model(flow_batch(random.sample(items, min(bs, len(items))), spk, max_tokens))
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -130,13 +86,7 @@ def train_vocoder(items, minutes: float, bs: int = 4, frames: int = 24, gan_afte
     start = time.time()
     end, step = start + 60 * minutes, 0
     while time.time() < end:
-        crops, f0s = [], []
-        for b in random.sample(items, min(bs, len(items))):
-            total = b["w24"].shape[0] // 480
-            s = random.randint(0, max(0, total - frames))
-            crops.append(b["w24"][480 * s: 480 * (s + frames)])
-            f0s.append(b["f0"][s: s + frames])
-        batch = {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
+        batch = vocoder_batch(random.sample(items, min(bs, len(items))), frames)
         gan_phase = time.time() - start > gan_after * 60 * minutes
         if gan_phase:
             for g in opt_g.param_groups:
@@ -227,8 +177,7 @@ def main() -> None:
     log(f"{len(train)} train / {len(test)} test utterances "
         f"({sum(len(i['w16']) for i in train) / 16000 / 60:.1f} min train audio)")
     assistant = [i for i in train if i["voice"] == "assistant"]
-    spk = torch.zeros(1, 192)
-    spk[0, 0] = 1.0  # one assistant voice: a fixed embedding
+    spk = assistant_speaker()  # one assistant voice: a fixed embedding
 
     if "tokenizer" in args.stages:
         tok = train_tokenizer(train, args.minutes[0])

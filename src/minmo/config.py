@@ -365,6 +365,7 @@ class TrainConfig:
     progress: bool = True
     resume: str = "auto"  # auto: latest checkpoint in output_dir; never; or a checkpoint path
     save_full_weights: bool = False  # also write every model tensor (model.safetensors)
+    stage_options: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (speech stages: docs/speech_generation.md)
 
 
 # --------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from torch import nn
 from minmo.checkpoints import CheckpointError, check_keys
 from minmo.config import ConfigError, TrainConfig, load_model_config
 from minmo.training import checkpointing as ckpt
+from minmo.training import speech_stages  # noqa: F401  (registers speech_tokenizer, flow, vocoder)
 from minmo.training.data_source import BatchSource, DataPosition
 from minmo.training.distributed import (
     DistInfo,

@@ -1,0 +1,308 @@
+"""Training stages for the speech-generation models: ``speech_tokenizer``, ``flow`` and
+``vocoder`` (docs/speech_generation.md), run by the one training loop (``minmo train``).
+
+Each stage brings its own model (not MinMo) and data: utterances with audio and text read
+from the manifests in ``data.train`` (assistant speech ``target_audio`` of tts/s2s rows, and
+English ASR rows), turned into batches by the functions below, which
+``scripts/train_speech_tiny.py`` uses too.
+
+Stage-specific settings go under ``stage_options`` in the train YAML:
+
+- ``flow``: ``tokenizer`` (path to a tokenizer checkpoint directory or ``.safetensors``; the
+  speech tokens of each utterance come from it), ``max_tokens`` (crop length, default 100);
+- ``vocoder``: ``frames`` (crop length in 20 ms mel frames, default 24),
+  ``reconstruction_steps`` (the first N steps train the generator on the mel/F0
+  reconstruction loss only, a warm-up before the GAN; default 0), ``disc_channels``
+  (discriminator width, default 8).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minmo.audio.io import load_audio
+from minmo.audio.mel import estimate_f0, mel_spectrogram
+from minmo.config import (ConfigError, FlowConfig, HiFTConfig, OptimConfig,
+                          SpeechTokenizerConfig, TrainConfig)
+from minmo.data.manifest import read_manifests
+from minmo.eval.normalize import normalize_english
+from minmo.models.flow import ChunkFlowMatching
+from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer
+from minmo.models.vocoder import VocoderGAN
+from minmo.training.data_source import IndexedBatchSource, ListDataset
+from minmo.training.optim import build_adamw
+from minmo.training.stages import (Stage, StepContext, StepOutput, batch_size_of,
+                                   register_stage, standard_step)
+
+log = logging.getLogger(__name__)
+
+SPEAKER_DIM = 192
+LOG_MEL_FLOOR = math.log(1e-5)
+SAMPLES_PER_FRAME_24K = 480  # one 20 ms mel frame at 24 kHz
+
+
+# --------------------------------------------------------------------------------------
+# Utterances and batches (shared with scripts/train_speech_tiny.py)
+# --------------------------------------------------------------------------------------
+
+def load_speech_items(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """English utterances with text from manifests (files or directories).
+
+    Returns:
+        ``[{"id", "text", "voice", "w16": (N16,), "w24": (N24,)}]``: assistant speech
+        (``target_audio`` of tts/instruct_tts/s2s_chat rows, voice ``"assistant"``) and English
+        ASR rows (voice: the row's speaker), each audio file once.
+    """
+    scan = read_manifests(paths)
+    seen, items = set(), []
+    for r in scan.rows:
+        if r.task in ("tts", "instruct_tts", "s2s_chat") and r.target_audio:
+            path, text, voice = r.target_audio, (r.text if r.task != "s2s_chat" else r.target), "assistant"
+        elif r.task == "asr" and r.audio and (r.language or "en") == "en":
+            path, text, voice = r.audio, r.text, r.speaker or "?"
+        else:
+            continue
+        if path in seen or not text:
+            continue
+        seen.add(path)
+        items.append({"id": r.id, "text": text, "voice": voice,
+                      "w16": torch.from_numpy(load_audio(path, 16000)),
+                      "w24": torch.from_numpy(load_audio(path, 24000))})
+    return items
+
+
+def pad_stack(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    """Right-pad tensors along the last dim to the longest and stack: ``(B, ..., T)``."""
+    n = max(s.shape[-1] for s in seqs)
+    return torch.stack([torch.nn.functional.pad(s, (0, n - s.shape[-1]), value=value) for s in seqs])
+
+
+def tokenize(model: SpeechTokenizer, w16: torch.Tensor) -> torch.Tensor:
+    """Speech tokens ``(T,)`` of one 16 kHz waveform ``(N,)``."""
+    ids, lens = model.tokenize(model.features(w16[None]))
+    return ids[0, : int(lens[0])]
+
+
+def tokenizer_batch(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Tokenizer batch: fbank ``feats (B, T, F)``, ``feat_lens (B,)``, CTC targets
+    ``(B, L)`` (-1 padded; numbers spelled out) and ``ctc_target_lens (B,)``."""
+    with torch.no_grad():
+        feats = SpeechTokenizer.features(pad_stack([b["w16"] for b in items]))
+    vocab = CharVocab(SpeechTokenizerConfig().ctc_alphabet)  # the tokenizer's CTC alphabet
+    targets = [torch.tensor(vocab.encode(normalize_english(b["text"]))) for b in items]
+    return {"feats": feats,
+            "feat_lens": torch.tensor([SpeechTokenizer.feature_frames(len(b["w16"])) for b in items]),
+            "ctc_targets": pad_stack(targets, -1).long(),
+            "ctc_target_lens": torch.tensor([len(t) for t in targets])}
+
+
+def flow_batch(items: list[dict[str, Any]], spk: torch.Tensor, max_tokens: int = 100
+               ) -> dict[str, torch.Tensor]:
+    """Flow batch: a random crop of at most ``max_tokens`` tokens per item (``"tokens"``
+    ``(T,)``, ``"mel"`` ``(80, 2T)``), padded; ``spk`` ``(1, 192)`` is the speaker embedding.
+
+    Returns:
+        ``speech_tokens (B, T)`` (-1 padded), ``speech_token_lens (B,)``, ``mel (B, 80, 2T)``,
+        ``mel_lens (B,)``, ``spk_emb (B, 192)``.
+    """
+    toks, mels = [], []
+    for b in items:
+        n = len(b["tokens"])
+        s = int(torch.randint(0, max(0, n - max_tokens) + 1, ()))
+        k = min(max_tokens, n - s)
+        toks.append(b["tokens"][s:s + k])
+        mels.append(b["mel"][:, 2 * s: 2 * (s + k)])
+    return {"speech_tokens": pad_stack(toks, -1).long(),
+            "speech_token_lens": torch.tensor([len(t) for t in toks]),
+            "mel": pad_stack(mels, LOG_MEL_FLOOR), "mel_lens": torch.tensor([m.shape[1] for m in mels]),
+            "spk_emb": spk.expand(len(items), -1)}
+
+
+def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, torch.Tensor]:
+    """Vocoder batch: a random crop of ``frames`` 20 ms frames per item (``"w24"`` ``(N,)``,
+    ``"f0"`` ``(T,)``): ``wave (B, 480 * frames)`` and ``f0 (B, frames)``, padded."""
+    crops, f0s = [], []
+    for b in items:
+        total = b["w24"].shape[0] // SAMPLES_PER_FRAME_24K
+        s = int(torch.randint(0, max(0, total - frames) + 1, ()))
+        crops.append(b["w24"][SAMPLES_PER_FRAME_24K * s: SAMPLES_PER_FRAME_24K * (s + frames)])
+        f0s.append(b["f0"][s: s + frames])
+    return {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
+
+
+def assistant_speaker() -> torch.Tensor:
+    """The fixed speaker embedding ``(1, 192)`` of the one assistant voice."""
+    spk = torch.zeros(1, SPEAKER_DIM)
+    spk[0, 0] = 1.0
+    return spk
+
+
+# --------------------------------------------------------------------------------------
+# Stage hooks
+# --------------------------------------------------------------------------------------
+
+_OPTIONS = {"speech_tokenizer": set(), "flow": {"tokenizer", "max_tokens"},
+            "vocoder": {"frames", "reconstruction_steps", "disc_channels"}}
+
+
+def _options(cfg: TrainConfig) -> dict[str, Any]:
+    unknown = set(cfg.stage_options) - _OPTIONS[cfg.stage]
+    if unknown:
+        raise ConfigError(f"stage_options: unknown key(s) {sorted(unknown)} for stage "
+                          f"'{cfg.stage}' (known: {sorted(_OPTIONS[cfg.stage]) or 'none'})")
+    return cfg.stage_options
+
+
+def _items(cfg: TrainConfig) -> list[dict[str, Any]]:
+    if not cfg.data.train:
+        raise ConfigError(f"data.train: stage '{cfg.stage}' needs manifests with audio and text")
+    items = load_speech_items(cfg.data.train)
+    if not items:
+        raise ConfigError(f"data.train {cfg.data.train}: no English utterance with audio and "
+                          "text (asr rows, or tts/s2s rows with target_audio)")
+    return items
+
+
+def _source(cfg: TrainConfig, items: list[dict[str, Any]], collate: Any, rank: int,
+            world_size: int) -> IndexedBatchSource:
+    return IndexedBatchSource(ListDataset(items), collate, cfg.data.batch_size, seed=cfg.seed,
+                              shuffle=cfg.data.shuffle, rank=rank, world_size=world_size)
+
+
+def load_tokenizer(path: str | Path) -> SpeechTokenizer:
+    """A :class:`SpeechTokenizer` from a checkpoint directory (its ``trainable.safetensors``)
+    or a ``.safetensors`` file, in eval mode.
+
+    Raises:
+        ConfigError: the file is missing or its tensors do not match the model.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / "trainable.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"stage_options.tokenizer: {file} not found (give a speech_tokenizer "
+                          "checkpoint directory, e.g. runs/speech_tokenizer/checkpoints/step_..., "
+                          "or a .safetensors file)")
+    model = SpeechTokenizer(SpeechTokenizerConfig())
+    missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params & set(missing):
+        raise ConfigError(f"stage_options.tokenizer: {file} does not match the speech tokenizer "
+                          f"(missing {sorted(params & set(missing))[:3]}, unexpected "
+                          f"{sorted(unexpected)[:3]})")
+    return model.eval()
+
+
+def _tokenizer_data(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
+                    ) -> IndexedBatchSource:
+    _options(cfg)
+    return _source(cfg, _items(cfg), tokenizer_batch, rank, world_size)
+
+
+def _flow_data(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
+               ) -> IndexedBatchSource:
+    opts = _options(cfg)
+    if "tokenizer" in opts:
+        tok = load_tokenizer(opts["tokenizer"])
+    else:
+        log.warning("flow: no stage_options.tokenizer; tokens come from an untrained tokenizer")
+        tok = SpeechTokenizer(SpeechTokenizerConfig()).eval()
+    items = _items(cfg)
+    with torch.no_grad():
+        for it in items:
+            it["tokens"] = tokenize(tok, it["w16"])
+            it["mel"] = mel_spectrogram(it["w24"])
+    spk, max_tokens = assistant_speaker(), int(opts.get("max_tokens", 100))
+    return _source(cfg, items, lambda b: flow_batch(b, spk, max_tokens), rank, world_size)
+
+
+def _vocoder_data(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
+                  ) -> IndexedBatchSource:
+    frames = int(_options(cfg).get("frames", 24))
+    items = _items(cfg)
+    with torch.no_grad():
+        for it in items:
+            it["f0"] = estimate_f0(it["w24"])
+    return _source(cfg, items, lambda b: vocoder_batch(b, frames), rank, world_size)
+
+
+def _build_vocoder(cfg: TrainConfig) -> VocoderGAN:
+    opts = _options(cfg)
+    gan = VocoderGAN(HiFTConfig(disc_channels=int(opts.get("disc_channels", 8))))
+    gan.reconstruction_steps = int(opts.get("reconstruction_steps", 0))  # read by vocoder_step
+    return gan
+
+
+def _vocoder_optimizers(model: nn.Module, optim_cfg: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+    groups = model.param_groups()
+    return {g: build_adamw(groups[g].values(), optim_cfg) for g in ("generator", "discriminator")}
+
+
+def _accumulate(ctx: StepContext, losses: tuple[str, ...]) -> tuple[float, dict[str, float], int]:
+    """Forward+backward of every micro-batch with ``losses`` (mean over the real ones)."""
+    n_real = sum(1 for _b, w in ctx.micro_batches if w > 0)
+    scale, loss_sum, metric_sums, examples = 1.0 / max(1, n_real), 0.0, {}, 0
+    last = len(ctx.micro_batches) - 1
+    for i, (batch, weight) in enumerate(ctx.micro_batches):
+        with ctx.accumulate(i == last):
+            with ctx.autocast():
+                out = ctx.model(batch, losses=losses)
+            (out.loss * (weight * scale)).backward()
+        if weight > 0:
+            loss_sum += float(out.loss.detach())
+            for k, v in out.metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            examples += batch_size_of(batch)
+    if not n_real:
+        return math.nan, {}, 0
+    return loss_sum / n_real, {k: v / n_real for k, v in metric_sums.items()}, examples
+
+
+def vocoder_step(ctx: StepContext) -> StepOutput:
+    """One vocoder update. During the ``reconstruction_steps`` warm-up: generator on the
+    mel/F0 reconstruction loss only. Then the GAN step: discriminator loss -> backward ->
+    clip and step ``"discriminator"``; generator loss -> backward -> clip and step
+    ``"generator"`` (each optimizer's parameters clipped separately)."""
+    n_real = sum(1 for _b, w in ctx.micro_batches if w > 0)
+    for opt in ctx.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    if ctx.step < getattr(ctx.raw_model, "reconstruction_steps", 0):
+        loss, metrics, examples = _accumulate(ctx, ("reconstruction",))
+        g_norm, applied = ctx.clip_and_step("generator")
+        return StepOutput(loss=loss, metrics=metrics, grad_norms={"grad_norm_generator": g_norm},
+                          examples=examples, weight=n_real, skipped_update=not applied)
+    d_loss, d_metrics, _ = _accumulate(ctx, ("discriminator",))
+    d_norm, d_applied = ctx.clip_and_step("discriminator")
+    ctx.optimizers["generator"].zero_grad(set_to_none=True)
+    loss, metrics, examples = _accumulate(ctx, ("generator",))
+    ctx.optimizers["discriminator"].zero_grad(set_to_none=True)  # D grads of the G loss
+    g_norm, g_applied = ctx.clip_and_step("generator")
+    metrics = {**{f"d_{k}" if k in metrics else k: v for k, v in d_metrics.items()}, **metrics,
+               "d_loss": d_loss}
+    return StepOutput(loss=loss, metrics=metrics,
+                      grad_norms={"grad_norm_generator": g_norm, "grad_norm_discriminator": d_norm},
+                      examples=examples, weight=n_real,
+                      skipped_update=not (d_applied and g_applied))
+
+
+for _stage in (
+    Stage("speech_tokenizer", ("tokenizer",), ("ctc",),
+          "speech tokenizer (FSQ + CTC head) on audio with text", step=standard_step,
+          build_model=lambda cfg: SpeechTokenizer(SpeechTokenizerConfig()),
+          build_data=_tokenizer_data),
+    Stage("flow", ("flow",), ("flow",),
+          "chunk-aware flow matching: speech tokens -> mel", step=standard_step,
+          build_model=lambda cfg: ChunkFlowMatching(FlowConfig()), build_data=_flow_data),
+    Stage("vocoder", ("generator", "discriminator"), ("generator",),
+          "HiFT vocoder GAN: mel -> waveform (reconstruction warm-up option)",
+          step=vocoder_step, build_model=_build_vocoder, build_data=_vocoder_data,
+          build_optimizers=_vocoder_optimizers),
+):
+    register_stage(_stage, replace=True)
