@@ -40,9 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="ASR for generated speech: self, none, or faster-whisper:DIR")
     parser.add_argument("--baseline", default="none", choices=("none", "cascade"),
                         help="also evaluate the cascade (ASR -> same LLM -> TTS) baseline")
-    parser.add_argument("--max-reply-seconds", type=float, default=10.0,
+    parser.add_argument("--max-reply-seconds", type=float, default=6.0,
                         help="speech length limit of spoken replies (bounds the time a model "
                         "that never stops can take)")
+    parser.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"),
+                        default="auto", help="speech decoder of the model (placeholder: tones, "
+                        "fast; only for checking the plumbing)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
           + (f" ({len(read.problems)} rows skipped)" if read.problems else ""), file=sys.stderr)
     try:
         model = load_eval_model(args.model, args.device,
-                                max_reply_seconds=args.max_reply_seconds)
+                                max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         if args.baseline == "cascade":
             from minmo.eval.model_binding import bind_cascade_baseline

@@ -157,14 +157,15 @@ def make_judge(spec: str, model: Any, device: str = "cpu") -> TranscriberJudge |
     raise ValueError(f"--asr-judge {spec!r}: expected self, none or faster-whisper:DIR")
 
 
-def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 10.0
-                    ) -> EvalModel:
+def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
+                    vocoder: str = "auto") -> EvalModel:
     """Bind ``--model`` (a checkpoint directory or a config preset) to an adapter.
 
     Args:
         spec: model directory, training run directory or preset name.
         device: torch device.
         max_reply_seconds: speech length limit of spoken replies.
+        vocoder: speech decoder (``auto``/``token2wav`` or ``placeholder``).
 
     Raises:
         ModelUnavailableError: the inference API this needs is not in this build, or the
@@ -172,4 +173,4 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 1
     """
     from minmo.eval.model_binding import bind_minmo_model
 
-    return bind_minmo_model(spec, device, max_reply_seconds=max_reply_seconds)
+    return bind_minmo_model(spec, device, max_reply_seconds=max_reply_seconds, vocoder=vocoder)

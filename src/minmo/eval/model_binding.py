@@ -35,12 +35,12 @@ TEXT_TOKEN_LIMITS = {"asr": 96, "casr": 96, "s2tt": 128, "lid": 48, "ser": 48, "
 """Reply length limits (text tokens) per task: generous for the answers of each task, and
 they bound the time a model that never stops (random weights) can take."""
 SPEECH_TOKENS_PER_SECOND = 25
-TTS_TOKEN_TEXT_RATIO = 20
-"""At most this many speech tokens per text token of the text to speak (CosyVoice's
-``max_token_text_ratio``)."""
+TTS_MIN_SYLLABLES_PER_SECOND = 2.0
+"""TTS speech limit: the text read at 2 syllables/s (slower than any natural or "slow"
+reading), at least 2 s, at most ``max_tts_seconds``."""
 
 
-def _load_runtime(spec: str, device: str) -> Any:
+def _load_runtime(spec: str, device: str, vocoder: str = "auto") -> Any:
     try:
         from minmo.inference.loading import load_runtime
     except ImportError as exc:
@@ -49,7 +49,7 @@ def _load_runtime(spec: str, device: str) -> Any:
             f"build ({exc}); no numbers were produced"
         ) from None
     try:
-        return load_runtime(spec, device=device)
+        return load_runtime(spec, device=device, vocoder=vocoder)
     except (FileNotFoundError, ValueError) as exc:  # ModelLoadError, ConfigError, ...
         raise ModelUnavailableError(f"cannot load model {spec!r}: {exc}") from None
 
@@ -87,7 +87,7 @@ def _to_16k(wave: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
 class MinMoEvalModel:
     """:class:`~minmo.eval.adapters.EvalModel` over a MinMo runtime."""
 
-    def __init__(self, runtime: Any, name: str, max_reply_seconds: float = 10.0,
+    def __init__(self, runtime: Any, name: str, max_reply_seconds: float = 6.0,
                  max_reply_text_tokens: int = 64, max_tts_seconds: float = 30.0):
         self.rt = runtime
         self.name = name
@@ -154,10 +154,12 @@ class MinMoEvalModel:
                    prompt: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int]:
         from minmo.inference.pipeline import AudioChunk, respond
 
+        from minmo.eval.prosody import count_syllables
+
         rt = self.rt
         text_tokens = len(rt.tok.encode(text))
-        speech_cap = min(TTS_TOKEN_TEXT_RATIO * max(text_tokens, 1),
-                         int(self.max_tts_seconds * SPEECH_TOKENS_PER_SECOND))
+        seconds = max(2.0, count_syllables(text, language) / TTS_MIN_SYLLABLES_PER_SECOND)
+        speech_cap = int(min(seconds, self.max_tts_seconds) * SPEECH_TOKENS_PER_SECOND)
         session = self._session(text_tokens + 16, speech_cap)
         chunks = [ev.samples for ev in respond(rt, session, text=tts_instruction(
             text, style, instruction), audio=True) if isinstance(ev, AudioChunk)]
@@ -261,14 +263,21 @@ class CascadeEvalModel(MinMoEvalModel):
         return SpokenReply("".join(text), wave_out, self.rt.sample_rate_out, timings)
 
 
-def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 10.0
-                     ) -> EvalModel:
+def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
+                     vocoder: str = "auto") -> EvalModel:
     """Load ``spec`` (model directory, run directory or preset such as ``tiny``).
+
+    Args:
+        spec: model directory, run directory or preset.
+        device: torch device.
+        max_reply_seconds: speech length limit of spoken replies.
+        vocoder: speech decoder: ``auto``/``token2wav`` or ``placeholder``.
 
     Raises:
         ModelUnavailableError: no loader in this build, or the model cannot be loaded.
     """
-    return MinMoEvalModel(_load_runtime(spec, device), spec, max_reply_seconds=max_reply_seconds)
+    return MinMoEvalModel(_load_runtime(spec, device, vocoder), spec,
+                          max_reply_seconds=max_reply_seconds)
 
 
 def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None) -> EvalModel:
