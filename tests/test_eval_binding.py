@@ -94,3 +94,25 @@ def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:
 def test_unloadable_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="cannot load model"):
         bind_minmo_model(str(tmp_path / "no_such_model"))
+
+
+def test_speaker_embedding_only_with_trained_encoder(model: MinMoEvalModel, tmp_path: Path) -> None:
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from minmo.models.speaker import SpeakerEncoder
+
+    assert "speaker_embedding" not in model.capabilities()  # tiny preset: untrained encoder
+    cfg = model.rt.model.cfg.speaker
+    weights = tmp_path / "spk.safetensors"
+    save_file({k: v.contiguous() for k, v in SpeakerEncoder(cfg).state_dict().items()}, str(weights))
+    other = MinMoEvalModel(model.rt, "tiny")
+    original = model.rt.model.cfg.speaker
+    model.rt.model.cfg.speaker = dataclasses.replace(cfg, path=str(weights))
+    try:
+        assert "speaker_embedding" in other.capabilities()
+        emb = other.speaker_embedding(speech(1.0), SR)
+        assert emb.shape == (cfg.embed_dim,) and np.isfinite(emb).all()
+    finally:
+        model.rt.model.cfg.speaker = original

@@ -94,6 +94,16 @@ class MinMoEvalModel:
         self.max_reply_seconds = max_reply_seconds
         self.max_reply_text_tokens = max_reply_text_tokens
         self.max_tts_seconds = max_tts_seconds
+        self._speaker_embedder: Any = None
+
+    def _trained_speaker_config(self) -> Any:
+        """The model's speaker-encoder config when it names trained weights, else None."""
+        cfg = getattr(self.rt.model.cfg, "speaker", None)
+        if cfg is None:
+            return None
+        if (cfg.kind == "onnx" and cfg.onnx_path) or (cfg.kind == "tiny" and cfg.path):
+            return cfg
+        return None
 
     def _session(self, max_text_tokens: int, max_speech_tokens: int) -> Any:
         from minmo.inference.pipeline import GenerationConfig, SessionConfig, new_session
@@ -103,7 +113,25 @@ class MinMoEvalModel:
         return new_session(self.rt, SessionConfig(generation=gen))
 
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"speech_to_text", "spoken_reply", "synthesize", "duplex"})
+        caps = {"speech_to_text", "spoken_reply", "synthesize", "duplex"}
+        if self._trained_speaker_config() is not None:
+            caps.add("speaker_embedding")
+        return frozenset(caps)
+
+    def speaker_embedding(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """``(D,)`` embedding from the model's trained speaker encoder (``speaker`` config)."""
+        from minmo.models.speaker import build_speaker_embedder, speaker_features
+
+        if self._speaker_embedder is None:
+            cfg = self._trained_speaker_config()
+            if cfg is None:
+                raise ModelUnavailableError("the model config names no trained speaker encoder")
+            self._speaker_embedder = build_speaker_embedder(cfg)
+        audio = _to_16k(wave, sample_rate, 16000)
+        embedder = self._speaker_embedder
+        if hasattr(embedder, "embed_wave"):
+            return embedder.embed_wave(audio).float().cpu().numpy()
+        return embedder.embed_features(speaker_features(audio)).numpy()
 
     def describe(self) -> dict[str, Any]:
         """Provenance for ``results.json`` (random weights, placeholder vocoder, ...)."""
