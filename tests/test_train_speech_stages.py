@@ -18,7 +18,6 @@ from minmo.training.toydata import write_toy_corpus
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    torch.set_num_threads(1)
     return write_toy_corpus(tmp_path_factory.mktemp("toy"), num_examples=4, seconds=0.75)
 
 
