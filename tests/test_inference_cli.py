@@ -11,6 +11,15 @@ from minmo.cli.main import main
 from minmo.inference.loading import ModelLoadError, load_runtime
 
 
+@pytest.fixture(autouse=True)
+def no_embedded_model(monkeypatch, tmp_path):
+    """These tests exercise the random-weights fallback: hide the shipped minmo-small package
+    (its selection is tested in test_minmo_small_recipe.py)."""
+    import minmo.inference.loading as loading
+
+    monkeypatch.setattr(loading, "EMBEDDED_DIR", tmp_path / "no-embedded-models")
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A minmo model directory written from a seeded tiny model."""

