@@ -257,3 +257,17 @@ def test_lora_writer_goes_through_save_lora(tmp_path, one_thread):
     with pytest.raises(KeyError, match="missing"):
         model.llm.save_lora(tmp_path / "short", tensors=short)
     assert not (tmp_path / "short").exists()
+
+
+def test_trainable_state_drops_aliases_of_frozen_tied_embeddings():
+    from minmo.config import load_model_config
+    from minmo.models.builders import build_model
+    from minmo.training.distributed import gather_model_state
+    from minmo.training.stages import apply_stage, get_stage
+
+    model = build_model(load_model_config("tiny", ["llm.tie_word_embeddings=true"]))
+    assert model.llm.model.lm_head.weight is model.llm.model.get_input_embeddings().weight
+    trainable = apply_stage(model, get_stage("s2t_prealign"))
+    state = gather_model_state(model, trainable_only=True)
+    params = set(dict(model.named_parameters(remove_duplicate=False)))
+    assert {k for k in state if k in params} == set(trainable)

@@ -187,7 +187,14 @@ def gather_model_state(model: nn.Module, trainable_only: bool) -> dict[str, torc
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True,
                                ignore_frozen_params=trainable_only)
-    return get_model_state_dict(model, options=options)
+    state = get_model_state_dict(model, options=options)
+    if trainable_only:
+        # a frozen parameter can survive under a second name (tied embeddings: lm_head.weight
+        # is embed_tokens.weight), which would then fail strict loading on resume
+        frozen = {n.removeprefix("module.") for n, p in model.named_parameters(remove_duplicate=False)
+                  if not p.requires_grad}
+        state = {k: v for k, v in state.items() if k not in frozen}
+    return state
 
 
 def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
