@@ -22,8 +22,7 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("releases")
     write_sensevoice_dir(root / "SenseVoiceSmall")
     write_qwen2_dir(root / "Qwen2.5-tiny", tie=True)
-    write_cosyvoice2_dir(root / "CosyVoice2-0.5B")
-    (root / "CosyVoice2-0.5B" / "campplus.onnx").write_bytes(b"onnx bytes")
+    write_cosyvoice2_dir(root / "CosyVoice2-0.5B", onnx=True)
     return {"sensevoice": root / "SenseVoiceSmall", "qwen": root / "Qwen2.5-tiny",
             "cosyvoice2": root / "CosyVoice2-0.5B"}
 
@@ -38,13 +37,17 @@ def test_convert_all_parts_and_build(tmp_path: Path, releases: dict[str, Path], 
     assert "dropped llm.model.lm_head.weight" in printed and "fresh (trained by MinMo's stages)" in printed
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "model.safetensors", "tokenizer",
                                                 "flow.safetensors", "vocoder.safetensors",
-                                                "am.mvn", "campplus.onnx", "convert.json",
-                                                "chn_jpn_yue_eng_ko_spectok.bpe.model"}
+                                                "am.mvn", "campplus.onnx", "speech_tokenizer_v2.onnx",
+                                                "convert.json", "chn_jpn_yue_eng_ko_spectok.bpe.model"}
+    assert "campplus.onnx: ran with onnxruntime (1 s probe -> 192-d embedding)" in printed
+    assert "speech_tokenizer_v2.onnx: ran with onnxruntime (1 s probe -> 25 tokens" in printed
     report = json.loads((out / "convert.json").read_text())
     assert report["fresh_modules"] == ["duplex", "input_projector", "output_projector"]
     cfg = load_model_config(out / "config.yaml")
     assert cfg.name == "tiny-real" and cfg.frontend.cmvn_file == str(out / "am.mvn")
     assert cfg.llm.tokenizer == str(out / "tokenizer") and cfg.speaker.kind == "onnx"
+    assert (cfg.speech_tokenizer.kind, cfg.speech_tokenizer.onnx_path) == ("onnx", str(out / "speech_tokenizer_v2.onnx"))
+    assert (cfg.speaker.onnx_path) == str(out / "campplus.onnx")
     assert cfg.flow.path == str(out / "flow.safetensors") and cfg.flow.encoder_dim == 32
     from minmo.checkpoints import load_file_into
     from minmo.models.flow import ChunkFlowMatching
@@ -99,3 +102,16 @@ def test_convert_llm_reference_keeps_weights_in_place(tmp_path: Path, releases: 
     with torch.no_grad():
         ours = model.llm.logits(model.llm(model.llm.embed(ids)).hidden)
         assert torch.equal(ours, ref(ids).logits)
+
+
+def test_convert_names_a_truncated_onnx_model(tmp_path: Path, releases: dict[str, Path], capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "CosyVoice2-0.5B"
+    shutil.copytree(releases["cosyvoice2"], broken)
+    data = (broken / "speech_tokenizer_v2.onnx").read_bytes()
+    (broken / "speech_tokenizer_v2.onnx").write_bytes(data[: len(data) // 2])
+    assert main(["convert", str(tmp_path / "out"), "--base", "tiny", "--cosyvoice2", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "speech_tokenizer_v2.onnx: not a loadable ONNX model" in err
+    assert not (tmp_path / "out").exists()

@@ -164,8 +164,9 @@ QWEN_BLANK = {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "
 
 
 def write_cosyvoice2_dir(directory: Path, seed: int = 0, blank_config: bool = True,
-                         heads: int = 4, kv_heads: int = 2):
-    """A CosyVoice2-0.5B-style folder with ``cosyvoice2.yaml`` and ``llm.pt`` at toy size.
+                         heads: int = 4, kv_heads: int = 2, onnx: bool = False):
+    """A CosyVoice2-0.5B-style folder with ``cosyvoice2.yaml``, ``llm.pt``, ``flow.pt`` and
+    ``hift.pt`` at toy size (``onnx``: also ``campplus.onnx`` and ``speech_tokenizer_v2.onnx``).
 
     Returns the Qwen2ForCausalLM used as the LM body (for reference outputs) and the state."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -192,9 +193,58 @@ def write_cosyvoice2_dir(directory: Path, seed: int = 0, blank_config: bool = Tr
     torch.save(_perturbed(ChunkFlowMatching(flow_config(directory)).state_dict()), directory / "flow.pt")
     hift = _perturbed(HiFTVocoder(hift_config(directory)).state_dict())
     torch.save({f"generator.{k}": v for k, v in hift.items()}, directory / "hift.pt")
-    for name in ("campplus.onnx", "speech_tokenizer_v2.onnx"):
-        (directory / name).write_bytes(b"")  # present in a release; not read here
+    if onnx:
+        write_campplus_onnx(directory / "campplus.onnx")
+        write_s3_tokenizer_onnx(directory / "speech_tokenizer_v2.onnx")
     return body.eval(), state
+
+
+class S3TokenizerLike(torch.nn.Module):
+    """The S3 tokenizer v2 ONNX signature at toy size: ``feats (1, 128, T)`` float32 and
+    ``feats_length (1,)`` int32 -> ``speech_token (1, ceil(T / 4))`` ids in [0, 6561) (two
+    stride-2 convolutions, then 8 ternary digits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = torch.nn.Conv1d(128, 16, 3, stride=2, padding=1)
+        self.conv2 = torch.nn.Conv1d(16, 8, 3, stride=2, padding=1)
+        self.register_buffer("basis", 3 ** torch.arange(8)[None, :, None])
+
+    def forward(self, feats: torch.Tensor, feats_length: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.conv1(feats)))
+        x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)  # varied ids
+        digits = x.round().clamp(-1, 1) + 1
+        ids = (digits.long() * self.basis).sum(1)
+        valid = torch.arange(ids.shape[1])[None, :] < (feats_length.long()[:, None] + 3) // 4
+        return ids * valid
+
+
+class CampplusLike(torch.nn.Module):
+    """CAM++'s ONNX signature at toy size: fbank ``(1, T, 80)`` -> ``(1, 192)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.proj = torch.nn.Linear(160, 192)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.cat([feats.mean(1), feats.std(1)], dim=-1))
+
+
+def write_s3_tokenizer_onnx(path: Path) -> S3TokenizerLike:
+    model = S3TokenizerLike().eval()
+    torch.onnx.export(model, (torch.randn(1, 128, 40), torch.tensor([40], dtype=torch.int32)), str(path),
+                      dynamo=False, input_names=["feats", "feats_length"], output_names=["speech_token"],
+                      dynamic_axes={"feats": {2: "frames"}, "speech_token": {1: "tokens"}})
+    return model
+
+
+def write_campplus_onnx(path: Path) -> CampplusLike:
+    model = CampplusLike().eval()
+    torch.onnx.export(model, (torch.randn(1, 50, 80),), str(path), dynamo=False, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {1: "frames"}})
+    return model
 
 
 def _perturbed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -189,8 +189,12 @@ class SpeechTokenizerConfig:
     """Supervised speech tokenizer: 16 kHz fbank (100 Hz) -> two stride-2 convolutions (25 Hz)
     -> ``blocks_before_fsq`` Transformer blocks -> FSQ (``fsq_dim`` dims x ``fsq_levels``
     levels, ``fsq_levels ** fsq_dim`` codes) -> ``blocks_after_fsq`` blocks -> CTC head over
-    ``ctc_alphabet`` (+ blank). Defaults are the tiny, CPU-fast shape."""
+    ``ctc_alphabet`` (+ blank). Defaults are the tiny, CPU-fast shape. ``kind="onnx"``:
+    CosyVoice 2's ``speech_tokenizer_v2.onnx`` at ``onnx_path`` (128-bin Whisper log-mel in,
+    25 Hz ids out), run with onnxruntime; the shape fields are then unused."""
 
+    kind: Literal["tiny", "onnx"] = "tiny"
+    onnx_path: str | None = None
     sample_rate: int = 16000
     n_mels: int = 80
     d_model: int = 64
@@ -285,6 +289,12 @@ class HiFTConfig:
         default_factory=lambda: [[1024, 120, 600], [2048, 240, 1200], [512, 50, 240]]
     )
     mel_loss_weight: float = 45.0
+    # multi-resolution STFT loss (spectral convergence + log magnitude), [n_fft, hop, win] per
+    # resolution; off in CosyVoice 2's recipe, it speeds up small CPU runs (docs/speech_generation.md)
+    stft_loss_weight: float = 0.0
+    stft_loss_resolutions: list[list[int]] = field(
+        default_factory=lambda: [[512, 50, 240], [1024, 120, 600], [2048, 240, 1200]]
+    )
     feature_loss_weight: float = 2.0
     f0_loss_weight: float = 1.0
     path: str | None = None

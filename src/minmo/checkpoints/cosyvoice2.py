@@ -321,3 +321,45 @@ def import_cosyvoice2_hift(directory: str | Path, base: "HiFTConfig | None" = No
     check_against_module(module, tensors, str(path))
     return ImportedPart("vocoder", tensors, {"vocoder": cfg},
                         PartReport("vocoder", str(path), loaded=len(tensors)))
+
+
+# config section each of the release's ONNX models serves (``kind: onnx`` + ``onnx_path``)
+ONNX_SECTIONS = {SPEAKER_FILE: "speaker", TOKENIZER_FILE: "speech_tokenizer"}
+
+
+def check_cosyvoice2_onnx(directory: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """Run the release's ONNX models (``campplus.onnx``, ``speech_tokenizer_v2.onnx``) once
+    with onnxruntime on a 1 s test signal and check what they return.
+
+    Returns:
+        ``{file name: path}`` of the models present (to copy) and one note per model.
+
+    Raises:
+        ForeignCheckpointError: a model that does not load or returns the wrong shape/range.
+    """
+    import math
+
+    from minmo.models.speaker import OnnxSpeakerEmbedder
+    from minmo.models.speech_tokenizer import OnnxSpeechTokenizer
+
+    t = torch.arange(16000) / 16000.0
+    probe = 0.3 * torch.sin(2 * math.pi * 220.0 * t) * torch.sin(math.pi * t)  # 1 s, 16 kHz
+    found, notes = {}, []
+    for name in (SPEAKER_FILE, TOKENIZER_FILE):
+        path = Path(directory) / name
+        if not path.exists():
+            notes.append(f"{name}: absent (speaker/speech tokenizer stay minmo's own)")
+            continue
+        try:
+            if name == SPEAKER_FILE:
+                emb = OnnxSpeakerEmbedder(path, embed_dim=192).embed_wave(probe)
+                notes.append(f"{name}: ran with onnxruntime (1 s probe -> {emb.numel()}-d embedding)")
+            else:
+                ids = OnnxSpeechTokenizer(path).tokenize_waves([probe])[0]
+                if ids.numel() != 25:
+                    raise ValueError(f"1 s of audio gave {ids.numel()} tokens, expected 25 (25 Hz)")
+                notes.append(f"{name}: ran with onnxruntime (1 s probe -> {ids.numel()} tokens < 6561)")
+        except (ValueError, ImportError, OSError) as err:
+            raise ForeignCheckpointError(f"{path}: {err}") from None
+        found[name] = path
+    return found, notes

@@ -11,7 +11,9 @@ Output layout::
       vocoder.safetensors (``flow.path`` / ``vocoder.path``; the runtime also finds them here)
       tokenizer/          the LLM's tokenizer files (HF layout; ``llm.tokenizer`` points here)
       am.mvn, *.bpe.model SenseVoice CMVN (``frontend.cmvn_file``) and CTC vocabulary
-      campplus.onnx       CosyVoice 2 speaker model (``speaker.kind: onnx``)
+      campplus.onnx       CosyVoice 2 speaker model (``speaker.kind: onnx``) and speech
+      speech_tokenizer_v2.onnx  tokenizer (``speech_tokenizer.kind: onnx``), each run once
+                          with onnxruntime on a probe signal before it is copied
       convert.json        sources, per-part reports (dropped/fresh keys), fresh modules
 
 Parts no release provides (input projector, output projector, duplex predictor: MinMo
@@ -35,6 +37,7 @@ from typing import Callable
 
 import torch
 
+from minmo.checkpoints.cosyvoice2 import ONNX_SECTIONS
 from minmo.checkpoints.foreign_common import ForeignCheckpointError, ImportedPart, prefixed
 from minmo.checkpoints.io import CheckpointError, atomic_directory, check_keys, save_tensors
 from minmo.config import ModelConfig, save_yaml
@@ -135,7 +138,7 @@ def import_parts(sources: ConvertSources, log: Callable[[str], None] = print,
             timed(f"LLM {llm_dir}", lambda: import_hf_llm(llm_dir))
     if sources.cosyvoice2:
         from minmo.checkpoints.cosyvoice2 import (
-            SPEAKER_FILE,
+            check_cosyvoice2_onnx,
             import_cosyvoice2_flow,
             import_cosyvoice2_hift,
             import_cosyvoice2_llm,
@@ -143,12 +146,9 @@ def import_parts(sources: ConvertSources, log: Callable[[str], None] = print,
 
         cv2 = Path(sources.cosyvoice2)
         timed(f"CosyVoice 2 voice LM {cv2}", lambda: import_cosyvoice2_llm(cv2))
-        speaker = cv2 / SPEAKER_FILE
-        if speaker.is_file() and speaker.stat().st_size > 0:
-            parts[-1].files[SPEAKER_FILE] = speaker
-        parts[-1].report.notes.append(
-            "speech_tokenizer_v2.onnx is not converted (minmo trains its own tokenizer; see "
-            "docs/checkpoints.md)")
+        onnx_files, notes = check_cosyvoice2_onnx(cv2)
+        parts[-1].files.update(onnx_files)
+        parts[-1].report.notes.extend(notes)
         timed(f"CosyVoice 2 flow {cv2}", lambda: import_cosyvoice2_flow(cv2, base.flow if base else None))
         timed(f"CosyVoice 2 HiFT {cv2}", lambda: import_cosyvoice2_hift(cv2, base.vocoder if base else None))
     if not parts:
@@ -218,8 +218,9 @@ def write_minmo_checkpoint(out_dir: str | Path, base: ModelConfig, parts: list[I
         for file_name in part.files:
             if file_name.endswith(".mvn"):
                 cfg.frontend.cmvn_file = str(out_dir / file_name)
-            if file_name.endswith(".onnx"):
-                cfg.speaker.kind, cfg.speaker.onnx_path = "onnx", str(out_dir / file_name)
+            if file_name in ONNX_SECTIONS:
+                section = getattr(cfg, ONNX_SECTIONS[file_name])
+                section.kind, section.onnx_path = "onnx", str(out_dir / file_name)
     check_cfg = copy.deepcopy(cfg)  # the same config with the side files still at their sources
     if llm_part is not None and llm_part.tensors:
         check_cfg.llm.tokenizer = llm_part.sections["llm"].tokenizer

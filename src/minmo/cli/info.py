@@ -30,11 +30,10 @@ def _speech_modules(cfg) -> dict[str, nn.Module]:
     from minmo.models.vocoder import HiFTVocoder
 
     with torch.device("meta"):
-        return {
-            "speech_tokenizer": SpeechTokenizer(cfg.speech_tokenizer),
-            "flow": ChunkFlowMatching(cfg.flow),
-            "vocoder": HiFTVocoder(cfg.vocoder),
-        }
+        modules = {"flow": ChunkFlowMatching(cfg.flow), "vocoder": HiFTVocoder(cfg.vocoder)}
+        if cfg.speech_tokenizer.kind == "onnx":  # run by onnxruntime: no PyTorch parameters
+            return modules
+        return {"speech_tokenizer": SpeechTokenizer(cfg.speech_tokenizer)} | modules
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

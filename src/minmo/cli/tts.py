@@ -105,22 +105,17 @@ def run_tts(args: argparse.Namespace) -> int:
 def run_tokenize(args: argparse.Namespace) -> int:
     """Tokenise the manifest's audio in batches; rows whose audio is missing are reported."""
     import torch
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
     from minmo.audio.io import AudioError, load_audio
     from minmo.config import load_model_config
     from minmo.data.manifest import read_manifest, write_manifest
-    from minmo.models.speech_tokenizer import SpeechTokenizer
+    from minmo.models.speech_tokenizer import SpeechTokenizer, build_speech_tokenizer
 
     cfg = load_model_config(args.model, args.set)
-    model = SpeechTokenizer(cfg.speech_tokenizer)
-    if cfg.speech_tokenizer.path:
-        model.load_state_dict(load_file(cfg.speech_tokenizer.path), strict=True)
-    elif not args.allow_random:
-        raise ValueError("speech_tokenizer.path is not set: train a tokenizer (stage 'tokenizer') and pass "
-                         "--set speech_tokenizer.path=<file>.safetensors (or --allow-random for a dry run)")
-    model = model.to(args.device).eval()
+    model = build_speech_tokenizer(cfg.speech_tokenizer, allow_random=args.allow_random)
+    if isinstance(model, SpeechTokenizer):
+        model = model.to(args.device)
     scan = read_manifest(args.manifest)
     out = Path(args.out) if args.out else Path(args.manifest).with_suffix(".tokens.jsonl")
     todo = [r for r in scan.rows if getattr(r, args.field)]
@@ -139,13 +134,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
         good = [(r, w) for r, w in zip(batch, waves) if w is not None and len(w) >= 400]
         if not good:
             continue
-        n = max(len(w) for _, w in good)
-        wav = torch.stack([torch.nn.functional.pad(w, (0, n - len(w))) for _, w in good]).to(args.device)
-        feats = model.features(wav)
-        lens = torch.tensor([model.feature_frames(len(w)) for _, w in good], device=args.device)
-        ids, id_lens = model.tokenize(feats, lens)
-        for (row, _), seq, k in zip(good, ids.tolist(), id_lens.tolist()):
-            row.speech_tokens = seq[:k]
+        for (row, _), ids in zip(good, model.tokenize_waves([w for _, w in good])):
+            row.speech_tokens = ids.tolist()
     write_manifest(out, scan.rows)
     done = sum(1 for r in todo if r.speech_tokens)
     print(f"minmo tokenize: {done} rows tokenised ({failed} unreadable, {len(scan.bad)} bad rows) -> {out}")

@@ -13,7 +13,9 @@ stack trains the encoder, so tokens keep what the words need ("supervised semant
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -211,3 +213,107 @@ class SpeechTokenizer(nn.Module):
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         """``{"tokenizer": {name: parameter}}`` for the training loop."""
         return {"tokenizer": dict(self.named_parameters())}
+
+    @torch.no_grad()
+    def tokenize_waves(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """16 kHz waveforms ``[(N_i,)]`` -> token ids ``[(T_i,)]``, one padded batch."""
+        device = self.ctc_head.weight.device
+        n = max(len(w) for w in waves)
+        batch = torch.stack([F.pad(w.float(), (0, n - len(w))) for w in waves]).to(device)
+        lens = torch.tensor([self.feature_frames(len(w)) for w in waves], device=device)
+        ids, id_lens = self.tokenize(self.features(batch), lens)
+        return [ids[b, : int(id_lens[b])].cpu() for b in range(len(waves))]
+
+
+class OnnxSpeechTokenizer:
+    """CosyVoice 2's S3 tokenizer v2 (``speech_tokenizer_v2.onnx``) from a local file, run with
+    onnxruntime on CPU, behind the same :meth:`tokenize_waves` as :class:`SpeechTokenizer`.
+
+    The graph takes a Whisper log-mel ``(1, 128, T)`` float32 (100 frames/s, scaled by the
+    utterance's own peak, so each utterance runs alone) and its length ``(1,)`` int32, and
+    returns ``(1, ceil(T / 4))`` token ids (25 Hz) in ``[0, codebook_size)``. The release
+    tokenises at most 30 s at a time; longer audio is cut into 30 s windows (3000 frames =
+    750 tokens each) and the ids concatenated.
+
+    Args:
+        path: the ``.onnx`` file.
+        codebook_size: ids must lie below it (6561 for CosyVoice 2).
+        threads: onnxruntime intra-op threads.
+    """
+
+    n_mels = 128
+    window_frames = 3000  # 30 s
+
+    def __init__(self, path: str | Path, codebook_size: int = 6561, threads: int = 1):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"speech_tokenizer.onnx_path: {path} not found (point it at "
+                                    "speech_tokenizer_v2.onnx of a local CosyVoice 2 release, or use "
+                                    "speech_tokenizer.kind: tiny)")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("speech_tokenizer.kind: onnx needs onnxruntime: pip install onnxruntime") from None
+        from minmo.audio.features import WhisperLogMelFrontend
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: not a loadable ONNX model ({err})") from None
+        inputs = self.session.get_inputs()
+        mel_dim = inputs[0].shape[1] if inputs and len(inputs[0].shape) == 3 else None
+        if len(inputs) != 2 or mel_dim not in (self.n_mels, None) and not isinstance(mel_dim, str):
+            found = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+            raise ValueError(f"{path}: expected the S3 tokenizer's inputs (feats [1, {self.n_mels}, T], "
+                             f"feats_length [1]), found {found}")
+        self.input_names = [i.name for i in inputs]
+        self.codebook_size = codebook_size
+        self.frontend = WhisperLogMelFrontend(self.n_mels)
+        self.path = path
+
+    def _run(self, mel: np.ndarray) -> np.ndarray:
+        """``(128, T)`` log-mel -> ``(ceil(T / 4),)`` int64 ids."""
+        feeds = {self.input_names[0]: mel[None].astype(np.float32),
+                 self.input_names[1]: np.array([mel.shape[1]], dtype=np.int32)}
+        ids = np.asarray(self.session.run(None, feeds)[0]).reshape(-1).astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.codebook_size):
+            raise ValueError(f"{self.path}: token ids outside [0, {self.codebook_size}) "
+                             f"(min {ids.min()}, max {ids.max()})")
+        return ids
+
+    def tokenize_waves(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """16 kHz waveforms ``[(N_i,)]`` -> token ids ``[(ceil(N_i / 640),)]`` (25 Hz)."""
+        out = []
+        for wave in waves:
+            mel = self.frontend.features(wave.float().cpu()[None])[0].t().numpy()  # (128, T)
+            pieces = [self._run(mel[:, s: s + self.window_frames])
+                      for s in range(0, mel.shape[1], self.window_frames)]
+            out.append(torch.from_numpy(np.concatenate(pieces) if pieces else np.zeros(0, np.int64)))
+        return out
+
+
+def build_speech_tokenizer(cfg: SpeechTokenizerConfig, allow_random: bool = False
+                           ) -> SpeechTokenizer | OnnxSpeechTokenizer:
+    """The tokenizer ``cfg.kind`` names; a tiny one loads ``cfg.path`` (strict).
+
+    Raises:
+        ValueError: ``kind: onnx`` without ``onnx_path``, or a tiny tokenizer without ``path``
+            unless ``allow_random``.
+    """
+    if cfg.kind == "onnx":
+        if not cfg.onnx_path:
+            raise ValueError("speech_tokenizer.kind is 'onnx' but speech_tokenizer.onnx_path is not set "
+                             "(path to speech_tokenizer_v2.onnx)")
+        return OnnxSpeechTokenizer(cfg.onnx_path)
+    model = SpeechTokenizer(cfg)
+    if cfg.path:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(cfg.path), strict=True)
+    elif not allow_random:
+        raise ValueError("speech_tokenizer.path is not set: train a tokenizer (stage 'speech_tokenizer') and pass "
+                         "--set speech_tokenizer.path=<file>.safetensors, or use CosyVoice 2's ONNX tokenizer "
+                         "(speech_tokenizer.kind=onnx, speech_tokenizer.onnx_path=...)")
+    return model.eval()
