@@ -153,3 +153,25 @@ def test_cosyvoice2_shapes_match_public_parameter_count():
 def test_mel_matches_vocoder_hop():
     wave = _voiced_wave(10)
     assert mel_spectrogram(wave).shape[-1] * 480 == wave.shape[1]
+
+
+def test_multi_resolution_stft_loss():
+    """Zero for identical audio, larger for worse copies, and part of the reconstruction loss
+    (with a gradient) only when ``stft_loss_weight`` is set."""
+    from minmo.models.vocoder import multi_resolution_stft_loss
+
+    resolutions = HiFTConfig().stft_loss_resolutions
+    wave = _voiced_wave(12)[0:1]
+    noise = torch.randn_like(wave, generator=torch.Generator().manual_seed(0))
+    assert float(multi_resolution_stft_loss(wave, wave, resolutions)) < 1e-6
+    near = float(multi_resolution_stft_loss(wave, wave + 0.01 * noise, resolutions))
+    far = float(multi_resolution_stft_loss(wave, wave + 0.1 * noise, resolutions))
+    assert 0 < near < far
+    batch = {"wave": wave}
+    assert "stft" not in VocoderGAN(HiFTConfig()).reconstruction_loss(batch)[1]
+    torch.manual_seed(5)
+    gan = VocoderGAN(HiFTConfig(stft_loss_weight=20.0))
+    loss, metrics = gan.reconstruction_loss(batch)
+    loss.backward()
+    assert metrics["stft"] > 0 and all(p.grad is not None for p in gan.generator.conv_post.parameters())
+    assert float(loss) > 45.0 * metrics["mel_l1"] + 19.0 * metrics["stft"]

@@ -238,6 +238,22 @@ def feature_matching_loss(real_maps: list[list[torch.Tensor]], fake_maps: list[l
     return 2 * loss
 
 
+def multi_resolution_stft_loss(real: torch.Tensor, fake: torch.Tensor, resolutions: list[list[int]]) -> torch.Tensor:
+    """Mean over ``[n_fft, hop, win]`` resolutions of spectral convergence
+    (``||R| - |F||_F / ||R||_F``) plus L1 of log magnitudes (Parallel WaveGAN's auxiliary loss).
+
+    Args:
+        real, fake: ``(B, S)`` waveforms of equal length.
+    """
+    total = real.new_zeros(())
+    for n_fft, hop, win in resolutions:
+        window = torch.hann_window(win, device=real.device, dtype=real.dtype)
+        mags = [torch.stft(x, n_fft, hop, win, window, return_complex=True).abs().clamp_min(1e-7) for x in (real, fake)]
+        convergence = torch.linalg.norm(mags[0] - mags[1]) / torch.linalg.norm(mags[0])
+        total = total + convergence + F.l1_loss(mags[1].log(), mags[0].log())
+    return total / len(resolutions)
+
+
 class VocoderGAN(nn.Module):
     """HiFT generator + discriminators with the losses of one GAN training step.
 
@@ -285,7 +301,7 @@ class VocoderGAN(nn.Module):
         return wave, mel[:, :, :frames]
 
     def generator_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Generator step loss: adversarial + feature matching + mel-L1 + F0-L1.
+        """Generator step loss: adversarial + feature matching + reconstruction terms.
 
         Returns:
             Scalar loss (backprop into ``generator`` parameters only) and metrics.
@@ -296,14 +312,10 @@ class VocoderGAN(nn.Module):
         fake_logits, fake_maps = self.discriminator(fake)
         adv = generator_adv_loss(fake_logits)
         fm = feature_matching_loss(real_maps, fake_maps)
-        mel_l1 = F.l1_loss(mel_spectrogram(fake, self.loss_mel_settings), mel_spectrogram(wave, self.loss_mel_settings))
-        loss = adv + self.cfg.feature_loss_weight * fm + self.cfg.mel_loss_weight * mel_l1
-        metrics = {"gen_adv": float(adv.detach()), "gen_fm": float(fm.detach()), "mel_l1": float(mel_l1.detach())}
-        if batch.get("f0") is not None:
-            f0_l1 = F.l1_loss(f0, batch["f0"][:, : f0.shape[1]].to(f0.dtype))
-            loss = loss + self.cfg.f0_loss_weight * f0_l1
-            metrics["f0_l1"] = float(f0_l1.detach())
-        metrics["gen_loss"] = float(loss.detach())
+        rec, metrics = self._reconstruction_terms(wave, fake, f0, batch.get("f0"))
+        loss = adv + self.cfg.feature_loss_weight * fm + rec
+        metrics = {"gen_adv": float(adv.detach()), "gen_fm": float(fm.detach()), **metrics,
+                   "gen_loss": float(loss.detach())}
         return loss, metrics
 
     def discriminator_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -317,14 +329,24 @@ class VocoderGAN(nn.Module):
         return loss, {"disc_loss": float(loss.detach())}
 
     def reconstruction_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mel-L1 (+ F0-L1) only: a single-optimiser warm-up step without discriminators."""
+        """Reconstruction terms only: a single-optimiser warm-up step without discriminators."""
         wave, mel = self._inputs(batch)
         fake, f0 = self.generator(mel)
+        return self._reconstruction_terms(wave, fake, f0, batch.get("f0"))
+
+    def _reconstruction_terms(self, wave: torch.Tensor, fake: torch.Tensor, f0: torch.Tensor,
+                              f0_target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted mel-L1, multi-resolution STFT (when ``stft_loss_weight`` > 0) and F0-L1
+        (when the batch has an ``f0`` target) of generated vs. real audio."""
         mel_l1 = F.l1_loss(mel_spectrogram(fake, self.loss_mel_settings), mel_spectrogram(wave, self.loss_mel_settings))
         loss = self.cfg.mel_loss_weight * mel_l1
         metrics = {"mel_l1": float(mel_l1.detach())}
-        if batch.get("f0") is not None:
-            f0_l1 = F.l1_loss(f0, batch["f0"][:, : f0.shape[1]].to(f0.dtype))
+        if self.cfg.stft_loss_weight > 0:
+            stft = multi_resolution_stft_loss(wave, fake, self.cfg.stft_loss_resolutions)
+            loss = loss + self.cfg.stft_loss_weight * stft
+            metrics["stft"] = float(stft.detach())
+        if f0_target is not None:
+            f0_l1 = F.l1_loss(f0, f0_target[:, : f0.shape[1]].to(f0.dtype))
             loss = loss + self.cfg.f0_loss_weight * f0_l1
             metrics["f0_l1"] = float(f0_l1.detach())
         return loss, metrics
