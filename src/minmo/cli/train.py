@@ -15,7 +15,8 @@ from minmo.checkpoints import CheckpointError
 from minmo.config import ConfigError, load_train_config
 from minmo.training.errors import TrainingError
 
-HELP = "train one stage (s2t_prealign, s2t_fullalign, s2t_sft, t2s_projector, t2s_full, s2s, duplex)"
+HELP = ("train one stage (MinMo: s2t_prealign, s2t_fullalign, s2t_sft, t2s_projector, t2s_full, s2s, "
+        "duplex; speech generation: speech_tokenizer, flow, vocoder)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@
 (seeded, identical on every rank); load ``cfg.init`` weights; apply the stage's freeze
 matrix; resume from the latest checkpoint in ``output_dir`` (or ``cfg.resume``); wrap the
 model (FSDP2/DDP); build AdamW + warmup-cosine over the trainable parameters; then run
-optimizer steps until ``optim.max_steps``, each over ``optim.grad_accum`` micro-batches, with
+optimizer steps until ``optim.max_steps`` (or until ``max_minutes`` of wall clock have passed
+in this invocation: then it checkpoints and stops), each over ``optim.grad_accum`` micro-batches, with
 bf16 autocast on CUDA, gradient clipping, a JSONL metrics line every ``log_every`` steps and
 an atomic checkpoint every ``save_every`` steps and at the end. With ``data.valid``
 manifests, a validation pass (``training/validation.py``) runs every ``valid_every`` steps
@@ -456,7 +457,9 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     window_examples, window_t = 0.0, time.perf_counter()
     checked_keys = False
     bar = _progress(cfg, info, step)
-    while step < cfg.optim.max_steps:
+    deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
+    out_of_time = False
+    while step < cfg.optim.max_steps and not out_of_time:
         micro, position = micro_batches(stream, cfg.optim.grad_accum, info, last_good)
         micro = [(to_device(b, info.device), w) for b, w in micro]
         if not checked_keys:
@@ -467,11 +470,12 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         lr = next(iter(optimizers.values())).param_groups[0]["lr"]  # used by this step
         out: StepOutput = stage.step(ctx)
         step += 1
+        out_of_time = deadline is not None and _past(deadline, info)
         loss, metric_means, examples = _reduce_step(out, info)
         final_loss = loss
         losses.append(loss)
         window_examples += examples
-        validate = valid_set is not None and should_validate(cfg, step)
+        validate = valid_set is not None and (should_validate(cfg, step) or out_of_time)
         if validate:
             valid = evaluate(raw, stage, valid_set, info, autocast, micro[0][0], to_device,
                              valid_reported)
@@ -479,7 +483,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", **({"valid_loss": f"{valid['valid_loss']:.4f}"}
                                                if valid else {}))
-        if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps or validate:
+        if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps or validate or out_of_time:
             skipped = len(_global_bad_rows(source, info, prior_bad))
             now = time.perf_counter()
             record = {"step": step, "loss": loss, "lr": lr,
@@ -490,7 +494,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             window_examples, window_t = 0.0, now
             if metrics is not None:
                 metrics.write(record)
-        if step % max(1, cfg.save_every) == 0 or step == cfg.optim.max_steps:
+        if step % max(1, cfg.save_every) == 0 or step == cfg.optim.max_steps or out_of_time:
             bad = _global_bad_rows(source, info, prior_bad)
             extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
                      "bad_rows": sorted(bad)}
@@ -498,12 +502,22 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                             extra, configs, carried)
             _debug_kill(step)
     bar.close()
+    if out_of_time and info.is_main:
+        log.info("max_minutes=%g reached at step %d: checkpoint saved, stopping (run again to "
+                 "continue)", cfg.max_minutes, step)
     skipped = len(_global_bad_rows(source, info, prior_bad))
     result = TrainResult(steps=step, final_loss=final_loss, skipped_rows=skipped,
                          seconds=time.perf_counter() - t0, output_dir=out_dir,
                          resumed_from=resume.path if resume else None, losses=losses,
                          valid=valid)
     return result
+
+
+def _past(deadline: float, info: DistInfo) -> bool:
+    """Whether any process has passed ``deadline`` (all processes agree, so they stop at the
+    same step)."""
+    late = float(time.perf_counter() >= deadline)
+    return (all_reduce_sum([late], info)[0] if info.distributed else late) > 0
 
 
 def _check_batch_keys(stage: Stage, batch: dict[str, Any]) -> None:

@@ -6,30 +6,36 @@ from the manifests in ``data.train`` (assistant speech ``target_audio`` of tts/s
 English ASR rows), turned into batches by the functions below, which
 ``scripts/train_speech_tiny.py`` uses too.
 
+The shapes come from the ``speech_tokenizer`` / ``flow`` / ``vocoder`` sections of the model
+config the train YAML names (``model: tiny`` -> the tiny shapes; ``minmo-7b`` -> CosyVoice 2's).
 Stage-specific settings go under ``stage_options`` in the train YAML:
 
 - ``flow``: ``tokenizer`` (path to a tokenizer checkpoint directory or ``.safetensors``; the
-  speech tokens of each utterance come from it), ``max_tokens`` (crop length, default 100);
+  speech tokens of each utterance come from it), ``max_tokens`` (crop length, default 100),
+  ``voices`` (``assistant``, the default: only the assistant's speech, which the fixed
+  speaker embedding stands for; ``all``: every voice);
 - ``vocoder``: ``frames`` (crop length in 20 ms mel frames, default 24),
   ``reconstruction_steps`` (the first N steps train the generator on the mel/F0
   reconstruction loss only, a warm-up before the GAN; default 0), ``disc_channels``
-  (discriminator width, default 8).
+  (discriminator width, default 8), ``disc_lr`` (the discriminator optimiser's peak learning
+  rate; default ``optim.lr``), ``voices`` (``all``, the default, or ``assistant``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from minmo.audio.io import load_audio
 from minmo.audio.mel import estimate_f0, mel_spectrogram
-from minmo.config import (ConfigError, FlowConfig, HiFTConfig, OptimConfig,
-                          SpeechTokenizerConfig, TrainConfig)
+from minmo.config import (ConfigError, ModelConfig, OptimConfig, SpeechTokenizerConfig, TrainConfig,
+                          load_model_config)
 from minmo.data.manifest import read_manifests
 from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
@@ -147,8 +153,22 @@ def assistant_speaker() -> torch.Tensor:
 # Stage hooks
 # --------------------------------------------------------------------------------------
 
-_OPTIONS = {"speech_tokenizer": set(), "flow": {"tokenizer", "max_tokens"},
-            "vocoder": {"frames", "reconstruction_steps", "disc_channels"}}
+_OPTIONS = {"speech_tokenizer": set(), "flow": {"tokenizer", "max_tokens", "voices"},
+            "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"}}
+_DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all"}
+
+
+def _model_config(cfg: TrainConfig) -> ModelConfig:
+    """The model config ``cfg.model`` names (its speech sections give the shapes)."""
+    return load_model_config(cfg.model)
+
+
+def _tokenizer_config(cfg: TrainConfig) -> SpeechTokenizerConfig:
+    tok = _model_config(cfg).speech_tokenizer
+    if tok.kind != "tiny":
+        raise ConfigError(f"model {cfg.model}: speech_tokenizer.kind is '{tok.kind}'; only minmo's own "
+                          "tokenizer (kind: tiny) trains (the ONNX release runs as it is)")
+    return tok
 
 
 def _options(cfg: TrainConfig) -> dict[str, Any]:
@@ -159,25 +179,25 @@ def _options(cfg: TrainConfig) -> dict[str, Any]:
     return cfg.stage_options
 
 
-def _items(cfg: TrainConfig) -> list[dict[str, Any]]:
-    if not cfg.data.train:
-        raise ConfigError(f"data.train: stage '{cfg.stage}' needs manifests with audio and text")
-    items = load_speech_items(cfg.data.train)
+def _items(cfg: TrainConfig, paths: list[str], key: str) -> list[dict[str, Any]]:
+    """The utterances of the manifests ``paths`` (config key ``key``) the stage uses."""
+    if not paths:
+        raise ConfigError(f"{key}: stage '{cfg.stage}' needs manifests with audio and text")
+    voices = _options(cfg).get("voices", _DEFAULT_VOICES[cfg.stage])
+    if voices not in ("assistant", "all"):
+        raise ConfigError(f"stage_options.voices: '{voices}' is not 'assistant' or 'all'")
+    items = load_speech_items(paths)
+    if voices == "assistant":
+        items = [it for it in items if it["voice"] == "assistant"]
     if not items:
-        raise ConfigError(f"data.train {cfg.data.train}: no English utterance with audio and "
-                          "text (asr rows, or tts/s2s rows with target_audio)")
+        raise ConfigError(f"{key} {paths}: no English utterance with audio and text "
+                          f"(asr rows, or tts/s2s rows with target_audio; voices: {voices})")
     return items
 
 
-def _source(cfg: TrainConfig, items: list[dict[str, Any]], collate: Any, rank: int,
-            world_size: int) -> IndexedBatchSource:
-    return IndexedBatchSource(ListDataset(items), collate, cfg.data.batch_size, seed=cfg.seed,
-                              shuffle=cfg.data.shuffle, rank=rank, world_size=world_size)
-
-
-def load_tokenizer(path: str | Path) -> SpeechTokenizer:
-    """A :class:`SpeechTokenizer` from a checkpoint directory (its ``trainable.safetensors``)
-    or a ``.safetensors`` file, in eval mode.
+def load_tokenizer(path: str | Path, tok_cfg: SpeechTokenizerConfig | None = None) -> SpeechTokenizer:
+    """A :class:`SpeechTokenizer` (shape ``tok_cfg``, default tiny) from a checkpoint directory
+    (its ``trainable.safetensors``) or a ``.safetensors`` file, in eval mode.
 
     Raises:
         ConfigError: the file is missing or its tensors do not match the model.
@@ -190,7 +210,7 @@ def load_tokenizer(path: str | Path) -> SpeechTokenizer:
         raise ConfigError(f"stage_options.tokenizer: {file} not found (give a speech_tokenizer "
                           "checkpoint directory, e.g. runs/speech_tokenizer/checkpoints/step_..., "
                           "or a .safetensors file)")
-    model = SpeechTokenizer(SpeechTokenizerConfig())
+    model = SpeechTokenizer(tok_cfg or SpeechTokenizerConfig())
     missing, unexpected = model.load_state_dict(load_file(file), strict=False)
     params = {n for n, _ in model.named_parameters()}
     if unexpected or params & set(missing):
@@ -200,49 +220,68 @@ def load_tokenizer(path: str | Path) -> SpeechTokenizer:
     return model.eval()
 
 
-def _tokenizer_data(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
-                    ) -> IndexedBatchSource:
-    _options(cfg)
-    return _source(cfg, _items(cfg), tokenizer_batch, rank, world_size)
+Inputs = tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]]
 
 
-def _flow_data(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
-               ) -> IndexedBatchSource:
+def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
+    return _items(cfg, paths, key), tokenizer_batch
+
+
+def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     opts = _options(cfg)
     if "tokenizer" in opts:
-        tok = load_tokenizer(opts["tokenizer"])
+        tok = load_tokenizer(opts["tokenizer"], _tokenizer_config(cfg))
     else:
         log.warning("flow: no stage_options.tokenizer; tokens come from an untrained tokenizer")
-        tok = SpeechTokenizer(SpeechTokenizerConfig()).eval()
-    items = _items(cfg)
+        tok = SpeechTokenizer(_tokenizer_config(cfg)).eval()
+    items = _items(cfg, paths, key)
     with torch.no_grad():
-        for it in items:
-            it["tokens"] = tokenize(tok, it["w16"])
-            it["mel"] = mel_spectrogram(it["w24"])
+        for start in range(0, len(items), 16):
+            chunk = items[start:start + 16]
+            for it, ids in zip(chunk, tok.tokenize_waves([it["w16"] for it in chunk])):
+                it["tokens"] = ids
+                it["mel"] = mel_spectrogram(it["w24"])
     spk, max_tokens = assistant_speaker(), int(opts.get("max_tokens", 100))
-    return _source(cfg, items, lambda b: flow_batch(b, spk, max_tokens), rank, world_size)
+    return items, lambda b: flow_batch(b, spk, max_tokens)
 
 
-def _vocoder_data(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int
-                  ) -> IndexedBatchSource:
+def _vocoder_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     frames = int(_options(cfg).get("frames", 24))
-    items = _items(cfg)
+    items = _items(cfg, paths, key)
     with torch.no_grad():
         for it in items:
             it["f0"] = estimate_f0(it["w24"])
-    return _source(cfg, items, lambda b: vocoder_batch(b, frames), rank, world_size)
+    return items, lambda b: vocoder_batch(b, frames)
+
+
+def _train_data(inputs: Callable[[TrainConfig, list[str], str], Inputs]) -> Callable[..., IndexedBatchSource]:
+    """A stage's ``build_data`` hook: ``inputs`` over ``data.train``, shuffled per rank."""
+    def build(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int) -> IndexedBatchSource:
+        items, collate = inputs(cfg, cfg.data.train, "data.train")
+        return IndexedBatchSource(ListDataset(items), collate, cfg.data.batch_size, seed=cfg.seed,
+                                  shuffle=cfg.data.shuffle, rank=rank, world_size=world_size)
+    return build
+
+
+def _valid_data(inputs: Callable[[TrainConfig, list[str], str], Inputs]) -> Callable[[TrainConfig], Inputs]:
+    """A stage's ``build_valid_data`` hook: ``inputs`` over ``data.valid``."""
+    return lambda cfg: inputs(cfg, cfg.data.valid, "data.valid")
 
 
 def _build_vocoder(cfg: TrainConfig) -> VocoderGAN:
     opts = _options(cfg)
-    gan = VocoderGAN(HiFTConfig(disc_channels=int(opts.get("disc_channels", 8))))
+    voc_cfg = replace(_model_config(cfg).vocoder, disc_channels=int(opts.get("disc_channels", 8)))
+    gan = VocoderGAN(voc_cfg)
     gan.reconstruction_steps = int(opts.get("reconstruction_steps", 0))  # read by vocoder_step
+    gan.disc_lr = float(opts.get("disc_lr", cfg.optim.lr))  # read by _vocoder_optimizers
     return gan
 
 
 def _vocoder_optimizers(model: nn.Module, optim_cfg: OptimConfig) -> dict[str, torch.optim.Optimizer]:
     groups = model.param_groups()
-    return {g: build_adamw(groups[g].values(), optim_cfg) for g in ("generator", "discriminator")}
+    disc_cfg = replace(optim_cfg, lr=getattr(model, "disc_lr", optim_cfg.lr))
+    return {"generator": build_adamw(groups["generator"].values(), optim_cfg),
+            "discriminator": build_adamw(groups["discriminator"].values(), disc_cfg)}
 
 
 def _accumulate(ctx: StepContext, losses: tuple[str, ...]) -> tuple[float, dict[str, float], int]:
@@ -295,14 +334,16 @@ def vocoder_step(ctx: StepContext) -> StepOutput:
 for _stage in (
     Stage("speech_tokenizer", ("tokenizer",), ("ctc",),
           "speech tokenizer (FSQ + CTC head) on audio with text", step=standard_step,
-          build_model=lambda cfg: SpeechTokenizer(SpeechTokenizerConfig()),
-          build_data=_tokenizer_data),
+          build_model=lambda cfg: SpeechTokenizer(_tokenizer_config(cfg)),
+          build_data=_train_data(_tokenizer_inputs), build_valid_data=_valid_data(_tokenizer_inputs)),
     Stage("flow", ("flow",), ("flow",),
           "chunk-aware flow matching: speech tokens -> mel", step=standard_step,
-          build_model=lambda cfg: ChunkFlowMatching(FlowConfig()), build_data=_flow_data),
+          build_model=lambda cfg: ChunkFlowMatching(_model_config(cfg).flow),
+          build_data=_train_data(_flow_inputs), build_valid_data=_valid_data(_flow_inputs)),
     Stage("vocoder", ("generator", "discriminator"), ("generator",),
           "HiFT vocoder GAN: mel -> waveform (reconstruction warm-up option)",
-          step=vocoder_step, build_model=_build_vocoder, build_data=_vocoder_data,
-          build_optimizers=_vocoder_optimizers),
+          step=vocoder_step, build_model=_build_vocoder, build_optimizers=_vocoder_optimizers,
+          build_data=_train_data(_vocoder_inputs), build_valid_data=_valid_data(_vocoder_inputs),
+          valid_losses=("reconstruction",)),
 ):
     register_stage(_stage, replace=True)

@@ -172,6 +172,9 @@ class Stage:
         step: the optimizer-step function (default :func:`standard_step`).
         build_model, build_data, build_optimizers: optional hooks (see module docstring);
             ``None`` uses the loop's defaults (MinMo, the manifest data, one AdamW).
+        build_valid_data: for a stage with its own ``build_data``: ``cfg -> (examples,
+            collate)`` over ``data.valid`` (``None``: such a stage does not validate).
+        valid_losses: losses of the validation pass (default: ``losses``).
     """
 
     name: str
@@ -183,6 +186,8 @@ class Stage:
     build_model: Callable[[TrainConfig], nn.Module] | None = None
     build_data: Callable[..., Any] | None = None
     build_optimizers: Callable[[nn.Module, OptimConfig], dict[str, torch.optim.Optimizer]] | None = None
+    build_valid_data: Callable[[TrainConfig], tuple[list[Any], Callable[[list[Any]], Any]]] | None = None
+    valid_losses: tuple[str, ...] = ()
 
     @property
     def uses_lora(self) -> bool:

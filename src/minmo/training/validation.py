@@ -9,8 +9,9 @@ is the same for any number of processes. Under several processes every rank runs
 number of forward passes (FSDP gathers parameters collectively): a rank with fewer batches,
 or with a batch whose rows are all bad, repeats a batch it already has with weight 0.
 
-A validation pass must not disturb training: it saves and restores every RNG (python,
-numpy, torch, CUDA) around itself, uses its own DataLoader, and puts the modules back in
+Each pass starts from the same seed, so stages that draw at random (the speech stages' crops
+and flow-matching noise) are scored on the same draws every time. A validation pass must not
+disturb training: it saves and restores every RNG (python, numpy, torch, CUDA) around itself, uses its own DataLoader, and puts the modules back in
 train mode, so a run with validation trains exactly like one without it and resumes
 bit-exactly.
 """
@@ -35,6 +36,9 @@ from minmo.training.errors import TrainingError
 from minmo.training.stages import Stage, batch_size_of
 
 log = logging.getLogger(__name__)
+
+VALID_SEED = 20250110
+"""Seed of every validation pass (speech stages crop and draw flow noise at random)."""
 
 PREFIX = "valid_"
 """Prefix of the validation keys in ``metrics.jsonl`` (``valid_loss``, ``valid_text_acc``,
@@ -103,10 +107,15 @@ def build_valid_set(cfg: TrainConfig, stage: Stage, model: nn.Module, info: Dist
     if not cfg.data.valid:
         return None
     if stage.build_data is not None:
-        if info.is_main:
-            log.warning("stage '%s' brings its own data: data.valid is not used (no "
-                        "validation)", stage.name)
-        return None
+        if stage.build_valid_data is None:
+            if info.is_main:
+                log.warning("stage '%s' brings its own data and has no validation hook: "
+                            "data.valid is not used", stage.name)
+            return None
+        examples, collate = stage.build_valid_data(cfg)
+        bs = cfg.data.batch_size
+        return _share([list(range(i, min(i + bs, len(examples)))) for i in range(0, len(examples), bs)],
+                      _Indexed(examples), collate, cfg, info)
     from minmo.data.loader import build_loader
     from minmo.training.manifest_data import STAGE_TASKS, drop_rows_without_speech_tokens
 
@@ -125,14 +134,29 @@ def build_valid_set(cfg: TrainConfig, stage: Stage, model: nn.Module, info: Dist
     if info.is_main:
         for bad in loader.dataset.bad:
             log.warning("validation: skipping bad row %s", bad)
-    plan = loader.sampler.global_batches(0)
+    return _share(loader.sampler.global_batches(0), loader.dataset, loader.collate, cfg, info)
+
+
+class _Indexed:
+    """A list of ready examples addressed like the loaders' datasets (``(index, epoch)``)."""
+
+    def __init__(self, examples: list[Any]):
+        self.examples = examples
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.examples[key[0]]
+
+
+def _share(plan: list[list[int]], dataset: Any, collate: Callable[[list[Any]], dict[str, Any]],
+           cfg: TrainConfig, info: DistInfo) -> ValidSet:
+    """The first ``valid_max_batches`` global batches of ``plan``; this rank's share."""
     if cfg.valid_max_batches > 0:
         plan = plan[:cfg.valid_max_batches]
     world = info.world_size
     if info.is_main:
         log.info("validation: %d batches of %d rows from %d manifest(s)", len(plan),
                  sum(len(b) for b in plan), len(cfg.data.valid))
-    return ValidSet(loader.dataset, loader.collate, plan[info.rank::world],
+    return ValidSet(dataset, collate, plan[info.rank::world],
                     rounds=math.ceil(len(plan) / world), num_workers=cfg.data.num_workers)
 
 
@@ -173,6 +197,8 @@ def evaluate(model: nn.Module, stage: Stage, valid: ValidSet, info: DistInfo,
     metric_sums: dict[str, float] = {}
     metric_counts: dict[str, int] = {}
     model.eval()
+    ckpt.seed_everything(VALID_SEED)  # the same random crops / noise draws on every pass
+    losses = stage.valid_losses or stage.losses
     try:
         with torch.no_grad():
             stream = valid.batches()
@@ -195,7 +221,7 @@ def evaluate(model: nn.Module, stage: Stage, valid: ValidSet, info: DistInfo,
                                         "in step with the others; fix the bad data.valid rows "
                                         "reported above")
                 with autocast():
-                    out = model(batch if usable else last_good, losses=stage.losses)
+                    out = model(batch if usable else last_good, losses=losses)
                 if not usable:
                     continue
                 loss_sum += float(out.loss.detach())
