@@ -22,6 +22,18 @@ Logits = list[torch.Tensor]
 FeatureMaps = list[list[torch.Tensor]]
 
 
+def conv_stack(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``convs`` with leaky ReLU, then ``post``: flattened logits and every layer's output
+    (the feature maps of the feature-matching loss)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1), fmap
+
+
 class PeriodDiscriminator(nn.Module):
     """One period of the multi-period discriminator."""
 
@@ -41,14 +53,7 @@ class PeriodDiscriminator(nn.Module):
         b, c, n = x.shape
         if n % self.period:
             x = F.pad(x, (0, self.period - n % self.period), mode="reflect" if n > self.period else "constant")
-        x = x.view(b, c, -1, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1), fmap
+        return conv_stack(self.convs, self.conv_post, x.view(b, c, -1, self.period))
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -84,14 +89,7 @@ class SpecDiscriminator(nn.Module):
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``y``: ``(B, N)`` -> logits and feature maps."""
         spec = torch.stft(y, self.fft_size, self.hop, self.win_length, self.window.to(y.device), return_complex=True)
-        x = spec.abs().transpose(1, 2).unsqueeze(1)  # (B, 1, frames, bins)
-        fmap = []
-        for conv in self.discriminators:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.out(x)
-        fmap.append(x)
-        return torch.flatten(x, 1), fmap
+        return conv_stack(self.discriminators, self.out, spec.abs().transpose(1, 2).unsqueeze(1))  # (B, 1, frames, bins)
 
 
 class MultiResSpecDiscriminator(nn.Module):
