@@ -78,6 +78,17 @@ class Seam:
         return None
 
 
+async def _speak_while_it_talks(c, first, second):
+    """Send ``first``, wait until its reply is speaking, send ``second``: the reply's id and
+    the index of the first event after ``second`` was sent."""
+    await c.send_audio(first)
+    created = await c.wait_for("response.created", 30)
+    await c.wait_for("response.output_audio.delta", 30)
+    mark = len(c.events)
+    await c.send_audio(second)
+    return created["response"]["id"], mark
+
+
 def test_barge_in_stops_audio_within_one_frame_and_a_new_turn_follows(rt, tmp):
     gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
     seam = Seam(Decision.STOP)
@@ -86,12 +97,7 @@ def test_barge_in_stops_audio_within_one_frame_and_a_new_turn_follows(rt, tmp):
 
     async def main(url):
         async with RealtimeClient(url + "/v1/realtime") as c:
-            await c.send_audio(first)
-            created = await c.wait_for("response.created", 30)
-            rid = created["response"]["id"]
-            await c.wait_for("response.output_audio.delta", 30)
-            mark = len(c.events)
-            await c.send_audio(barge)
+            rid, mark = await _speak_while_it_talks(c, first, barge)
             started = await c.wait_for("input_audio_buffer.speech_started", 30, since=mark)
             done = await c.wait_for(lambda e: e["type"] == "response.done"
                                     and e["response"]["id"] == rid, 30)
@@ -129,13 +135,9 @@ def test_back_channel_continue_keeps_talking(rt, tmp):
 
     async def main(url):
         async with RealtimeClient(url + "/v1/realtime") as c:
-            await c.send_audio(first)
-            created = await c.wait_for("response.created", 30)
-            await c.wait_for("response.output_audio.delta", 30)
-            mark = len(c.events)
-            await c.send_audio(uh_huh)
+            rid, mark = await _speak_while_it_talks(c, first, uh_huh)
             done = await c.wait_for("response.done", 60)
-            return c.events[mark:], created["response"]["id"], done, c
+            return c.events[mark:], rid, done, c
 
     with serving(rt, gen, seam) as (engine, server):
         after, rid, done, c = asyncio.run(main(server.ws_url))
