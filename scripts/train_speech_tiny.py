@@ -45,7 +45,8 @@ from minmo.models.flow import ChunkFlowMatching
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.checkpointing import latest_checkpoint
 from minmo.training.loop import train
-from minmo.training.speech_stages import assistant_speaker, load_speech_items, load_tokenizer
+from minmo.models.speaker import assistant_speaker
+from minmo.training.speech_stages import load_speech_items, load_tokenizer
 
 
 def log(msg: str) -> None:
@@ -76,6 +77,19 @@ def run_stage(stage: str, out: Path, data: Path, model: Path, minutes: float, lr
     result = train(cfg)
     log(f"{stage}: {result.steps} steps in {result.seconds / 60:.1f} min, loss {result.final_loss:.3f}, "
         f"valid {json.dumps({k: round(v, 3) for k, v in result.valid.items() if k.startswith('valid_')})}")
+
+
+def write_trained_config(out: Path, cfg) -> Path:
+    """``<out>/trained.yaml``: the model config with ``speech_tokenizer.path``, ``flow.path``
+    and ``vocoder.path`` at the runs' latest checkpoints, for ``minmo tokenize`` / ``minmo tts
+    --model <out>/trained.yaml``."""
+    files = {name: latest_checkpoint(out / run) / "trainable.safetensors"
+             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", "flow"), ("vocoder", "vocoder"))}
+    cfg = replace(cfg, name="tiny-speech-trained",
+                  **{name: replace(getattr(cfg, name), path=str(f.resolve())) for name, f in files.items()})
+    save_yaml(cfg, out / "trained.yaml")
+    log(f"wrote {out / 'trained.yaml'}")
+    return out / "trained.yaml"
 
 
 def trained(run: Path) -> dict[str, torch.Tensor]:
@@ -176,6 +190,7 @@ def main() -> None:
         flow.load_state_dict(trained(out / "flow"))
         gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
         gan.load_state_dict(trained(out / "vocoder"))
+        write_trained_config(out, cfg)
         test = load_speech_items([data / "test"])
         log(f"{len(test)} test utterances")
         with torch.no_grad():

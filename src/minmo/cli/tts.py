@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tts.add_argument("--model", default="tiny", help="model preset or YAML (flow/vocoder/speaker sections)")
     tts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. flow.path=runs/flow.safetensors (repeatable)")
-    tts.add_argument("--speaker-wav", help="16 kHz reference voice for the speaker embedding (else zeros)")
+    tts.add_argument("--speaker-wav", help="16 kHz reference voice for the speaker embedding (else the assistant's fixed embedding)")
     tts.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal", "non_causal"])
     tts.add_argument("--stream", action="store_true", help="decode through the streaming path (15-token steps)")
     tts.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
 def _speaker_embedding(cfg, speaker_wav: str | None, device: str):
     import torch
 
+    from minmo.models.speaker import assistant_speaker, build_speaker_embedder
+
     if not speaker_wav:
-        return torch.zeros(1, cfg.flow.spk_embed_dim, device=device)
+        return assistant_speaker(cfg.flow.spk_embed_dim).to(device)
     from minmo.audio.io import load_audio
-    from minmo.models.speaker import build_speaker_embedder
 
     if cfg.speaker.kind == "tiny" and not cfg.speaker.path:
         raise ValueError("--speaker-wav needs trained speaker weights: set speaker.path (or speaker.kind=onnx "

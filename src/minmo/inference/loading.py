@@ -61,7 +61,7 @@ def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: boo
     ``choice``: ``token2wav`` (flow matching + HiFT from ``cfg.flow`` / ``cfg.vocoder``,
     weights from ``flow.safetensors`` / ``vocoder.safetensors`` in the model directory or
     the configs' ``path``; the assistant voice from ``speaker.safetensors`` (tensor
-    ``embedding``)), ``placeholder`` (tones), or ``auto`` (token2wav).
+    ``embedding``), else the fixed embedding the flow stage trains it with), ``placeholder`` (tones), or ``auto`` (token2wav).
     """
     if choice == "placeholder":
         return PlaceholderVocoder(), ["speech is rendered by a placeholder (tones, not speech)"]
@@ -72,6 +72,7 @@ def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: boo
     from minmo.checkpoints import load_tensors
     from minmo.inference.token2wav import build_token2wav
     from minmo.inference.vocoder import Token2WavDecoder
+    from minmo.models.speaker import assistant_speaker
 
     cfg = model.cfg
     paths = {}
@@ -91,7 +92,7 @@ def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: boo
         missing = ", ".join(sorted({"flow", "vocoder"} - set(paths)))
         notes.append("token2wav has random weights: reply audio is noise" if not trained else
                      f"token2wav weights missing ({missing}): reply audio is noise")
-    speaker = torch.zeros(cfg.flow.spk_embed_dim)
+    speaker = assistant_speaker(cfg.flow.spk_embed_dim)[0]
     spk_file = directory / "speaker.safetensors" if directory is not None else None
     if spk_file is not None and spk_file.is_file():
         speaker = load_tensors(spk_file)["embedding"].reshape(-1).float()

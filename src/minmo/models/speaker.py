@@ -27,6 +27,16 @@ from minmo.config import SpeakerEncoderConfig
 from minmo.modules.speech_outputs import LossOutput
 
 
+def assistant_speaker(dim: int = 192) -> torch.Tensor:
+    """The fixed speaker embedding ``(1, dim)`` of the one assistant voice: a unit vector, so
+    it differs from the all-zero embedding that classifier-free guidance trains as "no
+    speaker". The flow stage trains the assistant's speech with it; the runtime and ``minmo
+    tts`` use it when no other voice is given."""
+    spk = torch.zeros(1, dim)
+    spk[0, 0] = 1.0
+    return spk
+
+
 def speaker_features(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
     """16 kHz waveform ``(N,)`` in [-1, 1] -> mean-normalised fbank ``(T, 80)``."""
     wave = torch.as_tensor(np.asarray(wave, dtype=np.float32)) if not isinstance(wave, torch.Tensor) else wave.float()

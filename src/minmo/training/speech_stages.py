@@ -39,6 +39,7 @@ from minmo.config import (ConfigError, ModelConfig, OptimConfig, SpeechTokenizer
 from minmo.data.manifest import read_manifests
 from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
+from minmo.models.speaker import assistant_speaker
 from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.data_source import IndexedBatchSource, ListDataset
@@ -142,12 +143,6 @@ def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, to
     return {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
 
 
-def assistant_speaker() -> torch.Tensor:
-    """The fixed speaker embedding ``(1, 192)`` of the one assistant voice."""
-    spk = torch.zeros(1, SPEAKER_DIM)
-    spk[0, 0] = 1.0
-    return spk
-
 
 # --------------------------------------------------------------------------------------
 # Stage hooks
@@ -241,7 +236,7 @@ def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
             for it, ids in zip(chunk, tok.tokenize_waves([it["w16"] for it in chunk])):
                 it["tokens"] = ids
                 it["mel"] = mel_spectrogram(it["w24"])
-    spk, max_tokens = assistant_speaker(), int(opts.get("max_tokens", 100))
+    spk, max_tokens = assistant_speaker(SPEAKER_DIM), int(opts.get("max_tokens", 100))
     return items, lambda b: flow_batch(b, spk, max_tokens)
 
 
