@@ -51,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _speaker_embedding(cfg, speaker_wav: str | None, device: str):
-    import torch
-
     from minmo.models.speaker import assistant_speaker, build_speaker_embedder
 
     if not speaker_wav:

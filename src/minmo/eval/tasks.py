@@ -19,7 +19,7 @@ from minmo.eval import duplex_metrics as dm
 from minmo.eval import metrics, prosody
 from minmo.eval.adapters import DuplexTrace, SpokenReply, TranscriberJudge
 from minmo.eval.labels import classification_views
-from minmo.eval.normalize import canonical_language, uses_cer
+from minmo.eval.normalize import uses_cer
 from minmo.eval.readers import EvalItem
 from minmo.eval.results import DuplexExample, MetricRow, SkippedTask
 

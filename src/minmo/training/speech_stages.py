@@ -3,8 +3,8 @@
 
 Each stage brings its own model (not MinMo) and data: utterances with audio and text read
 from the manifests in ``data.train`` (assistant speech ``target_audio`` of tts/s2s rows, and
-English ASR rows), turned into batches by the functions below, which
-``scripts/train_speech_tiny.py`` uses too.
+English ASR rows), turned into batches by the functions below
+(``scripts/train_speech_tiny.py`` runs the three stages as a bounded CPU recipe).
 
 The shapes come from the ``speech_tokenizer`` / ``flow`` / ``vocoder`` sections of the model
 config the train YAML names (``model: tiny`` -> the tiny shapes; ``minmo-7b`` -> CosyVoice 2's).
@@ -55,7 +55,7 @@ SAMPLES_PER_FRAME_24K = 480  # one 20 ms mel frame at 24 kHz
 
 
 # --------------------------------------------------------------------------------------
-# Utterances and batches (shared with scripts/train_speech_tiny.py)
+# Utterances and batches
 # --------------------------------------------------------------------------------------
 
 def load_speech_items(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -88,12 +88,6 @@ def pad_stack(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
     """Right-pad tensors along the last dim to the longest and stack: ``(B, ..., T)``."""
     n = max(s.shape[-1] for s in seqs)
     return torch.stack([torch.nn.functional.pad(s, (0, n - s.shape[-1]), value=value) for s in seqs])
-
-
-def tokenize(model: SpeechTokenizer, w16: torch.Tensor) -> torch.Tensor:
-    """Speech tokens ``(T,)`` of one 16 kHz waveform ``(N,)``."""
-    ids, lens = model.tokenize(model.features(w16[None]))
-    return ids[0, : int(lens[0])]
 
 
 def tokenizer_batch(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -141,7 +135,6 @@ def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, to
         crops.append(b["w24"][SAMPLES_PER_FRAME_24K * s: SAMPLES_PER_FRAME_24K * (s + frames)])
         f0s.append(b["f0"][s: s + frames])
     return {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
-
 
 
 # --------------------------------------------------------------------------------------
