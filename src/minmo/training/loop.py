@@ -4,8 +4,9 @@
 (seeded, identical on every rank); load ``cfg.init`` weights; apply the stage's freeze
 matrix; resume from the latest checkpoint in ``output_dir`` (or ``cfg.resume``); wrap the
 model (FSDP2/DDP); build AdamW + warmup-cosine over the trainable parameters; then run
-optimizer steps until ``optim.max_steps`` (or until ``max_minutes`` of wall clock have passed
-in this invocation: then it checkpoints and stops), each over ``optim.grad_accum`` micro-batches, with
+optimizer steps until ``optim.max_steps`` (or until the run has trained ``max_minutes`` of wall
+clock, counted over resumed invocations: then it checkpoints and stops), each over
+``optim.grad_accum`` micro-batches, with
 bf16 autocast on CUDA, gradient clipping, a JSONL metrics line every ``log_every`` steps and
 an atomic checkpoint every ``save_every`` steps and at the end. With ``data.valid``
 manifests, a validation pass (``training/validation.py``) runs every ``valid_every`` steps
@@ -457,8 +458,11 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     window_examples, window_t = 0.0, time.perf_counter()
     checked_keys = False
     bar = _progress(cfg, info, step)
-    deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
-    out_of_time = False
+    spent = float(resume.state.get("train_seconds", 0.0)) if resume else 0.0  # earlier invocations
+    loop_start = time.perf_counter()
+    deadline = loop_start + 60 * cfg.max_minutes - spent if cfg.max_minutes > 0 else None
+    # a resumed run whose budget earlier invocations spent does nothing (a fresh run always steps)
+    out_of_time = resume is not None and deadline is not None and _past(deadline, info)
     while step < cfg.optim.max_steps and not out_of_time:
         micro, position = micro_batches(stream, cfg.optim.grad_accum, info, last_good)
         micro = [(to_device(b, info.device), w) for b, w in micro]
@@ -497,14 +501,14 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         if step % max(1, cfg.save_every) == 0 or step == cfg.optim.max_steps or out_of_time:
             bad = _global_bad_rows(source, info, prior_bad)
             extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
-                     "bad_rows": sorted(bad)}
+                     "bad_rows": sorted(bad), "train_seconds": spent + time.perf_counter() - loop_start}
             save_checkpoint(cfg, info, wrapped, raw, optimizers, schedulers, step, position,
                             extra, configs, carried)
             _debug_kill(step)
     bar.close()
     if out_of_time and info.is_main:
-        log.info("max_minutes=%g reached at step %d: checkpoint saved, stopping (run again to "
-                 "continue)", cfg.max_minutes, step)
+        log.info("max_minutes=%g of training spent at step %d: checkpoint saved, stopping "
+                 "(raise max_minutes and run again to continue)", cfg.max_minutes, step)
     skipped = len(_global_bad_rows(source, info, prior_bad))
     result = TrainResult(steps=step, final_loss=final_loss, skipped_rows=skipped,
                          seconds=time.perf_counter() - t0, output_dir=out_dir,
