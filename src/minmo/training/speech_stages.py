@@ -44,8 +44,8 @@ from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.data_source import IndexedBatchSource, ListDataset
 from minmo.training.optim import build_adamw
-from minmo.training.stages import (Stage, StepContext, StepOutput, batch_size_of,
-                                   register_stage, standard_step)
+from minmo.training.stages import (Stage, StepContext, StepOutput, accumulate_losses, register_stage,
+                                   standard_step)
 
 log = logging.getLogger(__name__)
 
@@ -272,26 +272,6 @@ def _vocoder_optimizers(model: nn.Module, optim_cfg: OptimConfig) -> dict[str, t
             "discriminator": build_adamw(groups["discriminator"].values(), disc_cfg)}
 
 
-def _accumulate(ctx: StepContext, losses: tuple[str, ...]) -> tuple[float, dict[str, float], int]:
-    """Forward+backward of every micro-batch with ``losses`` (mean over the real ones)."""
-    n_real = sum(1 for _b, w in ctx.micro_batches if w > 0)
-    scale, loss_sum, metric_sums, examples = 1.0 / max(1, n_real), 0.0, {}, 0
-    last = len(ctx.micro_batches) - 1
-    for i, (batch, weight) in enumerate(ctx.micro_batches):
-        with ctx.accumulate(i == last):
-            with ctx.autocast():
-                out = ctx.model(batch, losses=losses)
-            (out.loss * (weight * scale)).backward()
-        if weight > 0:
-            loss_sum += float(out.loss.detach())
-            for k, v in out.metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-            examples += batch_size_of(batch)
-    if not n_real:
-        return math.nan, {}, 0
-    return loss_sum / n_real, {k: v / n_real for k, v in metric_sums.items()}, examples
-
-
 def vocoder_step(ctx: StepContext) -> StepOutput:
     """One vocoder update. During the ``reconstruction_steps`` warm-up: generator on the
     mel/F0 reconstruction loss only. Then the GAN step: discriminator loss -> backward ->
@@ -301,14 +281,14 @@ def vocoder_step(ctx: StepContext) -> StepOutput:
     for opt in ctx.optimizers.values():
         opt.zero_grad(set_to_none=True)
     if ctx.step < getattr(ctx.raw_model, "reconstruction_steps", 0):
-        loss, metrics, examples = _accumulate(ctx, ("reconstruction",))
+        loss, metrics, examples = accumulate_losses(ctx, ("reconstruction",))
         g_norm, applied = ctx.clip_and_step("generator")
         return StepOutput(loss=loss, metrics=metrics, grad_norms={"grad_norm_generator": g_norm},
                           examples=examples, weight=n_real, skipped_update=not applied)
-    d_loss, d_metrics, _ = _accumulate(ctx, ("discriminator",))
+    d_loss, d_metrics, _ = accumulate_losses(ctx, ("discriminator",))
     d_norm, d_applied = ctx.clip_and_step("discriminator")
     ctx.optimizers["generator"].zero_grad(set_to_none=True)
-    loss, metrics, examples = _accumulate(ctx, ("generator",))
+    loss, metrics, examples = accumulate_losses(ctx, ("generator",))
     ctx.optimizers["discriminator"].zero_grad(set_to_none=True)  # D grads of the G loss
     g_norm, g_applied = ctx.clip_and_step("generator")
     metrics = {**{f"d_{k}" if k in metrics else k: v for k, v in d_metrics.items()}, **metrics,

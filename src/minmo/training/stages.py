@@ -127,12 +127,14 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return 0
 
 
-def standard_step(ctx: StepContext) -> StepOutput:
-    """Gradient accumulation over ``ctx.micro_batches`` with the stage's losses, then clip
-    and one step of optimizer ``"main"``.
+def accumulate_losses(ctx: StepContext, losses: tuple[str, ...]) -> tuple[float, dict[str, float], int]:
+    """Forward + backward of every micro-batch of ``ctx`` with ``losses`` (gradients
+    accumulate; sync on the last). Each micro-batch's loss is divided by the number of real
+    micro-batches, so the gradient is that of their mean loss.
 
-    Each micro-batch's loss is divided by the number of real micro-batches, so the update
-    is that of their mean loss.
+    Returns:
+        Mean loss and metrics over the real micro-batches (``nan`` / ``{}`` when none) and
+        the number of examples.
     """
     n_real = _real_weight(ctx.micro_batches)
     scale = 1.0 / max(1, n_real)
@@ -141,22 +143,25 @@ def standard_step(ctx: StepContext) -> StepOutput:
     for i, (batch, weight) in enumerate(ctx.micro_batches):
         with ctx.accumulate(i == last):
             with ctx.autocast():
-                out = ctx.model(batch, losses=ctx.stage.losses)
+                out = ctx.model(batch, losses=losses)
             (out.loss * (weight * scale)).backward()
         if weight > 0:
             loss_sum += float(out.loss.detach())
             for k, v in out.metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
             examples += batch_size_of(batch)
+    if not n_real:
+        return math.nan, {}, examples
+    return loss_sum / n_real, {k: v / n_real for k, v in metric_sums.items()}, examples
+
+
+def standard_step(ctx: StepContext) -> StepOutput:
+    """Gradient accumulation over ``ctx.micro_batches`` with the stage's losses
+    (:func:`accumulate_losses`), then clip and one step of optimizer ``"main"``."""
+    loss, metrics, examples = accumulate_losses(ctx, ctx.stage.losses)
     norm, applied = ctx.clip_and_step("main")
-    return StepOutput(
-        loss=loss_sum / n_real if n_real else math.nan,
-        metrics={k: v / n_real for k, v in metric_sums.items()} if n_real else {},
-        grad_norms={"grad_norm": norm},
-        examples=examples,
-        weight=n_real,
-        skipped_update=not applied,
-    )
+    return StepOutput(loss=loss, metrics=metrics, grad_norms={"grad_norm": norm}, examples=examples,
+                      weight=_real_weight(ctx.micro_batches), skipped_update=not applied)
 
 
 @dataclass(frozen=True)
