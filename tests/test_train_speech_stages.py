@@ -177,3 +177,13 @@ def test_tokenizer_training_batches_are_augmented_and_validation_ones_are_not(co
     cfg.stage_options = {"spec_augment": False}
     _, off = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
     assert torch.equal(off(items)["feats"], plain)
+
+
+def test_speech_items_load_only_the_voices_and_rates_asked_for(corpus):
+    from minmo.training.speech_stages import load_speech_items
+
+    both = load_speech_items([corpus["asr"]])
+    assert both and all(set(it) >= {"w16", "w24"} for it in both)
+    only16 = load_speech_items([corpus["asr"]], rates=(16000,))
+    assert all("w24" not in it and torch.equal(it["w16"], b["w16"]) for it, b in zip(only16, both))
+    assert load_speech_items([corpus["asr"]], voices="assistant") == []  # the toy corpus: ASR speakers

@@ -61,8 +61,14 @@ SAMPLES_PER_FRAME_24K = 480  # one 20 ms mel frame at 24 kHz
 # Utterances and batches
 # --------------------------------------------------------------------------------------
 
-def load_speech_items(paths: list[str | Path]) -> list[dict[str, Any]]:
+def load_speech_items(paths: list[str | Path], voices: str = "all", rates: tuple[int, ...] = (16000, 24000)
+                      ) -> list[dict[str, Any]]:
     """English utterances with text from manifests (files or directories).
+
+    Args:
+        paths: manifests or directories of them.
+        voices: ``"all"``, or ``"assistant"`` for the assistant's speech only (others are not read).
+        rates: the sample rates to load each file at (16000 -> ``"w16"``, 24000 -> ``"w24"``).
 
     Returns:
         ``[{"id", "text", "voice", "w16": (N16,), "w24": (N24,)}]``: assistant speech
@@ -78,12 +84,11 @@ def load_speech_items(paths: list[str | Path]) -> list[dict[str, Any]]:
             path, text, voice = r.audio, r.text, r.speaker or "?"
         else:
             continue
-        if path in seen or not text:
+        if path in seen or not text or (voices == "assistant" and voice != "assistant"):
             continue
         seen.add(path)
         items.append({"id": r.id, "text": text, "voice": voice,
-                      "w16": torch.from_numpy(load_audio(path, 16000)),
-                      "w24": torch.from_numpy(load_audio(path, 24000))})
+                      **{f"w{sr // 1000}": torch.from_numpy(load_audio(path, sr)) for sr in rates}})
     return items
 
 
@@ -194,16 +199,15 @@ def _options(cfg: TrainConfig) -> dict[str, Any]:
     return cfg.stage_options
 
 
-def _items(cfg: TrainConfig, paths: list[str], key: str) -> list[dict[str, Any]]:
-    """The utterances of the manifests ``paths`` (config key ``key``) the stage uses."""
+def _items(cfg: TrainConfig, paths: list[str], key: str, rates: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The utterances of the manifests ``paths`` (config key ``key``) the stage uses, loaded
+    at the sample ``rates`` it needs."""
     if not paths:
         raise ConfigError(f"{key}: stage '{cfg.stage}' needs manifests with audio and text")
     voices = _options(cfg).get("voices", _DEFAULT_VOICES[cfg.stage])
     if voices not in ("assistant", "all"):
         raise ConfigError(f"stage_options.voices: '{voices}' is not 'assistant' or 'all'")
-    items = load_speech_items(paths)
-    if voices == "assistant":
-        items = [it for it in items if it["voice"] == "assistant"]
+    items = load_speech_items(paths, voices, rates)
     if not items:
         raise ConfigError(f"{key} {paths}: no English utterance with audio and text "
                           f"(asr rows, or tts/s2s rows with target_audio; voices: {voices})")
@@ -240,7 +244,7 @@ Inputs = tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, 
 
 def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     augment = key == "data.train" and bool(_options(cfg).get("spec_augment", True))
-    return _items(cfg, paths, key), lambda b: tokenizer_batch(b, augment)
+    return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment)
 
 
 def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
@@ -250,20 +254,21 @@ def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     else:
         log.warning("flow: no stage_options.tokenizer; tokens come from an untrained tokenizer")
         tok = SpeechTokenizer(_tokenizer_config(cfg)).eval()
-    items = _items(cfg, paths, key)
+    items = _items(cfg, paths, key, (16000, 24000))
     with torch.no_grad():
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]
             for it, ids in zip(chunk, tok.tokenize_waves([it["w16"] for it in chunk])):
                 it["tokens"] = ids
-                it["mel"] = mel_spectrogram(it["w24"])
+                it["mel"] = mel_spectrogram(it.pop("w24"))
+                del it["w16"]  # the batches use the tokens and the mel only
     spk, max_tokens = assistant_speaker(SPEAKER_DIM), int(opts.get("max_tokens", 100))
     return items, lambda b: flow_batch(b, spk, max_tokens)
 
 
 def _vocoder_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     frames = int(_options(cfg).get("frames", 24))
-    items = _items(cfg, paths, key)
+    items = _items(cfg, paths, key, (24000,))
     with torch.no_grad():
         for it in items:
             it["f0"] = estimate_f0(it["w24"])
