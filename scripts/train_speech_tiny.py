@@ -5,7 +5,7 @@ flow -> vocoder -> recogniser) and save samples.
 
     minmo data synth --out /tmp/s10 --hours 10 --languages en --mbrola
     python scripts/train_speech_tiny.py --data /tmp/s10 --out runs/speech_tiny \
-        --minutes 35 50 20 55 85 --samples docs/samples
+        --minutes 35 65 25 56.25 48.75 --samples docs/samples
 
 The tokenizer must finish before the flow starts (the flow trains on its tokens); the vocoder
 is independent, so two processes can share the work::
@@ -158,7 +158,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
     ap.add_argument("--out", default="runs/speech_tiny")
-    ap.add_argument("--minutes", type=float, nargs=5, default=[35, 50, 20, 55, 85],
+    ap.add_argument("--minutes", type=float, nargs=5, default=[35, 65, 25, 56.25, 48.75],
                     metavar=("TOK", "FLOW", "FLOW_ANNEAL", "VOC_REC", "VOC_GAN"),
                     help="wall-clock budget per phase (totals over resumed invocations)")
     ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "vocoder", "eval"],

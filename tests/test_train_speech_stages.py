@@ -177,6 +177,9 @@ def test_tokenizer_training_batches_are_augmented_and_validation_ones_are_not(co
     cfg.stage_options = {"spec_augment": False}
     _, off = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
     assert torch.equal(off(items)["feats"], plain)
+    cfg.stage_options = {"spec_augment": "no"}
+    with pytest.raises(ConfigError, match="spec_augment"):
+        _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
 
 
 def test_speech_items_load_only_the_voices_and_rates_asked_for(corpus):

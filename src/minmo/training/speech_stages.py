@@ -243,7 +243,10 @@ Inputs = tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, 
 
 
 def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
-    augment = key == "data.train" and bool(_options(cfg).get("spec_augment", True))
+    augment = _options(cfg).get("spec_augment", True)
+    if not isinstance(augment, bool):
+        raise ConfigError(f"stage_options.spec_augment: {augment!r} is not true or false")
+    augment = augment and key == "data.train"
     return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment)
 
 
