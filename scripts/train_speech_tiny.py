@@ -17,7 +17,8 @@ is independent, so two processes can share the work::
 Five phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
 validation on ``<data>/valid``) with a wall-clock budget (``--minutes``, totals over resumed
 invocations: re-running does nothing for a spent phase and continues one whose budget grew):
-``tokenizer`` (all voices, SpecAugment, lr 2e-3), ``flow`` (assistant voice) (lr 1e-3) then ``flow_anneal`` (from it, lr 3e-4),
+``tokenizer`` (all voices, SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3) then
+``flow_anneal`` (from it, lr 3e-4),
 ``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
 with generator and discriminator at lr 2e-4; assistant voice). The model config (tiny, with
 wider tokenizer, flow and vocoder: :func:`write_model_config`) is written to
@@ -204,28 +205,28 @@ def main() -> None:
         gan.load_state_dict(trained(out / "vocoder"))
         write_trained_config(out, cfg)
         test = load_speech_items([data / "test"])
-        log(f"{len(test)} test utterances")
-        with torch.no_grad():
-            for it, ids in zip(test, tok.tokenize_waves([it["w16"] for it in test])):
-                it["tokens"], it["mel"] = ids, mel_spectrogram(it["w24"])
-        evaluate(tok, flow.eval(), gan.generator.eval(), test, assistant_speaker(), out, Path(args.samples), args)
+        groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
+                  "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
+        log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated")
+        evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples), args)
 
 
-def evaluate(tok, flow, vocoder, test, spk, out: Path, samples: Path, args) -> None:
-    """Round-trip WER per voice group; samples of the first utterances."""
+def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) -> None:
+    """Round-trip WER per voice group (each utterance tokenised on its own); samples of the
+    first utterances."""
     from minmo.inference.token2wav import Token2Wav
 
     samples.mkdir(parents=True, exist_ok=True)
     t2w = Token2Wav(flow, vocoder)
     recognise = make_recogniser()
-    groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
-              "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
     report = {"minutes": args.minutes}
     rows = []
     for voice, items in groups.items():
         sel = []
         with torch.no_grad():
             for it in items:
+                it["tokens"], = tok.tokenize_waves([it["w16"]])
+                it["mel"] = mel_spectrogram(it["w24"])
                 copy, _ = vocoder(it["mel"][None])
                 resynth, mel = t2w.synthesize(it["tokens"][None], spk)
                 row = {"id": it["id"], "voice": voice, "ref": it["text"],
