@@ -5,20 +5,23 @@ flow -> vocoder -> recogniser) and save samples.
 
     minmo data synth --out /tmp/s10 --hours 10 --languages en --mbrola
     python scripts/train_speech_tiny.py --data /tmp/s10 --out runs/speech_tiny \
-        --minutes 35 65 25 56.25 48.75 --samples docs/samples
+        --minutes 35 65 25 0 56.25 48.75 --samples docs/samples
 
 The tokenizer must finish before the flow starts (the flow trains on its tokens); the vocoder
 is independent, so two processes can share the work::
 
-    python scripts/train_speech_tiny.py ... --stages tokenizer flow &
+    python scripts/train_speech_tiny.py ... --stages tokenizer flow flow_all &
     python scripts/train_speech_tiny.py ... --stages vocoder
     python scripts/train_speech_tiny.py ... --stages eval
 
-Five phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
+Six phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
 validation on ``<data>/valid``) with a wall-clock budget (``--minutes``, totals over resumed
 invocations: re-running does nothing for a spent phase and continues one whose budget grew):
 ``tokenizer`` (all voices, SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3) then
-``flow_anneal`` (from it, lr 3e-4),
+``flow_anneal`` (from it, lr 3e-4), optionally ``flow_all`` (from it, every voice, the other
+voices as "no speaker" samples, lr 3e-4; off by default (budget 0: the recipe ends at
+``flow_anneal``): 55 minutes of it did not help held-out speakers and hurt the assistant's
+round trip, docs/speech_generation.md),
 ``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
 with generator and discriminator at lr 2e-4; assistant voice). The model config (tiny, with
 wider tokenizer, flow and vocoder: :func:`write_model_config`) is written to
@@ -90,12 +93,12 @@ def run_stage(stage: str, out: Path, data: Path, model: Path, minutes: float, lr
         f"valid {json.dumps({k: round(v, 3) for k, v in result.valid.items() if k.startswith('valid_')})}")
 
 
-def write_trained_config(out: Path, cfg) -> Path:
+def write_trained_config(out: Path, cfg, flow_run: str = "flow_anneal") -> Path:
     """``<out>/trained.yaml``: the model config with ``speech_tokenizer.path``, ``flow.path``
     and ``vocoder.path`` at the runs' latest checkpoints, for ``minmo tokenize`` / ``minmo tts
     --model <out>/trained.yaml``."""
     files = {name: latest_checkpoint(out / run) / "trainable.safetensors"
-             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", "flow_anneal"), ("vocoder", "vocoder"))}
+             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", flow_run), ("vocoder", "vocoder"))}
     cfg = replace(cfg, name="tiny-speech-trained",
                   **{name: replace(getattr(cfg, name), path=str(f.resolve())) for name, f in files.items()})
     save_yaml(cfg, out / "trained.yaml")
@@ -161,11 +164,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
     ap.add_argument("--out", default="runs/speech_tiny")
-    ap.add_argument("--minutes", type=float, nargs=5, default=[35, 65, 25, 56.25, 48.75],
-                    metavar=("TOK", "FLOW", "FLOW_ANNEAL", "VOC_REC", "VOC_GAN"),
+    ap.add_argument("--minutes", type=float, nargs=6, default=[35, 65, 25, 0, 56.25, 48.75],
+                    metavar=("TOK", "FLOW", "FLOW_ANNEAL", "FLOW_ALL", "VOC_REC", "VOC_GAN"),
                     help="wall-clock budget per phase (totals over resumed invocations)")
-    ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "vocoder", "eval"],
-                    choices=["tokenizer", "flow", "vocoder", "eval"],
+    ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "flow_all", "vocoder", "eval"],
+                    choices=["tokenizer", "flow", "flow_all", "vocoder", "eval"],
                     help="stages to run (each reads the previous stages' runs in --out)")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
@@ -180,15 +183,20 @@ def main() -> None:
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     model = write_model_config(out)
-    tok_min, flow_min, anneal_min, rec_min, gan_min = args.minutes
+    tok_min, flow_min, anneal_min, all_min, rec_min, gan_min = args.minutes
+    final_flow = "flow_all" if all_min > 0 else "flow_anneal"
 
     if "tokenizer" in args.stages:
         run_stage("speech_tokenizer", out / "tokenizer", data, model, tok_min, lr=2e-3, batch=8)
+    if "flow" in args.stages or "flow_all" in args.stages:
+        flow = dict(tokenizer=str(latest_checkpoint(out / "tokenizer")), max_tokens=100)
     if "flow" in args.stages:
-        flow = dict(tokenizer=str(latest_checkpoint(out / "tokenizer")), voices="assistant", max_tokens=100)
-        run_stage("flow", out / "flow", data, model, flow_min, lr=1e-3, batch=8, **flow)
-        run_stage("flow", out / "flow_anneal", data, model, anneal_min, lr=3e-4, batch=8,
+        run_stage("flow", out / "flow", data, model, flow_min, lr=1e-3, batch=8, voices="assistant", **flow)
+        run_stage("flow", out / "flow_anneal", data, model, anneal_min, lr=3e-4, batch=8, voices="assistant",
                   init=str(latest_checkpoint(out / "flow")), **flow)
+    if "flow_all" in args.stages and all_min > 0:
+        run_stage("flow", out / "flow_all", data, model, all_min, lr=3e-4, batch=8, voices="all",
+                  init=str(latest_checkpoint(out / "flow_anneal")), **flow)
     if "vocoder" in args.stages:
         # reconstruction terms (mel + multi-resolution STFT + F0) first, then the GAN step at a
         # 10x lower generator lr, started from the reconstruction run's weights
@@ -200,15 +208,23 @@ def main() -> None:
         cfg = load_model_config(model)
         tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
         flow = ChunkFlowMatching(cfg.flow)
-        flow.load_state_dict(trained(out / "flow_anneal"))
+        flow.load_state_dict(trained(out / final_flow))
         gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
         gan.load_state_dict(trained(out / "vocoder"))
-        write_trained_config(out, cfg)
+        write_trained_config(out, cfg, final_flow)
         test = load_speech_items([data / "test"])
         groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
                   "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
         log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated")
         evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples), args)
+
+
+def wer_summary(rows: list[dict]) -> dict:
+    """``{"n", "wer_<column>"}`` over report ``rows`` for each transcript column they have."""
+    refs = [r["ref"] for r in rows]
+    keys = [k for k in ("ctc_on_real", "asr_real", "asr_vocoder_copy", "asr_round_trip") if k in rows[0]]
+    return {"n": len(rows), **{f"wer_{k}" if k != "ctc_on_real" else "wer_ctc_on_real_audio":
+                               wer(refs, [r[k] for r in rows]) for k in keys}}
 
 
 def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) -> None:
@@ -229,7 +245,7 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) ->
                 it["mel"] = mel_spectrogram(it["w24"])
                 copy, _ = vocoder(it["mel"][None])
                 resynth, mel = t2w.synthesize(it["tokens"][None], spk)
-                row = {"id": it["id"], "voice": voice, "ref": it["text"],
+                row = {"id": it["id"], "voice": voice, "speaker": it["voice"], "ref": it["text"],
                        "ctc_on_real": tok.transcribe(tok.features(it["w16"][None]))[0]}
                 if recognise:
                     row["asr_real"] = recognise(it["w16"].numpy())
@@ -239,12 +255,12 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) ->
                 it["resynth"], it["resynth_mel"] = resynth[0], mel[0]
         if not sel:
             continue
-        refs = [r["ref"] for r in sel]
-        res = {"n": len(sel), "wer_ctc_on_real_audio": wer(refs, [r["ctc_on_real"] for r in sel])}
-        if recognise:
-            for key in ("asr_real", "asr_vocoder_copy", "asr_round_trip"):
-                res[f"wer_{key}"] = wer(refs, [r[key] for r in sel])
-        report[voice] = res
+        report[voice] = wer_summary(sel)
+        if voice != "assistant":  # unseen MBROLA voice (a diphone database never heard) vs espeak-ng variants
+            for family, mbrola in (("mbrola", True), ("espeak", False)):
+                part = [r for r in sel if r["speaker"].startswith("mb-") == mbrola]
+                if part:
+                    report[f"{voice}_{family}"] = wer_summary(part)
         rows += sel
     (out / "report.json").write_text(json.dumps({"summary": report, "rows": rows}, indent=1))
     log(json.dumps(report, indent=1))

@@ -190,3 +190,21 @@ def test_speech_items_load_only_the_voices_and_rates_asked_for(corpus):
     only16 = load_speech_items([corpus["asr"]], rates=(16000,))
     assert all("w24" not in it and torch.equal(it["w16"], b["w16"]) for it, b in zip(only16, both))
     assert load_speech_items([corpus["asr"]], voices="assistant") == []  # the toy corpus: ASR speakers
+
+
+def test_flow_trains_other_voices_as_no_speaker():
+    from minmo.models.speaker import assistant_speaker
+    from minmo.training.speech_stages import flow_batch
+
+    torch.manual_seed(0)
+    items = [{"voice": v, "tokens": torch.randint(0, 6561, (12,)), "mel": torch.randn(80, 24)}
+             for v in ("assistant", "en-us+f3-p45-s170", "assistant")]
+    spk = assistant_speaker()
+    emb = flow_batch(items, spk)["spk_emb"]
+    assert torch.equal(emb[0], spk[0]) and torch.equal(emb[2], spk[0])
+    assert not emb[1].any()
+    # the all-zero embedding is the condition classifier-free guidance drops to: zero after
+    # the projection, while the assistant's is not
+    flow = ChunkFlowMatching(FlowConfig())
+    projected = flow.project_speaker(emb)
+    assert not projected[1].any() and projected[0].abs().sum() > 0

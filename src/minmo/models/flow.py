@@ -6,7 +6,8 @@
 * Training (:meth:`ChunkFlowMatching.compute_loss`): optimal-transport CFM,
   ``x_t = (1 - (1 - s) t) z + t x1``, target velocity ``x1 - (1 - s) z``, MSE; ``t`` drawn
   uniformly then bent by the cosine schedule; speaker/mu/prompt condition dropped together with
-  probability ``training_cfg_rate`` (classifier-free guidance); a random mel prefix (prompt) is
+  probability ``training_cfg_rate`` (classifier-free guidance; an all-zero speaker embedding is
+  that same "no speaker" condition); a random mel prefix (prompt) is
   given as ``cond`` in ``prompt_prob`` of the examples and excluded from the loss; one attention
   mask (non-causal, full-causal, chunk-M, chunk-2M) drawn at random per batch.
 * Inference: Euler with the cosine time schedule, ``n_timesteps`` steps, guidance
@@ -132,8 +133,14 @@ class ChunkFlowMatching(nn.Module):
         return mask_chunk_size(mode, self.cfg.chunk_tokens)
 
     def project_speaker(self, spk_emb: torch.Tensor) -> torch.Tensor:
-        """``(B, spk_embed_dim)`` raw embedding -> ``(B, n_mels)`` (L2-normalised, affine)."""
-        return self.spk_embed_affine_layer(F.normalize(spk_emb.float(), dim=1))
+        """``(B, spk_embed_dim)`` raw embedding -> ``(B, n_mels)`` (L2-normalised, affine).
+
+        An all-zero embedding is "no speaker" and projects to zeros: the condition
+        classifier-free guidance drops to, which the flow stage also trains on speech whose
+        speaker it has no embedding for."""
+        spk = F.normalize(spk_emb.float(), dim=1)
+        known = (spk.abs().sum(dim=1, keepdim=True) > 0).to(spk.dtype)
+        return self.spk_embed_affine_layer(spk) * known
 
     def noise(self, start: int, length: int, batch: int, device: torch.device) -> torch.Tensor:
         """Fixed starting noise for frames ``[start, start + length)``: ``(B, n_mels, length)``."""

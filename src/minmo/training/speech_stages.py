@@ -16,7 +16,10 @@ Stage-specific settings go under ``stage_options`` in the train YAML:
 - ``flow``: ``tokenizer`` (path to a tokenizer checkpoint directory or ``.safetensors``; the
   speech tokens of each utterance come from it), ``max_tokens`` (crop length, default 100),
   ``voices`` (``assistant``, the default: only the assistant's speech, which the fixed
-  speaker embedding stands for; ``all``: every voice);
+  speaker embedding stands for; ``all``: every voice, the other voices with the all-zero
+  "no speaker" embedding, i.e. as the unconditional samples of classifier-free guidance, so
+  the token encoder learns every voice's tokens while the speaker condition stays the
+  assistant's);
 - ``vocoder``: ``frames`` (crop length in 20 ms mel frames, default 24),
   ``reconstruction_steps`` (the first N steps train the generator on the mel/F0
   reconstruction loss only, a warm-up before the GAN; default 0), ``disc_channels``
@@ -138,7 +141,8 @@ def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False) -> dict[
 def flow_batch(items: list[dict[str, Any]], spk: torch.Tensor, max_tokens: int = 100
                ) -> dict[str, torch.Tensor]:
     """Flow batch: a random crop of at most ``max_tokens`` tokens per item (``"tokens"``
-    ``(T,)``, ``"mel"`` ``(80, 2T)``), padded; ``spk`` ``(1, 192)`` is the speaker embedding.
+    ``(T,)``, ``"mel"`` ``(80, 2T)``), padded; ``spk`` ``(1, 192)`` is the assistant's
+    speaker embedding (items of other voices get the all-zero "no speaker" embedding).
 
     Returns:
         ``speech_tokens (B, T)`` (-1 padded), ``speech_token_lens (B,)``, ``mel (B, 80, 2T)``,
@@ -154,7 +158,8 @@ def flow_batch(items: list[dict[str, Any]], spk: torch.Tensor, max_tokens: int =
     return {"speech_tokens": pad_stack(toks, -1).long(),
             "speech_token_lens": torch.tensor([len(t) for t in toks]),
             "mel": pad_stack(mels, LOG_MEL_FLOOR), "mel_lens": torch.tensor([m.shape[1] for m in mels]),
-            "spk_emb": spk.expand(len(items), -1)}
+            "spk_emb": torch.cat([spk if b["voice"] == "assistant" else torch.zeros_like(spk)
+                                  for b in items])}
 
 
 def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, torch.Tensor]:
