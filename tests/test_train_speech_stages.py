@@ -208,3 +208,24 @@ def test_flow_trains_other_voices_as_no_speaker():
     flow = ChunkFlowMatching(FlowConfig())
     projected = flow.project_speaker(emb)
     assert not projected[1].any() and projected[0].abs().sum() > 0
+
+
+def test_speed_perturbation_scales_training_utterances_only(corpus):
+    from minmo.training.speech_stages import _tokenizer_inputs, speed_perturb, tokenizer_batch
+
+    wave = torch.randn(16000)
+    assert abs(len(speed_perturb(wave, 1.1)) - 16000 / 1.1) <= 1
+    assert abs(len(speed_perturb(wave, 0.9)) - 16000 / 0.9) <= 1
+    assert speed_perturb(wave, 1.0) is wave
+    cfg = _cfg("speech_tokenizer", "unused", [corpus["asr"]], 1, spec_augment=False, speed_perturb=[0.8])
+    items, train_collate = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
+    _, valid_collate = _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.valid")
+    plain = tokenizer_batch(items)
+    slow = train_collate(items)
+    assert (slow["feat_lens"] > plain["feat_lens"]).all()  # 0.8x speed: 1.25x the frames
+    assert torch.equal(slow["ctc_targets"], plain["ctc_targets"])
+    assert torch.equal(valid_collate(items)["feats"], plain["feats"])
+    for bad in ([3.0], 0.9, [True]):
+        cfg.stage_options = {"speed_perturb": bad}
+        with pytest.raises(ConfigError, match="speed_perturb"):
+            _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")

@@ -12,7 +12,10 @@ Stage-specific settings go under ``stage_options`` in the train YAML:
 
 - ``speech_tokenizer``: ``spec_augment`` (SpecAugment on the training batches' fbank: two
   frequency masks of up to 10 bins and one time mask of up to 10 frames per second of audio;
-  default ``true``; validation batches are never masked);
+  default ``true``; validation batches are never masked), ``speed_perturb`` (speed factors,
+  e.g. ``[0.9, 1.0, 1.1]``: each training utterance is resampled by one drawn at random, which
+  changes its tempo and pitch and its formants, a cheap stand-in for more voices; default
+  ``[]``, off);
 - ``flow``: ``tokenizer`` (path to a tokenizer checkpoint directory or ``.safetensors``; the
   speech tokens of each utterance come from it), ``max_tokens`` (crop length, default 100),
   ``voices`` (``assistant``, the default: only the assistant's speech, which the fixed
@@ -38,7 +41,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from minmo.audio.io import load_audio
+from minmo.audio.io import load_audio, resample
 from minmo.audio.mel import estimate_f0, mel_spectrogram
 from minmo.config import (ConfigError, ModelConfig, OptimConfig, SpeechTokenizerConfig, TrainConfig,
                           load_model_config)
@@ -122,13 +125,26 @@ def spec_augment(feats: torch.Tensor, lens: torch.Tensor, freq_masks: int = 2, m
     return feats
 
 
-def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False) -> dict[str, torch.Tensor]:
-    """Tokenizer batch: fbank ``feats (B, T, F)`` (with :func:`spec_augment` when ``augment``),
+def speed_perturb(wave: torch.Tensor, factor: float, rate: int = 16000) -> torch.Tensor:
+    """``wave`` played ``factor`` times faster (Kaldi-style speed perturbation): resampled to
+    ``rate / factor`` and read at ``rate``, so tempo, pitch and formants all scale by ``factor``."""
+    if factor == 1.0:
+        return wave
+    return torch.from_numpy(resample(wave.numpy(), rate, round(rate / factor)))
+
+
+def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False,
+                    speeds: tuple[float, ...] = ()) -> dict[str, torch.Tensor]:
+    """Tokenizer batch: fbank ``feats (B, T, F)`` (with :func:`spec_augment` when ``augment``,
+    of each utterance :func:`speed_perturb`-ed by a factor drawn from ``speeds`` when given),
     ``feat_lens (B,)``, CTC targets ``(B, L)`` (-1 padded; numbers spelled out) and
     ``ctc_target_lens (B,)``."""
+    waves = [b["w16"] for b in items]
+    if speeds:
+        waves = [speed_perturb(w, speeds[int(torch.randint(len(speeds), ()))]) for w in waves]
     with torch.no_grad():
-        feats = SpeechTokenizer.features(pad_stack([b["w16"] for b in items]))
-    feat_lens = torch.tensor([SpeechTokenizer.feature_frames(len(b["w16"])) for b in items])
+        feats = SpeechTokenizer.features(pad_stack(waves))
+    feat_lens = torch.tensor([SpeechTokenizer.feature_frames(len(w)) for w in waves])
     if augment:
         spec_augment(feats, feat_lens)
     vocab = CharVocab(SpeechTokenizerConfig().ctc_alphabet)  # the tokenizer's CTC alphabet
@@ -178,7 +194,7 @@ def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, to
 # Stage hooks
 # --------------------------------------------------------------------------------------
 
-_OPTIONS = {"speech_tokenizer": {"spec_augment"}, "flow": {"tokenizer", "max_tokens", "voices"},
+_OPTIONS = {"speech_tokenizer": {"spec_augment", "speed_perturb"}, "flow": {"tokenizer", "max_tokens", "voices"},
             "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"}}
 _DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all"}
 
@@ -251,8 +267,14 @@ def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     augment = _options(cfg).get("spec_augment", True)
     if not isinstance(augment, bool):
         raise ConfigError(f"stage_options.spec_augment: {augment!r} is not true or false")
-    augment = augment and key == "data.train"
-    return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment)
+    speeds = _options(cfg).get("speed_perturb", [])
+    if not isinstance(speeds, list) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0.5 <= f <= 2.0 for f in speeds):
+        raise ConfigError(f"stage_options.speed_perturb: {speeds!r} is not a list of speed factors "
+                          "between 0.5 and 2.0 (e.g. [0.9, 1.0, 1.1])")
+    train = key == "data.train"
+    speeds = tuple(float(f) for f in speeds) if train else ()
+    return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment and train, speeds)
 
 
 def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
