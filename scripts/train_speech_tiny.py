@@ -219,12 +219,16 @@ def main() -> None:
         evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples), args)
 
 
+WER_COLUMNS = {"ctc_on_real": "wer_ctc_on_real_audio", "asr_real": "wer_asr_real",
+               "asr_vocoder_copy": "wer_asr_vocoder_copy", "asr_round_trip": "wer_asr_round_trip"}
+"""Transcript column of a report row -> its WER key in the summary."""
+
+
 def wer_summary(rows: list[dict]) -> dict:
-    """``{"n", "wer_<column>"}`` over report ``rows`` for each transcript column they have."""
+    """``{"n", <WER key>: WER}`` over report ``rows`` for each transcript column they have."""
     refs = [r["ref"] for r in rows]
-    keys = [k for k in ("ctc_on_real", "asr_real", "asr_vocoder_copy", "asr_round_trip") if k in rows[0]]
-    return {"n": len(rows), **{f"wer_{k}" if k != "ctc_on_real" else "wer_ctc_on_real_audio":
-                               wer(refs, [r[k] for r in rows]) for k in keys}}
+    return {"n": len(rows), **{name: wer(refs, [r[col] for r in rows])
+                               for col, name in WER_COLUMNS.items() if col in rows[0]}}
 
 
 def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) -> None:

@@ -264,10 +264,11 @@ Inputs = tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, 
 
 
 def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
-    augment = _options(cfg).get("spec_augment", True)
+    opts = _options(cfg)
+    augment = opts.get("spec_augment", True)
     if not isinstance(augment, bool):
         raise ConfigError(f"stage_options.spec_augment: {augment!r} is not true or false")
-    speeds = _options(cfg).get("speed_perturb", [])
+    speeds = opts.get("speed_perturb", [])
     if not isinstance(speeds, list) or not all(
             isinstance(f, (int, float)) and not isinstance(f, bool) and 0.5 <= f <= 2.0 for f in speeds):
         raise ConfigError(f"stage_options.speed_perturb: {speeds!r} is not a list of speed factors "
