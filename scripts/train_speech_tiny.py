@@ -54,8 +54,8 @@ from minmo.models.flow import ChunkFlowMatching
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.checkpointing import latest_checkpoint
 from minmo.training.loop import train
-from minmo.models.speaker import assistant_speaker
-from minmo.training.speech_stages import load_speech_items, load_tokenizer
+from minmo.models.speaker import assistant_speaker, load_speaker_encoder
+from minmo.training.speech_stages import load_speech_items, load_tokenizer, speaker_label
 
 
 def log(msg: str) -> None:
@@ -93,12 +93,14 @@ def run_stage(stage: str, out: Path, data: Path, model: Path, minutes: float, lr
         f"valid {json.dumps({k: round(v, 3) for k, v in result.valid.items() if k.startswith('valid_')})}")
 
 
-def write_trained_config(out: Path, cfg, flow_run: str = "flow_anneal") -> Path:
+def write_trained_config(out: Path, cfg, flow_run: str = "flow_anneal", speaker: Path | None = None) -> Path:
     """``<out>/trained.yaml``: the model config with ``speech_tokenizer.path``, ``flow.path``
-    and ``vocoder.path`` at the runs' latest checkpoints, for ``minmo tokenize`` / ``minmo tts
-    --model <out>/trained.yaml``."""
+    and ``vocoder.path`` (and ``speaker.path`` when the speaker encoder ran) at the runs'
+    latest checkpoints, for ``minmo tokenize`` / ``minmo tts --model <out>/trained.yaml``."""
     files = {name: latest_checkpoint(out / run) / "trainable.safetensors"
              for name, run in (("speech_tokenizer", "tokenizer"), ("flow", flow_run), ("vocoder", "vocoder"))}
+    if speaker is not None:
+        files["speaker"] = speaker / "trainable.safetensors"
     cfg = replace(cfg, name="tiny-speech-trained",
                   **{name: replace(getattr(cfg, name), path=str(f.resolve())) for name, f in files.items()})
     save_yaml(cfg, out / "trained.yaml")
@@ -160,21 +162,41 @@ def save_sample(path: Path, wave24: torch.Tensor, mel: torch.Tensor, title: str)
     plt.close(fig)
 
 
+PHASES = {"tokenizer": 35.0, "flow": 65.0, "flow_anneal": 25.0, "flow_all": 0.0, "vocoder_rec": 56.25,
+          "vocoder": 48.75, "speaker": 20.0, "flow_spk": 0.0}
+"""Phase -> default wall-clock budget in minutes (``--minutes PHASE=MIN ...`` changes some)."""
+
+STAGE_PHASES = {"tokenizer": ("tokenizer",), "flow": ("flow", "flow_anneal"), "flow_all": ("flow_all",),
+                "vocoder": ("vocoder_rec", "vocoder"), "speaker": ("speaker",), "flow_spk": ("flow_spk",)}
+"""``--stages`` name -> the phases it runs, in order."""
+
+
+def budgets(pairs: list[str]) -> dict[str, float]:
+    """``PHASES`` with the ``PHASE=MIN`` overrides of ``--minutes``."""
+    out = dict(PHASES)
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in PHASES or not value:
+            raise SystemExit(f"--minutes {pair}: give PHASE=MINUTES with PHASE one of {', '.join(PHASES)}")
+        out[name] = float(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
     ap.add_argument("--out", default="runs/speech_tiny")
-    ap.add_argument("--minutes", type=float, nargs=6, default=[35, 65, 25, 0, 56.25, 48.75],
-                    metavar=("TOK", "FLOW", "FLOW_ANNEAL", "FLOW_ALL", "VOC_REC", "VOC_GAN"),
-                    help="wall-clock budget per phase (totals over resumed invocations)")
-    ap.add_argument("--stages", nargs="+", default=["tokenizer", "flow", "flow_all", "vocoder", "eval"],
-                    choices=["tokenizer", "flow", "flow_all", "vocoder", "eval"],
+    ap.add_argument("--minutes", nargs="*", default=[], metavar="PHASE=MIN",
+                    help="wall-clock budget of a phase (totals over resumed invocations; 0 skips it); "
+                         f"defaults: {' '.join(f'{k}={v:g}' for k, v in PHASES.items())}")
+    ap.add_argument("--stages", nargs="+", default=[*STAGE_PHASES, "eval"], choices=[*STAGE_PHASES, "eval"],
                     help="stages to run (each reads the previous stages' runs in --out)")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    args.minutes = budgets(args.minutes)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -183,27 +205,39 @@ def main() -> None:
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     model = write_model_config(out)
-    tok_min, flow_min, anneal_min, all_min, rec_min, gan_min = args.minutes
-    final_flow = "flow_all" if all_min > 0 else "flow_anneal"
+    minutes = args.minutes
+    final_flow = next((f for f in ("flow_spk", "flow_all") if minutes[f] > 0), "flow_anneal")
 
-    if "tokenizer" in args.stages:
-        run_stage("speech_tokenizer", out / "tokenizer", data, model, tok_min, lr=2e-3, batch=8)
-    if "flow" in args.stages or "flow_all" in args.stages:
-        flow = dict(tokenizer=str(latest_checkpoint(out / "tokenizer")), max_tokens=100)
-    if "flow" in args.stages:
-        run_stage("flow", out / "flow", data, model, flow_min, lr=1e-3, batch=8, voices="assistant", **flow)
-        run_stage("flow", out / "flow_anneal", data, model, anneal_min, lr=3e-4, batch=8, voices="assistant",
-                  init=str(latest_checkpoint(out / "flow")), **flow)
-    if "flow_all" in args.stages and all_min > 0:
-        run_stage("flow", out / "flow_all", data, model, all_min, lr=3e-4, batch=8, voices="all",
-                  init=str(latest_checkpoint(out / "flow_anneal")), **flow)
-    if "vocoder" in args.stages:
-        # reconstruction terms (mel + multi-resolution STFT + F0) first, then the GAN step at a
-        # 10x lower generator lr, started from the reconstruction run's weights
-        voc = dict(batch=4, betas=(0.8, 0.99), frames=32, voices="assistant")
-        run_stage("vocoder", out / "vocoder_rec", data, model, rec_min, lr=2e-3, reconstruction_steps=10**9, **voc)
-        run_stage("vocoder", out / "vocoder", data, model, gan_min, lr=2e-4,
-                  init=str(latest_checkpoint(out / "vocoder_rec")), reconstruction_steps=0, disc_lr=2e-4, **voc)
+    def run(phase: str, stage: str, **kw) -> None:
+        if minutes[phase] > 0:
+            run_stage(stage, out / phase, data, model, minutes[phase], **kw)
+
+    phases = [p for st in args.stages for p in STAGE_PHASES.get(st, ())]
+    flow = lambda: dict(tokenizer=str(latest_checkpoint(out / "tokenizer")), max_tokens=100, batch=8)  # noqa: E731
+    after = lambda run_dir: str(latest_checkpoint(out / run_dir))  # noqa: E731
+    for phase in phases:
+        if phase == "tokenizer":
+            run(phase, "speech_tokenizer", lr=2e-3, batch=8)
+        elif phase == "flow":
+            run(phase, "flow", lr=1e-3, voices="assistant", **flow())
+        elif phase == "flow_anneal":
+            run(phase, "flow", lr=3e-4, voices="assistant", init=after("flow"), **flow())
+        elif phase == "flow_all":
+            run(phase, "flow", lr=3e-4, voices="all", init=after("flow_anneal"), **flow())
+        elif phase == "speaker":
+            run(phase, "speaker", lr=2e-3, batch=32, seconds=2.0, speaker_pattern=SPEAKER_PATTERN)
+        elif phase == "flow_spk":
+            run(phase, "flow", lr=3e-4, voices="all", init=after("flow_anneal"),
+                speaker_encoder=after("speaker"), **flow())
+        else:
+            # reconstruction terms (mel + multi-resolution STFT + F0) first, then the GAN step at
+            # a 10x lower generator lr, started from the reconstruction run's weights
+            voc = dict(batch=4, betas=(0.8, 0.99), frames=32, voices="assistant")
+            if phase == "vocoder_rec":
+                run(phase, "vocoder", lr=2e-3, reconstruction_steps=10**9, **voc)
+            else:
+                run(phase, "vocoder", lr=2e-4, init=after("vocoder_rec"), reconstruction_steps=0,
+                    disc_lr=2e-4, **voc)
     if "eval" in args.stages:
         cfg = load_model_config(model)
         tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
@@ -211,16 +245,57 @@ def main() -> None:
         flow.load_state_dict(trained(out / final_flow))
         gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
         gan.load_state_dict(trained(out / "vocoder"))
-        write_trained_config(out, cfg, final_flow)
+        speaker = latest_checkpoint(out / "speaker") if (out / "speaker").is_dir() else None
+        write_trained_config(out, cfg, final_flow, speaker)
         test = load_speech_items([data / "test"])
         groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
                   "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
-        log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated")
-        evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples), args)
+        log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated; flow: {final_flow}")
+        prompts, extra = None, {}
+        if speaker is not None:
+            encoder = load_speaker_encoder(speaker, cfg.speaker)
+            extra["speaker_encoder"] = verification(encoder, [i for i in test if i["voice"] != "assistant"])
+            log(f"speaker encoder on held-out speakers: {extra['speaker_encoder']}")
+            if final_flow == "flow_spk":  # held-out speakers also in their own voice, from another utterance
+                prompts = own_voice_embeddings(encoder, groups["other"], test)
+        evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples),
+                 args, prompts, extra)
+
+
+SPEAKER_PATTERN = r"(.+)-s\d+"
+"""The synthetic corpus's voice names end in the speaking rate: one voice at one pitch is one speaker."""
+
+
+def verification(encoder, items: list[dict]) -> dict:
+    """Speaker-verification EER of ``encoder`` over every pair of ``items`` (cosine scores;
+    same speaker: same :data:`SPEAKER_PATTERN` identity)."""
+    from minmo.eval.metrics import equal_error_rate
+
+    emb = torch.nn.functional.normalize(torch.stack([encoder.embed_wave(it["w16"]) for it in items]), dim=-1)
+    labels = [speaker_label(it["voice"], SPEAKER_PATTERN) for it in items]
+    i, j = torch.triu_indices(len(items), len(items), offset=1)
+    same = [labels[a] == labels[b] for a, b in zip(i.tolist(), j.tolist())]
+    return {"eer": equal_error_rate((emb[i] * emb[j]).sum(-1).tolist(), same), "utterances": len(items),
+            "speakers": len(set(labels)), "same_speaker_trials": sum(same), "trials": len(same)}
+
+
+def own_voice_embeddings(encoder, items: list[dict], pool: list[dict]) -> dict[str, tuple[str, torch.Tensor]]:
+    """Utterance id -> (prompt id, the speaker encoder's embedding of the prompt): another
+    utterance of ``pool`` by the same speaker (the shortest such; the utterance itself when
+    its speaker has no other), as a voice prompt at inference would be."""
+    label = lambda it: speaker_label(it["voice"], SPEAKER_PATTERN)  # noqa: E731
+    out = {}
+    for it in items:
+        others = sorted((p for p in pool if label(p) == label(it) and p["id"] != it["id"]),
+                        key=lambda p: len(p["w16"]))
+        prompt = others[0] if others else it
+        out[it["id"]] = (prompt["id"], encoder.embed_wave(prompt["w16"]).reshape(1, -1))
+    return out
 
 
 WER_COLUMNS = {"ctc_on_real": "wer_ctc_on_real_audio", "asr_real": "wer_asr_real",
-               "asr_vocoder_copy": "wer_asr_vocoder_copy", "asr_round_trip": "wer_asr_round_trip"}
+               "asr_vocoder_copy": "wer_asr_vocoder_copy", "asr_round_trip": "wer_asr_round_trip",
+               "asr_round_trip_own_voice": "wer_asr_round_trip_own_voice"}
 """Transcript column of a report row -> its WER key in the summary."""
 
 
@@ -231,15 +306,18 @@ def wer_summary(rows: list[dict]) -> dict:
                                for col, name in WER_COLUMNS.items() if col in rows[0]}}
 
 
-def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) -> None:
-    """Round-trip WER per voice group (each utterance tokenised on its own); samples of the
-    first utterances."""
+def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, prompts=None,
+             extra: dict | None = None) -> None:
+    """Round-trip WER per voice group (each utterance tokenised on its own; the flow
+    conditioned on the assistant's embedding ``spk``, and, for the utterances in ``prompts``
+    (:func:`own_voice_embeddings`), also on their own speaker's); samples of the first
+    utterances."""
     from minmo.inference.token2wav import Token2Wav
 
     samples.mkdir(parents=True, exist_ok=True)
     t2w = Token2Wav(flow, vocoder)
     recognise = make_recogniser()
-    report = {"minutes": args.minutes}
+    report = {"minutes": args.minutes, **(extra or {})}
     rows = []
     for voice, items in groups.items():
         sel = []
@@ -255,6 +333,12 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) ->
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))
                     row["asr_round_trip"] = recognise(resample(resynth[0].numpy(), 24000, 16000))
+                if prompts and it["id"] in prompts:
+                    row["prompt"], own = prompts[it["id"]]
+                    own_wave, own_mel = t2w.synthesize(it["tokens"][None], own)
+                    if recognise:
+                        row["asr_round_trip_own_voice"] = recognise(resample(own_wave[0].numpy(), 24000, 16000))
+                    it["own"], it["own_mel"] = own_wave[0], own_mel[0]
                 sel.append(row)
                 it["resynth"], it["resynth_mel"] = resynth[0], mel[0]
         if not sel:
@@ -273,6 +357,9 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args) ->
         save_sample(samples / f"speech_tiny_{k}_real", it["w24"], it["mel"], f"real: {it['text']}")
         save_sample(samples / f"speech_tiny_{k}_roundtrip", it["resynth"], it["resynth_mel"],
                     f"tokens->flow->vocoder: {it['text']}")
+        if "own" in it:
+            save_sample(samples / f"speech_tiny_{k}_roundtrip_own_voice", it["own"], it["own_mel"],
+                        f"tokens->flow (own speaker)->vocoder: {it['text']}")
 
 
 if __name__ == "__main__":

@@ -195,3 +195,17 @@ def test_cosine_similarity() -> None:
     assert sim.count == 2
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.cosine_similarity(a, np.ones(2))
+
+
+def test_equal_error_rate():
+    from minmo.eval.metrics import equal_error_rate
+
+    # separable: no threshold errs
+    assert equal_error_rate([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 0.0
+    # reversed: every threshold errs on half at best
+    assert equal_error_rate([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 1.0
+    # one impostor above one target of four each: FAR = FRR = 1/4 at the crossing
+    scores = [0.9, 0.8, 0.7, 0.4, 0.5, 0.3, 0.2, 0.1]
+    assert equal_error_rate(scores, [True] * 4 + [False] * 4) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="both"):
+        equal_error_rate([0.5, 0.6], [True, True])

@@ -38,7 +38,7 @@ def _final_ckpt(out, step):
 
 
 def test_stages_registered():
-    for name in ("speech_tokenizer", "flow", "vocoder"):
+    for name in ("speech_tokenizer", "flow", "vocoder", "speaker"):
         assert get_stage(name).build_model is not None
 
 
@@ -229,3 +229,72 @@ def test_speed_perturbation_scales_training_utterances_only(corpus):
         cfg.stage_options = {"speed_perturb": bad}
         with pytest.raises(ConfigError, match="speed_perturb"):
             _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """Three toy voices (pitch and spectral tilt per speaker) at two speaking rates each, as
+    the synthetic corpus names them: train (5 utterances each), valid (2 each, held-out texts)."""
+    from test_speech_speaker import _voice
+
+    from minmo.audio.io import save_audio
+
+    root = tmp_path_factory.mktemp("voices")
+    out = {}
+    for split, utts in (("train", range(5)), ("valid", range(5, 7))):
+        rows = []
+        for s in range(3):
+            for u in utts:
+                wav = save_audio(root / f"{split}-{s}-{u}.wav", _voice(s, u, seconds=0.8).numpy(), 16000)
+                rows.append({"id": f"{split}-{s}-{u}", "task": "asr", "audio": wav.name, "text": f"word {u}",
+                             "language": "en", "duration": 0.8, "speaker": f"toy{s}-p50-s{130 + 40 * (u % 2)}"})
+        out[split] = root / f"{split}.jsonl"
+        out[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_speaker_stage_learns_the_voices_and_its_checkpoint_embeds(voices, tmp_path):
+    from minmo.models.speaker import load_speaker_encoder
+    from minmo.training.speech_stages import _speaker_inputs, speaker_label
+
+    assert speaker_label("toy1-p50-s170", r"(.+)-s\d+") == "toy1-p50"
+    assert speaker_label("assistant", r"(.+)-s\d+") == "assistant"
+    cfg = _cfg("speaker", tmp_path / "spk", [voices["train"]], 40, lr=3e-3, batch=6,
+               seconds=0.5, speaker_pattern=r"(.+)-s\d+")
+    cfg.data.valid, cfg.valid_every = [str(voices["valid"])], 40
+    items, _ = _speaker_inputs(cfg, [str(voices["train"])], "data.train")
+    assert sorted({it["speaker_id"] for it in items}) == [0, 1, 2]  # the rate suffix is not a speaker
+    res = train(cfg)
+    lines = _metrics(tmp_path / "spk")
+    assert lines[-1]["valid_speaker_acc"] >= 0.8, lines[-1]
+    assert res.losses[-1] < res.losses[0]
+    enc = load_speaker_encoder(_final_ckpt(tmp_path / "spk", 40))  # head size from the file
+    assert enc.classifier.shape[0] == 3
+    valid = _speaker_inputs(cfg, [str(voices["valid"])], "data.valid")[0]
+    emb = torch.nn.functional.normalize(torch.stack([enc.embed_wave(it["w16"]) for it in valid]), dim=-1)
+    ids = torch.tensor([it["speaker_id"] for it in valid])
+    sim, same = emb @ emb.t(), ids[:, None] == ids[None, :]
+    assert sim[same].mean() > sim[~same].mean() + 0.2
+
+    flow_cfg = _cfg("flow", "unused", [voices["valid"]], 1, max_tokens=20, voices="all",
+                    speaker_encoder=str(_final_ckpt(tmp_path / "spk", 40)))
+    from minmo.training.speech_stages import _flow_inputs
+
+    flow_items, collate = _flow_inputs(flow_cfg, [str(voices["valid"])], "data.valid")
+    batch = collate(flow_items)
+    # every voice trains with its own utterance's embedding now, not the "no speaker" zeros
+    torch.testing.assert_close(batch["spk_emb"], torch.stack([enc.embed_wave(it["w16"]) for it in valid]))
+
+
+def test_speaker_stage_errors_name_the_fix(voices, corpus, tmp_path):
+    from minmo.models.speaker import load_speaker_encoder
+
+    with pytest.raises(ConfigError, match="speaker_pattern"):
+        train(_cfg("speaker", tmp_path / "a", [voices["train"]], 1, speaker_pattern="no group"))
+    with pytest.raises(ConfigError, match="at least two"):  # the toy corpus names no speakers
+        train(_cfg("speaker", tmp_path / "b", [corpus["asr"]], 1))
+    with pytest.raises(ConfigError, match="speaker_encoder"):
+        train(_cfg("flow", tmp_path / "c", [voices["train"]], 1, voices="all",
+                   speaker_encoder=str(tmp_path / "nowhere")))
+    with pytest.raises(FileNotFoundError, match="speaker"):
+        load_speaker_encoder(tmp_path / "nowhere.safetensors")

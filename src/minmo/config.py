@@ -312,7 +312,7 @@ class SpeakerEncoderConfig:
     n_mels: int = 80
     channels: int = 64
     num_layers: int = 3
-    num_speakers: int = 64  # classification head rows (training only)
+    num_speakers: int = 64  # classification head rows (training only; the speaker stage sets it from its data)
     onnx_path: str | None = None
     path: str | None = None
 

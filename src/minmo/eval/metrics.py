@@ -390,6 +390,25 @@ def mean_speaker_similarity(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> M
     return MeanScore(float(np.mean(values)) if values else float("nan"), len(values), values)
 
 
+def equal_error_rate(scores: Sequence[float], same: Sequence[bool]) -> float:
+    """Speaker-verification EER: the error rate at the threshold where the false-acceptance
+    rate (different-speaker trials scored at or above it) equals the false-rejection rate
+    (same-speaker trials below it); the mean of the two where they cross between thresholds.
+
+    Args:
+        scores: one similarity per trial (higher: more alike).
+        same: whether each trial's two utterances share a speaker (both kinds needed).
+    """
+    scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
+    if scores.shape != same.shape or same.all() or not same.any():
+        raise ValueError("equal_error_rate needs one label per score and both same- and different-speaker trials")
+    thresholds = np.unique(scores)
+    far = np.array([(scores[~same] >= t).mean() for t in thresholds])
+    frr = np.array([(scores[same] < t).mean() for t in thresholds])
+    i = int(np.argmin(np.abs(far - frr)))
+    return float((far[i] + frr[i]) / 2)
+
+
 def mean_or_nan(values: Iterable[float]) -> float:
     """Mean of finite values, NaN when there are none."""
     finite = [v for v in values if v is not None and np.isfinite(v)]

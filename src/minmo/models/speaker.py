@@ -15,6 +15,7 @@ window, no dither) with the per-utterance mean removed, ``(T, 80)``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -154,15 +155,37 @@ class OnnxSpeakerEmbedder:
         return self.embed_features(speaker_features(wave))
 
 
+def load_speaker_encoder(path: str | Path, cfg: SpeakerEncoderConfig | None = None) -> SpeakerEncoder:
+    """A trained :class:`SpeakerEncoder` (shape ``cfg``, default tiny) from a ``speaker``
+    training checkpoint directory (its ``trainable.safetensors``) or a ``.safetensors`` file,
+    in eval mode; the classification head's size comes from the file (one row per training
+    speaker). Loading is strict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the tensors do not match the encoder's shape.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / "trainable.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"speaker encoder {file} not found (give a 'speaker' training checkpoint "
+                                "directory, e.g. runs/speaker/checkpoints/step_..., or its .safetensors)")
+    tensors = load_file(file)
+    rows = tensors["classifier"].shape[0] if "classifier" in tensors else (cfg or SpeakerEncoderConfig()).num_speakers
+    model = SpeakerEncoder(replace(cfg or SpeakerEncoderConfig(), num_speakers=rows))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{file} does not match the speaker encoder's shape: {e}") from None
+    return model.eval()
+
+
 def build_speaker_embedder(cfg: SpeakerEncoderConfig) -> SpeakerEncoder | OnnxSpeakerEmbedder:
     """The embedder ``cfg.kind`` names (a tiny encoder loads ``cfg.path`` weights when set)."""
     if cfg.kind == "onnx":
         if not cfg.onnx_path:
             raise ValueError("speaker.kind is 'onnx' but speaker.onnx_path is not set (path to campplus.onnx)")
         return OnnxSpeakerEmbedder(cfg.onnx_path, cfg.embed_dim)
-    model = SpeakerEncoder(cfg)
-    if cfg.path:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(cfg.path), strict=True)
-    return model.eval()
+    return load_speaker_encoder(cfg.path, cfg) if cfg.path else SpeakerEncoder(cfg).eval()

@@ -1,5 +1,5 @@
-"""Training stages for the speech-generation models: ``speech_tokenizer``, ``flow`` and
-``vocoder`` (docs/speech_generation.md), run by the one training loop (``minmo train``).
+"""Training stages for the speech-generation models: ``speech_tokenizer``, ``flow``,
+``vocoder`` and ``speaker`` (docs/speech_generation.md), run by the one training loop (``minmo train``).
 
 Each stage brings its own model (not MinMo) and data: utterances with audio and text read
 from the manifests in ``data.train`` (assistant speech ``target_audio`` of tts/s2s rows, and
@@ -22,7 +22,16 @@ Stage-specific settings go under ``stage_options`` in the train YAML:
   speaker embedding stands for; ``all``: every voice, the other voices with the all-zero
   "no speaker" embedding, i.e. as the unconditional samples of classifier-free guidance, so
   the token encoder learns every voice's tokens while the speaker condition stays the
-  assistant's);
+  assistant's), ``speaker_encoder`` (with ``voices: all``: a ``speaker`` checkpoint directory
+  or ``.safetensors``, or a CAM++-style ``.onnx``; the other voices then train with their own
+  utterance's embedding instead of "no speaker", as CosyVoice 2 does, so the flow learns to
+  follow the speaker condition; the assistant keeps its fixed embedding);
+- ``speaker``: ``seconds`` (crop length per utterance, default 2.0), ``speaker_pattern`` (a
+  regular expression with one group: the group of a voice name that matches is its speaker
+  identity, e.g. ``(.+)-s\\d+`` for the synthetic corpus, whose voice names end in the
+  speaking rate; default: the whole name); one class per speaker of ``data.train`` (the
+  assistant is one of them); validation scores the utterances of ``data.valid`` by those
+  speakers;
 - ``vocoder``: ``frames`` (crop length in 20 ms mel frames, default 24),
   ``reconstruction_steps`` (the first N steps train the generator on the mel/F0
   reconstruction loss only, a warm-up before the GAN; default 0), ``disc_channels``
@@ -32,8 +41,10 @@ Stage-specific settings go under ``stage_options`` in the train YAML:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +59,8 @@ from minmo.config import (ConfigError, ModelConfig, OptimConfig, SpeechTokenizer
 from minmo.data.manifest import read_manifests
 from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
-from minmo.models.speaker import assistant_speaker
+from minmo.models.speaker import (OnnxSpeakerEmbedder, SpeakerEncoder, assistant_speaker, load_speaker_encoder,
+                                  speaker_features)
 from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.data_source import IndexedBatchSource, ListDataset
@@ -81,9 +93,18 @@ def load_speech_items(paths: list[str | Path], voices: str = "all", rates: tuple
         (``target_audio`` of tts/instruct_tts/s2s_chat rows, voice ``"assistant"``) and English
         ASR rows (voice: the row's speaker), each audio file once.
     """
-    scan = read_manifests(paths)
-    seen, items = set(), []
-    for r in scan.rows:
+    items = []
+    for u in speech_utterances(paths, voices):
+        path = u.pop("path")
+        items.append({**u, **{f"w{sr // 1000}": torch.from_numpy(load_audio(path, sr)) for sr in rates}})
+    return items
+
+
+def speech_utterances(paths: list[str | Path], voices: str = "all") -> list[dict[str, str]]:
+    """The utterances :func:`load_speech_items` loads, without their audio:
+    ``[{"id", "text", "voice", "path"}]``."""
+    seen, utts = set(), []
+    for r in read_manifests(paths).rows:
         if r.task in ("tts", "instruct_tts", "s2s_chat") and r.target_audio:
             path, text, voice = r.target_audio, (r.text if r.task != "s2s_chat" else r.target), "assistant"
         elif r.task == "asr" and r.audio and (r.language or "en") == "en":
@@ -93,9 +114,8 @@ def load_speech_items(paths: list[str | Path], voices: str = "all", rates: tuple
         if path in seen or not text or (voices == "assistant" and voice != "assistant"):
             continue
         seen.add(path)
-        items.append({"id": r.id, "text": text, "voice": voice,
-                      **{f"w{sr // 1000}": torch.from_numpy(load_audio(path, sr)) for sr in rates}})
-    return items
+        utts.append({"id": r.id, "text": text, "voice": voice, "path": str(path)})
+    return utts
 
 
 def pad_stack(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
@@ -158,7 +178,8 @@ def flow_batch(items: list[dict[str, Any]], spk: torch.Tensor, max_tokens: int =
                ) -> dict[str, torch.Tensor]:
     """Flow batch: a random crop of at most ``max_tokens`` tokens per item (``"tokens"``
     ``(T,)``, ``"mel"`` ``(80, 2T)``), padded; ``spk`` ``(1, 192)`` is the assistant's
-    speaker embedding (items of other voices get the all-zero "no speaker" embedding).
+    speaker embedding; items of other voices carry their own (``"spk"`` ``(192,)``, from a
+    speaker encoder) or get the all-zero "no speaker" embedding.
 
     Returns:
         ``speech_tokens (B, T)`` (-1 padded), ``speech_token_lens (B,)``, ``mel (B, 80, 2T)``,
@@ -174,7 +195,8 @@ def flow_batch(items: list[dict[str, Any]], spk: torch.Tensor, max_tokens: int =
     return {"speech_tokens": pad_stack(toks, -1).long(),
             "speech_token_lens": torch.tensor([len(t) for t in toks]),
             "mel": pad_stack(mels, LOG_MEL_FLOOR), "mel_lens": torch.tensor([m.shape[1] for m in mels]),
-            "spk_emb": torch.cat([spk if b["voice"] == "assistant" else torch.zeros_like(spk)
+            "spk_emb": torch.cat([spk if b["voice"] == "assistant"
+                                  else b["spk"].reshape(spk.shape) if "spk" in b else torch.zeros_like(spk)
                                   for b in items])}
 
 
@@ -190,13 +212,35 @@ def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, to
     return {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
 
 
+def speaker_label(voice: str, pattern: str | None = None) -> str:
+    """The speaker identity of a manifest voice name: the first group of ``pattern`` when it
+    matches the whole name (e.g. ``(.+)-s\\d+`` drops the synthetic corpus's speaking-rate
+    suffix, so one voice at one pitch is one speaker), else the name itself."""
+    m = re.fullmatch(pattern, voice) if pattern else None
+    return m.group(1) if m and m.groups() else voice
+
+
+def speaker_batch(items: list[dict[str, Any]], crop_samples: int = 32000) -> dict[str, torch.Tensor]:
+    """Speaker batch: a random crop of at most ``crop_samples`` 16 kHz samples per item
+    (``"w16"``, ``"speaker_id"``) as :func:`~minmo.models.speaker.speaker_features`:
+    ``feats (B, T, 80)``, ``feat_lens (B,)``, ``speaker_ids (B,)``."""
+    feats = []
+    for b in items:
+        s = int(torch.randint(0, max(0, b["w16"].shape[0] - crop_samples) + 1, ()))
+        feats.append(speaker_features(b["w16"][s:s + crop_samples]))
+    return {"feats": pad_stack([f.t() for f in feats]).transpose(1, 2),
+            "feat_lens": torch.tensor([f.shape[0] for f in feats]),
+            "speaker_ids": torch.tensor([b["speaker_id"] for b in items])}
+
+
 # --------------------------------------------------------------------------------------
 # Stage hooks
 # --------------------------------------------------------------------------------------
 
-_OPTIONS = {"speech_tokenizer": {"spec_augment", "speed_perturb"}, "flow": {"tokenizer", "max_tokens", "voices"},
-            "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"}}
-_DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all"}
+_OPTIONS = {"speech_tokenizer": {"spec_augment", "speed_perturb"}, "flow": {"tokenizer", "max_tokens", "voices", "speaker_encoder"},
+            "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"},
+            "speaker": {"seconds", "speaker_pattern"}}
+_DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all", "speaker": "all"}
 
 
 def _model_config(cfg: TrainConfig) -> ModelConfig:
@@ -278,6 +322,21 @@ def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment and train, speeds)
 
 
+def _speaker_embedder(cfg: TrainConfig) -> SpeakerEncoder | OnnxSpeakerEmbedder | None:
+    """The flow stage's ``speaker_encoder`` (a ``speaker`` checkpoint, or a CAM++-style
+    ``.onnx``), or None."""
+    path = _options(cfg).get("speaker_encoder")
+    if path is None:
+        return None
+    spk_cfg = replace(_model_config(cfg).speaker, kind="onnx" if str(path).endswith(".onnx") else "tiny")
+    try:
+        if spk_cfg.kind == "onnx":
+            return OnnxSpeakerEmbedder(path, spk_cfg.embed_dim)
+        return load_speaker_encoder(path, spk_cfg)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"stage_options.speaker_encoder: {e}") from None
+
+
 def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     opts = _options(cfg)
     if "tokenizer" in opts:
@@ -285,6 +344,7 @@ def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     else:
         log.warning("flow: no stage_options.tokenizer; tokens come from an untrained tokenizer")
         tok = SpeechTokenizer(_tokenizer_config(cfg)).eval()
+    embedder = _speaker_embedder(cfg)
     items = _items(cfg, paths, key, (16000, 24000))
     with torch.no_grad():
         for start in range(0, len(items), 16):
@@ -292,7 +352,9 @@ def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
             for it, ids in zip(chunk, tok.tokenize_waves([it["w16"] for it in chunk])):
                 it["tokens"] = ids
                 it["mel"] = mel_spectrogram(it.pop("w24"))
-                del it["w16"]  # the batches use the tokens and the mel only
+                if embedder is not None and it["voice"] != "assistant":
+                    it["spk"] = embedder.embed_wave(it["w16"]).float().cpu()
+                del it["w16"]  # the batches use the tokens, the mel and the embedding only
     spk, max_tokens = assistant_speaker(SPEAKER_DIM), int(opts.get("max_tokens", 100))
     return items, lambda b: flow_batch(b, spk, max_tokens)
 
@@ -304,6 +366,55 @@ def _vocoder_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
         for it in items:
             it["f0"] = estimate_f0(it["w24"])
     return items, lambda b: vocoder_batch(b, frames)
+
+
+@functools.lru_cache(maxsize=4)
+def _speaker_index(train: tuple[str, ...], pattern: str | None) -> dict[str, int]:
+    """Speaker identity -> class id over the training manifests (sorted, so every rank and
+    every resumed run agrees)."""
+    labels = {speaker_label(u["voice"], pattern) for u in speech_utterances(list(train))}
+    return {label: i for i, label in enumerate(sorted(labels))}
+
+
+def _speaker_pattern(cfg: TrainConfig) -> str | None:
+    pattern = _options(cfg).get("speaker_pattern")
+    try:
+        if pattern is not None and re.compile(pattern).groups != 1:
+            raise re.error("needs exactly one group")
+    except (re.error, TypeError) as e:
+        raise ConfigError(f"stage_options.speaker_pattern: {pattern!r} is not a regular expression with one "
+                          f"group, the speaker identity, e.g. '(.+)-s\\d+' ({e})") from None
+    return pattern
+
+
+def _build_speaker(cfg: TrainConfig) -> SpeakerEncoder:
+    spk = _model_config(cfg).speaker
+    if spk.kind != "tiny":
+        raise ConfigError(f"model {cfg.model}: speaker.kind is '{spk.kind}'; only minmo's own speaker "
+                          "encoder (kind: tiny) trains (an ONNX model runs as it is)")
+    n = len(_speaker_index(tuple(cfg.data.train), _speaker_pattern(cfg)))
+    if n < 2:
+        raise ConfigError(f"data.train {cfg.data.train}: {n} speaker(s); speaker classification needs "
+                          "at least two (the manifests' speaker field names them)")
+    return SpeakerEncoder(replace(spk, num_speakers=n))  # the head has one row per training speaker
+
+
+def _speaker_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
+    seconds = _options(cfg).get("seconds", 2.0)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.5 <= seconds <= 30:
+        raise ConfigError(f"stage_options.seconds: {seconds!r} is not a crop length in seconds (0.5 to 30)")
+    pattern = _speaker_pattern(cfg)
+    index = _speaker_index(tuple(cfg.data.train), pattern)
+    items = _items(cfg, paths, key, (16000,))
+    for it in items:
+        it["speaker_id"] = index.get(speaker_label(it["voice"], pattern), -1)
+    known = [it for it in items if it["speaker_id"] >= 0]
+    if len(known) < len(items):
+        log.info("%s: %d of %d utterances by speakers not in data.train left out (classification "
+                 "validates on seen speakers)", key, len(items) - len(known), len(items))
+    if not known:
+        raise ConfigError(f"{key} {paths}: no utterance by a speaker of data.train")
+    return known, lambda b: speaker_batch(b, round(16000 * seconds))
 
 
 def _train_data(inputs: Callable[[TrainConfig, list[str], str], Inputs]) -> Callable[..., IndexedBatchSource]:
@@ -377,5 +488,9 @@ for _stage in (
           step=vocoder_step, build_model=_build_vocoder, build_optimizers=_vocoder_optimizers,
           build_data=_train_data(_vocoder_inputs), build_valid_data=_valid_data(_vocoder_inputs),
           valid_losses=("reconstruction",)),
+    Stage("speaker", ("speaker",), ("speaker",),
+          "speaker encoder: speaker classification (additive-margin softmax) on every voice",
+          step=standard_step, build_model=_build_speaker,
+          build_data=_train_data(_speaker_inputs), build_valid_data=_valid_data(_speaker_inputs)),
 ):
     register_stage(_stage, replace=True)
