@@ -296,5 +296,7 @@ def test_speaker_stage_errors_name_the_fix(voices, corpus, tmp_path):
     with pytest.raises(ConfigError, match="speaker_encoder"):
         train(_cfg("flow", tmp_path / "c", [voices["train"]], 1, voices="all",
                    speaker_encoder=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="voices: all"):
+        train(_cfg("flow", tmp_path / "d", [voices["train"]], 1, speaker_encoder=str(tmp_path / "nowhere")))
     with pytest.raises(FileNotFoundError, match="speaker"):
         load_speaker_encoder(tmp_path / "nowhere.safetensors")

@@ -172,9 +172,9 @@ def load_speaker_encoder(path: str | Path, cfg: SpeakerEncoderConfig | None = No
     if not file.is_file():
         raise FileNotFoundError(f"speaker encoder {file} not found (give a 'speaker' training checkpoint "
                                 "directory, e.g. runs/speaker/checkpoints/step_..., or its .safetensors)")
-    tensors = load_file(file)
-    rows = tensors["classifier"].shape[0] if "classifier" in tensors else (cfg or SpeakerEncoderConfig()).num_speakers
-    model = SpeakerEncoder(replace(cfg or SpeakerEncoderConfig(), num_speakers=rows))
+    tensors, cfg = load_file(file), cfg or SpeakerEncoderConfig()
+    rows = tensors["classifier"].shape[0] if "classifier" in tensors else cfg.num_speakers
+    model = SpeakerEncoder(replace(cfg, num_speakers=rows))
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -41,7 +41,6 @@ Stage-specific settings go under ``stage_options`` in the train YAML:
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -237,7 +236,8 @@ def speaker_batch(items: list[dict[str, Any]], crop_samples: int = 32000) -> dic
 # Stage hooks
 # --------------------------------------------------------------------------------------
 
-_OPTIONS = {"speech_tokenizer": {"spec_augment", "speed_perturb"}, "flow": {"tokenizer", "max_tokens", "voices", "speaker_encoder"},
+_OPTIONS = {"speech_tokenizer": {"spec_augment", "speed_perturb"},
+            "flow": {"tokenizer", "max_tokens", "voices", "speaker_encoder"},
             "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"},
             "speaker": {"seconds", "speaker_pattern"}}
 _DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all", "speaker": "all"}
@@ -328,6 +328,9 @@ def _speaker_embedder(cfg: TrainConfig) -> SpeakerEncoder | OnnxSpeakerEmbedder 
     path = _options(cfg).get("speaker_encoder")
     if path is None:
         return None
+    if _options(cfg).get("voices", _DEFAULT_VOICES["flow"]) != "all":
+        raise ConfigError("stage_options.speaker_encoder embeds the other voices' utterances: it needs "
+                          "stage_options.voices: all (the assistant's speech keeps its fixed embedding)")
     spk_cfg = replace(_model_config(cfg).speaker, kind="onnx" if str(path).endswith(".onnx") else "tiny")
     try:
         if spk_cfg.kind == "onnx":
@@ -368,11 +371,10 @@ def _vocoder_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     return items, lambda b: vocoder_batch(b, frames)
 
 
-@functools.lru_cache(maxsize=4)
-def _speaker_index(train: tuple[str, ...], pattern: str | None) -> dict[str, int]:
+def _speaker_index(train: list[str], pattern: str | None) -> dict[str, int]:
     """Speaker identity -> class id over the training manifests (sorted, so every rank and
     every resumed run agrees)."""
-    labels = {speaker_label(u["voice"], pattern) for u in speech_utterances(list(train))}
+    labels = {speaker_label(u["voice"], pattern) for u in speech_utterances(train)}
     return {label: i for i, label in enumerate(sorted(labels))}
 
 
@@ -392,7 +394,7 @@ def _build_speaker(cfg: TrainConfig) -> SpeakerEncoder:
     if spk.kind != "tiny":
         raise ConfigError(f"model {cfg.model}: speaker.kind is '{spk.kind}'; only minmo's own speaker "
                           "encoder (kind: tiny) trains (an ONNX model runs as it is)")
-    n = len(_speaker_index(tuple(cfg.data.train), _speaker_pattern(cfg)))
+    n = len(_speaker_index(cfg.data.train, _speaker_pattern(cfg)))
     if n < 2:
         raise ConfigError(f"data.train {cfg.data.train}: {n} speaker(s); speaker classification needs "
                           "at least two (the manifests' speaker field names them)")
@@ -404,7 +406,7 @@ def _speaker_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0.5 <= seconds <= 30:
         raise ConfigError(f"stage_options.seconds: {seconds!r} is not a crop length in seconds (0.5 to 30)")
     pattern = _speaker_pattern(cfg)
-    index = _speaker_index(tuple(cfg.data.train), pattern)
+    index = _speaker_index(cfg.data.train, pattern)
     items = _items(cfg, paths, key, (16000,))
     for it in items:
         it["speaker_id"] = index.get(speaker_label(it["voice"], pattern), -1)
