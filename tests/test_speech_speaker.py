@@ -86,3 +86,15 @@ def test_onnx_errors_name_the_fix(tmp_path):
         build_speaker_embedder(SpeakerEncoderConfig(kind="onnx"))
     with pytest.raises(FileNotFoundError, match="campplus.onnx"):
         OnnxSpeakerEmbedder(tmp_path / "missing.onnx")
+
+
+def test_info_lists_the_tiny_speaker_encoder_without_its_training_head():
+    from minmo.cli.info import _speech_modules
+    from minmo.config import load_model_config
+
+    tiny = load_model_config("tiny")
+    modules = _speech_modules(tiny)
+    enc = SpeakerEncoder(tiny.speaker)
+    embedding = sum(p.numel() for n, p in enc.named_parameters() if n != "classifier")
+    assert sum(p.numel() for p in modules["speaker"].parameters()) == embedding
+    assert "speaker" not in _speech_modules(load_model_config("minmo-7b"))  # CAM++ runs as ONNX

@@ -24,16 +24,23 @@ PAPER_PARAMS = {
 
 
 def _speech_modules(cfg) -> dict[str, nn.Module]:
-    """The speech-output parts outside the MinMo graph, built on the meta device."""
+    """The speech-output parts outside the MinMo graph, built on the meta device (ONNX parts,
+    run by onnxruntime, have no PyTorch parameters and are left out)."""
+    from dataclasses import replace
+
     from minmo.models.flow import ChunkFlowMatching
+    from minmo.models.speaker import SpeakerEncoder
     from minmo.models.speech_tokenizer import SpeechTokenizer
     from minmo.models.vocoder import HiFTVocoder
 
+    modules = {}
     with torch.device("meta"):
-        modules = {"flow": ChunkFlowMatching(cfg.flow), "vocoder": HiFTVocoder(cfg.vocoder)}
-        if cfg.speech_tokenizer.kind == "onnx":  # run by onnxruntime: no PyTorch parameters
-            return modules
-        return {"speech_tokenizer": SpeechTokenizer(cfg.speech_tokenizer)} | modules
+        if cfg.speech_tokenizer.kind != "onnx":
+            modules["speech_tokenizer"] = SpeechTokenizer(cfg.speech_tokenizer)
+        modules |= {"flow": ChunkFlowMatching(cfg.flow), "vocoder": HiFTVocoder(cfg.vocoder)}
+        if cfg.speaker.kind != "onnx":  # the embedding network; the classification head is training-only
+            modules["speaker"] = SpeakerEncoder(replace(cfg.speaker, num_speakers=0))
+    return modules
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
