@@ -58,7 +58,7 @@ from minmo.config import (ConfigError, ModelConfig, OptimConfig, SpeechTokenizer
 from minmo.data.manifest import read_manifests
 from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
-from minmo.models.speaker import (OnnxSpeakerEmbedder, SpeakerEncoder, assistant_speaker, load_speaker_encoder,
+from minmo.models.speaker import (OnnxSpeakerEmbedder, SpeakerEncoder, assistant_speaker, build_speaker_embedder,
                                   speaker_features)
 from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer
 from minmo.models.vocoder import VocoderGAN
@@ -331,11 +331,11 @@ def _speaker_embedder(cfg: TrainConfig) -> SpeakerEncoder | OnnxSpeakerEmbedder 
     if _options(cfg).get("voices", _DEFAULT_VOICES["flow"]) != "all":
         raise ConfigError("stage_options.speaker_encoder embeds the other voices' utterances: it needs "
                           "stage_options.voices: all (the assistant's speech keeps its fixed embedding)")
-    spk_cfg = replace(_model_config(cfg).speaker, kind="onnx" if str(path).endswith(".onnx") else "tiny")
+    spk = _model_config(cfg).speaker
+    spk = (replace(spk, kind="onnx", onnx_path=str(path)) if str(path).endswith(".onnx")
+           else replace(spk, kind="tiny", path=str(path)))
     try:
-        if spk_cfg.kind == "onnx":
-            return OnnxSpeakerEmbedder(path, spk_cfg.embed_dim)
-        return load_speaker_encoder(path, spk_cfg)
+        return build_speaker_embedder(spk)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"stage_options.speaker_encoder: {e}") from None
 
