@@ -54,6 +54,7 @@ from minmo.audio.io import resample
 from minmo.audio.mel import mel_spectrogram
 from minmo.checkpoints import load_tensors
 from minmo.config import DataConfig, OptimConfig, TrainConfig, load_model_config, save_yaml
+from minmo.eval.metrics import cosine_similarity
 from minmo.models.flow import ChunkFlowMatching
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.checkpointing import latest_checkpoint
@@ -255,27 +256,29 @@ def main() -> None:
         groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
                   "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
         log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated; flow: {final_flow}")
-        prompts, extra = None, {}
+        encoder, prompts, extra = None, None, {}
         if speaker is not None:
             encoder = load_speaker_encoder(speaker, cfg.speaker)
-            extra["speaker_encoder"] = verification(encoder, [i for i in test if i["voice"] != "assistant"])
+            for it in test:  # each utterance embedded once: verification, prompts, similarity
+                it["spk"] = encoder.embed_wave(it["w16"])
+            extra["speaker_encoder"] = verification([i for i in test if i["voice"] != "assistant"])
             log(f"speaker encoder on held-out speakers: {extra['speaker_encoder']}")
             if final_flow == "flow_spk":  # held-out speakers also in their own voice, from another utterance
-                prompts = own_voice_embeddings(encoder, groups["other"], test)
+                prompts = own_voice_embeddings(groups["other"], test)
         evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples),
-                 args, prompts, extra, encoder if speaker is not None else None)
+                 args, prompts, extra, encoder)
 
 
 SPEAKER_PATTERN = r"(.+)-s\d+"
 """The synthetic corpus's voice names end in the speaking rate: one voice at one pitch is one speaker."""
 
 
-def verification(encoder, items: list[dict]) -> dict:
-    """Speaker-verification EER of ``encoder`` over every pair of ``items`` (cosine scores;
-    same speaker: same :data:`SPEAKER_PATTERN` identity)."""
+def verification(items: list[dict]) -> dict:
+    """Speaker-verification EER over every pair of ``items`` (their speaker embeddings
+    ``"spk"``, cosine scores; same speaker: same :data:`SPEAKER_PATTERN` identity)."""
     from minmo.eval.metrics import equal_error_rate
 
-    emb = torch.nn.functional.normalize(torch.stack([encoder.embed_wave(it["w16"]) for it in items]), dim=-1)
+    emb = torch.nn.functional.normalize(torch.stack([it["spk"] for it in items]), dim=-1)
     labels = [speaker_label(it["voice"], SPEAKER_PATTERN) for it in items]
     i, j = torch.triu_indices(len(items), len(items), offset=1)
     same = torch.tensor([labels[a] == labels[b] for a, b in zip(i.tolist(), j.tolist())])
@@ -285,8 +288,8 @@ def verification(encoder, items: list[dict]) -> dict:
             "mean_cosine_same": float(scores[same].mean()), "mean_cosine_different": float(scores[~same].mean())}
 
 
-def own_voice_embeddings(encoder, items: list[dict], pool: list[dict]) -> dict[str, tuple[str, torch.Tensor]]:
-    """Utterance id -> (prompt id, the speaker encoder's embedding of the prompt): another
+def own_voice_embeddings(items: list[dict], pool: list[dict]) -> dict[str, tuple[str, torch.Tensor]]:
+    """Utterance id -> (prompt id, the prompt's speaker embedding ``"spk"``): another
     utterance of ``pool`` by the same speaker (the shortest such; the utterance itself when
     its speaker has no other), as a voice prompt at inference would be."""
     label = lambda it: speaker_label(it["voice"], SPEAKER_PATTERN)  # noqa: E731
@@ -295,7 +298,7 @@ def own_voice_embeddings(encoder, items: list[dict], pool: list[dict]) -> dict[s
         others = sorted((p for p in pool if label(p) == label(it) and p["id"] != it["id"]),
                         key=lambda p: len(p["w16"]))
         prompt = others[0] if others else it
-        out[it["id"]] = (prompt["id"], encoder.embed_wave(prompt["w16"]).reshape(1, -1))
+        out[it["id"]] = (prompt["id"], prompt["spk"].reshape(1, -1))
     return out
 
 
@@ -347,10 +350,9 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))
                     row["asr_round_trip"] = recognise(resample(resynth[0].numpy(), 24000, 16000))
-                if encoder is not None:
-                    real = encoder.embed_wave(it["w16"])
-                    similarity = lambda w24: float(torch.nn.functional.cosine_similarity(  # noqa: E731
-                        encoder.embed_wave(resample(w24.numpy(), 24000, 16000)), real, dim=0))
+                if encoder is not None:  # the real utterance's embedding: it["spk"]
+                    similarity = lambda w24: cosine_similarity(  # noqa: E731
+                        encoder.embed_wave(resample(w24.numpy(), 24000, 16000)).numpy(), it["spk"].numpy())
                     row["sim_round_trip"] = similarity(resynth[0])
                 if prompts and it["id"] in prompts:
                     row["prompt"], own = prompts[it["id"]]
