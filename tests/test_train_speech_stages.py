@@ -300,3 +300,17 @@ def test_speaker_stage_errors_name_the_fix(voices, corpus, tmp_path):
         train(_cfg("flow", tmp_path / "d", [voices["train"]], 1, speaker_encoder=str(tmp_path / "nowhere")))
     with pytest.raises(FileNotFoundError, match="speaker"):
         load_speaker_encoder(tmp_path / "nowhere.safetensors")
+
+
+def test_a_tokenizer_of_another_shape_is_a_config_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from minmo.config import SpeechTokenizerConfig
+    from minmo.models.speech_tokenizer import SpeechTokenizer
+    from minmo.training.speech_stages import load_tokenizer
+
+    wide = SpeechTokenizer(SpeechTokenizerConfig(d_model=128, ffn_dim=256))
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, tmp_path / "tok.safetensors")
+    assert load_tokenizer(tmp_path / "tok.safetensors", SpeechTokenizerConfig(d_model=128, ffn_dim=256))
+    with pytest.raises(ConfigError, match="size mismatch.*the config the tokenizer trained with"):
+        load_tokenizer(tmp_path / "tok.safetensors")  # the tiny shape

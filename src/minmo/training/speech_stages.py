@@ -295,7 +295,13 @@ def load_tokenizer(path: str | Path, tok_cfg: SpeechTokenizerConfig | None = Non
                           "checkpoint directory, e.g. runs/speech_tokenizer/checkpoints/step_..., "
                           "or a .safetensors file)")
     model = SpeechTokenizer(tok_cfg or SpeechTokenizerConfig())
-    missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+    except RuntimeError as e:  # tensors of other shapes: a checkpoint of another model config
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise ConfigError(f"stage_options.tokenizer: {file} has other shapes than the model config's "
+                          f"speech_tokenizer section ({first}); set the train YAML's model to the config "
+                          "the tokenizer trained with") from None
     params = {n for n, _ in model.named_parameters()}
     if unexpected or params & set(missing):
         raise ConfigError(f"stage_options.tokenizer: {file} does not match the speech tokenizer "
