@@ -87,12 +87,7 @@ def run_tts(args: argparse.Namespace) -> int:
     for row in tqdm(rows, desc="tts", unit="row"):
         tokens = torch.tensor([row.speech_tokens], dtype=torch.long, device=args.device)
         if args.stream:
-            state, pieces = t2w.init_state(spk), []
-            for i in range(0, tokens.shape[1], 15):
-                audio, state = t2w.step(tokens[:, i:i + 15], state)
-                pieces.append(audio)
-            audio, state = t2w.step(tokens[:, :0], state, final=True)
-            audio = torch.cat(pieces + [audio], dim=1)
+            audio = t2w.stream(tokens, spk)
         else:
             audio, _ = t2w.synthesize(tokens, spk)
         sf.write(out_dir / f"{row.id}.wav", audio[0].float().cpu().numpy(), t2w.sample_rate, subtype="PCM_16")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minmo.config import FlowConfig
+from minmo.inference.cuda_graphs import CudaGraphCache
 from minmo.modules.flow_blocks import (
     MASK_MODES,
     chunk_attention_bias,
@@ -121,6 +122,7 @@ class ChunkFlowMatching(nn.Module):
             n_blocks=cfg.estimator_transformer_blocks, num_mid_blocks=cfg.estimator_mid_blocks,
             dropout=cfg.dropout,
         )
+        self._graphed_solve: CudaGraphCache | None = None
         gen = torch.Generator().manual_seed(0)
         self.register_buffer("noise_table", torch.randn(cfg.n_mels, NOISE_TABLE_FRAMES, generator=gen), persistent=False)
 
@@ -340,6 +342,14 @@ class ChunkFlowMatching(nn.Module):
             estimator=[None] * self.cfg.n_timesteps,
         )
 
+    def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 64, graph_factory=None) -> None:
+        """Replay the Euler solve of :meth:`step` as CUDA graphs, one per chunk shape
+        (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA). With an
+        unbounded estimator cache (``decoder_left_chunks = -1``) every chunk index of a stream
+        has its own shape, so ``max_graphs`` should cover the longest reply in chunks.
+        ``graph_factory``: see :class:`CudaGraphCache` (tests emulate graphs on CPU)."""
+        self._graphed_solve = CudaGraphCache(self._solve, max_graphs, graph_factory=graph_factory) if enabled else None
+
     def chunk_end(self, start: int, mask_mode: str) -> int:
         """Token index where the attention chunk containing token ``start`` ends."""
         chunk = self._chunk(mask_mode)
@@ -419,12 +429,13 @@ class ChunkFlowMatching(nn.Module):
         mask = mu.new_ones(b, 1, fn)
         z = self.noise(f0, fn, b, device) * temperature
         bias = self._estimator_bias(mode, f0, fn, state.estimator_start, device)
-        mel, caches = self._solve(mu, mask, state.spks, cond, z, bias, state.estimator, n_timesteps, cfg_rate)
+        solve = self._solve if self._graphed_solve is None else self._graphed_solve
+        mel, caches = solve(mu, mask, state.spks, cond, z, bias, state.estimator, n_timesteps, cfg_rate)
         keep_from = first_needed_key(f0 + fn, chunk, self.lookahead, self.ratio, self.cfg.decoder_left_chunks)
         start = state.estimator_start
         if keep_from > start:
             drop = keep_from - start
-            caches = [EstimatorCache(c.convs, [kv[:, :, drop:] for kv in c.kvs]) for c in caches]
+            caches = [EstimatorCache(c.convs, c.kvs[:, :, :, drop:]) for c in caches]
             start = keep_from
         new_state = FlowStreamState(
             num_tokens=pstart + n, mask_mode=mode, spks=state.spks, lookahead_cache=la_cache,

@@ -33,6 +33,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from minmo.audio.mel import MelSettings, mel_spectrogram
 from minmo.config import HiFTConfig
+from minmo.inference.cuda_graphs import CudaGraphCache
 from minmo.modules.hift_blocks import F0Predictor, ResBlock, SineSource, init_conv_weights
 from minmo.modules.hift_discriminators import MultipleDiscriminator
 from minmo.modules.speech_outputs import LossOutput
@@ -100,10 +101,25 @@ class HiFTVocoder(nn.Module):
         self.ups.apply(init_conv_weights)
         self.conv_post.apply(init_conv_weights)
         self.register_buffer("stft_window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        self._graphed: tuple[CudaGraphCache, CudaGraphCache] | None = None
+
+    def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 16, graph_factory=None) -> None:
+        """Replay the streaming step's F0 predictor and generator (:meth:`spectrum`) as CUDA graphs, one per
+        window length (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA).
+        After the first chunks every window has the same length, so few graphs are made.
+        ``graph_factory``: see :class:`CudaGraphCache` (tests emulate graphs on CPU)."""
+        self._graphed = None
+        if enabled:
+            self._graphed = (CudaGraphCache(self.f0_predictor, max_graphs, graph_factory=graph_factory),
+                             CudaGraphCache(self.spectrum, max_graphs, graph_factory=graph_factory))
 
     # ------------------------------------------------------------------ core
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Mel ``(B, n_mels, T)`` + excitation ``(B, 1, hop * T)`` -> audio ``(B, hop * T)``."""
+        return self.istft(self.spectrum(mel, source))
+
+    def spectrum(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The generator: mel + excitation -> complex STFT of the audio ``(B, n_fft/2 + 1, frames)``."""
         spec = torch.stft(source.squeeze(1).float(), self.n_fft, self.istft_hop, self.n_fft,
                           window=self.stft_window.float(), return_complex=True)  # fp32 even under autocast
         s_stft = torch.cat([spec.real, spec.imag], dim=1)
@@ -118,7 +134,11 @@ class HiFTVocoder(nn.Module):
         half = self.n_fft // 2 + 1
         magnitude = torch.exp(x[:, :half]).clamp(max=1e2)
         phase = torch.sin(x[:, half:])
-        spec = torch.polar(magnitude, phase)
+        return torch.polar(magnitude, phase)
+
+    def istft(self, spec: torch.Tensor) -> torch.Tensor:
+        """Complex spectrum -> clamped audio. Kept out of :meth:`spectrum` because
+        ``torch.istft`` checks its window envelope on the host, which a CUDA graph cannot record."""
         audio = torch.istft(spec, self.n_fft, self.istft_hop, self.n_fft, window=self.stft_window.float())
         return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
 
@@ -197,12 +217,13 @@ class HiFTVocoder(nn.Module):
             new_state = HiFTStreamState(state.frames_done, state.mel_context, state.source_context,
                                         window[:, :, ctx:], state.phase, state.tail)
             return window.new_zeros(window.shape[0], 0), new_state
-        f0 = self.f0_predictor(window)
+        f0_predictor, spectrum = self._graphed or (self.f0_predictor, self.spectrum)
+        f0 = f0_predictor(window)
         new_f0 = f0[:, ctx:]
         src_emit, phase = self.m_source(new_f0[:, : emit_end - ctx], state.phase, state.frames_done * hop)
         src_rest, _ = self.m_source(new_f0[:, emit_end - ctx:], phase, (state.frames_done + emit_end - ctx) * hop)
         source = torch.cat([state.source_context, src_emit, src_rest], dim=2)
-        audio = self.decode(window, source)
+        audio = self.istft(spectrum(window, source))
         out = audio[:, ctx * hop: emit_end * hop]
         if state.tail.shape[1] > 0:
             n = min(state.tail.shape[1], out.shape[1])

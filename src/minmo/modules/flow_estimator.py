@@ -11,10 +11,11 @@ attention uses the caller's chunk mask, so the estimator streams: the caller kee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from minmo.modules.flow_blocks import (
     CausalBlock1D,
@@ -28,29 +29,44 @@ from minmo.modules.flow_blocks import (
 
 @dataclass
 class EstimatorCache:
-    """Per-call streaming cache of the estimator, in module order.
+    """Per-call streaming cache of the estimator: two tensors, so that copying a cache (a CUDA
+    graph's inputs and results) is two copies rather than one per layer.
 
     Attributes:
-        convs: last input frames of every causal conv, ``(B, C, 2)`` each.
-        kvs: keys/values of every attention layer, ``(B, H, S, 2 * head_dim)`` each.
+        convs: the last input frames of every causal conv, in module order, concatenated on
+            the channel axis: ``(B, sum of in-channels, 2)``.
+        kvs: keys/values of every attention layer, stacked: ``(layers, B, H, S, 2 * head_dim)``.
     """
 
-    convs: list[torch.Tensor] = field(default_factory=list)
-    kvs: list[torch.Tensor] = field(default_factory=list)
+    convs: torch.Tensor
+    kvs: torch.Tensor
+
+
+# a pytree node, so caches pass through ``minmo.inference.cuda_graphs`` as tensors
+pytree.register_pytree_node(
+    EstimatorCache, lambda c: ([c.convs, c.kvs], None), lambda children, _: EstimatorCache(*children)
+)
 
 
 class _Cursor:
-    """Reads an old cache entry by entry while collecting the new one."""
+    """Reads an old cache layer by layer (in module order) while collecting the new one."""
 
     def __init__(self, old: EstimatorCache | None):
         self.old = old
-        self.new = EstimatorCache()
+        self.channel = 0
+        self.convs: list[torch.Tensor] = []
+        self.kvs: list[torch.Tensor] = []
 
-    def conv(self) -> torch.Tensor | None:
-        return None if self.old is None else self.old.convs[len(self.new.convs)]
+    def conv(self, channels: int) -> torch.Tensor | None:
+        """The old cache of the next conv (``channels`` input channels)."""
+        start, self.channel = self.channel, self.channel + channels
+        return None if self.old is None else self.old.convs[:, start:self.channel]
 
     def kv(self) -> torch.Tensor | None:
-        return None if self.old is None else self.old.kvs[len(self.new.kvs)]
+        return None if self.old is None else self.old.kvs[len(self.kvs)]
+
+    def finish(self) -> EstimatorCache:
+        return EstimatorCache(torch.cat(self.convs, dim=1), torch.stack(self.kvs))
 
 
 class ConditionalEstimator(nn.Module):
@@ -118,13 +134,13 @@ class ConditionalEstimator(nn.Module):
         blocks: nn.ModuleList,
         cur: _Cursor,
     ) -> torch.Tensor:
-        old = (cur.conv(), cur.old.convs[len(cur.new.convs) + 1]) if cur.old is not None else None
-        x, (c1, c2) = resnet(x, mask, temb, old)
-        cur.new.convs += [c1, c2]
+        old = (cur.conv(resnet.block1.block[0].in_channels), cur.conv(resnet.block2.block[0].in_channels))
+        x, (c1, c2) = resnet(x, mask, temb, None if cur.old is None else old)
+        cur.convs += [c1, c2]
         h = x.transpose(1, 2)
         for block in blocks:
             h, kv = block(h, bias, cur.kv())
-            cur.new.kvs.append(kv)
+            cur.kvs.append(kv)
         return h.transpose(1, 2)
 
     def forward(
@@ -160,15 +176,15 @@ class ConditionalEstimator(nn.Module):
         resnet, blocks, downsample = self.down_blocks[0]
         h = self._stage(h, mask, temb, bias, resnet, blocks, cur)
         skip = h
-        h, c = downsample(h * mask, cur.conv())
-        cur.new.convs.append(c)
+        h, c = downsample(h * mask, cur.conv(downsample.in_channels))
+        cur.convs.append(c)
         for resnet, blocks in self.mid_blocks:
             h = self._stage(h, mask, temb, bias, resnet, blocks, cur)
         resnet, blocks, upsample = self.up_blocks[0]
         h = self._stage(torch.cat([h, skip], dim=1), mask, temb, bias, resnet, blocks, cur)
-        h, c = upsample(h * mask, cur.conv())
-        cur.new.convs.append(c)
-        h, c = self.final_block(h, mask, cur.conv())
-        cur.new.convs.append(c)
+        h, c = upsample(h * mask, cur.conv(upsample.in_channels))
+        cur.convs.append(c)
+        h, c = self.final_block(h, mask, cur.conv(self.final_block.block[0].in_channels))
+        cur.convs.append(c)
         out = self.final_proj(h * mask)
-        return out * mask, cur.new
+        return out * mask, cur.finish()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Full-shape (CosyVoice 2) streaming token2wav on one CUDA GPU, every speed setting in turn:
+# eager fp32, eager TF32, CUDA graphs (TF32 and bf16 autocast), CUDA graphs + torch.compile.
+# The log and one JSON line per setting go to ${1:-.}/token2wav_gpu.{log,jsonl}.
+#   bash benchmarks/gpu_token2wav.sh /tmp/out        (from the repository root)
+set -u
+out=${1:-.}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+$py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+run() {  # run TIMEOUT ARGS...
+  local limit=$1; shift
+  echo "== $(date +%T) $*"
+  timeout "$limit" $py benchmarks/bench_token2wav.py --model minmo-7b --device cuda "$@" 2>&1 \
+    | tee -a "$out/token2wav_gpu.log" | grep -v '^{' | tail -n 25
+  [ "${PIPESTATUS[0]}" = 0 ] || echo "!! failed or timed out: $*"
+}
+run 120 --repeats 3
+run 120 --repeats 3 --tf32
+run 150 --repeats 5 --tf32 --cuda-graphs --verify
+run 150 --repeats 5 --dtype bf16 --cuda-graphs --verify
+run 150 --repeats 5 --tf32 --cuda-graphs --steps 5 --verify
+run 240 --repeats 5 --tf32 --cuda-graphs --compile --verify
+grep '^{' "$out/token2wav_gpu.log" > "$out/token2wav_gpu.jsonl"
+cat "$out/token2wav_gpu.jsonl"
