@@ -123,6 +123,7 @@ class ChunkFlowMatching(nn.Module):
             dropout=cfg.dropout,
         )
         self._graphed_solve: CudaGraphCache | None = None
+        self._graphed_encode: CudaGraphCache | None = None
         gen = torch.Generator().manual_seed(0)
         self.register_buffer("noise_table", torch.randn(cfg.n_mels, NOISE_TABLE_FRAMES, generator=gen), persistent=False)
 
@@ -248,7 +249,7 @@ class ChunkFlowMatching(nn.Module):
     def _solve(
         self,
         mu: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         spks: torch.Tensor,
         cond: torch.Tensor,
         z: torch.Tensor,
@@ -257,14 +258,15 @@ class ChunkFlowMatching(nn.Module):
         n_timesteps: int,
         cfg_rate: float,
     ) -> tuple[torch.Tensor, list[EstimatorCache]]:
-        """Euler integration with classifier-free guidance; one estimator cache per step."""
+        """Euler integration with classifier-free guidance; one estimator cache per step
+        (``mask=None``: every frame is real, as in streaming)."""
         b = mu.shape[0]
         t_span = self.time_span(n_timesteps, mu.device)
         x = z
         mu2 = torch.cat([mu, torch.zeros_like(mu)])
         spk2 = torch.cat([spks, torch.zeros_like(spks)])
         cond2 = torch.cat([cond, torch.zeros_like(cond)])
-        mask2 = torch.cat([mask, mask])
+        mask2 = None if mask is None else torch.cat([mask, mask])
         bias2 = torch.cat([bias, bias]) if bias.shape[0] == b and b > 1 else bias
         new_caches = []
         for k in range(n_timesteps):
@@ -343,12 +345,17 @@ class ChunkFlowMatching(nn.Module):
         )
 
     def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 64, graph_factory=None) -> None:
-        """Replay the Euler solve of :meth:`step` as CUDA graphs, one per chunk shape
-        (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA). With an
-        unbounded estimator cache (``decoder_left_chunks = -1``) every chunk index of a stream
-        has its own shape, so ``max_graphs`` should cover the longest reply in chunks.
-        ``graph_factory``: see :class:`CudaGraphCache` (tests emulate graphs on CPU)."""
-        self._graphed_solve = CudaGraphCache(self._solve, max_graphs, graph_factory=graph_factory) if enabled else None
+        """Replay the token encoder and the Euler solve of :meth:`step` as CUDA graphs, one per
+        chunk shape (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA). The
+        encoder's caches always grow, and so does the estimator's with ``decoder_left_chunks =
+        -1``: every chunk index of a stream has its own graphs, so ``max_graphs`` should cover
+        the longest reply in chunks. Recordings read the weights in place: call this again
+        after loading other weights. ``graph_factory``: see :class:`CudaGraphCache` (tests
+        emulate graphs on CPU)."""
+        self._graphed_solve = self._graphed_encode = None
+        if enabled:
+            self._graphed_solve = CudaGraphCache(self._solve, max_graphs, graph_factory=graph_factory)
+            self._graphed_encode = CudaGraphCache(self._encode_chunk, max_graphs, graph_factory=graph_factory)
 
     def chunk_end(self, start: int, mask_mode: str) -> int:
         """Token index where the attention chunk containing token ``start`` ends."""
@@ -358,6 +365,43 @@ class ChunkFlowMatching(nn.Module):
         if chunk == 1:
             return start + 1
         return ((start + self.lookahead) // chunk + 1) * chunk - self.lookahead
+
+    def _encode_chunk(
+        self,
+        tokens: torch.Tensor,
+        future: torch.Tensor | None,
+        lookahead_cache: torch.Tensor | None,
+        encoder_kv: list[torch.Tensor | None],
+        upsample_cache: torch.Tensor | None,
+        up_kv: list[torch.Tensor | None],
+        pstart: int,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """Streaming token encoder: tokens ``[pstart, pstart + n)`` (+ lookahead) against the
+        cached keys -> mu ``(B, n_mels, ratio * n)`` and the new caches."""
+        enc = self.encoder
+        n = tokens.shape[1]
+        device = tokens.device
+        x = enc.embed(self.input_embedding(tokens.clamp(min=0)))
+        fut = None
+        if future is not None and future.shape[1] > 0:
+            fut = enc.embed(self.input_embedding(future[:, : self.lookahead].clamp(min=0)))
+        x, la_cache = enc.pre_lookahead_layer(x, fut, lookahead_cache)
+        bias = chunk_attention_bias(pstart, n, 0, pstart + n, chunk, self.lookahead, 1, -1, device)[None, None]
+        new_enc_kv = []
+        for layer, kv in zip(enc.encoders, encoder_kv):
+            x, kv = layer(x, bias, kv)
+            new_enc_kv.append(kv)
+        x, up_cache = enc.up_layer(x, upsample_cache)
+        x = enc.up_embed(x)
+        f0, fn = pstart * self.ratio, n * self.ratio
+        bias = chunk_attention_bias(f0, fn, 0, f0 + fn, chunk, self.lookahead, self.ratio, -1, device)[None, None]
+        new_up_kv = []
+        for layer, kv in zip(enc.up_encoders, up_kv):
+            x, kv = layer(x, bias, kv)
+            new_up_kv.append(kv)
+        mu = self.encoder_proj(enc.after_norm(x)).transpose(1, 2)
+        return mu, la_cache, new_enc_kv, up_cache, new_up_kv
 
     @torch.no_grad()
     def step(
@@ -404,38 +448,22 @@ class ChunkFlowMatching(nn.Module):
                     f"(next boundary: {self.chunk_end(pstart, mode)})"
                 )
         device = tokens.device
-        enc = self.encoder
-        x = enc.embed(self.input_embedding(tokens.clamp(min=0)))
-        fut = None
-        if future is not None and future.shape[1] > 0:
-            fut = enc.embed(self.input_embedding(future[:, : self.lookahead].clamp(min=0)))
-        x, la_cache = enc.pre_lookahead_layer(x, fut, state.lookahead_cache)
-        bias = chunk_attention_bias(pstart, n, 0, pstart + n, chunk, self.lookahead, 1, -1, device)[None, None]
-        enc_kv = []
-        for layer, kv in zip(enc.encoders, state.encoder_kv):
-            x, kv = layer(x, bias, kv)
-            enc_kv.append(kv)
-        x, up_cache = enc.up_layer(x, state.upsample_cache)
-        x = enc.up_embed(x)
+        encode = self._encode_chunk if self._graphed_encode is None else self._graphed_encode
+        mu, la_cache, enc_kv, up_cache, up_kv = encode(
+            tokens, future, state.lookahead_cache, state.encoder_kv, state.upsample_cache, state.up_kv, pstart, chunk
+        )
         f0, fn = pstart * self.ratio, n * self.ratio
-        bias = chunk_attention_bias(f0, fn, 0, f0 + fn, chunk, self.lookahead, self.ratio, -1, device)[None, None]
-        up_kv = []
-        for layer, kv in zip(enc.up_encoders, state.up_kv):
-            x, kv = layer(x, bias, kv)
-            up_kv.append(kv)
-        mu = self.encoder_proj(enc.after_norm(x)).transpose(1, 2)
 
         cond = torch.zeros_like(mu) if cond is None else cond.to(mu.dtype)
-        mask = mu.new_ones(b, 1, fn)
         z = self.noise(f0, fn, b, device) * temperature
         bias = self._estimator_bias(mode, f0, fn, state.estimator_start, device)
         solve = self._solve if self._graphed_solve is None else self._graphed_solve
-        mel, caches = solve(mu, mask, state.spks, cond, z, bias, state.estimator, n_timesteps, cfg_rate)
+        mel, caches = solve(mu, None, state.spks, cond, z, bias, state.estimator, n_timesteps, cfg_rate)
         keep_from = first_needed_key(f0 + fn, chunk, self.lookahead, self.ratio, self.cfg.decoder_left_chunks)
         start = state.estimator_start
         if keep_from > start:
             drop = keep_from - start
-            caches = [EstimatorCache(c.convs, c.kvs[:, :, :, drop:]) for c in caches]
+            caches = [EstimatorCache(c.convs, c.kvs[:, :, drop:]) for c in caches]
             start = keep_from
         new_state = FlowStreamState(
             num_tokens=pstart + n, mask_mode=mode, spks=state.spks, lookahead_cache=la_cache,

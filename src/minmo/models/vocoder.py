@@ -107,6 +107,7 @@ class HiFTVocoder(nn.Module):
         """Replay the streaming step's F0 predictor and generator (:meth:`spectrum`) as CUDA graphs, one per
         window length (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA).
         After the first chunks every window has the same length, so few graphs are made.
+        Recordings read the weights in place: call this again after loading other weights.
         ``graph_factory``: see :class:`CudaGraphCache` (tests emulate graphs on CPU)."""
         self._graphed = None
         if enabled:

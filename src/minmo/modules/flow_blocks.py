@@ -107,6 +107,11 @@ def padding_bias(lengths: torch.Tensor, max_len: int, dtype: torch.dtype = torch
     return bias[:, None, None, :]
 
 
+def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x * mask``; ``mask=None`` means every frame is real (streaming), saving the kernels."""
+    return x if mask is None else x * mask
+
+
 class CausalConv1d(nn.Conv1d):
     """Left-padded 1-D convolution (stride 1). Streaming: ``cache`` holds the last
     ``kernel_size - 1`` input frames (zeros at the start of a stream)."""
@@ -123,9 +128,7 @@ class CausalConv1d(nn.Conv1d):
         Returns:
             ``(B, C_out, T)`` output and the new cache ``(B, C_in, context)``.
         """
-        if cache is None:
-            cache = x.new_zeros(x.shape[0], x.shape[1], self.context)
-        full = torch.cat([cache, x], dim=2)
+        full = F.pad(x, (self.context, 0)) if cache is None else torch.cat([cache, x], dim=2)
         new_cache = full[:, :, full.shape[2] - self.context:]
         return super().forward(full), new_cache
 
@@ -139,12 +142,12 @@ class CausalBlock1D(nn.Module):
         self.block = nn.ModuleList([CausalConv1d(dim, dim_out, 3), nn.Identity(), nn.LayerNorm(dim_out)])
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cache: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``: ``(B, C, T)``, ``mask``: ``(B, 1, T)`` -> ``(B, C_out, T)`` and conv cache."""
-        y, cache = self.block[0](x * mask, cache)
+        """``x``: ``(B, C, T)``, ``mask``: ``(B, 1, T)`` or None -> ``(B, C_out, T)`` and conv cache."""
+        y, cache = self.block[0](masked(x, mask), cache)
         y = self.block[2](y.transpose(1, 2)).transpose(1, 2)
-        return F.mish(y) * mask, cache
+        return masked(F.mish(y), mask), cache
 
 
 class CausalResnetBlock1D(nn.Module):
@@ -160,12 +163,12 @@ class CausalResnetBlock1D(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         time_emb: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Args:
-            x: ``(B, C, T)``; mask: ``(B, 1, T)``; time_emb: ``(B, E)``.
+            x: ``(B, C, T)``; mask: ``(B, 1, T)`` or None (all real); time_emb: ``(B, E)``.
             cache: the two conv caches, or None.
 
         Returns:
@@ -175,13 +178,15 @@ class CausalResnetBlock1D(nn.Module):
         h, c1 = self.block1(x, mask, c1)
         h = h + self.mlp(time_emb).unsqueeze(-1)
         h, c2 = self.block2(h, mask, c2)
-        return h + self.res_conv(x * mask), (c1, c2)
+        return h + self.res_conv(masked(x, mask)), (c1, c2)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention without biases on q/k/v (diffusers ``Attention`` names).
 
-    Streaming: ``kv_cache`` is ``(B, H, S, 2 * head_dim)``: keys and values of earlier frames.
+    Streaming: ``kv_cache`` is ``(B, S, 2, H, head_dim)``, keys and values of earlier frames
+    in the layout the fused q/k/v projection produces them, so neither the new keys nor the
+    attention inputs are copied (a streaming chunk is launch-bound: kernels count, not FLOPs).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, dropout: float = 0.0):
@@ -194,6 +199,18 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(dropout)])
         self.dropout = dropout
+        self._fused: tuple[tuple, torch.Tensor] | None = None
+
+    def qkv_weight(self) -> torch.Tensor:
+        """``[W_q; W_k; W_v]`` for one matmul. Outside autograd it is kept until a weight
+        changes (tracked by storage and version), so inference pays no concatenation."""
+        weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            return torch.cat(weights)
+        key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, torch.cat(weights))
+        return self._fused[1]
 
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor, kv_cache: torch.Tensor | None = None
@@ -201,21 +218,19 @@ class SelfAttention(nn.Module):
         """Args:
             x: ``(B, T, D)`` new frames.
             bias: additive mask broadcastable to ``(B, H, T, S + T)``.
-            kv_cache: ``(B, H, S, 2 * head_dim)`` or None.
+            kv_cache: ``(B, S, 2, H, head_dim)`` or None.
 
         Returns:
-            ``(B, T, D)`` and the cache extended by the new frames ``(B, H, S + T, 2 * head_dim)``.
+            ``(B, T, D)`` and the cache extended by the new frames ``(B, S + T, 2, H, head_dim)``.
         """
         b, t, _ = x.shape
-        q = self.to_q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.to_k(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        v = self.to_v(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        kv = torch.cat([k, v], dim=-1)
-        if kv_cache is not None and kv_cache.shape[2] > 0:
-            kv = torch.cat([kv_cache, kv], dim=2)
-        k, v = kv.split(self.head_dim, dim=-1)
+        qkv = F.linear(x, self.qkv_weight()).view(b, t, 3, self.heads, self.head_dim)
+        q, kv = qkv[:, :, 0], qkv[:, :, 1:]
+        if kv_cache is not None and kv_cache.shape[1] > 0:
+            kv = torch.cat([kv_cache, kv], dim=1)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
+            q.transpose(1, 2), kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2),
+            attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         return self.to_out[1](self.to_out[0](y)), kv

@@ -23,6 +23,7 @@ from minmo.modules.flow_blocks import (
     CausalResnetBlock1D,
     TimestepEmbedding,
     TransformerBlock,
+    masked,
     sinusoidal_time_embedding,
 )
 
@@ -35,7 +36,7 @@ class EstimatorCache:
     Attributes:
         convs: the last input frames of every causal conv, in module order, concatenated on
             the channel axis: ``(B, sum of in-channels, 2)``.
-        kvs: keys/values of every attention layer, stacked: ``(layers, B, H, S, 2 * head_dim)``.
+        kvs: keys/values of every attention layer, stacked: ``(layers, B, S, 2, H, head_dim)``.
     """
 
     convs: torch.Tensor
@@ -127,7 +128,7 @@ class ConditionalEstimator(nn.Module):
     @staticmethod
     def _stage(
         x: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         temb: torch.Tensor,
         bias: torch.Tensor,
         resnet: CausalResnetBlock1D,
@@ -146,7 +147,7 @@ class ConditionalEstimator(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         mu: torch.Tensor,
         t: torch.Tensor,
         spks: torch.Tensor,
@@ -158,7 +159,7 @@ class ConditionalEstimator(nn.Module):
 
         Args:
             x: ``(B, n_mels, T)`` noisy mel ``x_t``.
-            mask: ``(B, 1, T)`` 1 for real frames.
+            mask: ``(B, 1, T)`` 1 for real frames, or None: all frames are real.
             mu: ``(B, n_mels, T)`` encoder output.
             t: ``(B,)`` flow time in [0, 1].
             spks: ``(B, n_mels)`` projected speaker embedding.
@@ -176,15 +177,15 @@ class ConditionalEstimator(nn.Module):
         resnet, blocks, downsample = self.down_blocks[0]
         h = self._stage(h, mask, temb, bias, resnet, blocks, cur)
         skip = h
-        h, c = downsample(h * mask, cur.conv(downsample.in_channels))
+        h, c = downsample(masked(h, mask), cur.conv(downsample.in_channels))
         cur.convs.append(c)
         for resnet, blocks in self.mid_blocks:
             h = self._stage(h, mask, temb, bias, resnet, blocks, cur)
         resnet, blocks, upsample = self.up_blocks[0]
         h = self._stage(torch.cat([h, skip], dim=1), mask, temb, bias, resnet, blocks, cur)
-        h, c = upsample(h * mask, cur.conv(upsample.in_channels))
+        h, c = upsample(masked(h, mask), cur.conv(upsample.in_channels))
         cur.convs.append(c)
         h, c = self.final_block(h, mask, cur.conv(self.final_block.block[0].in_channels))
         cur.convs.append(c)
-        out = self.final_proj(h * mask)
-        return out * mask, cur.finish()
+        out = self.final_proj(masked(h, mask))
+        return masked(out, mask), cur.finish()

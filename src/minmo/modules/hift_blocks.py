@@ -85,15 +85,16 @@ class F0Predictor(nn.Module):
         return torch.abs(self.classifier(self.condnet(mel).transpose(1, 2)).squeeze(-1))
 
 
-def hashed_normal(index: torch.Tensor, stream: int) -> torch.Tensor:
+def hashed_normal(index: torch.Tensor, stream: int | torch.Tensor) -> torch.Tensor:
     """Deterministic standard-normal numbers from integer positions (no table, any length).
 
     Args:
         index: integer tensor of absolute positions.
-        stream: independent sequence id (e.g. harmonic number).
+        stream: independent sequence id (e.g. harmonic number), or an integer tensor of them
+            that broadcasts with ``index`` (all streams in one pass of element-wise kernels).
 
     Returns:
-        float32 tensor of the shape of ``index``.
+        float32 tensor of the broadcast shape of ``index`` and ``stream``.
     """
     mask = (1 << 32) - 1
 
@@ -103,8 +104,7 @@ def hashed_normal(index: torch.Tensor, stream: int) -> torch.Tensor:
         return x ^ (x >> 16)
 
     base = index.long() * 2 + stream * 0x9E3779B1
-    u1 = (mix(base & mask).double() + 0.5) / 2.0**32
-    u2 = (mix((base + 1) & mask).double() + 0.5) / 2.0**32
+    u1, u2 = (mix(torch.stack([base, base + 1]) & mask).double() + 0.5) / 2.0**32
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).float()
 
 
@@ -175,7 +175,8 @@ class SineSource(nn.Module):
                 noise = torch.randn(b, n, self.dim, device=f0.device)
             else:
                 idx = torch.arange(sample_offset, sample_offset + n, device=f0.device)
-                noise = torch.stack([hashed_normal(idx, h) for h in range(self.dim)], dim=-1).expand(b, -1, -1)
+                harmonics = torch.arange(self.dim, device=f0.device)
+                noise = hashed_normal(idx[:, None], harmonics).expand(b, -1, -1)
             waves = sines * uv + amp * noise
         source = torch.tanh(self.l_linear(waves)).transpose(1, 2)
         return source, new_phase
