@@ -7,7 +7,8 @@ Random weights unless the model config names trained ``flow.path`` / ``vocoder.p
 does not depend on the weights. Besides the stream figures it times the two halves of the
 first chunk on their own (flow: token encoder + Euler solve; vocoder). ``--verify`` streams
 the same tokens once more without CUDA graphs / compilation and reports the largest sample
-difference. Prints one JSON line and a markdown row.
+difference; ``--count-kernels`` counts the first chunk's eager kernel launches (the time at
+full shapes on a GPU follows that count). Prints one JSON line and a markdown row.
 """
 
 from __future__ import annotations
@@ -49,6 +50,49 @@ def first_chunk_parts(t2w: Token2Wav, repeats: int) -> dict[str, float]:
             "first_vocoder_ms": 1000 * statistics.median(vocs[1:])}
 
 
+class KernelCount:
+    """Counts dispatched ATen operators that are not views: in eager mode about one kernel
+    launch each (on a GPU at these sizes, launches rather than FLOPs set the time)."""
+
+    def __enter__(self) -> KernelCount:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.count += not func.is_view
+                return func(*args, **(kwargs or {}))
+
+        self.count, self._mode = 0, Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
+def first_chunk_kernels(t2w: Token2Wav) -> dict[str, float]:
+    """Eager operator counts of the first chunk: flow step (token encoder + Euler solve), one
+    Euler step, vocoder step."""
+    cfg = t2w.flow.cfg
+    n = cfg.chunk_tokens - cfg.pre_lookahead_len
+    tokens = torch.randint(0, cfg.vocab_size, (1, cfg.chunk_tokens)).to(t2w.device)
+    spk = torch.randn(1, cfg.spk_embed_dim).to(t2w.device)
+    counts = {}
+    for steps in (t2w.n_timesteps, 1):
+        state = t2w.flow.init_state(1, spk, t2w.mask_mode)
+        state.estimator = [None] * steps
+        with KernelCount() as k:
+            mel, _ = t2w.flow.step(tokens[:, :n], state, future=tokens[:, n:], n_timesteps=steps)
+        counts[steps] = k.count
+    with KernelCount() as k:
+        t2w.vocoder.step(mel, t2w.vocoder.init_state(1, t2w.device))
+    per_step = (counts[t2w.n_timesteps] - counts[1]) / max(t2w.n_timesteps - 1, 1)
+    return {"kernels_flow": counts[t2w.n_timesteps], "kernels_per_euler_step": per_step,
+            "kernels_vocoder": k.count}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -72,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--compile", action="store_true", help="torch.compile the flow estimator")
     parser.add_argument("--verify", action="store_true",
                         help="compare the stream with a plain eager stream (max |sample difference|)")
+    parser.add_argument("--count-kernels", action="store_true",
+                        help="also count the first chunk's eager kernel launches (flow, per Euler step, vocoder)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result = benchmark_token2wav(t2w, args.tokens, args.chunk, args.repeats)
         result["first_run_s"] = time.perf_counter() - started  # includes recording/compiling
         result.update(first_chunk_parts(t2w, args.repeats))
+        if args.count_kernels:
+            result.update(first_chunk_kernels(t2w))
         if args.verify:
             gen = torch.Generator().manual_seed(2)
             tokens = torch.randint(0, cfg.flow.vocab_size, (1, args.tokens), generator=gen).to(args.device)

@@ -2,6 +2,8 @@
 eviction. CPU runs use ``emulate_graph``, which has a CUDA graph's buffer semantics (a replay
 recomputes from the recorded input buffers into the recorded output buffers)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -88,3 +90,19 @@ def test_real_cuda_graphs_stream_the_same_audio_as_eager():
     assert flow._graphed_solve.recorded == 4 and len(voc._graphed[1]) > 0
     for audio in graphed:
         torch.testing.assert_close(audio, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_recording_failure_falls_back_to_eager_calls_with_a_warning():
+    def cannot_record(fn, args, warmup):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed = CudaGraphCache(affine, graph_factory=cannot_record)
+    b = [torch.zeros(()), torch.zeros(())]
+    with torch.no_grad(), pytest.warns(UserWarning, match="running it eagerly"):
+        out = graphed(torch.ones(2), b, 2.0)
+    torch.testing.assert_close(out["y"], torch.full((2,), 2.0))
+    assert "not permitted" in graphed.failed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second try
+        torch.testing.assert_close(graphed(torch.ones(3), b, 1.0)["y"], torch.ones(3))
+    assert graphed.recorded == 0

@@ -63,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA fp32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the flow estimator")
     t.add_argument("--verify", action="store_true", help="compare with a plain eager stream")
+    t.add_argument("--count-kernels", action="store_true", help="count the first chunk's eager kernel launches")
     t.set_defaults(func=run_token2wav)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
     return p
@@ -189,7 +190,8 @@ def run_token2wav(args: argparse.Namespace) -> int:
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     argv = [f"--{k}={getattr(args, k)}" for k in ("model", "device", "dtype", "threads",
                                                    "tokens", "chunk", "steps", "mask", "repeats")]
-    argv += [f"--{k.replace('_', '-')}" for k in ("cuda_graphs", "tf32", "compile", "verify") if getattr(args, k)]
+    argv += [f"--{k.replace('_', '-')}" for k in ("cuda_graphs", "tf32", "compile", "verify", "count_kernels")
+             if getattr(args, k)]
     for name in ("run", "main"):
         fn = getattr(module, name, None)
         if callable(fn):

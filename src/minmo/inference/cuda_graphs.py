@@ -17,6 +17,8 @@ the recording afterwards::
   shapes) and must not mutate its arguments: the same rules as ``torch.cuda.graph``.
 * Replays are serialised by a lock (sessions run on several threads); graphs are evicted
   least-recently-used beyond ``max_graphs``.
+* If recording fails (an operation that cannot be recorded), the wrapper warns once and
+  calls the function directly from then on: slower, never wrong.
 * Not on CUDA, the wrapper calls the function directly. ``graph_factory`` replaces the CUDA
   recorder (tests use an emulation that re-runs the function into the same buffers on CPU,
   which checks the caching, copying and eviction logic without a GPU).
@@ -25,6 +27,7 @@ the recording afterwards::
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +109,7 @@ class CudaGraphCache:
         self.warmup = warmup
         self.graph_factory = graph_factory
         self.recorded = 0  # recordings made so far (evicted ones included)
+        self.failed: str | None = None  # why recording failed (then calls go straight to fn)
         self._graphs: OrderedDict[Any, _Recording] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -120,6 +124,8 @@ class CudaGraphCache:
         leaves, spec = pytree.tree_flatten(args)
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
         factory = self.graph_factory
+        if self.failed is not None:
+            return self.fn(*args)
         if factory is None:
             if not tensors or any(t.device.type != "cuda" for t in tensors) or torch.is_grad_enabled():
                 return self.fn(*args)
@@ -130,7 +136,13 @@ class CudaGraphCache:
         with self._lock:
             rec = self._graphs.get(key)
             if rec is None:
-                rec = self._record(factory, leaves, spec)
+                try:
+                    rec = self._record(factory, leaves, spec)
+                except RuntimeError as err:
+                    self.failed = f"{type(err).__name__}: {err}"
+                    warnings.warn(f"CUDA graph recording of {getattr(self.fn, '__qualname__', self.fn)} failed, "
+                                  f"running it eagerly from now on ({self.failed.splitlines()[0]})", stacklevel=2)
+                    return self.fn(*args)
                 self._graphs[key] = rec
                 while len(self._graphs) > self.max_graphs:
                     self._graphs.popitem(last=False)

@@ -86,7 +86,8 @@ def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: boo
         cfg, flow=dataclasses.replace(cfg.flow, path=paths.get("flow")),
         vocoder=dataclasses.replace(cfg.vocoder, path=paths.get("vocoder")))
     device = next(model.parameters()).device
-    t2w = build_token2wav(t2w_cfg, device)  # strict loading (the vocoder may be a GAN file)
+    # strict loading (the vocoder may be a GAN file); on a GPU, chunks replay as CUDA graphs
+    t2w = build_token2wav(t2w_cfg, device, cuda_graphs=device.type == "cuda")
     notes: list[str] = []
     if len(paths) < 2:
         missing = ", ".join(sorted({"flow", "vocoder"} - set(paths)))

@@ -182,7 +182,8 @@ class TokenUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x``: ``(B, T, D)`` -> ``(B, stride * T, D)`` and the new cache ``(B, D, 2 * stride)``."""
-        h = x.transpose(1, 2).repeat_interleave(self.stride, dim=2)
+        b, t, d = x.shape  # repeat each frame (expand + reshape: no host sync, CUDA-graph safe)
+        h = x.transpose(1, 2).unsqueeze(3).expand(b, d, t, self.stride).reshape(b, d, t * self.stride)
         if cache is None:
             cache = h.new_zeros(h.shape[0], h.shape[1], 2 * self.stride)
         h = torch.cat([cache, h], dim=2)
