@@ -32,18 +32,28 @@ def test_replays_follow_new_inputs_and_results_do_not_alias():
     assert r2["z"][1] is None
 
 
-def test_a_new_shape_or_value_records_again_and_old_recordings_are_evicted():
+def test_a_new_shape_or_value_records_again_until_the_budget_then_runs_eagerly():
     graphed = CudaGraphCache(affine, max_graphs=2, graph_factory=emulate_graph)
     b = [torch.zeros(()), torch.zeros(())]
     with torch.no_grad():
         graphed(torch.ones(3), b, 1.0)
         graphed(torch.ones(3), b, 2.0)  # another non-tensor argument: another recording
-        graphed(torch.ones(5), b, 1.0)  # another shape: a third, evicting the oldest
-        assert graphed.recorded == 3 and len(graphed) == 2
-        graphed(torch.ones(5), b, 1.0)
-        assert graphed.recorded == 3
-        torch.testing.assert_close(graphed(torch.ones(3), b, 1.0)["y"], torch.ones(3))
-        assert graphed.recorded == 4
+        torch.testing.assert_close(graphed(torch.ones(5), b, 1.0)["y"], torch.ones(5))  # over budget: eager
+        assert graphed.recorded == 2 and len(graphed) == 2
+        torch.testing.assert_close(graphed(2 * torch.ones(3), b, 1.0)["y"], 2 * torch.ones(3))  # replayed
+        assert graphed.recorded == 2
+
+
+def test_recordings_of_a_growing_argument_share_doubling_input_buffers():
+    graphed = CudaGraphCache(affine, max_graphs=100, graph_factory=emulate_graph)
+    b = [torch.zeros(()), torch.zeros(())]
+    with torch.no_grad():
+        for n in range(1, 101):  # like a cache that grows chunk by chunk
+            x = torch.arange(float(n))
+            torch.testing.assert_close(graphed(x, b, 1.0)["y"], x)
+    assert graphed.recorded == 100
+    # one buffer per size class 1, 2, 4, ..., 128 floats (plus the two scalars), not 1+2+...+100
+    assert graphed.input_bytes() <= 4 * (255 + 2)
 
 
 def test_off_cuda_without_a_factory_the_function_is_called_directly():

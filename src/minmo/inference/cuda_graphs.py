@@ -13,10 +13,16 @@ the recording afterwards::
   ``EstimatorCache``) of tensors and plain values. Every tensor argument is copied into the
   recording's input buffers before a replay; every tensor result is copied out after it, so
   results never alias the recording (a later replay cannot overwrite a session's state).
+* Input buffers are views of shared scratch buffers, one per argument position, which grow
+  (doubling) as larger arguments come: recordings of a growing cache (one per chunk of a
+  stream) then hold memory for the largest cache, not for the sum of all of them. Results
+  are held per recording, so functions should return what is new, not a grown copy of an
+  argument (the flow returns the new frames' keys/values and appends them outside).
 * The function must be free of host synchronisation (no ``.item()``, no data-dependent
   shapes) and must not mutate its arguments: the same rules as ``torch.cuda.graph``.
-* Replays are serialised by a lock (sessions run on several threads); graphs are evicted
-  least-recently-used beyond ``max_graphs``.
+* Replays are serialised by a lock (sessions run on several threads). Once ``max_graphs``
+  recordings exist, calls with a new signature run eagerly (no eviction: a stream longer than
+  the budget would otherwise re-record its first chunks again and again).
 * If recording fails (an operation that cannot be recorded), the wrapper warns once and
   calls the function directly from then on: slower, never wrong.
 * Not on CUDA, the wrapper calls the function directly. ``graph_factory`` replaces the CUDA
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +94,7 @@ class CudaGraphCache:
 
     Args:
         fn: the function to record (pure; no host synchronisation).
-        max_graphs: recordings kept (least recently used are dropped).
+        max_graphs: recordings made at most (later new signatures run eagerly).
         warmup: eager runs before recording (cuBLAS/cuDNN pick their kernels there).
         graph_factory: ``(fn, args, warmup) -> (replay, outputs, graph)``; default records on
             CUDA when the tensor arguments live there.
@@ -110,15 +115,24 @@ class CudaGraphCache:
         self.graph_factory = graph_factory
         self.recorded = 0  # recordings made so far (evicted ones included)
         self.failed: str | None = None  # why recording failed (then calls go straight to fn)
-        self._graphs: OrderedDict[Any, _Recording] = OrderedDict()
+        self._graphs: dict[Any, _Recording] = {}
+        self._scratch: dict[tuple, torch.Tensor] = {}  # (position, dtype, device) -> flat buffer
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._graphs)
 
     def clear(self) -> None:
+        """Drop every recording (and its memory)."""
         with self._lock:
             self._graphs.clear()
+            self._scratch.clear()
+
+    def input_bytes(self) -> int:
+        """Bytes of the input buffers the recordings hold (shared buffers counted once)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for rec in self._graphs.values() for t in rec.inputs}
+        return sum(storages.values())
 
     def __call__(self, *args: Any) -> Any:
         leaves, spec = pytree.tree_flatten(args)
@@ -135,6 +149,8 @@ class CudaGraphCache:
         key = (spec, autocast, tuple(_signature(x) for x in leaves))
         with self._lock:
             rec = self._graphs.get(key)
+            if rec is None and len(self._graphs) >= self.max_graphs:
+                return self.fn(*args)
             if rec is None:
                 try:
                     rec = self._record(factory, leaves, spec)
@@ -144,10 +160,7 @@ class CudaGraphCache:
                                   f"running it eagerly from now on ({self.failed.splitlines()[0]})", stacklevel=2)
                     return self.fn(*args)
                 self._graphs[key] = rec
-                while len(self._graphs) > self.max_graphs:
-                    self._graphs.popitem(last=False)
             else:
-                self._graphs.move_to_end(key)
                 torch._foreach_copy_(rec.inputs, tensors)
             rec.replay()
             out_leaves, out_spec = pytree.tree_flatten(rec.outputs)
@@ -157,8 +170,21 @@ class CudaGraphCache:
                 [next(copies) if isinstance(x, torch.Tensor) else x for x in out_leaves], out_spec
             )
 
+    def _input_buffer(self, position: int, like: torch.Tensor) -> torch.Tensor:
+        """A view shaped like ``like`` (holding its values) at the start of the shared scratch
+        buffer of argument ``position``; the buffer doubles when too small (recordings that
+        use the old one keep it alive)."""
+        key = (position, like.dtype, like.device)
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < like.numel():
+            size = max(like.numel(), 2 * buf.numel() if buf is not None else 0)
+            buf = self._scratch[key] = torch.empty(size, dtype=like.dtype, device=like.device)
+        view = buf[: like.numel()].view(like.shape)
+        view.copy_(like)
+        return view
+
     def _record(self, factory: Callable[..., Any], leaves: list[Any], spec: Any) -> _Recording:
-        inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+        inputs = [self._input_buffer(i, x) if isinstance(x, torch.Tensor) else x for i, x in enumerate(leaves)]
         static_args = pytree.tree_unflatten(inputs, spec)
         replay, outputs, graph = factory(self.fn, static_args, self.warmup)
         self.recorded += 1

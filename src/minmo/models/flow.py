@@ -258,8 +258,9 @@ class ChunkFlowMatching(nn.Module):
         n_timesteps: int,
         cfg_rate: float,
     ) -> tuple[torch.Tensor, list[EstimatorCache]]:
-        """Euler integration with classifier-free guidance; one estimator cache per step
-        (``mask=None``: every frame is real, as in streaming)."""
+        """Euler integration with classifier-free guidance (``mask=None``: every frame is real,
+        as in streaming); returns the mel and, per Euler step, the estimator cache of these
+        frames (to be appended to ``caches``)."""
         b = mu.shape[0]
         t_span = self.time_span(n_timesteps, mu.device)
         x = z
@@ -344,14 +345,15 @@ class ChunkFlowMatching(nn.Module):
             estimator=[None] * self.cfg.n_timesteps,
         )
 
-    def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 64, graph_factory=None) -> None:
+    def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 16, graph_factory=None) -> None:
         """Replay the token encoder and the Euler solve of :meth:`step` as CUDA graphs, one per
         chunk shape (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA). The
         encoder's caches always grow, and so does the estimator's with ``decoder_left_chunks =
-        -1``: every chunk index of a stream has its own graphs, so ``max_graphs`` should cover
-        the longest reply in chunks. Recordings read the weights in place: call this again
-        after loading other weights. ``graph_factory``: see :class:`CudaGraphCache` (tests
-        emulate graphs on CPU)."""
+        -1``: every chunk index of a stream has its own recordings, so ``max_graphs`` chunks of
+        a reply (16: its first 9.6 s) replay and later chunks run eagerly. Each solve recording
+        keeps its results, the new frames' estimator caches (~140 MB at CosyVoice 2's shapes
+        in fp32). Recordings read the weights in place: call this again after loading other
+        weights. ``graph_factory``: see :class:`CudaGraphCache` (tests emulate graphs on CPU)."""
         self._graphed_solve = self._graphed_encode = None
         if enabled:
             self._graphed_solve = CudaGraphCache(self._solve, max_graphs, graph_factory=graph_factory)
@@ -378,7 +380,8 @@ class ChunkFlowMatching(nn.Module):
         chunk: int,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """Streaming token encoder: tokens ``[pstart, pstart + n)`` (+ lookahead) against the
-        cached keys -> mu ``(B, n_mels, ratio * n)`` and the new caches."""
+        cached keys -> mu ``(B, n_mels, ratio * n)``, the new conv caches and the new positions'
+        keys/values (to be appended to ``encoder_kv`` / ``up_kv``)."""
         enc = self.encoder
         n = tokens.shape[1]
         device = tokens.device
@@ -449,16 +452,19 @@ class ChunkFlowMatching(nn.Module):
                 )
         device = tokens.device
         encode = self._encode_chunk if self._graphed_encode is None else self._graphed_encode
-        mu, la_cache, enc_kv, up_cache, up_kv = encode(
+        mu, la_cache, enc_new, up_cache, up_new = encode(
             tokens, future, state.lookahead_cache, state.encoder_kv, state.upsample_cache, state.up_kv, pstart, chunk
         )
+        enc_kv = [new if old is None else torch.cat([old, new], dim=2) for old, new in zip(state.encoder_kv, enc_new)]
+        up_kv = [new if old is None else torch.cat([old, new], dim=2) for old, new in zip(state.up_kv, up_new)]
         f0, fn = pstart * self.ratio, n * self.ratio
 
         cond = torch.zeros_like(mu) if cond is None else cond.to(mu.dtype)
         z = self.noise(f0, fn, b, device) * temperature
         bias = self._estimator_bias(mode, f0, fn, state.estimator_start, device)
         solve = self._solve if self._graphed_solve is None else self._graphed_solve
-        mel, caches = solve(mu, None, state.spks, cond, z, bias, state.estimator, n_timesteps, cfg_rate)
+        mel, new = solve(mu, None, state.spks, cond, z, bias, state.estimator, n_timesteps, cfg_rate)
+        caches = [c if old is None else old.extend(c) for old, c in zip(state.estimator, new)]
         keep_from = first_needed_key(f0 + fn, chunk, self.lookahead, self.ratio, self.cfg.decoder_left_chunks)
         start = state.estimator_start
         if keep_from > start:

@@ -187,6 +187,8 @@ class SelfAttention(nn.Module):
     Streaming: ``kv_cache`` is ``(B, S, 2, H, head_dim)``, keys and values of earlier frames
     in the layout the fused q/k/v projection produces them, so neither the new keys nor the
     attention inputs are copied (a streaming chunk is launch-bound: kernels count, not FLOPs).
+    The layer returns the new frames' keys and values only; the caller appends them (so a
+    recorded CUDA graph's results do not grow with the stream).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, dropout: float = 0.0):
@@ -221,19 +223,18 @@ class SelfAttention(nn.Module):
             kv_cache: ``(B, S, 2, H, head_dim)`` or None.
 
         Returns:
-            ``(B, T, D)`` and the cache extended by the new frames ``(B, S + T, 2, H, head_dim)``.
+            ``(B, T, D)`` and the new frames' keys/values ``(B, T, 2, H, head_dim)``.
         """
         b, t, _ = x.shape
         qkv = F.linear(x, self.qkv_weight()).view(b, t, 3, self.heads, self.head_dim)
-        q, kv = qkv[:, :, 0], qkv[:, :, 1:]
-        if kv_cache is not None and kv_cache.shape[1] > 0:
-            kv = torch.cat([kv_cache, kv], dim=1)
+        q, new_kv = qkv[:, :, 0], qkv[:, :, 1:]
+        kv = new_kv if kv_cache is None or kv_cache.shape[1] == 0 else torch.cat([kv_cache, new_kv], dim=1)
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2),
             attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
-        return self.to_out[1](self.to_out[0](y)), kv
+        return self.to_out[1](self.to_out[0](y)), new_kv
 
 
 class GELUProjection(nn.Module):
@@ -271,7 +272,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor, kv_cache: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``: ``(B, T, D)`` -> ``(B, T, D)`` and the extended KV cache."""
+        """``x``: ``(B, T, D)`` -> ``(B, T, D)`` and the new frames' keys/values."""
         a, kv = self.attn1(self.norm1(x), bias, kv_cache)
         x = x + a
         return x + self.ff(self.norm3(x)), kv

@@ -74,15 +74,15 @@ class RelPositionAttention(nn.Module):
             kv_cache: ``(B, H, S, 2 * d_k)`` keys/values of the ``S`` previous positions.
 
         Returns:
-            ``(B, T, D)`` and the cache extended to ``S + T`` positions.
+            ``(B, T, D)`` and the new positions' keys/values ``(B, H, T, 2 * d_k)`` (the caller
+            appends them to its cache).
         """
         b, t, dim = x.shape
         q = self.linear_q(x).view(b, t, self.h, self.d_k)
         k = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
         v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
-        kv = torch.cat([k, v], dim=-1)
-        if kv_cache is not None and kv_cache.shape[2] > 0:
-            kv = torch.cat([kv_cache, kv], dim=2)
+        new_kv = torch.cat([k, v], dim=-1)
+        kv = new_kv if kv_cache is None or kv_cache.shape[2] == 0 else torch.cat([kv_cache, new_kv], dim=2)
         k, v = kv.split(self.d_k, dim=-1)
         s = kv.shape[2] - t
         # distances i - j for queries s..s+t-1 and keys 0..s+t-1 run from -(t-1) to s+t-1
@@ -100,7 +100,7 @@ class RelPositionAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).reshape(b, t, dim)
-        return self.linear_out(y), kv
+        return self.linear_out(y), new_kv
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -130,7 +130,7 @@ class ConformerLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor, kv_cache: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``: ``(B, T, D)`` -> ``(B, T, D)`` and the extended KV cache."""
+        """``x``: ``(B, T, D)`` -> ``(B, T, D)`` and the new positions' keys/values."""
         a, kv = self.self_attn(self.norm_mha(x), bias, kv_cache)
         x = x + self.dropout(a)
         return x + self.dropout(self.feed_forward(self.norm_ff(x))), kv

@@ -37,10 +37,17 @@ class EstimatorCache:
         convs: the last input frames of every causal conv, in module order, concatenated on
             the channel axis: ``(B, sum of in-channels, 2)``.
         kvs: keys/values of every attention layer, stacked: ``(layers, B, S, 2, H, head_dim)``.
+
+    The estimator returns the new frames' part (``S`` = the frames it was given); callers
+    that stream append it with :meth:`extend`.
     """
 
     convs: torch.Tensor
     kvs: torch.Tensor
+
+    def extend(self, new: EstimatorCache) -> EstimatorCache:
+        """This cache followed by ``new`` (the estimator's result for the next frames)."""
+        return EstimatorCache(new.convs, torch.cat([self.kvs, new.kvs], dim=2))
 
 
 # a pytree node, so caches pass through ``minmo.inference.cuda_graphs`` as tensors
@@ -168,7 +175,8 @@ class ConditionalEstimator(nn.Module):
             cache: cache from the previous chunk (same Euler step), or None.
 
         Returns:
-            ``(B, n_mels, T)`` velocity and the new cache.
+            ``(B, n_mels, T)`` velocity and the cache of these ``T`` frames (append it to
+            ``cache`` with :meth:`EstimatorCache.extend`).
         """
         temb = self.time_mlp(sinusoidal_time_embedding(t, self.in_channels).to(x.dtype))
         h = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
