@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minmo.config import FlowConfig, HiFTConfig
-from minmo.inference.cuda_graphs import CudaGraphCache, emulate_graph
+from minmo.modules.cuda_graphs import CudaGraphCache, emulate_graph
 from minmo.inference.token2wav import Token2Wav
 from minmo.models.flow import ChunkFlowMatching
 from minmo.models.vocoder import HiFTVocoder

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minmo.config import FlowConfig
-from minmo.inference.cuda_graphs import CudaGraphCache
+from minmo.modules.cuda_graphs import CudaGraphCache
 from minmo.modules.flow_blocks import (
     MASK_MODES,
     chunk_attention_bias,
@@ -347,7 +347,7 @@ class ChunkFlowMatching(nn.Module):
 
     def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 16, graph_factory=None) -> None:
         """Replay the token encoder and the Euler solve of :meth:`step` as CUDA graphs, one per
-        chunk shape (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA). The
+        chunk shape (:class:`minmo.modules.cuda_graphs.CudaGraphCache`; a no-op off CUDA). The
         encoder's caches always grow, and so does the estimator's with ``decoder_left_chunks =
         -1``: every chunk index of a stream has its own recordings, so ``max_graphs`` chunks of
         a reply (16: its first 9.6 s) replay and later chunks run eagerly. Each solve recording

@@ -33,7 +33,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from minmo.audio.mel import MelSettings, mel_spectrogram
 from minmo.config import HiFTConfig
-from minmo.inference.cuda_graphs import CudaGraphCache
+from minmo.modules.cuda_graphs import CudaGraphCache
 from minmo.modules.hift_blocks import F0Predictor, ResBlock, SineSource, init_conv_weights
 from minmo.modules.hift_discriminators import MultipleDiscriminator
 from minmo.modules.speech_outputs import LossOutput
@@ -105,7 +105,7 @@ class HiFTVocoder(nn.Module):
 
     def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 16, graph_factory=None) -> None:
         """Replay the streaming step's F0 predictor and generator (:meth:`spectrum`) as CUDA graphs, one per
-        window length (:class:`minmo.inference.cuda_graphs.CudaGraphCache`; a no-op off CUDA).
+        window length (:class:`minmo.modules.cuda_graphs.CudaGraphCache`; a no-op off CUDA).
         After the first chunks every window has the same length, so few graphs are made.
         Recordings read the weights in place: call this again after loading other weights.
         ``graph_factory``: see :class:`CudaGraphCache` (tests emulate graphs on CPU)."""

@@ -50,7 +50,7 @@ class EstimatorCache:
         return EstimatorCache(new.convs, torch.cat([self.kvs, new.kvs], dim=2))
 
 
-# a pytree node, so caches pass through ``minmo.inference.cuda_graphs`` as tensors
+# a pytree node, so caches pass through ``minmo.modules.cuda_graphs`` as tensors
 pytree.register_pytree_node(
     EstimatorCache, lambda c: ([c.convs, c.kvs], None), lambda children, _: EstimatorCache(*children)
 )

@@ -1,12 +1,12 @@
 """CUDA-graph replay of fixed-shape inference functions, one graph per input signature.
 
 Streaming token2wav on a GPU is launch-bound: one flow chunk at CosyVoice 2's shapes is ~10
-Euler steps x ~1,000 small kernels, and launching them one by one from Python costs far more
+Euler steps x ~800 small kernels, and launching them one by one from Python costs far more
 than running them. :class:`CudaGraphCache` records a function once per input signature (the
 shapes, dtypes and devices of its tensor arguments, and every non-tensor argument) and replays
 the recording afterwards::
 
-    solve = CudaGraphCache(flow._solve, max_graphs=64)
+    solve = CudaGraphCache(flow._solve, max_graphs=16)
     mel, caches = solve(mu, mask, spks, cond, z, bias, caches, 10, 0.7)
 
 * Arguments and results are pytrees (tuples, lists, dicts, registered dataclasses such as
@@ -27,7 +27,7 @@ the recording afterwards::
   calls the function directly from then on: slower, never wrong.
 * Not on CUDA, the wrapper calls the function directly. ``graph_factory`` replaces the CUDA
   recorder (tests use an emulation that re-runs the function into the same buffers on CPU,
-  which checks the caching, copying and eviction logic without a GPU).
+  which checks the caching, copying and buffer logic without a GPU).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class CudaGraphCache:
         self.max_graphs = max_graphs
         self.warmup = warmup
         self.graph_factory = graph_factory
-        self.recorded = 0  # recordings made so far (evicted ones included)
+        self.recorded = 0  # recordings made so far
         self.failed: str | None = None  # why recording failed (then calls go straight to fn)
         self._graphs: dict[Any, _Recording] = {}
         self._scratch: dict[tuple, torch.Tensor] = {}  # (position, dtype, device) -> flat buffer
