@@ -182,6 +182,20 @@ def test_tokenizer_training_batches_are_augmented_and_validation_ones_are_not(co
         _tokenizer_inputs(cfg, [str(corpus["asr"])], "data.train")
 
 
+def test_tokenizer_batches_carry_the_features_of_the_tokenizer_kind(corpus):
+    from minmo.audio.features import WhisperLogMelFrontend
+    from minmo.config import SpeechTokenizerConfig
+    from minmo.training.speech_stages import load_speech_items, tokenizer_batch
+
+    items = load_speech_items([corpus["asr"]], rates=(16000,))[:3]
+    whisper = tokenizer_batch(items, tok_cfg=SpeechTokenizerConfig(kind="whisper"))
+    frontend = WhisperLogMelFrontend(80)
+    assert whisper["feat_lens"].tolist() == [frontend.num_frames(len(it["w16"])) for it in items]
+    first = frontend.features(items[0]["w16"][None])[0][:-2]  # the last frames may see the padding
+    torch.testing.assert_close(whisper["feats"][0, : len(first)], first)
+    assert not torch.equal(tokenizer_batch(items)["feats"][0, :10], whisper["feats"][0, :10])  # tiny: fbank
+
+
 def test_speech_items_load_only_the_voices_and_rates_asked_for(corpus):
     from minmo.training.speech_stages import load_speech_items
 
