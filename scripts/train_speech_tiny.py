@@ -206,6 +206,8 @@ def main() -> None:
                     help="tokenizer front: trained from scratch (tiny) or the frozen Whisper tiny.en encoder")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
+    ap.add_argument("--sample-prefix", default="speech_tiny",
+                    help="sample file names: PREFIX_<k>_{real,roundtrip}.{wav,png}")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -411,13 +413,16 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
         rows += sel
     (out / "report.json").write_text(json.dumps({"summary": report, "rows": rows}, indent=1))
     log(json.dumps(report, indent=1))
-    picks = groups["assistant"][:2] + groups["other"][:1]
+    # one assistant utterance, then one of each held-out family (unseen MBROLA voice, espeak-ng)
+    held_out = [next((i for i in groups["other"] if i["voice"].startswith("mb-") == mb), None) for mb in (True, False)]
+    picks = groups["assistant"][:1] + [i for i in held_out if i is not None]
+    prefix = args.sample_prefix
     for k, it in enumerate(picks):
-        save_sample(samples / f"speech_tiny_{k}_real", it["w24"], it["mel"], f"real: {it['text']}")
-        save_sample(samples / f"speech_tiny_{k}_roundtrip", it["resynth"], it["resynth_mel"],
+        save_sample(samples / f"{prefix}_{k}_real", it["w24"], it["mel"], f"real: {it['text']}")
+        save_sample(samples / f"{prefix}_{k}_roundtrip", it["resynth"], it["resynth_mel"],
                     f"tokens->flow->vocoder: {it['text']}")
         if "own" in it:
-            save_sample(samples / f"speech_tiny_{k}_roundtrip_own_voice", it["own"], it["own_mel"],
+            save_sample(samples / f"{prefix}_{k}_roundtrip_own_voice", it["own"], it["own_mel"],
                         f"tokens->flow (own speaker)->vocoder: {it['text']}")
 
 
