@@ -167,7 +167,7 @@ def tokenizer_batch(items: list[dict[str, Any]], augment: bool = False, speeds: 
     feat_lens = torch.tensor([tokenizer_feature_frames(tok_cfg, len(w)) for w in waves])
     if augment:
         spec_augment(feats, feat_lens)
-    vocab = CharVocab(SpeechTokenizerConfig().ctc_alphabet)  # the tokenizer's CTC alphabet
+    vocab = CharVocab(tok_cfg.ctc_alphabet)
     targets = [torch.tensor(vocab.encode(normalize_english(b["text"]))) for b in items]
     return {"feats": feats, "feat_lens": feat_lens,
             "ctc_targets": pad_stack(targets, -1).long(),
