@@ -25,21 +25,28 @@ from minmo.config import load_model_config
 from minmo.inference.token2wav import Token2Wav, benchmark_token2wav, build_token2wav
 
 
-def first_chunk_parts(t2w: Token2Wav, repeats: int) -> dict[str, float]:
-    """Median ms of the first chunk's flow step (12 tokens + 3 lookahead) and vocoder step."""
-    device = t2w.device
+def first_chunk_inputs(t2w: Token2Wav) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (seeded) tokens of a first flow chunk ``(1, M - L)``, their ``L`` lookahead
+    tokens and a speaker embedding, on the model's device."""
     cfg = t2w.flow.cfg
     n = cfg.chunk_tokens - cfg.pre_lookahead_len
     gen = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, cfg.vocab_size, (1, cfg.chunk_tokens), generator=gen).to(device)
-    spk = torch.randn(1, cfg.spk_embed_dim, generator=gen).to(device)
+    tokens = torch.randint(0, cfg.vocab_size, (1, cfg.chunk_tokens), generator=gen).to(t2w.device)
+    spk = torch.randn(1, cfg.spk_embed_dim, generator=gen).to(t2w.device)
+    return tokens[:, :n], tokens[:, n:], spk
+
+
+def first_chunk_parts(t2w: Token2Wav, repeats: int) -> dict[str, float]:
+    """Median ms of the first chunk's flow step (12 tokens + 3 lookahead) and vocoder step."""
+    device = t2w.device
+    chunk, future, spk = first_chunk_inputs(t2w)
     flows, vocs = [], []
     for _ in range(repeats + 1):
         fstate = t2w.flow.init_state(1, spk, t2w.mask_mode)
         vstate = t2w.vocoder.init_state(1, device)
         sync(device)
         t0 = time.perf_counter()
-        mel, _ = t2w.flow.step(tokens[:, :n], fstate, future=tokens[:, n:], n_timesteps=t2w.n_timesteps)
+        mel, _ = t2w.flow.step(chunk, fstate, future=future, n_timesteps=t2w.n_timesteps)
         sync(device)
         t1 = time.perf_counter()
         t2w.vocoder.step(mel, vstate)
@@ -75,16 +82,13 @@ class KernelCount:
 def first_chunk_kernels(t2w: Token2Wav) -> dict[str, float]:
     """Eager operator counts of the first chunk: flow step (token encoder + Euler solve), one
     Euler step, vocoder step."""
-    cfg = t2w.flow.cfg
-    n = cfg.chunk_tokens - cfg.pre_lookahead_len
-    tokens = torch.randint(0, cfg.vocab_size, (1, cfg.chunk_tokens)).to(t2w.device)
-    spk = torch.randn(1, cfg.spk_embed_dim).to(t2w.device)
+    chunk, future, spk = first_chunk_inputs(t2w)
     counts = {}
     for steps in (t2w.n_timesteps, 1):
         state = t2w.flow.init_state(1, spk, t2w.mask_mode)
         state.estimator = [None] * steps
         with KernelCount() as k:
-            mel, _ = t2w.flow.step(tokens[:, :n], state, future=tokens[:, n:], n_timesteps=steps)
+            mel, _ = t2w.flow.step(chunk, state, future=future, n_timesteps=steps)
         counts[steps] = k.count
     with KernelCount() as k:
         t2w.vocoder.step(mel, t2w.vocoder.init_state(1, t2w.device))

@@ -64,8 +64,9 @@ class Token2Wav:
         n_timesteps: Euler steps (default: the flow config, 10).
         vocoder_stream: optional ``(context, lookahead, crossfade)`` frames overriding the
             vocoder config.
-        cuda_graphs: on CUDA, replay the flow's Euler solve and the vocoder's generator as CUDA
-            graphs (one per chunk shape; the first stream of each length records them), which
+        cuda_graphs: on CUDA, replay the flow's token encoder and Euler solve and the vocoder's
+            F0 predictor and generator as CUDA graphs (one per chunk shape; the first stream of
+            each length records them), which
             removes most of the kernel-launch time at full shapes. Same results.
     """
 
