@@ -97,6 +97,22 @@ def first_chunk_kernels(t2w: Token2Wav) -> dict[str, float]:
             "kernels_vocoder": k.count}
 
 
+def compile_estimator(t2w: Token2Wav, how: str) -> list[tuple[torch.nn.Module, object]]:
+    """``torch.compile`` the flow's estimator whole (``estimator``) or block by block
+    (``blocks``: every transformer and ResNet block; blocks of one shape share a compilation,
+    so it compiles in a fraction of the whole estimator's time). Returns ``(module, eager
+    forward)`` pairs to undo it."""
+    from minmo.modules.flow_blocks import CausalResnetBlock1D, TransformerBlock
+
+    estimator = t2w.flow.decoder.estimator
+    modules = ([estimator] if how == "estimator" else
+               [m for m in estimator.modules() if isinstance(m, (TransformerBlock, CausalResnetBlock1D))])
+    undo = [(m, m.forward) for m in modules]
+    for m, forward in undo:
+        m.forward = torch.compile(forward, dynamic=True)
+    return undo
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -117,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the flow solve and the vocoder as CUDA graphs (CUDA only)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA fp32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the flow estimator")
+    parser.add_argument("--compile", nargs="?", const="estimator", choices=["estimator", "blocks"],
+                        help="torch.compile the flow estimator whole (estimator, the default) or each of its "
+                             "transformer and ResNet blocks (blocks: one compilation shared by same-shaped blocks)")
     parser.add_argument("--verify", action="store_true",
                         help="compare the stream with a plain eager stream (max |sample difference|)")
     parser.add_argument("--count-kernels", action="store_true",
@@ -130,9 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.backends.cudnn.allow_tf32 = True
     cfg = load_model_config(args.model, [f"flow.n_timesteps={args.steps}"])
     t2w = build_token2wav(cfg, args.device, args.mask, cuda_graphs=args.cuda_graphs)
-    estimator_forward = t2w.flow.decoder.estimator.forward
-    if args.compile:
-        t2w.flow.decoder.estimator.forward = torch.compile(estimator_forward, dynamic=True)
+    compiled = compile_estimator(t2w, args.compile) if args.compile else []
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device_type = torch.device(args.device).type
     # autocast's weight-cast cache must stay off while CUDA graphs record (the cached casts
@@ -153,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             fast = t2w.stream(tokens, spk, args.chunk)
             t2w.flow.use_cuda_graphs(False)
             t2w.vocoder.use_cuda_graphs(False)
-            t2w.flow.decoder.estimator.forward = estimator_forward
+            for module, forward in compiled:
+                module.forward = forward
             plain = t2w.stream(tokens, spk, args.chunk)
             result["verify_max_abs_diff"] = float((fast.float() - plain.float()).abs().max())
             result["verify_peak"] = float(plain.float().abs().max())
@@ -164,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result["gpu"] = torch.cuda.get_device_name(0)
         result["torch"] = torch.__version__
     print(json.dumps(result))
-    how = "+".join([args.dtype] + [k for k in ("cuda_graphs", "tf32", "compile") if getattr(args, k)])
+    how = "+".join([args.dtype] + [k for k in ("cuda_graphs", "tf32") if getattr(args, k)]
+                   + ([f"compile={args.compile}"] if args.compile else []))
     print(f"| {args.model} | {args.device} ({how}, {torch.get_num_threads()} thr) | {args.steps} | "
           f"{result['first_chunk_ms']:.1f} ({result['first_chunk_cpu_ms']:.1f} CPU) | {result['chunk_ms']:.1f} | "
           f"{result['rtf']:.3f} |")
