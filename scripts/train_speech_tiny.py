@@ -214,8 +214,8 @@ def main() -> None:
                     help="voices of the flow and flow_anneal phases (all: the other voices as 'no speaker' samples)")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
-    ap.add_argument("--sample-prefix", default="speech_tiny",
-                    help="sample file names: PREFIX_<k>_{real,roundtrip}.{wav,png}")
+    ap.add_argument("--sample-prefix", default=None,
+                    help="sample file names: PREFIX_<k>_{real,roundtrip}.{wav,png} (default: speech_<tokenizer>)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -385,6 +385,11 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
         log("faster-whisper is not installed (pip install -e '.[eval]'): only the tokenizer's CTC WER is reported")
     report = {"minutes": args.minutes, **(extra or {})}
     rows = []
+
+    def ctc(wave16: torch.Tensor) -> str:
+        """The tokenizer's greedy CTC transcript: the project's own ASR as a second judge."""
+        return tok.transcribe(tok.features(wave16.float()[None]))[0]
+
     for voice, items in groups.items():
         sel = []
         with torch.no_grad():
@@ -393,11 +398,9 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
                 it["mel"] = mel_spectrogram(it["w24"])
                 copy, _ = vocoder(it["mel"][None])
                 resynth, mel = t2w.synthesize(it["tokens"][None], spk)
-                ctc = lambda w24: tok.transcribe(  # noqa: E731  (the project's own ASR as a judge)
-                    tok.features(torch.from_numpy(resample(w24.numpy(), 24000, 16000))[None]))[0]
                 row = {"id": it["id"], "voice": voice, "speaker": it["voice"], "ref": it["text"],
-                       "ctc_on_real": tok.transcribe(tok.features(it["w16"][None]))[0],
-                       "ctc_round_trip": ctc(resynth[0])}
+                       "ctc_on_real": ctc(it["w16"]),
+                       "ctc_round_trip": ctc(torch.from_numpy(resample(resynth[0].numpy(), 24000, 16000)))}
                 if recognise:
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))
@@ -430,7 +433,7 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
     # one assistant utterance, then one of each held-out family (unseen MBROLA voice, espeak-ng)
     held_out = [next((i for i in groups["other"] if i["voice"].startswith("mb-") == mb), None) for mb in (True, False)]
     picks = groups["assistant"][:1] + [i for i in held_out if i is not None]
-    prefix = args.sample_prefix
+    prefix = args.sample_prefix or f"speech_{args.tokenizer}"
     for k, it in enumerate(picks):
         save_sample(samples / f"{prefix}_{k}_real", it["w24"], it["mel"], f"real: {it['text']}")
         save_sample(samples / f"{prefix}_{k}_roundtrip", it["resynth"], it["resynth_mel"],
