@@ -66,8 +66,8 @@ class Token2Wav:
             vocoder config.
         cuda_graphs: on CUDA, replay the flow's token encoder and Euler solve and the vocoder's
             F0 predictor and generator as CUDA graphs (one per chunk shape; the first stream of
-            each length records them), which
-            removes most of the kernel-launch time at full shapes. Same results.
+            each length records them), which removes most of the kernel-launch time at full
+            shapes. Same results.
     """
 
     def __init__(
