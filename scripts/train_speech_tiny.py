@@ -137,6 +137,18 @@ def trained(run: Path) -> dict[str, torch.Tensor]:
     return load_tensors(ckpt / "trainable.safetensors")
 
 
+def trained_so_far(out: Path) -> dict[str, dict[str, float]]:
+    """Phase -> ``{"steps", "minutes"}`` of its latest checkpoint (what it trained, over
+    every invocation, whatever the budgets of this one)."""
+    done = {}
+    for phase in PHASES:
+        ckpt = latest_checkpoint(out / phase)
+        if ckpt is not None:
+            state = json.loads((ckpt / "state.json").read_text())
+            done[phase] = {"steps": state["step"], "minutes": round(state.get("train_seconds", 0.0) / 60, 1)}
+    return done
+
+
 def make_recogniser():
     """Whisper tiny.en via faster-whisper (None when not installed)."""
     try:
@@ -296,7 +308,7 @@ def main() -> None:
                   "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
         log(f"{len(test)} test utterances, {sum(map(len, groups.values()))} evaluated; flow: {final_flow}, "
             f"vocoder: {final_vocoder}")
-        encoder, prompts, extra = None, None, {}
+        encoder, prompts, extra = None, None, {"trained": trained_so_far(out)}
         if speaker is not None:
             encoder = load_speaker_encoder(speaker, cfg.speaker)
             for it in test:  # each utterance embedded once: verification, prompts, similarity

@@ -66,6 +66,8 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     report = json.loads((out / "report.json").read_text())
     assert {"assistant", "other"} <= set(report["summary"])
     assert all("ctc_round_trip" in row for row in report["rows"]) and len(report["rows"]) == 4
+    assert set(report["summary"]["trained"]) == set(script.PHASES)
+    assert all(p["steps"] == 1 for p in report["summary"]["trained"].values())
     trained = load_model_config(out / "trained.yaml")
     assert "vocoder_ft" in trained.vocoder.path and "flow_spk" in trained.flow.path
     assert sorted(p.name for p in samples.glob("*.png"))[:2] == ["speech_tiny_0_real.png", "speech_tiny_0_roundtrip.png"]
