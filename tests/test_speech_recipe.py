@@ -52,7 +52,7 @@ def _corpus(root: Path) -> Path:
     return root
 
 
-def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypatch):
+def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypatch, capsys):
     script = _script()
     data, out, samples = _corpus(tmp_path / "data"), tmp_path / "run", tmp_path / "samples"
     minutes = [f"{phase}=1e-6" for phase in script.PHASES]  # each phase stops after one step
@@ -71,6 +71,17 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     trained = load_model_config(out / "trained.yaml")
     assert "vocoder_ft" in trained.vocoder.path and "flow_spk" in trained.flow.path
     assert sorted(p.name for p in samples.glob("*.png"))[:2] == ["speech_tiny_0_real.png", "speech_tiny_0_roundtrip.png"]
+
+    # the inference sweep reads the same runs
+    spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "speech_inference_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    monkeypatch.setattr(sys, "argv", ["speech_inference_sweep.py", "--data", str(data), "--out", str(out),
+                                      "--eval-limit", "2", "--settings", "chunk10", "prompt"])
+    sweep.main()
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["setting"] for x in lines][-4:] == ["real", "vocoder_copy", "chunk10", "prompt"]
+    assert all(0.0 <= x["assistant"] and 0.0 <= x["other"] for x in lines[-4:])
 
 
 def test_vocoder_ft_needs_its_inputs(tmp_path, monkeypatch):

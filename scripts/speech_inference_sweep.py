@@ -1,0 +1,103 @@
+"""Round-trip WER of a trained tiny speech stack under different inference settings (mask,
+Euler steps, guidance, starting noise, a voice prompt), judged by the tokenizer's own CTC head.
+
+Reads the runs of ``scripts/train_speech_tiny.py`` in ``--out`` (tokenizer, the flow run and
+the vocoder run named) and the test split of ``--data``; prints one JSON line per setting
+with the WER of the assistant's and the held-out speakers' utterances, after the WER of
+their real audio and of the vocoder's copy of the real mel::
+
+    python scripts/speech_inference_sweep.py --data /tmp/s10 --out runs/speech_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from minmo.audio.io import resample
+from minmo.audio.mel import mel_spectrogram
+from minmo.config import load_model_config
+from minmo.models.flow import ChunkFlowMatching
+from minmo.models.speaker import assistant_speaker
+from minmo.models.vocoder import VocoderGAN
+from minmo.training.checkpointing import latest_checkpoint
+from minmo.training.speech_stages import load_speech_items, load_tokenizer
+
+SETTINGS = {
+    "chunk10": {}, "non_causal": {"mask_mode": "non_causal"}, "full_causal": {"mask_mode": "full_causal"},
+    "steps20": {"n_timesteps": 20}, "steps5": {"n_timesteps": 5},
+    "cfg0": {"cfg_rate": 0.0}, "cfg0.3": {"cfg_rate": 0.3}, "cfg1.5": {"cfg_rate": 1.5},
+    "noise0.7": {"temperature": 0.7}, "prompt": {"prompt": True},
+}
+"""Setting name -> keyword arguments of :meth:`ChunkFlowMatching.synthesize` (``prompt``: the
+first assistant utterance of the valid split as voice prompt, its tokens and mel)."""
+
+
+def recipe():
+    spec = importlib.util.spec_from_file_location("train_speech_tiny", Path(__file__).with_name("train_speech_tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="corpus of `minmo data synth` (valid/, test/)")
+    ap.add_argument("--out", required=True, help="the recipe's output directory")
+    ap.add_argument("--flow-run", default="flow_anneal")
+    ap.add_argument("--vocoder-run", default="vocoder")
+    ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
+    ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    r, out, data = recipe(), Path(args.out), Path(args.data)
+    cfg = load_model_config(out / "model.yaml")
+    tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
+    flow = ChunkFlowMatching(cfg.flow)
+    flow.load_state_dict(r.trained(out / args.flow_run))
+    gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
+    gan.load_state_dict(r.trained(out / args.vocoder_run))
+    flow, vocoder, spk = flow.eval(), gan.generator.eval(), assistant_speaker()
+    test = load_speech_items([data / "test"])
+    groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
+              "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
+    prompt = next(i for i in load_speech_items([data / "valid"], "assistant"))
+
+    def ctc(w24: torch.Tensor | None, w16: torch.Tensor | None = None) -> str:
+        """The tokenizer's greedy CTC transcript of 24 kHz audio (or of ``w16``, 16 kHz)."""
+        w16 = torch.from_numpy(resample(w24.numpy(), 24000, 16000)) if w16 is None else w16
+        return tok.transcribe(tok.features(w16.float()[None]))[0]
+
+    with torch.no_grad():
+        ptok, = tok.tokenize_waves([prompt["w16"]])
+        pmel = mel_spectrogram(prompt["w24"])
+        ptok = ptok[: pmel.shape[-1] // flow.ratio]  # the mel may end a frame short of the tokens
+        for items in groups.values():
+            for it in items:
+                it["tokens"], = tok.tokenize_waves([it["w16"]])
+                it["mel"] = mel_spectrogram(it["w24"])
+        refs = {v: [it["text"] for it in items] for v, items in groups.items()}
+        for name, judge in (("real", lambda it: ctc(None, it["w16"])),
+                            ("vocoder_copy", lambda it: ctc(vocoder(it["mel"][None])[0][0]))):
+            print(json.dumps({"setting": name, **{v: round(r.wer(refs[v], [judge(it) for it in items]), 4)
+                                                  for v, items in groups.items()}}), flush=True)
+        for name in args.settings:
+            kw, start = dict(SETTINGS[name]), time.time()
+            if kw.pop("prompt", False):
+                kw.update(prompt_tokens=ptok[None], prompt_mel=pmel[None])
+            wers = {}
+            for v, items in groups.items():
+                hyps = [ctc(vocoder(flow.synthesize(it["tokens"][None], spk, **kw))[0][0]) for it in items]
+                wers[v] = round(r.wer(refs[v], hyps), 4)
+            print(json.dumps({"setting": name, **wers, "seconds": round(time.time() - start)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
