@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,11 +22,8 @@ import torch
 from minmo.audio.io import resample
 from minmo.audio.mel import mel_spectrogram
 from minmo.config import load_model_config
-from minmo.models.flow import ChunkFlowMatching
 from minmo.models.speaker import assistant_speaker
-from minmo.models.vocoder import VocoderGAN
-from minmo.training.checkpointing import latest_checkpoint
-from minmo.training.speech_stages import load_speech_items, load_tokenizer
+from minmo.training.speech_stages import load_speech_items
 
 SETTINGS = {
     "chunk10": {}, "non_causal": {"mask_mode": "non_causal"}, "full_causal": {"mask_mode": "full_causal"},
@@ -58,22 +54,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     r, out, data = recipe(), Path(args.out), Path(args.data)
-    cfg = load_model_config(out / "model.yaml")
-    tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
-    flow = ChunkFlowMatching(cfg.flow)
-    flow.load_state_dict(r.trained(out / args.flow_run))
-    gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
-    gan.load_state_dict(r.trained(out / args.vocoder_run))
-    flow, vocoder, spk = flow.eval(), gan.generator.eval(), assistant_speaker()
+    tok, flow, vocoder = r.load_stack(out, load_model_config(out / "model.yaml"), args.flow_run, args.vocoder_run)
+    spk = assistant_speaker()
     test = load_speech_items([data / "test"])
     groups = {"assistant": [i for i in test if i["voice"] == "assistant"][: args.eval_limit],
               "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
     prompt = next(i for i in load_speech_items([data / "valid"], "assistant"))
 
     def ctc(w24: torch.Tensor | None, w16: torch.Tensor | None = None) -> str:
-        """The tokenizer's greedy CTC transcript of 24 kHz audio (or of ``w16``, 16 kHz)."""
-        w16 = torch.from_numpy(resample(w24.numpy(), 24000, 16000)) if w16 is None else w16
-        return tok.transcribe(tok.features(w16.float()[None]))[0]
+        """The CTC judge on 24 kHz audio (or on ``w16``, 16 kHz)."""
+        return r.ctc_transcript(tok, torch.from_numpy(resample(w24.numpy(), 24000, 16000)) if w16 is None else w16)
 
     with torch.no_grad():
         ptok, = tok.tokenize_waves([prompt["w16"]])

@@ -137,6 +137,22 @@ def trained(run: Path) -> dict[str, torch.Tensor]:
     return load_tensors(ckpt / "trainable.safetensors")
 
 
+def load_stack(out: Path, cfg, flow_run: str, vocoder_run: str):
+    """The tokenizer, flow (run ``flow_run``) and vocoder generator (run ``vocoder_run``) of
+    the recipe's runs in ``out``, in eval mode."""
+    tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
+    flow = ChunkFlowMatching(cfg.flow)
+    flow.load_state_dict(trained(out / flow_run))
+    gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
+    gan.load_state_dict(trained(out / vocoder_run))
+    return tok, flow.eval(), gan.generator.eval()
+
+
+def ctc_transcript(tok, wave16: torch.Tensor) -> str:
+    """The tokenizer's greedy CTC transcript of 16 kHz audio: the project's own ASR as a judge."""
+    return tok.transcribe(tok.features(wave16.float()[None]))[0]
+
+
 def trained_so_far(out: Path) -> dict[str, dict[str, float]]:
     """Phase -> ``{"steps", "minutes"}`` of its latest checkpoint (what it trained, over
     every invocation, whatever the budgets of this one)."""
@@ -294,13 +310,9 @@ def main() -> None:
         tokenizer_ctc_report(out, data, load_model_config(model))
     if "eval" in args.stages:
         cfg = load_model_config(model)
-        tok = load_tokenizer(latest_checkpoint(out / "tokenizer"), cfg.speech_tokenizer)
-        flow = ChunkFlowMatching(cfg.flow)
-        flow.load_state_dict(trained(out / final_flow))
-        gan = VocoderGAN(replace(cfg.vocoder, disc_channels=8))
         final_vocoder = ("vocoder_ft" if minutes["vocoder_ft"] > 0 and latest_checkpoint(out / "vocoder_ft")
                          else last_vocoder())
-        gan.load_state_dict(trained(out / final_vocoder))
+        tok, flow, vocoder = load_stack(out, cfg, final_flow, final_vocoder)
         speaker = latest_checkpoint(out / "speaker") if (out / "speaker").is_dir() else None
         write_trained_config(out, cfg, final_flow, speaker, final_vocoder)
         test = load_speech_items([data / "test"])
@@ -317,7 +329,7 @@ def main() -> None:
             log(f"speaker encoder on held-out speakers: {extra['speaker_encoder']}")
             if final_flow == "flow_spk":  # held-out speakers also in their own voice, from another utterance
                 prompts = own_voice_embeddings(groups["other"], test)
-        evaluate(tok, flow.eval(), gan.generator.eval(), groups, assistant_speaker(), out, Path(args.samples),
+        evaluate(tok, flow, vocoder, groups, assistant_speaker(), out, Path(args.samples),
                  args, prompts, extra, encoder)
 
 
@@ -419,8 +431,7 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
     rows = []
 
     def ctc(wave16: torch.Tensor) -> str:
-        """The tokenizer's greedy CTC transcript: the project's own ASR as a second judge."""
-        return tok.transcribe(tok.features(wave16.float()[None]))[0]
+        return ctc_transcript(tok, wave16)
 
     for voice, items in groups.items():
         sel = []
