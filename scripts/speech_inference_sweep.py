@@ -29,10 +29,12 @@ SETTINGS = {
     "chunk10": {}, "non_causal": {"mask_mode": "non_causal"}, "full_causal": {"mask_mode": "full_causal"},
     "steps20": {"n_timesteps": 20}, "steps5": {"n_timesteps": 5},
     "cfg0": {"cfg_rate": 0.0}, "cfg0.3": {"cfg_rate": 0.3}, "cfg1.5": {"cfg_rate": 1.5},
-    "noise0.7": {"temperature": 0.7}, "prompt": {"prompt": True},
+    "noise0.7": {"temperature": 0.7}, "prompt": {"prompt": True}, "mu": {"mu": True},
 }
 """Setting name -> keyword arguments of :meth:`ChunkFlowMatching.synthesize` (``prompt``: the
-first assistant utterance of the valid split as voice prompt, its tokens and mel)."""
+first assistant utterance of the valid split as voice prompt, its tokens and mel; ``mu``: no
+ODE, the token encoder's output itself as the mel, chunk mask: a mel only when the flow
+trained with a prior loss, ``flow.prior_loss_weight``)."""
 
 
 def recipe():
@@ -82,9 +84,13 @@ def main() -> None:
             kw, start = dict(SETTINGS[name]), time.time()
             if kw.pop("prompt", False):
                 kw.update(prompt_tokens=ptok[None], prompt_mel=pmel[None])
+            if kw.pop("mu", False):
+                mel_of = lambda t: flow.encode(t[None], torch.tensor([len(t)]), "chunk")  # noqa: E731
+            else:
+                mel_of = lambda t: flow.synthesize(t[None], spk, **kw)  # noqa: E731
             wers = {}
             for v, items in groups.items():
-                hyps = [ctc(vocoder(flow.synthesize(it["tokens"][None], spk, **kw))[0][0]) for it in items]
+                hyps = [ctc(vocoder(mel_of(it["tokens"]))[0][0]) for it in items]
                 wers[v] = round(r.wer(refs[v], hyps), 4)
             print(json.dumps({"setting": name, **wers, "seconds": round(time.time() - start)}), flush=True)
 

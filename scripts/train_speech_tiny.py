@@ -78,20 +78,21 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def write_model_config(out: Path, tokenizer: str = "tiny") -> Path:
+def write_model_config(out: Path, tokenizer: str = "tiny", flow_prior: float = 0.0) -> Path:
     """tiny, widened where the CPU budget allows: the tokenizer at width 128 with 3 blocks
     before the FSQ (tiny: 64, 2; its tokens must carry the words of every voice), the flow's
     encoder at 128 and its estimator at 96 channels (tiny: 64, 64), and the vocoder at 64
     channels (tiny: 32) with the multi-resolution STFT loss, which make about an hour of CPU
     reach intelligible copy-synthesis. ``tokenizer="whisper"``: the tokenizer's front is the
     frozen pretrained Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``), then 2
-    blocks of width 128 before the FSQ."""
+    blocks of width 128 before the FSQ. ``flow_prior``: the flow's ``prior_loss_weight``."""
     cfg = load_model_config("tiny")
     tok = (replace(cfg.speech_tokenizer, d_model=128, ffn_dim=256, blocks_before_fsq=3) if tokenizer == "tiny"
            else replace(cfg.speech_tokenizer, kind="whisper", d_model=128, ffn_dim=256, blocks_before_fsq=2))
     cfg = replace(cfg, name="tiny-speech",
                   speech_tokenizer=tok,
-                  flow=replace(cfg.flow, encoder_dim=128, encoder_ffn_dim=256, estimator_channels=96),
+                  flow=replace(cfg.flow, encoder_dim=128, encoder_ffn_dim=256, estimator_channels=96,
+                               prior_loss_weight=flow_prior),
                   vocoder=replace(cfg.vocoder, base_channels=64, disc_channels=8, stft_loss_weight=20.0))
     save_yaml(cfg, out / "model.yaml")
     return out / "model.yaml"
@@ -247,6 +248,8 @@ def main() -> None:
                     help="tokenizer front: trained from scratch (tiny) or the frozen Whisper tiny.en encoder")
     ap.add_argument("--flow-voices", choices=["assistant", "all"], default="assistant",
                     help="voices of the flow and flow_anneal phases (all: the other voices as 'no speaker' samples)")
+    ap.add_argument("--flow-prior", type=float, default=0.0,
+                    help="the flow's prior_loss_weight (MSE of its encoder's mu against the mel)")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--sample-prefix", default=None,
@@ -262,7 +265,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    model = write_model_config(out, args.tokenizer)
+    model = write_model_config(out, args.tokenizer, args.flow_prior)
     minutes = args.minutes
     final_flow = next((f for f in ("flow_spk", "flow_all") if minutes[f] > 0), "flow_anneal")
 

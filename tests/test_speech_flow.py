@@ -151,6 +151,40 @@ def test_flow_loss_decreases():
     assert after < 0.6 * before, (before, after)
 
 
+def test_prior_loss_teaches_the_encoder_the_mel():
+    """With ``prior_loss_weight`` the loss adds the masked MSE of mu against the mel, and a
+    few steps pull mu towards the mel; without it mu is unconstrained (no such metric)."""
+    batch = _toy_batch()
+    torch.manual_seed(5)
+    plain = ChunkFlowMatching(FlowConfig())
+    loss, metrics = plain.compute_loss(batch, mask_mode="chunk")
+    assert "prior_loss" not in metrics and float(loss.detach()) == pytest.approx(metrics["flow_loss"])
+
+    torch.manual_seed(5)
+    model = ChunkFlowMatching(FlowConfig(prior_loss_weight=0.5))
+    loss, metrics = model.compute_loss(batch, mask_mode="chunk")
+    assert float(loss.detach()) == pytest.approx(metrics["flow_loss"] + 0.5 * metrics["prior_loss"], rel=1e-5)
+    tokens, lens = batch["speech_tokens"], batch["speech_token_lens"]
+
+    def mu_error() -> float:
+        with torch.no_grad():
+            mu = model.encode(tokens, lens, "non_causal")
+        frames = mu.shape[2]
+        mask = (torch.arange(frames)[None, :] < (2 * lens)[:, None]).unsqueeze(1)
+        return float(((mu - batch["mel"][:, :, :frames]) ** 2 * mask).sum() / (mask.sum() * 80))
+
+    before = mu_error()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(25):
+        loss, metrics = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = mu_error()
+    print(f"mu-mel MSE before {before:.3f} after {after:.3f}")
+    assert after < 0.5 * before, (before, after)
+
+
 def test_cosyvoice2_shapes_match_public_parameter_count():
     cfg = load_model_config("minmo-7b").flow
     with torch.device("meta"):

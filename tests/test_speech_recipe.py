@@ -58,7 +58,7 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     minutes = [f"{phase}=1e-6" for phase in script.PHASES]  # each phase stops after one step
     monkeypatch.setattr(sys, "argv", ["train_speech_tiny.py", "--data", str(data), "--out", str(out),
                                       "--tokenizer", "tiny", "--samples", str(samples), "--eval-limit", "2",
-                                      "--minutes", *minutes])
+                                      "--flow-prior", "0.5", "--minutes", *minutes])
     monkeypatch.setattr(script, "make_recogniser", lambda: None)  # the CTC judge only: no Whisper here
     script.main()
     for phase in script.PHASES:
@@ -70,6 +70,8 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     assert all(p["steps"] == 1 for p in report["summary"]["trained"].values())
     trained = load_model_config(out / "trained.yaml")
     assert "vocoder_ft" in trained.vocoder.path and "flow_spk" in trained.flow.path
+    assert trained.flow.prior_loss_weight == 0.5
+    assert "prior_loss" in json.loads((out / "flow" / "metrics.jsonl").read_text().splitlines()[0])
     assert sorted(p.name for p in samples.glob("*.png"))[:2] == ["speech_tiny_0_real.png", "speech_tiny_0_roundtrip.png"]
 
     # the inference sweep reads the same runs
@@ -77,11 +79,11 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
     monkeypatch.setattr(sys, "argv", ["speech_inference_sweep.py", "--data", str(data), "--out", str(out),
-                                      "--eval-limit", "2", "--settings", "chunk10", "prompt"])
+                                      "--eval-limit", "2", "--settings", "chunk10", "prompt", "mu"])
     sweep.main()
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    assert [x["setting"] for x in lines][-4:] == ["real", "vocoder_copy", "chunk10", "prompt"]
-    assert all(0.0 <= x["assistant"] and 0.0 <= x["other"] for x in lines[-4:])
+    assert [x["setting"] for x in lines][-5:] == ["real", "vocoder_copy", "chunk10", "prompt", "mu"]
+    assert all(0.0 <= x["assistant"] and 0.0 <= x["other"] for x in lines[-5:])
 
 
 def test_vocoder_ft_needs_its_inputs(tmp_path, monkeypatch):

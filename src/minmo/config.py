@@ -253,6 +253,7 @@ class FlowConfig:
     decoder_left_chunks: int = -1
     prompt_prob: float = 0.5  # share of training examples with a mel-prefix condition
     prompt_max_ratio: float = 0.3  # longest prefix, as a share of the frames
+    prior_loss_weight: float = 0.0  # MSE of mu against the mel (Matcha-TTS's prior loss); CosyVoice 2: 0
     path: str | None = None
 
 

@@ -10,6 +10,8 @@
   that same "no speaker" condition); a random mel prefix (prompt) is
   given as ``cond`` in ``prompt_prob`` of the examples and excluded from the loss; one attention
   mask (non-causal, full-causal, chunk-M, chunk-2M) drawn at random per batch.
+* Optional prior loss (``prior_loss_weight``, default 0 as CosyVoice 2): MSE of mu against
+  the mel, so the token encoder itself learns the mel (Matcha-TTS).
 * Inference: Euler with the cosine time schedule, ``n_timesteps`` steps, guidance
   ``v = (1 + w) v(cond) - w v(uncond)``; the starting noise of frame ``f`` is column ``f`` of a
   fixed table, so streaming and offline draw the same noise.
@@ -194,7 +196,10 @@ class ChunkFlowMatching(nn.Module):
             mask_mode: force one attention mask (default: random from ``cfg.train_masks``).
 
         Returns:
-            Scalar loss and metrics ``{"flow_loss", "mask_mode"}`` (index into ``MASK_MODES``).
+            Scalar loss and metrics ``{"flow_loss", "mask_mode"}`` (index into ``MASK_MODES``);
+            with ``cfg.prior_loss_weight > 0`` also ``prior_loss``, the masked MSE of mu
+            against the mel, which the loss adds at that weight: the encoder then predicts the
+            mel itself (Matcha-TTS's prior loss), and the estimator refines a mel-like mu.
         """
         tokens, token_lens = batch["speech_tokens"], batch["speech_token_lens"]
         mel, mel_lens, spk = batch["mel"], batch["mel_lens"], batch["spk_emb"]
@@ -209,7 +214,7 @@ class ChunkFlowMatching(nn.Module):
         pos = torch.arange(f, device=device)[None, :]
         mask = (pos < frames[:, None]).unsqueeze(1).to(mel.dtype)  # (B, 1, F)
 
-        mu = self.encode(tokens, token_lens.to(device), mask_mode)
+        mu_pred = self.encode(tokens, token_lens.to(device), mask_mode)
         spks = self.project_speaker(spk)
         use_prompt = torch.rand(b, device=device) < self.cfg.prompt_prob
         prompt_len = (torch.rand(b, device=device) * self.cfg.prompt_max_ratio * frames).long() * use_prompt
@@ -224,7 +229,7 @@ class ChunkFlowMatching(nn.Module):
         y = (1 - (1 - sigma) * tt) * z + tt * x1
         u = x1 - (1 - sigma) * z
         keep = (torch.rand(b, device=device) >= self.cfg.training_cfg_rate).to(mel.dtype)
-        mu = mu * keep[:, None, None]
+        mu = mu_pred * keep[:, None, None]
         spks = spks * keep[:, None]
         cond = cond * keep[:, None, None]
 
@@ -232,7 +237,12 @@ class ChunkFlowMatching(nn.Module):
         pred, _ = self.estimator(y, mask, mu, t, spks, cond, bias)
         loss_mask = mask * (1 - prompt)
         loss = ((pred - u) ** 2 * loss_mask).sum() / (loss_mask.sum() * self.n_mels).clamp(min=1.0)
-        return loss, {"flow_loss": float(loss.detach()), "mask_mode": float(MASK_MODES.index(mask_mode))}
+        metrics = {"flow_loss": float(loss.detach()), "mask_mode": float(MASK_MODES.index(mask_mode))}
+        if self.cfg.prior_loss_weight > 0:
+            prior = ((mu_pred - x1) ** 2 * mask).sum() / (mask.sum() * self.n_mels).clamp(min=1.0)
+            metrics["prior_loss"] = float(prior.detach())
+            loss = loss + self.cfg.prior_loss_weight * prior
+        return loss, metrics
 
     def forward(self, batch: dict[str, torch.Tensor], losses: tuple[str, ...] = ("flow",)) -> LossOutput:
         """Training-loop entry: :meth:`compute_loss` as a :class:`LossOutput`."""
