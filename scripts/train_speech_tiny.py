@@ -17,10 +17,10 @@ Phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` wit
 on ``<data>/valid``) with a wall-clock budget (``--minutes PHASE=MIN ...``, defaults in
 :data:`PHASES`; totals over resumed invocations: re-running does nothing for a spent phase
 and continues one whose budget grew; 0 skips a phase): ``tokenizer`` (all voices,
-SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3) then ``flow_anneal`` (from it, lr
-3e-4); optionally ``flow_all`` (from ``flow_anneal``, every voice, the other voices as "no
-speaker" samples, lr 3e-4; off by default: 55 minutes of it did not help held-out speakers
-and hurt the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, every voice, the
+SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3; ``--flow-prior W`` adds the prior
+loss on its encoder) then ``flow_anneal`` (from it, lr 3e-4); optionally ``flow_all`` (from
+``flow_anneal``, every voice, the other voices as "no speaker" samples, lr 3e-4; off by
+default: 55 minutes of it did not help held-out speakers and hurt the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, every voice, the
 other voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off by
 default: 45 minutes of it did not help held-out speakers either, docs/speech_generation.md);
 ``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
@@ -249,7 +249,9 @@ def main() -> None:
     ap.add_argument("--flow-voices", choices=["assistant", "all"], default="assistant",
                     help="voices of the flow and flow_anneal phases (all: the other voices as 'no speaker' samples)")
     ap.add_argument("--flow-prior", type=float, default=0.0,
-                    help="the flow's prior_loss_weight (MSE of its encoder's mu against the mel)")
+                    help="the flow's prior_loss_weight (MSE of its encoder's mu against the mel; 1.0 "
+                         "brings back more words through a vocoder trained on real mels, no more after "
+                         "vocoder_ft: measured, docs/speech_generation.md)")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--sample-prefix", default=None,
