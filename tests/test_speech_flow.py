@@ -128,6 +128,17 @@ def _toy_batch(batch=4, length=20, seed=0):
     }
 
 
+def _train(model, batch, steps=25) -> dict[str, float]:
+    """``steps`` AdamW steps on one batch; the last step's metrics."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        loss, metrics = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return metrics
+
+
 def test_flow_loss_decreases():
     torch.manual_seed(5)
     model = ChunkFlowMatching(FlowConfig())
@@ -139,12 +150,7 @@ def test_flow_loss_decreases():
             return sum(float(model.compute_loss(batch, mask_mode=m)[0].detach()) for m in MASK_MODES)
 
     before = eval_loss()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(25):
-        loss, metrics = model.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    metrics = _train(model, batch)
     assert set(metrics) == {"flow_loss", "mask_mode"}
     after = eval_loss()
     print(f"flow loss before {before:.3f} after {after:.3f}")
@@ -174,12 +180,7 @@ def test_prior_loss_teaches_the_encoder_the_mel():
         return float(((mu - batch["mel"][:, :, :frames]) ** 2 * mask).sum() / (mask.sum() * 80))
 
     before = mu_error()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(25):
-        loss, metrics = model.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(model, batch)
     after = mu_error()
     print(f"mu-mel MSE before {before:.3f} after {after:.3f}")
     assert after < 0.5 * before, (before, after)
