@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minmo.models.llm import new_kv_cache
+from minmo.models.llm import cache_kwargs, new_kv_cache
 
 
 @dataclass
@@ -47,8 +47,8 @@ class KVStream:
 
 def _run_body(body: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None,
               positions: torch.Tensor, cache: Any) -> torch.Tensor:
-    out = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-               past_key_values=cache, use_cache=True)
+    out = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+               **cache_kwargs(body, cache))
     return out.last_hidden_state
 
 

@@ -6,6 +6,8 @@ Qwen2 decoder body that the voice token LM uses, so that file stays free of them
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,10 +230,10 @@ class LLM(nn.Module):
         out = self.body(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **cache_kwargs(self.body, past_key_values),
         )
-        return LLMOutput(out.last_hidden_state, out.past_key_values if use_cache else None)
+        return LLMOutput(out.last_hidden_state, returned_cache(out) if use_cache else None)
 
     # ---- LoRA ------------------------------------------------------------------------
 
@@ -441,7 +443,7 @@ def build_decoder_body(
 
     Used by the voice token LM (CosyVoice 2's LM is a Qwen2.5-0.5B body). The text embedding
     table is not used there; it is kept at one row so the module stays a stock ``Qwen2Model``.
-    Call it as ``body(inputs_embeds=..., attention_mask=..., past_key_values=..., use_cache=...)``;
+    Call it as ``body(inputs_embeds=..., attention_mask=..., use_cache=..., **cache_kwargs(body, cache))``;
     ``.last_hidden_state`` is post-norm.
     """
     from transformers import Qwen2Config, Qwen2Model
@@ -459,6 +461,24 @@ def build_decoder_body(
         tie_word_embeddings=False,
     )
     return Qwen2Model(cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(body_type: type) -> str:
+    return "cache" if "cache" in inspect.signature(body_type.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(body: nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword argument that hands a KV cache to a transformers decoder body: ``cache``
+    where its ``forward`` takes it (transformers >= 5.25, which deprecates
+    ``past_key_values`` and drops it in 5.40), else ``past_key_values``."""
+    return {_cache_keyword(type(body)): cache}
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a decoder body returned (``cache``, or ``past_key_values`` before 5.25)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def new_kv_cache() -> Any:

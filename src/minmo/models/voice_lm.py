@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minmo.config import VoiceLMConfig
-from minmo.models.llm import build_decoder_body, new_kv_cache
+from minmo.models.llm import build_decoder_body, cache_kwargs, new_kv_cache, returned_cache
 
 IGNORE = -100
 
@@ -157,8 +157,8 @@ class VoiceTokenLM(nn.Module):
 
     def step(self, inputs: torch.Tensor, state: VoiceLMState) -> tuple[torch.Tensor, VoiceLMState]:
         """Feed ``(1, T, D)`` input embeddings; return the last position's logits ``(1, V)``."""
-        out = self.body(inputs_embeds=inputs, past_key_values=state.cache, use_cache=True)
-        state.cache = out.past_key_values
+        out = self.body(inputs_embeds=inputs, use_cache=True, **cache_kwargs(self.body, state.cache))
+        state.cache = returned_cache(out)
         state.length += inputs.shape[1]
         return self.decoder(out.last_hidden_state[:, -1]).float(), state
 
