@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from minmo.audio.io import resample
 from minmo.audio.mel import mel_spectrogram
 from minmo.config import load_model_config
 from minmo.models.speaker import assistant_speaker
@@ -63,9 +62,9 @@ def main() -> None:
               "other": [i for i in test if i["voice"] != "assistant"][: args.eval_limit]}
     prompt = next(i for i in load_speech_items([data / "valid"], "assistant"))
 
-    def ctc(w24: torch.Tensor | None, w16: torch.Tensor | None = None) -> str:
-        """The CTC judge on 24 kHz audio (or on ``w16``, 16 kHz)."""
-        return r.ctc_transcript(tok, torch.from_numpy(resample(w24.numpy(), 24000, 16000)) if w16 is None else w16)
+    def ctc(w24: torch.Tensor) -> str:
+        """The CTC judge on 24 kHz audio."""
+        return r.ctc_transcript(tok, w24, 24000)
 
     with torch.no_grad():
         ptok, = tok.tokenize_waves([prompt["w16"]])
@@ -76,7 +75,7 @@ def main() -> None:
                 it["tokens"], = tok.tokenize_waves([it["w16"]])
                 it["mel"] = mel_spectrogram(it["w24"])
         refs = {v: [it["text"] for it in items] for v, items in groups.items()}
-        for name, judge in (("real", lambda it: ctc(None, it["w16"])),
+        for name, judge in (("real", lambda it: r.ctc_transcript(tok, it["w16"])),
                             ("vocoder_copy", lambda it: ctc(vocoder(it["mel"][None])[0][0]))):
             print(json.dumps({"setting": name, **{v: round(r.wer(refs[v], [judge(it) for it in items]), 4)
                                                   for v, items in groups.items()}}), flush=True)

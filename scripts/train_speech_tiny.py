@@ -150,9 +150,12 @@ def load_stack(out: Path, cfg, flow_run: str, vocoder_run: str):
     return tok, flow.eval(), gan.generator.eval()
 
 
-def ctc_transcript(tok, wave16: torch.Tensor) -> str:
-    """The tokenizer's greedy CTC transcript of 16 kHz audio: the project's own ASR as a judge."""
-    return tok.transcribe(tok.features(wave16.float()[None]))[0]
+def ctc_transcript(tok, wave: torch.Tensor, sample_rate: int = 16000) -> str:
+    """The tokenizer's greedy CTC transcript of audio at ``sample_rate`` (resampled to 16 kHz):
+    the project's own ASR as a judge."""
+    if sample_rate != 16000:
+        wave = torch.from_numpy(resample(wave.numpy(), sample_rate, 16000))
+    return tok.transcribe(tok.features(wave.float()[None]))[0]
 
 
 def trained_so_far(out: Path) -> dict[str, dict[str, float]]:
@@ -436,9 +439,6 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
     report = {"minutes": args.minutes, **(extra or {})}
     rows = []
 
-    def ctc(wave16: torch.Tensor) -> str:
-        return ctc_transcript(tok, wave16)
-
     for voice, items in groups.items():
         sel = []
         with torch.no_grad():
@@ -447,13 +447,14 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
                 it["mel"] = mel_spectrogram(it["w24"])
                 copy, _ = vocoder(it["mel"][None])
                 resynth, mel = t2w.synthesize(it["tokens"][None], spk)
+                resynth16 = resample(resynth[0].numpy(), 24000, 16000)
                 row = {"id": it["id"], "voice": voice, "speaker": it["voice"], "ref": it["text"],
-                       "ctc_on_real": ctc(it["w16"]),
-                       "ctc_round_trip": ctc(torch.from_numpy(resample(resynth[0].numpy(), 24000, 16000)))}
+                       "ctc_on_real": ctc_transcript(tok, it["w16"]),
+                       "ctc_round_trip": ctc_transcript(tok, torch.from_numpy(resynth16))}
                 if recognise:
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))
-                    row["asr_round_trip"] = recognise(resample(resynth[0].numpy(), 24000, 16000))
+                    row["asr_round_trip"] = recognise(resynth16)
                 if encoder is not None:  # the real utterance's embedding: it["spk"]
                     similarity = lambda w24: cosine_similarity(  # noqa: E731
                         encoder.embed_wave(resample(w24.numpy(), 24000, 16000)).numpy(), it["spk"].numpy())
