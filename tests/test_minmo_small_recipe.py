@@ -6,6 +6,7 @@ config as "base parts") and a 6-clip corpus of tones, exports an overlay and loa
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -176,9 +177,35 @@ def _tiny_corpus(root: Path) -> Path:
         if task == "s2t_chat":
             row["target"] = f"it is tone {i}."
         rows[task].append(row)
+    rows["tts"] = [{"id": f"s{i}-tts", "task": "tts", "text": f"say tone {i}", "language": "en",
+                    "target_audio": f"../audio/c{i}.wav", "target_duration": 0.4,
+                    "speaker": "assistant", "split": "train"} for i in range(4)]
     for task, items in rows.items():
         (root / "train" / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    (root / "train" / "instruct_tts.jsonl").write_text("")
     return root
+
+
+def _tiny_speech_run(directory: Path) -> Path:
+    """A stand-in for a scripts/train_speech_tiny.py run: ``trained.yaml`` naming (random)
+    tokenizer, flow and vocoder weights; the vocoder's file is a GAN checkpoint."""
+    from minmo.models.flow import ChunkFlowMatching
+    from minmo.models.speech_tokenizer import SpeechTokenizer
+    from minmo.models.vocoder import HiFTVocoder
+
+    directory.mkdir(parents=True)
+    cfg = load_model_config("tiny")
+    torch.manual_seed(3)
+    save_tensors(SpeechTokenizer(cfg.speech_tokenizer).state_dict(), directory / "tokenizer.safetensors")
+    save_tensors(ChunkFlowMatching(cfg.flow).state_dict(), directory / "flow.safetensors")
+    generator = {f"generator.{k}": v for k, v in HiFTVocoder(cfg.vocoder).state_dict().items()}
+    save_tensors({**generator, "discriminator.stub.weight": torch.zeros(2)},
+                 directory / "vocoder.safetensors")
+    cfg.speech_tokenizer.path = str(directory / "tokenizer.safetensors")
+    cfg.flow.path = str(directory / "flow.safetensors")
+    cfg.vocoder.path = str(directory / "vocoder.safetensors")
+    save_yaml(cfg, directory / "trained.yaml")
+    return directory
 
 
 def test_recipe_smoke_run_chains_stages_and_exports(tmp_path):
@@ -223,6 +250,65 @@ def test_recipe_smoke_run_chains_stages_and_exports(tmp_path):
     model, _ = load_overlay_model(tmp_path / "pkg", base_path=run / "base")
     assert torch.equal(model.state_dict()["input_projector.out.weight"],
                        sft["input_projector.out.weight"].half().float())  # stored as float16
+
+
+def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path, monkeypatch):
+    """--init-package + --speech: the speech run's tokenizer fills the t2s rows' tokens, the
+    stage trains on top of the package's tensors, and the export holds both plus the flow
+    and the vocoder's generator, which the runtime then loads as its token2wav."""
+    from minmo.inference.loading import load_runtime
+
+    script = _script()
+    run, corpus = tmp_path / "run", _tiny_corpus(tmp_path / "corpus")
+    base, model = _tiny_base(run / "base")
+    model.enable_lora()
+    trained = {k: v.detach().clone() + 0.01 for k, v in model.state_dict().items()
+               if "lora_" in k or k.startswith("input_projector.")}
+    package = write_overlay(tmp_path / "pkg", model.cfg, trained,
+                            training={"recipe": [{"stage": "s2t_sft"}], "stages": ["s2t_sft"]})
+    speech = _tiny_speech_run(tmp_path / "speech")
+    sets = ["optim.max_steps=2", "optim.warmup_steps=1", "data.batch_size=2",
+            "data.num_workers=0", "log_every=1", "progress=false"]
+    argv = ["--out", str(run), "--corpus", str(corpus), "--stages", "t2s_full",
+            "--init-package", str(package), "--speech", str(speech),
+            "--export", str(tmp_path / "out"), "--note", "speech is half intelligible"
+            ] + [f"--set={s}" for s in sets]
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    rows = [json.loads(x) for x in (corpus / "train" / "tts.tokens.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["speech_tokens"]) >= 5 for r in rows)  # 0.4 s at 25 Hz
+    lines = [json.loads(x) for x in (run / "t2s_full" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(np.isfinite(x["speech_loss"]) for x in lines)
+
+    out = tmp_path / "out"
+    meta = read_meta(out)
+    assert meta["trained_groups"] == ["input_projector", "llm_lora", "output_projector", "voice_lm"]
+    assert meta["untrained_groups"] == ["duplex"]
+    assert [r["stage"] for r in meta["training"]["recipe"]] == ["s2t_sft", "t2s_full"]
+    overlay = load_tensors(out / "overlay.safetensors")
+    for k, v in trained.items():  # the package's tensors travel on unchanged
+        assert torch.equal(overlay[k], v.half()), k
+    assert not any(k.startswith("discriminator.") for k in load_tensors(out / "vocoder.safetensors"))
+    cfg = load_model_config(out / "model.yaml")
+    assert cfg.flow.path is None and cfg.vocoder.path is None
+    assert cfg.flow == dataclasses.replace(load_model_config(speech / "trained.yaml").flow, path=None)
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "minmo-small-base").symlink_to(base)
+    monkeypatch.setenv("MINMO_CACHE", str(cache))
+    rt = load_runtime(str(out))
+    assert "not trained yet: duplex; speech is half intelligible" in rt.info.warning
+    assert "noise" not in rt.info.warning
+    flow = load_tensors(speech / "flow.safetensors")
+    got = rt.vocoder.t2w.flow.state_dict()
+    assert all(torch.equal(got[k], v.half().float()) for k, v in flow.items())
+    voice_lm = {k: v for k, v in overlay.items() if k.startswith("voice_lm.")}
+    assert voice_lm and all(torch.equal(rt.model.state_dict()[k], v.float()) for k, v in voice_lm.items())
 
 
 # --------------------------------------------------------------------------------------

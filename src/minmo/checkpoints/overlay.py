@@ -8,8 +8,11 @@ their PyPI packages): its package directory holds only what the recipe trained::
                           <module>.lora_A.default.weight / <module>.lora_B.default.weight
     overlay.json          {"format": "minmo-overlay", "version": 1, "base": "minmo-small",
                            "lora_scaling": alpha / r, "trained_groups": [...],
-                           "untrained_groups": [...], "training": {...}}
+                           "untrained_groups": [...], "training": {...},
+                           "notes": [...] (optional caveats shown with the model)}
     README.md             how it was trained and what it scores
+    flow.safetensors      (optional) the speech output: flow matching and HiFT generator,
+    vocoder.safetensors   loaded by the runtime's token2wav (inference/loading.py)
 
 :func:`load_overlay_model` builds the model from ``model.yaml``, loads the base weights (for
 ``base: minmo-small`` the directory ``scripts/prepare_minmo_small.py`` writes, made once in
@@ -82,7 +85,9 @@ def tensor_group(name: str) -> str:
 
 def write_overlay(out_dir: str | Path, cfg: Any, tensors: dict[str, torch.Tensor],
                   base: str = "minmo-small", training: dict[str, Any] | None = None,
-                  readme: str | None = None, dtype: torch.dtype = torch.float16) -> Path:
+                  readme: str | None = None, dtype: torch.dtype = torch.float16,
+                  parts: dict[str, dict[str, torch.Tensor]] | None = None,
+                  notes: list[str] | None = None) -> Path:
     """Write an overlay package (layout in the module docstring), atomically.
 
     Args:
@@ -95,6 +100,11 @@ def write_overlay(out_dir: str | Path, cfg: Any, tensors: dict[str, torch.Tensor
         readme: text of ``README.md``.
         dtype: storage dtype of the tensors (float16 halves the package; they load back
             into the model's float32).
+        parts: whole modules outside the MinMo state dict, each written as
+            ``<name>.safetensors`` in ``dtype`` (``flow``, ``vocoder``: the speech output the
+            runtime's token2wav loads from the package directory).
+        notes: plain-language caveats users must see (e.g. how intelligible the speech
+            output is); the runtime adds them to the model's warning (CLI, page banner).
 
     Raises:
         CheckpointError: unknown base, empty tensors, or ``out_dir`` exists.
@@ -117,10 +127,15 @@ def write_overlay(out_dir: str | Path, cfg: Any, tensors: dict[str, torch.Tensor
         "parameters": int(sum(t.numel() for t in tensors.values())),
         "training": training or {},
     }
+    if notes:
+        meta["notes"] = list(notes)
     with atomic_directory(out_dir) as tmp:
         save_yaml(cfg, tmp / CONFIG_FILE)
         save_tensors({k: v.to(dtype) for k, v in tensors.items()}, tmp / OVERLAY_FILE,
                      metadata={"format": "pt", "producer": "minmo overlay"})
+        for name, part in (parts or {}).items():
+            save_tensors({k: v.to(dtype) for k, v in part.items()}, tmp / f"{name}.safetensors",
+                         metadata={"format": "pt", "producer": "minmo overlay"})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if readme is not None:
             (tmp / "README.md").write_text(readme)

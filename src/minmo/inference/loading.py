@@ -128,6 +128,7 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
         info = ModelInfo(cfg.name, str(path), random_weights=False)
         if meta.get("untrained_groups"):
             notes.append("not trained yet: " + ", ".join(meta["untrained_groups"]))
+        notes += meta.get("notes", [])
         model_dir = path
     elif path.is_dir():
         directory = _model_dir(path)

@@ -138,5 +138,6 @@ class OutputProjector(nn.Module):
         self.proj = nn.Linear(2 * llm_dim, out_dim)
 
     def forward(self, hidden: torch.Tensor, token_emb: torch.Tensor) -> torch.Tensor:
-        """``(..., D_llm)``, ``(..., D_llm)`` -> ``(..., D_v)`` semantic vectors."""
-        return self.proj(torch.cat([hidden, token_emb], dim=-1))
+        """``(..., D_llm)``, ``(..., D_llm)`` -> ``(..., D_v)`` semantic vectors, in the
+        projector's dtype (a frozen LLM may run in a lower precision than this trained layer)."""
+        return self.proj(torch.cat([hidden, token_emb], dim=-1).to(self.proj.weight.dtype))
