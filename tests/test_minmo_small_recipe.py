@@ -339,6 +339,10 @@ def test_default_model_selects_the_embedded_overlay(monkeypatch, tmp_path):
     assert calls == [embedded / "minmo-small"]
     assert not rt.info.random_weights and rt.info.source == str(embedded / "minmo-small")
     assert "not trained yet: duplex, output_projector, voice_lm" in rt.info.warning
+    # an untrained duplex predictor must not take turns (serve's auto policy uses the VAD rule)
+    assert rt.info.untrained == ["duplex", "output_projector", "voice_lm"]
+    assert not rt.info.trained_predictor
+    assert dataclasses.replace(rt.info, untrained=["voice_lm"]).trained_predictor
     assert torch.equal(rt.model.state_dict()["input_projector.out.weight"],
                        proj["input_projector.out.weight"].half().float())
 

@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
                    help="who decides turn ends and barge-ins: the duplex predictor (with VAD "
-                   "confirming user speech) or the VAD rule alone; auto: the predictor unless "
-                   "the model has random weights")
+                   "confirming user speech) or the VAD rule alone; auto: the predictor when "
+                   "the model's duplex predictor is trained")
     p.set_defaults(func=run)
     return p
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     gen = GenerationConfig(max_text_tokens=args.max_text_tokens,
                            max_speech_tokens=args.max_speech_tokens,
                            temperature=args.temperature, seed=None)
-    trust = (not rt.info.random_weights) if args.turn_policy == "auto" \
+    trust = rt.info.trained_predictor if args.turn_policy == "auto" \
         else args.turn_policy == "predictor"
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),
                     gen=gen, limits=SessionLimits(trust_predictor=trust)).start()

@@ -125,7 +125,8 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
     if path.is_dir() and is_overlay_dir(path):
         model, meta = load_overlay_model(path, seed=seed)
         cfg = model.cfg
-        info = ModelInfo(cfg.name, str(path), random_weights=False)
+        info = ModelInfo(cfg.name, str(path), random_weights=False,
+                         untrained=list(meta.get("untrained_groups", [])))
         if meta.get("untrained_groups"):
             notes.append("not trained yet: " + ", ".join(meta["untrained_groups"]))
         notes += meta.get("notes", [])

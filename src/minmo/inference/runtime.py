@@ -28,6 +28,8 @@ class ModelInfo:
         random_weights: nothing trained was loaded.
         vocoder: name of the speech decoder in use.
         notes: further plain-language caveats (e.g. a placeholder vocoder).
+        untrained: parameter groups left at their random initialisation in an otherwise
+            trained model (an overlay package's ``untrained_groups``, e.g. ``duplex``).
     """
 
     name: str
@@ -35,6 +37,12 @@ class ModelInfo:
     random_weights: bool
     vocoder: str = "placeholder-tones"
     notes: list[str] = field(default_factory=list)
+    untrained: list[str] = field(default_factory=list)
+
+    @property
+    def trained_predictor(self) -> bool:
+        """The duplex predictor holds trained weights (so its turn decisions can be trusted)."""
+        return not self.random_weights and "duplex" not in self.untrained
 
     @property
     def warning(self) -> str | None:

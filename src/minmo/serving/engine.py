@@ -83,7 +83,7 @@ class Engine:
         self.rt = rt
         self.cfg = cfg or EngineConfig()
         self.gen = gen or P.GenerationConfig()
-        self.limits = limits or SessionLimits(trust_predictor=not rt.info.random_weights)
+        self.limits = limits or SessionLimits(trust_predictor=rt.info.trained_predictor)
         self.listen_cfg = listen or ListenConfig()
         self.metrics = metrics or Metrics()
         self.decision_hook = decision_hook
