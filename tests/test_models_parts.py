@@ -5,7 +5,7 @@ import torch
 from minmo.config import DuplexConfig, LLMConfig, ProjectorConfig, VoiceLMConfig, load_model_config
 from minmo.models.duplex import Decision, DuplexPredictor, pool_labels
 from minmo.models.llm import build_llm, load_tokenizer
-from minmo.models.projector import InputProjector
+from minmo.models.projector import InputProjector, OutputProjector
 from minmo.models.voice_lm import IGNORE, VoiceTokenLM
 
 
@@ -122,3 +122,19 @@ def test_duplex_streaming_equals_offline_and_label_pooling():
     grid = torch.tensor([0] * 10 + [1] + [0] * 5 + [3] * 8 + [2] + [3] * 3)
     starts, ends = torch.tensor([-1, 0, 12, 24]), torch.tensor([0, 12, 24, 36])
     assert pool_labels(grid, starts, ends).tolist() == [IGNORE, Decision.RESPOND, Decision.CONTINUE, Decision.STOP]
+
+
+def test_heads_on_the_llm_read_a_lower_precision_llm_in_their_own_dtype():
+    """minmo-small trains with its frozen LLM in bfloat16 and these heads in float32: the
+    output projector and the duplex predictor take bf16 hidden states (a dtype error before)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 32)
+    proj = OutputProjector(32, 16)
+    got = proj(hidden.bfloat16(), hidden.bfloat16())
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, proj(hidden, hidden), atol=0.05)
+    pred = DuplexPredictor(DuplexConfig(), llm_dim=32).eval()
+    speaking, lengths = torch.zeros(2, 5, dtype=torch.long), torch.tensor([5, 3])
+    logits = pred(hidden.bfloat16(), speaking, lengths)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, pred(hidden, speaking, lengths), atol=0.05)

@@ -3,6 +3,7 @@ the data source's exact positions."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -271,3 +272,39 @@ def test_trainable_state_drops_aliases_of_frozen_tied_embeddings():
     state = gather_model_state(model, trainable_only=True)
     params = set(dict(model.named_parameters(remove_duplicate=False)))
     assert {k for k in state if k in params} == set(trainable)
+
+
+def test_optimizer_state_resumes_with_a_trainable_parameter_that_never_had_a_gradient():
+    """The voice LM body's one-row text embedding is trainable but bypassed (inputs_embeds):
+    AdamW never steps it, so the saved state has none for it; resuming must still load the
+    others exactly (strict loading failed here)."""
+    from minmo.training.distributed import gather_optimizer_state, load_optimizer_state
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.ModuleDict({"used": nn.Linear(3, 2), "bypassed": nn.Linear(3, 2)})
+        return model, torch.optim.AdamW(model.parameters(), lr=0.1)
+
+    model, opt = build()
+    for _ in range(2):
+        opt.zero_grad()
+        model["used"](torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+    state = copy.deepcopy(gather_optimizer_state(model, opt))  # as read back from disk
+    assert "bypassed.weight" not in state["state"] and "used.weight" in state["state"]
+
+    model2, opt2 = build()
+    model2.load_state_dict(model.state_dict())
+    load_optimizer_state(model2, opt2, state)
+    for name in ("weight", "bias"):
+        want, got = opt.state[getattr(model["used"], name)], opt2.state[getattr(model2["used"], name)]
+        assert torch.equal(want["exp_avg"], got["exp_avg"]) and torch.equal(want["exp_avg_sq"], got["exp_avg_sq"])
+    # one more step from either optimizer gives the same weights; the bypassed one never moves
+    x = torch.randn(4, 3)
+    for m, o in ((model, opt), (model2, opt2)):
+        o.zero_grad()
+        m["used"](x).square().sum().backward()
+        o.step()
+    for (name, a), b in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(a, b), name
+    assert torch.equal(model2["bypassed"].weight, build()[0]["bypassed"].weight)

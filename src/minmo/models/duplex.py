@@ -70,7 +70,8 @@ class DuplexPredictor(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
 
     def _embed(self, hidden: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
-        return self.inp(hidden) + self.speaking(speaking.long().clamp(0, 1))
+        # in the predictor's dtype: a frozen LLM may run in a lower precision than this head
+        return self.inp(hidden.to(self.inp.weight.dtype)) + self.speaking(speaking.long().clamp(0, 1))
 
     def forward(self, hidden: torch.Tensor, speaking: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args:

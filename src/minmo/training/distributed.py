@@ -209,8 +209,16 @@ def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
     """Load a full, name-keyed optimizer state (from :func:`gather_optimizer_state`) into an
-    optimizer over the (possibly sharded) model. Every process passes the full state."""
+    optimizer over the (possibly sharded) model. Every process passes the full state.
+
+    A trainable parameter that never received a gradient (e.g. the voice LM body's one-row
+    text embedding, which ``inputs_embeds`` bypasses) is in the saved param groups but has no
+    saved state, exactly as in the optimizer that wrote it; only then is the load non-strict
+    (parameter names are checked strictly by the trainable tensors' load)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    grouped = {name for group in state.get("param_groups", []) for name in group.get("params", [])}
+    never_stepped = grouped - set(state.get("state", {}))
     set_optimizer_state_dict(model, optimizer, state,
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True,
+                                                      strict=not never_stepped))
