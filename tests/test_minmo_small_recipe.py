@@ -271,8 +271,8 @@ def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path
             "data.num_workers=0", "log_every=1", "progress=false"]
     argv = ["--out", str(run), "--corpus", str(corpus), "--stages", "t2s_full",
             "--init-package", str(package), "--speech", str(speech),
-            "--export", str(tmp_path / "out"), "--note", "speech is half intelligible"
-            ] + [f"--set={s}" for s in sets]
+            "--export", str(tmp_path / "out"), "--note", "speech is half intelligible",
+            "--model-set", "voice_lm.top_k=1"] + [f"--set={s}" for s in sets]
     threads = torch.get_num_threads()
     try:
         assert script.main(argv) == 0
@@ -294,7 +294,7 @@ def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path
         assert torch.equal(overlay[k], v.half()), k
     assert not any(k.startswith("discriminator.") for k in load_tensors(out / "vocoder.safetensors"))
     cfg = load_model_config(out / "model.yaml")
-    assert cfg.flow.path is None and cfg.vocoder.path is None
+    assert cfg.flow.path is None and cfg.vocoder.path is None and cfg.voice_lm.top_k == 1
     assert cfg.flow == dataclasses.replace(load_model_config(speech / "trained.yaml").flow, path=None)
 
     cache = tmp_path / "cache"
