@@ -37,3 +37,15 @@ def test_project_manifest(tmp_path: Path) -> None:
     assert a.audio == tmp_path / "wavs" / "a.wav"
     assert b.reference == "hello" and b.extra["target_language"] == "en"
     assert len(result.problems) == 1 and "unknown_task" in result.problems[0]
+
+
+def test_project_manifest_reads_a_repeated_row_once(tmp_path: Path) -> None:
+    """`minmo tokenize` writes <name>.tokens.jsonl beside <name>.jsonl: a directory scan must
+    not evaluate those rows twice."""
+    write_wave(tmp_path / "a.wav")
+    row = {"id": "t1", "task": "tts", "text": "say this", "target_audio": "a.wav", "split": "test"}
+    (tmp_path / "tts.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "tts.tokens.jsonl").write_text(json.dumps({**row, "speech_tokens": [1, 2]}) + "\n")
+    result = readers.read_project_manifest(tmp_path, split="test")
+    assert [i.id for i in result.items] == ["t1"]
+    assert len(result.problems) == 1 and "read once" in result.problems[0]

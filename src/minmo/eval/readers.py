@@ -316,7 +316,8 @@ def read_project_manifest(
     """Read the project's jsonl manifests (files or directories) with the data schema.
 
     Args:
-        paths: manifest files or directories (searched for ``*.jsonl``).
+        paths: manifest files or directories (searched for ``*.jsonl``); a row repeating
+            the task and id of an earlier one is read once (and counted in ``problems``).
         split: keep only rows of this ``split`` (e.g. ``"test"``); rows without a split are
             kept.
         dataset: report name prefix; items are named ``<dataset>`` .
@@ -334,9 +335,15 @@ def read_project_manifest(
         _require_file(Path(p), "manifest")
     scan = read_manifests(paths_list)
     out = ReadResult(problems=[str(b) for b in scan.bad])
+    seen: set[tuple[str, str]] = set()
+    repeats = 0
     for row in scan.rows:
         if split is not None and row.split is not None and row.split != split:
             continue
+        if (row.task, row.id) in seen:  # e.g. `minmo tokenize`'s .tokens.jsonl beside its source
+            repeats += 1
+            continue
+        seen.add((row.task, row.id))
         extra: dict[str, Any] = {
             "text": row.text, "target_language": row.target_language,
             "instruction": row.instruction, "style": row.style, "emotion": row.emotion,
@@ -353,4 +360,7 @@ def read_project_manifest(
             reference=target_text(row), language=canonical_language(row.language),
             speaker=row.speaker, dataset=dataset, extra=extra,
         ))
+    if repeats:
+        out.problems.append(f"{repeats} row(s) repeat the task and id of an earlier row (e.g. a "
+                            "tokenised copy beside its manifest): each item is read once")
     return out
