@@ -184,10 +184,12 @@ def speech_config(speech_run: Path) -> Any:
 
 def ensure_tokens(manifests: list[str], speech_run: Path) -> None:
     """Fill ``speech_tokens`` (the speech run's tokenizer) into each speech-stage manifest's
-    ``.tokens.jsonl`` copy, unless it exists."""
+    ``.tokens.jsonl`` copy, unless it exists (then it is reused, and said: delete it to
+    tokenise with another speech run)."""
     for tokens in manifests:
         source = Path(tokens.removesuffix(".tokens.jsonl") + ".jsonl")
         if Path(tokens).is_file():
+            log(f"{tokens} exists: reused (delete it to tokenise {source} again)")
             continue
         log(f"tokenising {source} -> {tokens}")
         cmd = [sys.executable, "-m", "minmo.cli.main", "tokenize", str(source), "--out", tokens,
