@@ -149,7 +149,9 @@ def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str],
     train_lists = data.setdefault("data", {}).get("train", [])
     data["data"]["train"] = [str(p).replace(CORPUS_PLACEHOLDER, str(corpus)) for p in train_lists]
     if tokenised and stage in SPEECH_STAGES:
-        data["data"]["train"] = [str(tokens_manifest(Path(p))) for p in data["data"]["train"]]
+        from minmo.data.manifest import tokens_manifest_path
+
+        data["data"]["train"] = [str(tokens_manifest_path(p)) for p in data["data"]["train"]]
     apply_overrides(data, split_overrides(overrides, stage), source=f"{path} (--set)")
     return from_dict(TrainConfig, data, source=str(path))
 
@@ -157,12 +159,6 @@ def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str],
 # --------------------------------------------------------------------------------------
 # Speech output: the speech-generation run's tokenizer, flow and vocoder
 # --------------------------------------------------------------------------------------
-
-
-def tokens_manifest(manifest: Path) -> Path:
-    """Where ``minmo tokenize`` writes ``manifest`` with ``speech_tokens`` (beside it, so
-    relative audio paths stay valid)."""
-    return manifest.with_name(manifest.stem + ".tokens.jsonl")
 
 
 def speech_config(speech_run: Path) -> Any:

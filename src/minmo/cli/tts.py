@@ -103,7 +103,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
     from minmo.audio.io import AudioError, load_audio
     from minmo.config import load_model_config
-    from minmo.data.manifest import read_manifest, write_manifest
+    from minmo.data.manifest import read_manifest, tokens_manifest_path, write_manifest
     from minmo.models.speech_tokenizer import SpeechTokenizer, build_speech_tokenizer
 
     cfg = load_model_config(args.model, args.set)
@@ -111,7 +111,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
     if isinstance(model, SpeechTokenizer):
         model = model.to(args.device)
     scan = read_manifest(args.manifest)
-    out = Path(args.out) if args.out else Path(args.manifest).with_suffix(".tokens.jsonl")
+    out = Path(args.out) if args.out else tokens_manifest_path(args.manifest)
     todo = [r for r in scan.rows if getattr(r, args.field)]
     failed = 0
     for start in tqdm(range(0, len(todo), args.batch_size), desc="tokenize", unit="batch"):

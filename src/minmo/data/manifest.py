@@ -123,6 +123,12 @@ def relative_path(path: str | Path, base_dir: str | Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(base_dir).resolve())).as_posix()
 
 
+def tokens_manifest_path(manifest: str | Path) -> Path:
+    """Where ``minmo tokenize`` writes ``manifest`` with ``speech_tokens`` filled:
+    ``<stem>.tokens.jsonl`` beside it, so relative audio paths stay valid."""
+    return Path(manifest).with_suffix(".tokens.jsonl")
+
+
 def target_text(row: ManifestRow) -> str:
     """The assistant's text for ``row``: ``target``, or what the task implies.
 
