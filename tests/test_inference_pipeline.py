@@ -16,6 +16,7 @@ from minmo.inference.prompts import (
     system_ids,
     user_speech_ids,
 )
+from minmo.models.duplex import pool_flags, speaking_lookup
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +150,29 @@ def test_listening_stream_equals_offline_and_ignores_chunking(rt):
     torch.testing.assert_close(torch.stack([f.probs for f in a]), logits[0].softmax(-1),
                                atol=1e-4, rtol=1e-3)
     assert a[0].end_s is None and a[2].end_s == pytest.approx(0.12)
+
+
+def test_listening_gives_the_predictor_the_speaking_flags_training_gives_it(rt):
+    """One definition of the assistant-speaking flag (the state as each frame begins): the
+    flags the streaming listener passes for a recorded dialogue equal the training flags."""
+    speaking10 = np.zeros(200, dtype=np.uint8)
+    speaking10[37:121] = 1  # starts and stops inside frames
+    cfg = ListenConfig(encoder_chunk=2)
+    st = new_listen_state(rt, cfg)
+    wave = _wave(2.0, 5)
+    frames = []
+    for k in range(0, len(wave), 800):
+        frames += listen_step(rt, [st], [wave[k:k + 800]], [speaking_lookup(speaking10)],
+                              ["sys"], cfg)[0]
+    starts, _ = rt.model.speech_frame_spans(len(frames))
+    trained = pool_flags(torch.from_numpy(speaking10), starts)
+    timed = [f for f in frames if f.end_s is not None]
+    assert len(timed) > 10 and any(f.speaking for f in timed) and not all(f.speaking for f in timed)
+    assert [int(f.speaking) for f in timed] == [int(trained[f.index]) for f in timed]
+    # the frame in which the assistant falls silent still says "speaking": it decides then
+    per = round(rt.llm_frame_seconds * 100)
+    cut = next(f for f in timed if int(starts[f.index]) < 121 < int(starts[f.index]) + per)
+    assert cut.speaking
 
 
 def test_listening_context_is_bounded(rt):

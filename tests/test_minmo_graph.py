@@ -83,3 +83,32 @@ def test_info_7b_counts_match_paper_without_memory():
              "voice_lm": 370e6, "duplex": 18e6}
     for name, ref in paper.items():
         assert abs(int(rows[name][1]) / ref - 1) <= 0.10, (name, rows[name])
+
+
+def test_duplex_class_weights_weigh_the_rare_decisions():
+    """``duplex.class_weights`` is the cross-entropy weight of each decision; the stop frames
+    (a few among thousands) count more with a larger weight, and a bad list is refused."""
+    import dataclasses
+
+    import pytest
+
+    from minmo.config import load_model_config
+    from minmo.models.builders import build_model
+
+    cfg = load_model_config("tiny")
+    torch.manual_seed(0)
+    plain = build_model(cfg).eval()
+    batch = _batch(plain)
+    weighted = build_model(dataclasses.replace(
+        cfg, duplex=dataclasses.replace(cfg.duplex, class_weights=[1.0, 1.0, 50.0, 1.0]))).eval()
+    weighted.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        base = plain(batch, losses=("duplex",)).loss
+        heavy = weighted(batch, losses=("duplex",)).loss
+        only_stop = dict(batch, duplex_labels=torch.where(batch["duplex_labels"] == 2, 2, IGNORE))
+        stop_loss = plain(only_stop, losses=("duplex",)).loss
+    assert not torch.isclose(base, heavy)
+    # weighted mean: the heavier the STOP weight, the nearer the loss is to the STOP frames' own
+    assert abs(float(heavy - stop_loss)) < abs(float(base - stop_loss))
+    with pytest.raises(ValueError, match="class_weights"):
+        build_model(dataclasses.replace(cfg, duplex=dataclasses.replace(cfg.duplex, class_weights=[1.0])))

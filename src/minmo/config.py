@@ -159,6 +159,9 @@ class DuplexConfig:
     ffn_dim: int = 128
     num_classes: int = 4
     dropout: float = 0.0
+    # duplex-stage cross-entropy weight of each class (listen, respond, stop, continue):
+    # the switches are a few frames among thousands (docs/training.md, "duplex")
+    class_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
 
 
 @dataclass

@@ -198,6 +198,7 @@ class MinMoEvalModel:
 
     def duplex(self, user_wave: np.ndarray, sample_rate: int, item: EvalItem) -> DuplexTrace:
         from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
+        from minmo.models.duplex import speaking_lookup
 
         rt = self.rt
         wave = _to_16k(user_wave, sample_rate, rt.sample_rate_in)
@@ -205,12 +206,7 @@ class MinMoEvalModel:
         if item.extra.get("labels"):
             with np.load(item.extra["labels"]) as npz:
                 speaking10 = np.asarray(npz["assistant_speaking"], dtype=np.int64)
-
-        def assistant_speaking(end_s: float | None) -> bool:
-            if end_s is None or speaking10.size == 0:
-                return False
-            index = min(int(end_s * 100.0) - 1, speaking10.size - 1)
-            return bool(speaking10[max(index, 0)])
+        assistant_speaking = speaking_lookup(speaking10)
 
         frame_s = rt.llm_frame_seconds
         frame_ms = round(frame_s * 1000.0, 6)

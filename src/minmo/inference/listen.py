@@ -156,18 +156,20 @@ def _encode_new(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
     return proj[0]
 
 
-def _frame_times(st: ListenState, n: int, stride: int) -> list[float | None]:
-    times = []
+def _frame_times(st: ListenState, n: int, stride: int,
+                 enc_frame_s: float) -> list[tuple[float, float] | None]:
+    """``(start_s, end_s)`` of the next ``n`` LLM frames (``None``: a query frame)."""
+    times: list[tuple[float, float] | None] = []
     for _ in range(n):
         popped = [st.enc_times.popleft() for _ in range(min(stride, len(st.enc_times)))]
         real = [t for t in popped if t is not None]
-        times.append(real[-1] if real else None)
+        times.append((max(0.0, real[0] - enc_frame_s), real[-1]) if real else None)
     return times
 
 
 @torch.inference_mode()
 def listen_step(rt: MinMoRuntime, states: list[ListenState], waves: list[np.ndarray],
-                speaking: list[Callable[[float | None], bool]], system: list[str],
+                speaking: list[Callable[[float], bool]], system: list[str],
                 cfg: ListenConfig) -> list[list[DuplexFrame]]:
     """Feed each session's new 16 kHz samples; return its new duplex frames.
 
@@ -175,7 +177,9 @@ def listen_step(rt: MinMoRuntime, states: list[ListenState], waves: list[np.ndar
         rt: shared runtime.
         states: per-session listening states (updated in place).
         waves: per-session ``(N,)`` float32 samples at 16 kHz (may be empty).
-        speaking: per session, ``f(end_s) -> bool``: was the assistant speaking then.
+        speaking: per session, ``f(start_s) -> bool``: was the assistant speaking when the
+            frame starting at ``start_s`` began (the flag training gives the predictor:
+            :func:`minmo.models.duplex.speaking_before`).
         system: per-session system prompt (used when the stream starts or is rebuilt).
         cfg: settings.
 
@@ -205,8 +209,10 @@ def listen_step(rt: MinMoRuntime, states: list[ListenState], waves: list[np.ndar
         n = new_frames[i].shape[0]
         st.prefix_fed = True
         h = h[-n:]
-        times = _frame_times(st, n, stride)
-        flags = [bool(speaking[i](t)) if t is not None else False for t in times]
+        spans = _frame_times(st, n, stride, m.frame_seconds)
+        times = [span[1] if span else None for span in spans]
+        # the engine's state as the frame began (models.duplex.speaking_before: as in training)
+        flags = [bool(speaking[i](span[0])) if span else False for span in spans]
         flag_t = torch.tensor([flags], dtype=torch.long, device=rt.device)
         logits, st.duplex = m.duplex.step(h[None], flag_t, st.duplex)
         probs = logits[0].float().softmax(-1)

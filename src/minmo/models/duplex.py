@@ -17,9 +17,11 @@ The layer is causal so decisions stream frame by frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +64,9 @@ class DuplexPredictor(nn.Module):
 
     def __init__(self, cfg: DuplexConfig, llm_dim: int):
         super().__init__()
+        if len(cfg.class_weights) != cfg.num_classes or min(cfg.class_weights) <= 0:
+            raise ValueError(f"duplex.class_weights {cfg.class_weights}: give one positive weight "
+                             f"per class ({cfg.num_classes})")
         self.cfg = cfg
         self.inp = nn.Linear(llm_dim, cfg.d_model)
         self.speaking = nn.Embedding(2, cfg.d_model)
@@ -120,11 +125,31 @@ def pool_labels(labels_10ms: torch.Tensor, frame_starts: torch.Tensor, frame_end
     return out
 
 
-def pool_flags(flags_10ms: torch.Tensor, frame_starts: torch.Tensor, frame_ends: torch.Tensor) -> torch.Tensor:
-    """Assistant-speaking flag per frame: 1 if it speaks in the majority of the frame."""
-    out = torch.zeros(frame_starts.shape, dtype=torch.long)
-    n = flags_10ms.shape[0]
-    for f, (s, e) in enumerate(zip(frame_starts.tolist(), frame_ends.tolist())):
-        if 0 <= s < n:
-            out[f] = int(flags_10ms[s:min(e, n)].float().mean().item() >= 0.5)
-    return out
+def speaking_before(flags_10ms: torch.Tensor | np.ndarray, start: int) -> int:
+    """The assistant-speaking flag of the frame that starts at 10 ms index ``start``: was the
+    assistant speaking in the 10 ms step just before it (0 at the stream's start)?
+
+    This is what an engine knows when it decides a frame: whether it is speaking *now*, not
+    whether it will still be speaking at the frame's end (that depends on the decision). In
+    recorded dialogues a barge-in's STOP frame is where the assistant was cut, so a flag
+    read inside the frame would already say "silent" there, while live the assistant is
+    still speaking when it has to decide to stop. Training (:func:`pool_flags`), evaluation
+    and serving all read the flag this way.
+    """
+    if start <= 0 or start > len(flags_10ms):
+        return 0
+    return int(flags_10ms[start - 1])
+
+
+def speaking_lookup(flags_10ms: np.ndarray) -> Callable[[float], bool]:
+    """``f(start_s)``: :func:`speaking_before` on a recorded 10 ms grid, for frames given by
+    their start time in seconds (the callback :func:`minmo.inference.listen.listen_step`
+    takes)."""
+    return lambda start_s: bool(speaking_before(flags_10ms, int(round(start_s * 100.0))))
+
+
+def pool_flags(flags_10ms: torch.Tensor, frame_starts: torch.Tensor) -> torch.Tensor:
+    """Assistant-speaking flag of each frame: :func:`speaking_before` its start (``-1``,
+    a query frame: 0)."""
+    return torch.tensor([speaking_before(flags_10ms, s) for s in frame_starts.tolist()],
+                        dtype=torch.long)

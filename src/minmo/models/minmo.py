@@ -215,12 +215,14 @@ class MinMo(nn.Module):
             starts, ends = self.speech_frame_spans(n)
             rows_h.append(hidden[b, s:s + n])
             rows_l.append(pool_labels(batch["duplex_labels"][b].cpu(), starts, ends))
-            rows_f.append(pool_flags(batch["assistant_speaking"][b].cpu(), starts, ends))
+            rows_f.append(pool_flags(batch["assistant_speaking"][b].cpu(), starts))
         h = nn.utils.rnn.pad_sequence(rows_h, batch_first=True)
         labels = nn.utils.rnn.pad_sequence(rows_l, batch_first=True, padding_value=IGNORE).to(h.device)
         flags = nn.utils.rnn.pad_sequence(rows_f, batch_first=True).to(h.device)
         logits = self.duplex(h, flags, x.speech_lens).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        weight = torch.tensor(self.cfg.duplex.class_weights, device=logits.device)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               weight=weight, ignore_index=IGNORE)
         valid = labels != IGNORE
         acc = (logits.argmax(-1)[valid] == labels[valid]).float().mean().item()
         return loss, {"duplex_loss": loss.item(), "duplex_acc": acc}

@@ -260,7 +260,7 @@ class Engine:
     def _listen(self, live: list[RealtimeSession], chunks: dict[str, np.ndarray]) -> None:
         group = [s for s in live if chunks[s.id].size > 0]
         if group:
-            speaking = [lambda t, s=s: s.speaking(int(round(t * 16000))) for s in group]
+            speaking = [lambda start_s, s=s: s.speaking(int(round(start_s * 16000))) for s in group]
             frames = listen_step(
                 self.rt, [s.voice.listen for s in group], [chunks[s.id] for s in group],
                 speaking, [s.voice.system for s in group], self.listen_cfg)
