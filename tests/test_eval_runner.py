@@ -59,7 +59,7 @@ class ScriptedModel:
 
     def spoken_reply(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> SpokenReply:
         self.last_spoken = "it is four"
-        return SpokenReply("It is four.", tone(200, 0.5, 24000), 24000,
+        return SpokenReply("It is four, I think.", tone(200, 0.5, 24000), 24000,
                            {"first_text_token": 100.0, "end_to_end": 700.0 + len(item.id)})
 
     def synthesize(self, text, language, style, instruction, prompt):
@@ -194,6 +194,9 @@ def test_speech_task_numbers(run_output) -> None:
     results = run_output[1].results
     s2s = rows_by(results, "spoken_qa_s2s", "S2S accuracy")
     assert s2s.value == 100.0 and s2s.details["judge"].startswith("self")
+    # the judge hears "it is four" of "It is four, I think.": 2 of 5 words lost
+    spoken = rows_by(results, "spoken_qa_s2s", "reply speech WER")
+    assert spoken.value == pytest.approx(40.0) and spoken.details["edits"]["deletions"] == 2
     assert rows_by(results, "tts", "WER").value == 0.0  # the judge hears the text it was given
     assert rows_by(results, "tts", "SIM").value == pytest.approx(1 / np.sqrt(2))
     itts = rows_by(results, "instruct_tts", "accuracy")

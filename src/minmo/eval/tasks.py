@@ -187,7 +187,9 @@ def evaluate_s2t_chat(ctx: GroupContext) -> GroupOutcome:
 
 
 def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
-    """Spoken QA, spoken reply: the reply audio is transcribed by the judge, then matched."""
+    """Spoken QA, spoken reply: the reply audio is transcribed by the judge, then matched
+    (S2S accuracy); the judge's transcript is also scored against the reply's own text
+    (reply speech WER/CER: how intelligibly the model speaks, right answer or not)."""
     out = GroupOutcome()
     if not _needs(ctx, out, "spoken_reply"):
         return out
@@ -218,6 +220,15 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
                "reply_text_accuracy": 100 * float(np.mean(text_correct))}
     out.rows.append(_row(ctx, "spoken_qa_s2s", "S2S accuracy", 100 * float(np.mean(correct)), "%",
                          True, len(correct), details, runner))
+    # how intelligibly the model says what it wrote, whether or not the answer is right
+    spoken = [(p["reply_text"], p["heard"]) for p in out.predictions if p["reply_text"].strip()]
+    if spoken:
+        language = ctx.items[0].language or "en"
+        edits = metrics.corpus_edits([t for t, _ in spoken], [h for _, h in spoken], language)
+        unit = "CER" if uses_cer(language) else "WER"
+        out.rows.append(_row(ctx, "spoken_qa_s2s", f"reply speech {unit}", edits.rate * 100, "%",
+                             False, len(spoken), {"edits": edits.as_dict(), "judge": ctx.judge.name,
+                                                  "reference": "the reply's own text"}, runner))
     return out
 
 
