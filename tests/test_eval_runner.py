@@ -303,3 +303,11 @@ def test_limit_applies_per_task_before_the_language_split() -> None:
     groups = make_groups(items, limit=3)
     assert [(d, [i.id for i in m]) for _, d, m in groups] == [
         ("synth/de", ["de0"]), ("synth/en", ["en0", "en1"])]
+
+
+def test_packaged_whisper_judge_needs_no_path(tmp_path) -> None:
+    """``--asr-judge faster-whisper:tiny.en`` is the Whisper the default model installs."""
+    assert (Path(adapters.judge_model_dir("tiny.en")) / "model.bin").is_file()
+    assert adapters.judge_model_dir(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ValueError, match="faster-whisper:tiny.en"):
+        adapters.make_judge("whisper", ScriptedModel())

