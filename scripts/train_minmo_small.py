@@ -26,7 +26,8 @@ beside each of their manifests (``minmo tokenize``, once), and the export carrie
 vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the package speaks.
 ``--init-package DIR`` continues from an exported package (e.g. the shipped
 ``src/minmo/assets/models/minmo-small``): its trained tensors stand for the stages before
-``--stages`` and go into the export with the new ones.
+``--stages`` and go into the export with the new ones, and the export keeps the package's
+``model.yaml``, flow, vocoder and notes (``--speech``, ``--model-set``, ``--note`` change them).
 
 On CPU the frozen LLM runs in bfloat16 (``--llm-dtype bf16``, default on CPU: about 2x
 faster matmuls with AVX512-BF16); trained tensors (projector, LoRA) stay float32, and so do
@@ -344,26 +345,41 @@ def collect_overlay(stage_runs: list[Path], init: dict[str, torch.Tensor] | None
 def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
            init: dict[str, torch.Tensor] | None = None, init_meta: dict | None = None,
            speech: Any = None, notes: list[str] | None = None,
-           model_sets: list[str] | None = None) -> Path:
+           model_sets: list[str] | None = None, init_dir: Path | None = None) -> Path:
     """Write the overlay package of ``init`` and the trained stages to ``out``; with
     ``speech`` (a :func:`speech_config`) its flow and vocoder go in as the package's
     token2wav and its speech sections into ``model.yaml`` (paths cleared); ``notes`` are
     the caveats the runtime shows with the model (``overlay.json``); ``model_sets``
     (``key=value``) change inference settings of ``model.yaml`` (e.g. the voice LM's
-    sampling), checked like any config."""
+    sampling), checked like any config.
+
+    Continuing a package (``init_dir``, ``--init-package``) keeps what it had beyond its
+    tensors: ``model.yaml`` (speech sections, inference settings) is the package's, not the
+    run's base config, and its flow, vocoder, notes and speech record carry over unless
+    ``speech`` / ``notes`` replace them."""
     import dataclasses
 
-    from minmo.checkpoints.overlay import write_overlay
+    from minmo.checkpoints.overlay import CONFIG_FILE, write_overlay
     from minmo.config import ModelConfig, apply_overrides, from_dict, load_model_config, to_dict
 
-    cfg = load_model_config(run / "base" / "config.yaml")
-    if Path(cfg.llm.tokenizer).is_absolute():  # the base's converted copy: no local paths
-        cfg.llm.tokenizer = load_model_config("minmo-small").llm.tokenizer
+    if init_dir is not None:
+        cfg = load_model_config(init_dir / CONFIG_FILE)
+    else:
+        cfg = load_model_config(run / "base" / "config.yaml")
+        if Path(cfg.llm.tokenizer).is_absolute():  # the base's converted copy: no local paths
+            cfg.llm.tokenizer = load_model_config("minmo-small").llm.tokenizer
     parts = None
     if speech is not None:
         for part in ("speech_tokenizer", "flow", "vocoder", "speaker"):
             setattr(cfg, part, dataclasses.replace(getattr(speech, part), path=None))
         parts = speech_parts(speech)
+    elif init_dir is not None:
+        from minmo.checkpoints import load_tensors
+
+        parts = {name: load_tensors(init_dir / f"{name}.safetensors") for name in ("flow", "vocoder")
+                 if (init_dir / f"{name}.safetensors").is_file()} or None
+    if not notes and init_meta:
+        notes = init_meta.get("notes")
     if model_sets:
         data = to_dict(cfg)
         apply_overrides(data, model_sets, source="--model-set")
@@ -375,6 +391,8 @@ def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
     if speech is not None:
         training["speech"] = {part: getattr(speech, part).path
                               for part in ("speech_tokenizer", "flow", "vocoder")}
+    elif "speech" in earlier:
+        training["speech"] = earlier["speech"]
     path = write_overlay(out, cfg, tensors, base="minmo-small", training=training, parts=parts,
                          notes=notes)
     log(f"exported {len(tensors)} tensors" + (f" and {', '.join(parts)}" if parts else "")
@@ -477,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
              "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     if args.export:
         export(run, earlier, args.export.resolve(), records, init, init_meta, speech, args.notes,
-               args.model_sets)
+               args.model_sets, args.init_package)
     log(f"done in {time.perf_counter() - t0:.0f}s; record: {run / 'recipe.json'}")
     return 0
 

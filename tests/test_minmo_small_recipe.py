@@ -310,6 +310,24 @@ def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path
     voice_lm = {k: v for k, v in overlay.items() if k.startswith("voice_lm.")}
     assert voice_lm and all(torch.equal(rt.model.state_dict()[k], v.float()) for k, v in voice_lm.items())
 
+    # continuing *that* package without --speech (a later stage): its speech output, inference
+    # settings and notes carry over into the new export
+    argv = ["--out", str(tmp_path / "run2"), "--corpus", str(corpus), "--stages", "s2t_sft",
+            "--init-package", str(out), "--export", str(tmp_path / "out2")] + [f"--set={s}" for s in sets]
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "base").symlink_to(base)
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again = read_meta(tmp_path / "out2")
+    assert again["notes"] == ["speech is half intelligible"]
+    assert again["training"]["speech"] == meta["training"]["speech"]
+    assert load_model_config(tmp_path / "out2" / "model.yaml") == cfg
+    for part in ("flow", "vocoder"):
+        had, has = (load_tensors(d / f"{part}.safetensors") for d in (out, tmp_path / "out2"))
+        assert had.keys() == has.keys() and all(torch.equal(had[k], has[k]) for k in had), part
+
 
 # --------------------------------------------------------------------------------------
 # The shipped package and its selection as the default model
