@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from minmo.eval.adapters import ModelUnavailableError
 from minmo.eval.latency import PAPER_STAGE_MS
@@ -21,6 +22,7 @@ from minmo.eval.model_binding import (
     tts_instruction,
 )
 from minmo.eval.readers import EvalItem
+from minmo.models.duplex import decide
 
 SR = 16000
 
@@ -83,6 +85,9 @@ def test_duplex_trace_on_the_llm_frame_grid(model: MinMoEvalModel, tmp_path: Pat
     assert trace.decisions.shape == (int(np.ceil(1.5 / frame_s)),)
     assert set(np.unique(trace.decisions)) <= {0, 1, 2, 3}
     assert trace.timings_ms and all("duplex_frame_compute" in t for t in trace.timings_ms)
+    # the probabilities behind the decisions sit on the same frames (threshold tuning re-decides)
+    assert trace.probs.shape == (trace.decisions.size, 4)
+    assert np.array_equal(decide(torch.from_numpy(trace.probs)).numpy(), trace.decisions)
 
 
 def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:

@@ -162,6 +162,10 @@ class DuplexConfig:
     # duplex-stage cross-entropy weight of each class (listen, respond, stop, continue):
     # the switches are a few frames among thousands (docs/training.md, "duplex")
     class_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    # decide RESPOND / STOP once their probability reaches this (null: only as the argmax);
+    # rare events peak below the argmax: tune on held-out dialogues (scripts/tune_duplex.py)
+    respond_threshold: float | None = None
+    stop_threshold: float | None = None
 
 
 @dataclass

@@ -68,11 +68,13 @@ class DuplexTrace:
         decisions: ``(F,)`` int decisions (0 listen, 1 respond, 2 stop, 3 continue), frame
             ``f`` covering ``[f * frame_ms, (f + 1) * frame_ms)`` of the user channel.
         timings_ms: per-decision latency records (e.g. ``{"duplex_decision": 41.0}``).
+        probs: optional ``(F, 4)`` probabilities behind the decisions (threshold tuning).
     """
 
     frame_ms: float
     decisions: np.ndarray
     timings_ms: list[dict[str, float]] = field(default_factory=list)
+    probs: np.ndarray | None = None
 
 
 @runtime_checkable

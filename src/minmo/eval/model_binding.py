@@ -198,7 +198,7 @@ class MinMoEvalModel:
 
     def duplex(self, user_wave: np.ndarray, sample_rate: int, item: EvalItem) -> DuplexTrace:
         from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
-        from minmo.models.duplex import speaking_lookup
+        from minmo.models.duplex import Decision, speaking_lookup
 
         rt = self.rt
         wave = _to_16k(user_wave, sample_rate, rt.sample_rate_in)
@@ -212,6 +212,8 @@ class MinMoEvalModel:
         frame_ms = round(frame_s * 1000.0, 6)
         num_frames = int(np.ceil(wave.size / rt.sample_rate_in / frame_s))
         decisions = np.zeros(num_frames, dtype=np.int64)
+        probs = np.zeros((num_frames, len(Decision)), dtype=np.float32)
+        probs[:, Decision.LISTEN] = 1.0  # frames the stream never decided (the tail) listen
         cfg = ListenConfig()
         state = new_listen_state(rt, cfg)
         chunk = max(1, int(round(frame_s * rt.sample_rate_in)))
@@ -229,7 +231,8 @@ class MinMoEvalModel:
                 index = int(round(frame.end_s / frame_s)) - 1
                 if 0 <= index < num_frames:
                     decisions[index] = int(frame.decision)
-        return DuplexTrace(frame_ms, decisions, timings)
+                    probs[index] = frame.probs.cpu().numpy()
+        return DuplexTrace(frame_ms, decisions, timings, probs)
 
 
 class CascadeEvalModel(MinMoEvalModel):

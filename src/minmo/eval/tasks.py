@@ -378,6 +378,23 @@ def _turn_frames(item: EvalItem, frame_ms: float, role: str, backchannel: bool |
     return spans
 
 
+def _label_factor(frame_ms: float) -> int:
+    factor = frame_ms / 10.0
+    if abs(factor - round(factor)) > 1e-6 or factor < 1:
+        raise ValueError(f"duplex frame of {frame_ms} ms is not a multiple of the labels' 10 ms grid")
+    return int(round(factor))
+
+
+def score_duplex_trace(item: EvalItem, true10: np.ndarray, trace: DuplexTrace,
+                       k: int) -> dm.DuplexScores:
+    """One dialogue's scores: ``trace``'s decisions against its 10 ms labels ``true10``
+    (pooled to the trace's frames), back-channels from the item's turns."""
+    truth = pool_labels(true10, _label_factor(trace.frame_ms))
+    predicted = np.asarray(trace.decisions, dtype=np.int64).reshape(-1)
+    backchannels = _turn_frames(item, trace.frame_ms, "user", True)
+    return dm.score_dialogue(truth, predicted, trace.frame_ms, backchannels, k)
+
+
 def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     """Full duplex: F1@K of assistant/user turn-taking, back-channels, turn-taking latency."""
     out = GroupOutcome()
@@ -401,16 +418,10 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
             item, lambda: ctx.model.duplex(user, ctx.sample_rate, item), None)
         if trace is None:
             trace = DuplexTrace(10.0, np.zeros(0, dtype=np.int64))
-        factor = trace.frame_ms / 10.0
-        if abs(factor - round(factor)) > 1e-6 or factor < 1:
-            raise ValueError(f"duplex frame of {trace.frame_ms} ms is not a multiple of the "
-                             "labels' 10 ms grid")
-        factor = int(round(factor))
         frame_ms_seen.add(trace.frame_ms)
+        factor = _label_factor(trace.frame_ms)
         truth = pool_labels(true10, factor)
-        predicted = np.asarray(trace.decisions, dtype=np.int64).reshape(-1)
-        backchannels = _turn_frames(item, trace.frame_ms, "user", True)
-        total = total + dm.score_dialogue(truth, predicted, trace.frame_ms, backchannels, ctx.k)
+        total = total + score_duplex_trace(item, true10, trace, ctx.k)
         out.latency_records.extend(dict(t) for t in trace.timings_ms)
         if len(out.duplex_examples) < ctx.max_duplex_examples:
             user_active = np.zeros(truth.size, dtype=np.int64)
@@ -419,7 +430,7 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
             out.duplex_examples.append(DuplexExample(
                 item.id, trace.frame_ms, user_active.tolist(),
                 (pool_labels(speaking10 * dm.CONTINUE, factor) > 0).astype(int).tolist(),
-                truth.tolist(), predicted.tolist()))
+                truth.tolist(), np.asarray(trace.decisions, dtype=np.int64).reshape(-1).tolist()))
     if total.dialogues == 0:
         return out
     d = {"frame_ms": sorted(frame_ms_seen), "k": ctx.k, **total.as_dict()}

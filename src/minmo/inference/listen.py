@@ -58,7 +58,7 @@ class DuplexFrame:
         end_s: stream time (seconds of user audio) where the frame ends; None for the
             encoder's query frames (not audio).
         probs: ``(4,)`` probabilities of LISTEN, RESPOND, STOP, CONTINUE.
-        decision: argmax of ``probs``.
+        decision: the predictor's decision from ``probs`` (``DuplexPredictor.decide``).
         speaking: the assistant-speaking flag the predictor was given.
     """
 
@@ -216,9 +216,10 @@ def listen_step(rt: MinMoRuntime, states: list[ListenState], waves: list[np.ndar
         flag_t = torch.tensor([flags], dtype=torch.long, device=rt.device)
         logits, st.duplex = m.duplex.step(h[None], flag_t, st.duplex)
         probs = logits[0].float().softmax(-1)
+        decisions = m.duplex.decide(probs).tolist()
         for k in range(n):
             results[i].append(DuplexFrame(st.frames_out, times[k], probs[k],
-                                          Decision(int(probs[k].argmax())), flags[k]))
+                                          Decision(decisions[k]), flags[k]))
             st.frames_out += 1
         st.recent.extend(zip(new_frames[i].unbind(0), flags))
         if st.kv.length > cfg.max_frames:

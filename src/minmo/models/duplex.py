@@ -74,6 +74,11 @@ class DuplexPredictor(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
 
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Decisions from ``(..., C)`` probabilities (:func:`decide` with this config's
+        thresholds)."""
+        return decide(probs, self.cfg.respond_threshold, self.cfg.stop_threshold)
+
     def _embed(self, hidden: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
         # in the predictor's dtype: a frozen LLM may run in a lower precision than this head
         return self.inp(hidden.to(self.inp.weight.dtype)) + self.speaking(speaking.long().clamp(0, 1))
@@ -100,6 +105,22 @@ class DuplexPredictor(nn.Module):
         """Streaming: ``(B, T_new, D_llm)`` frames + ``(B, T_new)`` flags -> ``(B, T_new, C)`` logits."""
         x, kv = self.layer.step(self._embed(hidden, speaking), state.kv)
         return self.head(self.norm(x)), DuplexState(kv)
+
+
+def decide(probs: torch.Tensor, respond_threshold: float | None = None,
+           stop_threshold: float | None = None) -> torch.Tensor:
+    """``(..., C)`` probabilities -> ``(...)`` decisions: STOP where its probability reaches
+    ``stop_threshold``, else RESPOND where its reaches ``respond_threshold``, else the argmax
+    (a ``None`` threshold: that class only as the argmax).
+
+    The switches are a frame or two among hundreds; a predictor's probability for them
+    peaks at the right frame but often below LISTEN/CONTINUE, so an argmax misses them.
+    """
+    out = probs.argmax(-1)
+    for cls, threshold in ((Decision.RESPOND, respond_threshold), (Decision.STOP, stop_threshold)):
+        if threshold is not None:
+            out = torch.where(probs[..., int(cls)] >= threshold, torch.full_like(out, int(cls)), out)
+    return out
 
 
 def pool_labels(labels_10ms: torch.Tensor, frame_starts: torch.Tensor, frame_ends: torch.Tensor) -> torch.Tensor:

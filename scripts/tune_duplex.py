@@ -1,0 +1,112 @@
+"""Tune the duplex predictor's decision thresholds on held-out dialogues.
+
+    .venv/bin/python scripts/tune_duplex.py --model DIR --data VALID_DUPLEX_MANIFEST \\
+        [--k 10] [--limit N] [--json OUT]
+
+RESPOND and STOP are a frame or two among hundreds; a trained predictor's probability for
+them peaks at the right frame but often below LISTEN/CONTINUE, so deciding by the argmax
+misses most turn switches. The model config's ``duplex.respond_threshold`` /
+``duplex.stop_threshold`` decide them once their probability reaches a threshold
+(:func:`minmo.models.duplex.decide`). This script runs the model once over the manifest's
+``duplex`` rows exactly as ``minmo eval`` does (the listening stream, the recorded assistant
+channel as the speaking flag), keeps every frame's probabilities, scores a grid of threshold
+pairs with ``minmo eval``'s F1@K rules, prints the table and the best pair (mean of the
+assistant and user turn-taking F1) as ``--model-set`` arguments.
+
+Tune on a validation split and report the test split with ``minmo eval``: thresholds chosen
+on the test dialogues would flatter the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GRID = (None,) + tuple(round(x, 2) for x in np.arange(0.1, 0.61, 0.05))
+
+
+def _label(threshold: float | None) -> str:
+    return "argmax" if threshold is None else f"{threshold:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tune_duplex", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model directory or preset")
+    parser.add_argument("--data", required=True,
+                        help="manifest (or directory of manifests) with duplex rows: a validation split")
+    parser.add_argument("--k", type=int, default=10, help="F1@K tolerance in decision frames")
+    parser.add_argument("--limit", type=int, default=None, help="first N dialogues")
+    parser.add_argument("--json", type=Path, default=None, help="also write every grid score here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from minmo.audio.io import load_audio
+    from minmo.eval import duplex_metrics as dm
+    from minmo.eval.adapters import DuplexTrace
+    from minmo.eval.model_binding import bind_minmo_model
+    from minmo.eval.runner import SuiteSpec, read_suite
+    from minmo.eval.tasks import score_duplex_trace
+    from minmo.models.duplex import decide
+    from tqdm import tqdm
+
+    items = [i for i in read_suite(SuiteSpec("manifest", args.data)).items
+             if i.task == "duplex" and i.extra.get("labels") and i.audio is not None]
+    items = items[:args.limit] if args.limit else items
+    if not items:
+        print(f"tune_duplex: no duplex rows with audio and labels in {args.data}", file=sys.stderr)
+        return 2
+    model = bind_minmo_model(args.model)
+    runs = []
+    for item in tqdm(items, desc="dialogues", unit="dlg"):
+        with np.load(item.extra["labels"]) as npz:
+            true10 = np.asarray(npz["labels"], dtype=np.int64)
+        trace = model.duplex(load_audio(item.audio, 16000, channel=0), 16000, item)
+        runs.append((item, true10, trace))
+
+    scores = []
+    for respond in GRID:
+        for stop in GRID:
+            total = dm.DuplexScores()
+            for item, true10, trace in runs:
+                decisions = decide(torch.from_numpy(trace.probs), respond, stop).numpy()
+                total = total + score_duplex_trace(
+                    item, true10, DuplexTrace(trace.frame_ms, decisions), args.k)
+            scores.append({"respond_threshold": respond, "stop_threshold": stop,
+                           "assistant_f1": total.assistant_turn.f1, "user_f1": total.user_turn.f1,
+                           "backchannel_accuracy": total.backchannel.accuracy,
+                           "objective": (total.assistant_turn.f1 + total.user_turn.f1) / 2})
+    best = max(scores, key=lambda r: (r["objective"], r["backchannel_accuracy"]))
+    argmax = next(r for r in scores if r["respond_threshold"] is None and r["stop_threshold"] is None)
+
+    print(f"{len(runs)} dialogues, F1@{args.k}; rows: respond threshold, columns: stop threshold; "
+          "cells: assistant F1 / user F1")
+    print("respond \\ stop | " + " | ".join(_label(s) for s in GRID))
+    for respond in GRID:
+        cells = [f"{r['assistant_f1']:.2f}/{r['user_f1']:.2f}" for r in scores
+                 if r["respond_threshold"] == respond]
+        print(f"{_label(respond):>14s} | " + " | ".join(cells))
+    for name, row in (("argmax", argmax), ("best", best)):
+        print(f"{name}: respond {_label(row['respond_threshold'])}, stop {_label(row['stop_threshold'])}: "
+              f"assistant F1 {row['assistant_f1']:.3f}, user F1 {row['user_f1']:.3f}, "
+              f"back-channel accuracy {100 * row['backchannel_accuracy']:.1f} %")
+    sets = [f"duplex.{key}={'null' if best[key] is None else best[key]}"
+            for key in ("respond_threshold", "stop_threshold")]
+    print("set them in the model's model.yaml, or export with: "
+          + " ".join(f"--model-set {s}" for s in sets))
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "data": args.data, "k": args.k,
+                                         "dialogues": len(runs), "best": best, "grid": scores},
+                                        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
