@@ -14,7 +14,9 @@ pairs with ``minmo eval``'s F1@K rules, prints the table and the best pair (mean
 assistant and user turn-taking F1) as ``--model-set`` arguments.
 
 Tune on a validation split and report the test split with ``minmo eval``: thresholds chosen
-on the test dialogues would flatter the model.
+on the test dialogues would flatter the model. ``--offline`` scores one full-context pass
+instead (the encoder features the duplex stage trains on): the gap to the streaming figures is
+what the listening stream's limited look-ahead costs the predictor.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N dialogues")
     parser.add_argument("--json", type=Path, default=None, help="also write every grid score here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--offline", action="store_true",
+                        help="score the full-context pass the predictor was trained on instead of "
+                             "the listening stream (the gap is what streaming costs it)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in tqdm(items, desc="dialogues", unit="dlg"):
         with np.load(item.extra["labels"]) as npz:
             true10 = np.asarray(npz["labels"], dtype=np.int64)
-        trace = model.duplex(load_audio(item.audio, 16000, channel=0), 16000, item)
+        trace = model.duplex(load_audio(item.audio, 16000, channel=0), 16000, item,
+                             streaming=not args.offline)
         runs.append((item, true10, trace))
 
     scores = []
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(scores, key=lambda r: (r["objective"], r["backchannel_accuracy"]))
     argmax = next(r for r in scores if r["respond_threshold"] is None and r["stop_threshold"] is None)
 
-    print(f"{len(runs)} dialogues, F1@{args.k}; rows: respond threshold, columns: stop threshold; "
+    print(f"{len(runs)} dialogues, {'full-context pass' if args.offline else 'listening stream'}, "
+          f"F1@{args.k}; rows: respond threshold, columns: stop threshold; "
           "cells: assistant F1 / user F1")
     print("respond \\ stop | " + " | ".join(_label(s) for s in GRID))
     for respond in GRID:
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
           + " ".join(f"--model-set {s}" for s in sets))
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "data": args.data, "k": args.k,
+                                         "features": "offline" if args.offline else "streaming",
                                          "dialogues": len(runs), "best": best, "grid": scores},
                                         indent=1))
     return 0

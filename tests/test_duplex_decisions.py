@@ -39,9 +39,14 @@ def test_tune_script_scores_the_grid_from_one_pass(tmp_path: Path) -> None:
     try:
         assert script.main(["--model", "tiny", "--data", str(manifests["duplex"]), "--json", str(out),
                             "--threads", "1"]) == 0
+        assert script.main(["--model", "tiny", "--data", str(manifests["duplex"]), "--offline",
+                            "--json", str(tmp_path / "offline.json")]) == 0
     finally:
         torch.set_num_threads(threads)
+    offline = json.loads((tmp_path / "offline.json").read_text())
+    assert offline["features"] == "offline" and len(offline["grid"]) == len(script.GRID) ** 2
     report = json.loads(out.read_text())
+    assert report["features"] == "streaming"
     assert report["dialogues"] == 2 and len(report["grid"]) == len(script.GRID) ** 2
     for row in report["grid"]:
         assert 0.0 <= row["assistant_f1"] <= 1.0 and 0.0 <= row["user_f1"] <= 1.0

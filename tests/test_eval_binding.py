@@ -88,6 +88,12 @@ def test_duplex_trace_on_the_llm_frame_grid(model: MinMoEvalModel, tmp_path: Pat
     # the probabilities behind the decisions sit on the same frames (threshold tuning re-decides)
     assert trace.probs.shape == (trace.decisions.size, 4)
     assert np.array_equal(decide(torch.from_numpy(trace.probs)).numpy(), trace.decisions)
+    # the full-context pass (the training regime) decides the same frames
+    offline = model.duplex(speech(1.5), SR, item, streaming=False)
+    assert offline.frame_ms == trace.frame_ms and offline.probs.shape == trace.probs.shape
+    assert np.array_equal(decide(torch.from_numpy(offline.probs)).numpy(), offline.decisions)
+    decided = ~np.isclose(offline.probs[:, 0], 1.0)
+    assert decided.sum() >= decided.size - 2  # every frame but the tail has its own decision
 
 
 def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:

@@ -196,7 +196,12 @@ class MinMoEvalModel:
 
     # ---- full duplex ---------------------------------------------------------------------
 
-    def duplex(self, user_wave: np.ndarray, sample_rate: int, item: EvalItem) -> DuplexTrace:
+    def duplex(self, user_wave: np.ndarray, sample_rate: int, item: EvalItem,
+               streaming: bool = True) -> DuplexTrace:
+        """The predictor's decisions over one dialogue's user channel, with the recorded
+        assistant channel as the speaking flag. ``streaming`` (default, what serving does):
+        the listening stream frame by frame; ``False``: one full-context pass as in training
+        (``scripts/tune_duplex.py --offline``: how much streaming costs the predictor)."""
         from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
         from minmo.models.duplex import Decision, speaking_lookup
 
@@ -214,6 +219,8 @@ class MinMoEvalModel:
         decisions = np.zeros(num_frames, dtype=np.int64)
         probs = np.zeros((num_frames, len(Decision)), dtype=np.float32)
         probs[:, Decision.LISTEN] = 1.0  # frames the stream never decided (the tail) listen
+        if not streaming:
+            return self._duplex_offline(wave, speaking10, frame_ms, decisions, probs)
         cfg = ListenConfig()
         state = new_listen_state(rt, cfg)
         chunk = max(1, int(round(frame_s * rt.sample_rate_in)))
@@ -233,6 +240,32 @@ class MinMoEvalModel:
                     decisions[index] = int(frame.decision)
                     probs[index] = frame.probs.cpu().numpy()
         return DuplexTrace(frame_ms, decisions, timings, probs)
+
+
+    @torch.inference_mode()
+    def _duplex_offline(self, wave: np.ndarray, speaking10: np.ndarray, frame_ms: float,
+                        decisions: np.ndarray, probs: np.ndarray) -> DuplexTrace:
+        from minmo.inference.prompts import system_ids, user_speech_ids
+        from minmo.models.duplex import pool_flags
+
+        rt, m = self.rt, self.rt.model
+        speech = rt.encode_speech(wave)
+        n = speech.shape[0]
+        before, _ = user_speech_ids(rt.tok, "")
+        prefix = rt.embed_ids(system_ids(rt.tok, m.cfg.system_prompt) + before)
+        hidden = m.llm(torch.cat([prefix, speech])[None]).hidden[0, -n:]
+        starts, ends = m.speech_frame_spans(n)
+        flags = pool_flags(torch.as_tensor(speaking10), starts)[None].to(rt.device)
+        frame_probs = m.duplex(hidden[None], flags, torch.tensor([n], device=rt.device))[0]
+        frame_probs = frame_probs.float().softmax(-1)
+        frame_decisions = m.duplex.decide(frame_probs)
+        per = round(frame_ms / 10.0)
+        for j in range(n):
+            index = int(ends[j]) // per - 1
+            if starts[j] >= 0 and 0 <= index < decisions.size:
+                decisions[index] = int(frame_decisions[j])
+                probs[index] = frame_probs[j].cpu().numpy()
+        return DuplexTrace(frame_ms, decisions, [], probs)
 
 
 class CascadeEvalModel(MinMoEvalModel):
