@@ -1,7 +1,7 @@
 """Tune the duplex predictor's decision thresholds on held-out dialogues.
 
     .venv/bin/python scripts/tune_duplex.py --model DIR --data VALID_DUPLEX_MANIFEST \\
-        [--k 10] [--limit N] [--json OUT]
+        [--k 10] [--limit N] [--json OUT] [--offline]
 
 RESPOND and STOP are a frame or two among hundreds; a trained predictor's probability for
 them peaks at the right frame but often below LISTEN/CONTINUE, so deciding by the argmax
@@ -37,7 +37,7 @@ def _label(threshold: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tune_duplex", description=__doc__.split("\n\n")[1],
+    parser = argparse.ArgumentParser(prog="tune_duplex", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory or preset")
     parser.add_argument("--data", required=True,
