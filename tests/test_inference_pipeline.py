@@ -297,3 +297,45 @@ def test_vocoder_pool_gives_the_same_audio_as_inline(rt):
     assert d1.status == d2.status and d1.text == d2.text
     np.testing.assert_array_equal(pooled, inline)
     assert inline.size == 40 * 960
+
+
+@pytest.fixture(scope="module")
+def whisper_rt(tmp_path_factory):
+    """The tiny model with a (small, random) Whisper front end and encoder: the windowed
+    listening path minmo-small uses."""
+    import dataclasses
+
+    from minmo.config import load_model_config, save_yaml
+
+    cfg, small = load_model_config("tiny"), load_model_config("minmo-small")
+    cfg.frontend = small.frontend
+    cfg.encoder = dataclasses.replace(small.encoder, d_model=64, num_heads=4, ffn_dim=128,
+                                      num_blocks=2)
+    cfg.projector = dataclasses.replace(cfg.projector, downsample=small.projector.downsample,
+                                        kernel_size=small.projector.kernel_size)
+    path = tmp_path_factory.mktemp("whisper") / "model.yaml"
+    save_yaml(cfg, path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_runtime(str(path), seed=0, vocoder="placeholder")
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("lookahead,overlap", [(1, 0.0), (5, 1.0)])
+def test_windowed_encoder_loses_no_frame_across_window_restarts(whisper_rt, lookahead, overlap):
+    rt = whisper_rt
+    cfg = ListenConfig(window_seconds=3.0, window_lookahead_frames=lookahead,
+                       window_overlap_seconds=overlap)
+    st = new_listen_state(rt, cfg)
+    wave = _wave(7.0, 6)  # two restarts
+    frames = []
+    for k in range(0, len(wave), 1280):
+        frames += listen_step(rt, [st], [wave[k:k + 1280]], [lambda s: False], ["sys"], cfg)[0]
+    ends = np.array([f.end_s for f in frames])
+    frame_s = rt.llm_frame_seconds
+    np.testing.assert_allclose(np.diff(ends), frame_s, atol=1e-9)  # no gap, no repeat
+    assert ends[0] == pytest.approx(frame_s)
+    # 350 encoder frames of 20 ms, the last `lookahead` held back, 4 per LLM frame
+    assert len(frames) == (350 - lookahead) // round(frame_s / 0.02)
+    with pytest.raises(ValueError, match="window_overlap_seconds"):
+        new_listen_state(rt, ListenConfig(window_seconds=3.0, window_overlap_seconds=2.0))

@@ -245,14 +245,13 @@ class MinMoEvalModel:
     @torch.inference_mode()
     def _duplex_offline(self, wave: np.ndarray, speaking10: np.ndarray, frame_ms: float,
                         decisions: np.ndarray, probs: np.ndarray) -> DuplexTrace:
-        from minmo.inference.prompts import system_ids, user_speech_ids
+        from minmo.inference.listen import listening_prompt
         from minmo.models.duplex import pool_flags
 
         rt, m = self.rt, self.rt.model
         speech = rt.encode_speech(wave)
         n = speech.shape[0]
-        before, _ = user_speech_ids(rt.tok, "")
-        prefix = rt.embed_ids(system_ids(rt.tok, m.cfg.system_prompt) + before)
+        prefix = listening_prompt(rt, m.cfg.system_prompt)
         hidden = m.llm(torch.cat([prefix, speech])[None]).hidden[0, -n:]
         starts, ends = m.speech_frame_spans(n)
         flags = pool_flags(torch.as_tensor(speaking10), starts)[None].to(rt.device)

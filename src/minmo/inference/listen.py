@@ -14,8 +14,12 @@ Encoders: SenseVoice streams with ``init_state/step`` in chunks of ``encoder_chu
 frames (block-causal; the weights were trained full context, so decisions may lose a little
 accuracy; turns sent to the LLM for answers are re-encoded offline, see ``pipeline``).
 Encoders without a streaming step (Whisper) re-encode the current window (at most
-``window_seconds``) whenever new frames are due, emitting only frames that are new and do not
-touch the window's right edge: correct but costlier.
+``window_seconds``) whenever new frames are due, emitting only frames that are new and at
+least ``window_lookahead_frames`` from the window's right edge: correct but costlier. A
+restarted window keeps ``window_overlap_seconds`` of already-emitted audio as left context
+and starts at the first frame not yet emitted, so no frame is lost or repeated. The duplex
+stage trains on full-context features; more look-ahead brings the streamed ones closer
+(docs/minmo_small.md, duplex).
 
 Bounded context: after ``max_frames`` LLM speech frames the listening cache is rebuilt from
 the prompt and the last ``keep_frames`` speech embeddings, the duplex predictor is replayed
@@ -47,6 +51,11 @@ class ListenConfig:
     max_frames: int = 500
     keep_frames: int = 200
     window_seconds: float = 10.0
+    # windowed (Whisper) encoders: frames held back from the window's edge before they are
+    # emitted (each sees that many frames ahead; decisions come that much later), and the
+    # audio kept as left context when the window restarts
+    window_lookahead_frames: int = 1
+    window_overlap_seconds: float = 2.0
 
 
 @dataclass
@@ -93,6 +102,9 @@ class ListenState:
 
 def new_listen_state(rt: MinMoRuntime, cfg: ListenConfig) -> ListenState:
     """Fresh listening state for one session."""
+    if not 0 <= cfg.window_overlap_seconds <= cfg.window_seconds / 2:
+        raise ValueError(f"ListenConfig.window_overlap_seconds {cfg.window_overlap_seconds} must be "
+                         f"within [0, window_seconds / 2 = {cfg.window_seconds / 2}]")
     m = rt.model
     enc_state = m.encoder.init_state(1, rt.device) if hasattr(m.encoder, "step") else None
     return ListenState(
@@ -104,7 +116,9 @@ def new_listen_state(rt: MinMoRuntime, cfg: ListenConfig) -> ListenState:
     )
 
 
-def _prefix(rt: MinMoRuntime, system: str) -> torch.Tensor:
+def listening_prompt(rt: MinMoRuntime, system: str) -> torch.Tensor:
+    """Embeddings of the listening stream's prompt (the training ``duplex`` rows' layout):
+    ``system + user(DUPLEX_INSTRUCTION) <|startofspeech|>``; speech frames follow."""
     before, _ = user_speech_ids(rt.tok, DUPLEX_INSTRUCTION)
     return rt.embed_ids(system_ids(rt.tok, system) + before)
 
@@ -138,7 +152,8 @@ def _encode_new(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
         window = torch.cat(st.window_feats)
         lens = torch.tensor([window.shape[0]], device=rt.device)
         out, out_lens = m.encoder(window[None], lens)
-        ready = int(out_lens[0]) - 1  # the last frame sees the window edge: wait for more
+        # frames near the window's edge see little ahead: hold the last ones back
+        ready = int(out_lens[0]) - max(1, cfg.window_lookahead_frames)
         if ready > st.window_emitted:
             enc_out.append(out[0, st.window_emitted:ready])
             for k in range(st.window_emitted, ready):
@@ -147,8 +162,12 @@ def _encode_new(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
             st.window_emitted = ready
         st.lfr_out += feats.shape[0]
         if window.shape[0] * 0.01 >= cfg.window_seconds:
-            st.window_feats, st.window_emitted = [], 0
-            st.window_lfr_start = st.lfr_out
+            # restart from the first frame not emitted yet, with some audio before it as left
+            # context (those frames are not emitted again)
+            keep = max(0, st.window_emitted - int(cfg.window_overlap_seconds / 0.02))
+            st.window_feats = [window[2 * keep:]]
+            st.window_lfr_start += 2 * keep
+            st.window_emitted -= keep
     if not enc_out:
         return torch.zeros(0, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
     proj, st.projector = m.input_projector.step(torch.cat(enc_out)[None].to(rt.dtype),
@@ -200,7 +219,7 @@ def listen_step(rt: MinMoRuntime, states: list[ListenState], waves: list[np.ndar
         st = states[i]
         x = new_frames[i]
         if not st.prefix_fed:
-            x = torch.cat([_prefix(rt, system[i]), x])
+            x = torch.cat([listening_prompt(rt, system[i]), x])
         inputs.append(x)
     hidden = grouped_forward(rt.llm_body, [states[i].kv for i in todo], inputs)
     stride = m.input_projector.stride
@@ -233,7 +252,7 @@ def _rebuild(rt: MinMoRuntime, st: ListenState, system: str) -> None:
     frames = list(st.recent)
     st.kv.reset()
     emb = torch.stack([f for f, _ in frames]) if frames else None
-    x = _prefix(rt, system) if emb is None else torch.cat([_prefix(rt, system), emb])
+    x = listening_prompt(rt, system) if emb is None else torch.cat([listening_prompt(rt, system), emb])
     h = grouped_forward(rt.llm_body, [st.kv], [x])[0]
     st.duplex = m.duplex.init_state(1, rt.device, rt.dtype)
     if frames:
