@@ -22,6 +22,7 @@ what the listening stream's limited look-ahead costs the predictor.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N dialogues")
     parser.add_argument("--json", type=Path, default=None, help="also write every grid score here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--lookahead-frames", type=int, default=None,
+                        help="windowed (Whisper) encoders: ListenConfig.window_lookahead_frames of "
+                             "the listening stream (default: serving's)")
     parser.add_argument("--offline", action="store_true",
                         help="score the full-context pass the predictor was trained on instead of "
                              "the listening stream (the gap is what streaming costs it)")
@@ -69,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tune_duplex: no duplex rows with audio and labels in {args.data}", file=sys.stderr)
         return 2
     model = bind_minmo_model(args.model)
+    if args.lookahead_frames is not None:
+        model.listen_cfg = dataclasses.replace(model.listen_cfg,
+                                               window_lookahead_frames=args.lookahead_frames)
     runs = []
     for item in tqdm(items, desc="dialogues", unit="dlg"):
         with np.load(item.extra["labels"]) as npz:
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "data": args.data, "k": args.k,
                                          "features": "offline" if args.offline else "streaming",
+                                         "listen": dataclasses.asdict(model.listen_cfg),
                                          "dialogues": len(runs), "best": best, "grid": scores},
                                         indent=1))
     return 0

@@ -95,6 +95,9 @@ class MinMoEvalModel:
         self.max_reply_text_tokens = max_reply_text_tokens
         self.max_tts_seconds = max_tts_seconds
         self._speaker_embedder: Any = None
+        from minmo.inference.listen import ListenConfig
+
+        self.listen_cfg = ListenConfig()  # the duplex listening stream (serving's defaults)
 
     def _trained_speaker_config(self) -> Any:
         """The model's speaker-encoder config when it names trained weights, else None."""
@@ -202,7 +205,7 @@ class MinMoEvalModel:
         assistant channel as the speaking flag. ``streaming`` (default, what serving does):
         the listening stream frame by frame; ``False``: one full-context pass as in training
         (``scripts/tune_duplex.py --offline``: how much streaming costs the predictor)."""
-        from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
+        from minmo.inference.listen import listen_step, new_listen_state
         from minmo.models.duplex import Decision, speaking_lookup
 
         rt = self.rt
@@ -221,7 +224,7 @@ class MinMoEvalModel:
         probs[:, Decision.LISTEN] = 1.0  # frames the stream never decided (the tail) listen
         if not streaming:
             return self._duplex_offline(wave, speaking10, frame_ms, decisions, probs)
-        cfg = ListenConfig()
+        cfg = self.listen_cfg
         state = new_listen_state(rt, cfg)
         chunk = max(1, int(round(frame_s * rt.sample_rate_in)))
         timings: list[dict[str, float]] = []
