@@ -214,7 +214,6 @@ class MinMoEvalModel:
         if item.extra.get("labels"):
             with np.load(item.extra["labels"]) as npz:
                 speaking10 = np.asarray(npz["assistant_speaking"], dtype=np.int64)
-        assistant_speaking = speaking_lookup(speaking10)
 
         frame_s = rt.llm_frame_seconds
         frame_ms = round(frame_s * 1000.0, 6)
@@ -224,6 +223,7 @@ class MinMoEvalModel:
         probs[:, Decision.LISTEN] = 1.0  # frames the stream never decided (the tail) listen
         if not streaming:
             return self._duplex_offline(wave, speaking10, frame_ms, decisions, probs)
+        assistant_speaking = speaking_lookup(speaking10)
         cfg = self.listen_cfg
         state = new_listen_state(rt, cfg)
         chunk = max(1, int(round(frame_s * rt.sample_rate_in)))
@@ -243,7 +243,6 @@ class MinMoEvalModel:
                     decisions[index] = int(frame.decision)
                     probs[index] = frame.probs.cpu().numpy()
         return DuplexTrace(frame_ms, decisions, timings, probs)
-
 
     @torch.inference_mode()
     def _duplex_offline(self, wave: np.ndarray, speaking10: np.ndarray, frame_ms: float,

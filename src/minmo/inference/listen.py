@@ -252,7 +252,8 @@ def _rebuild(rt: MinMoRuntime, st: ListenState, system: str) -> None:
     frames = list(st.recent)
     st.kv.reset()
     emb = torch.stack([f for f, _ in frames]) if frames else None
-    x = listening_prompt(rt, system) if emb is None else torch.cat([listening_prompt(rt, system), emb])
+    prompt = listening_prompt(rt, system)
+    x = prompt if emb is None else torch.cat([prompt, emb])
     h = grouped_forward(rt.llm_body, [st.kv], [x])[0]
     st.duplex = m.duplex.init_state(1, rt.device, rt.dtype)
     if frames:
