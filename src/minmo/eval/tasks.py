@@ -419,11 +419,11 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         if trace is None:
             trace = DuplexTrace(10.0, np.zeros(0, dtype=np.int64))
         frame_ms_seen.add(trace.frame_ms)
-        factor = _label_factor(trace.frame_ms)
-        truth = pool_labels(true10, factor)
         total = total + score_duplex_trace(item, true10, trace, ctx.k)
         out.latency_records.extend(dict(t) for t in trace.timings_ms)
-        if len(out.duplex_examples) < ctx.max_duplex_examples:
+        if len(out.duplex_examples) < ctx.max_duplex_examples:  # plotted: pooled again here
+            factor = _label_factor(trace.frame_ms)
+            truth = pool_labels(true10, factor)
             user_active = np.zeros(truth.size, dtype=np.int64)
             for start, end in _turn_frames(item, trace.frame_ms, "user", None):
                 user_active[start : end + 1] = 1
