@@ -14,9 +14,11 @@ pairs with ``minmo eval``'s F1@K rules, prints the table and the best pair (mean
 assistant and user turn-taking F1) as ``--model-set`` arguments.
 
 Tune on a validation split and report the test split with ``minmo eval``: thresholds chosen
-on the test dialogues would flatter the model. ``--offline`` scores one full-context pass
-instead (the encoder features the duplex stage trains on): the gap to the streaming figures is
-what the listening stream's limited look-ahead costs the predictor.
+on the test dialogues would flatter the model. ``--offline`` scores one offline pass instead,
+on the encoder features the duplex stage trains on: with ``encoder.stream_chunk`` set these
+are the listening stream's own (the same figures, much faster); without it they are
+full-context, and the gap to the streaming figures is what the windowed stream's limited
+look-ahead costs the predictor.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="windowed (Whisper) encoders: ListenConfig.window_lookahead_frames of "
                              "the listening stream (default: serving's)")
     parser.add_argument("--offline", action="store_true",
-                        help="score the full-context pass the predictor was trained on instead of "
-                             "the listening stream (the gap is what streaming costs it)")
+                        help="score one offline pass on the features the predictor was trained on "
+                             "instead of the listening stream (see above)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(scores, key=lambda r: (r["objective"], r["backchannel_accuracy"]))
     argmax = next(r for r in scores if r["respond_threshold"] is None and r["stop_threshold"] is None)
 
-    print(f"{len(runs)} dialogues, {'full-context pass' if args.offline else 'listening stream'}, "
+    print(f"{len(runs)} dialogues, {'offline pass' if args.offline else 'listening stream'}, "
           f"F1@{args.k}; rows: respond threshold, columns: stop threshold; "
           "cells: assistant F1 / user F1")
     print("respond \\ stop | " + " | ".join(_label(s) for s in GRID))

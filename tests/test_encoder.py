@@ -296,6 +296,70 @@ def test_whisper_variable_length_and_padding() -> None:
         enc(torch.randn(1, 3002, 80))
 
 
+@pytest.mark.parametrize("chunk_size,piece", [(1, 1), (4, 7), (5, 33)])
+def test_whisper_streaming_step_equals_chunked_forward(chunk_size: int, piece: int) -> None:
+    torch.manual_seed(10)
+    enc = build_encoder(whisper_cfg()).eval()
+    feats = torch.randn(2, 97, 80)
+    with torch.no_grad():
+        offline, _ = enc(feats, chunk_size=chunk_size)
+        full, _ = enc(feats)
+        state = enc.init_state(2, chunk_size=chunk_size)
+        outs = []
+        for start in range(0, 97, piece):  # mel frames arrive in arbitrary pieces
+            out, state = enc.step(feats[:, start:start + piece], state)
+            assert out.shape[1] % chunk_size == 0
+            outs.append(out)
+    streamed = torch.cat(outs, dim=1)
+    # every frame whose chunk is complete and whose conv inputs (2 mel frames ahead) arrived
+    assert streamed.shape[1] == (97 - 3) // 2 + 1 - ((97 - 3) // 2 + 1) % chunk_size
+    torch.testing.assert_close(streamed, offline[:, :streamed.shape[1]], atol=2e-5, rtol=1e-5)
+    assert (full - offline).abs().max() > 1e-3  # the chunked regime really is different
+
+
+def test_whisper_chunked_outputs_do_not_depend_on_future_chunks() -> None:
+    torch.manual_seed(11)
+    enc = build_encoder(whisper_cfg()).eval()
+    feats = torch.randn(1, 60, 80)
+    changed = feats.clone()
+    changed[:, 27:] = torch.randn(1, 33, 80)  # mel 27 is seen by output frame 12 (conv stem)
+    with torch.no_grad():
+        a, _ = enc(feats, chunk_size=4)
+        b, _ = enc(changed, chunk_size=4)
+    torch.testing.assert_close(a[:, :12], b[:, :12])  # chunks 0..2 unchanged
+    assert (a[:, 12:] - b[:, 12:]).abs().max() > 1e-3
+
+
+def test_whisper_stream_restarts_past_its_positions_with_left_context() -> None:
+    torch.manual_seed(12)
+    enc = build_encoder(whisper_cfg(max_positions=24)).eval()
+    feats = torch.randn(1, 130, 80)  # 64 encoder frames: past 24 positions twice
+    with torch.no_grad():
+        state = enc.init_state(1, chunk_size=4, context_frames=9)  # rounded down to 8
+        assert state.context_frames == 8
+        outs = []
+        for start in range(0, 130, 10):
+            out, state = enc.step(feats[:, start:start + 10], state)
+            outs.append(out)
+        streamed = torch.cat(outs, dim=1)
+        # segments of 24 positions: frames 0..23; then each restart re-encodes 8 frames
+        # (16 mel frames) of left context and emits 16 new ones: 24..39, 40..55, 56..63
+        # (the same weights with more positions: offline, frame 23 of 24 could only see zero
+        # padding after it, while the stream's frame 23 waits for mel 48)
+        ref = build_encoder(whisper_cfg(max_positions=48)).eval()
+        weights = {k: v for k, v in enc.state_dict().items() if k != "embed_positions.weight"}
+        assert ref.load_state_dict(weights, strict=False).missing_keys == ["embed_positions.weight"]
+        segments = [ref(feats[:, 2 * first:2 * first + 50], chunk_size=4)[0]
+                    for first in (0, 16, 32, 48)]
+    assert streamed.shape[1] == 64  # no frame lost or repeated: every frame of mel 0..129
+    torch.testing.assert_close(streamed[:, :24], segments[0][:, :24], atol=2e-5, rtol=1e-5)
+    for i, first in enumerate((24, 40, 56), start=1):
+        got = streamed[:, first:first + 16]
+        torch.testing.assert_close(got, segments[i][:, 8:8 + got.shape[1]], atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        enc.init_state(1, chunk_size=13)
+
+
 def test_whisper_builds_on_meta_and_converts_full_model_keys() -> None:
     with torch.device("meta"):
         enc = build_encoder(whisper_cfg(d_model=384, num_heads=6, ffn_dim=1536, num_blocks=4))

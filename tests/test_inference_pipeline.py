@@ -299,10 +299,9 @@ def test_vocoder_pool_gives_the_same_audio_as_inline(rt):
     assert inline.size == 40 * 960
 
 
-@pytest.fixture(scope="module")
-def whisper_rt(tmp_path_factory):
-    """The tiny model with a (small, random) Whisper front end and encoder: the windowed
-    listening path minmo-small uses."""
+def _whisper_model_yaml(directory, stream_chunk=None):
+    """The tiny model with a (small, random) Whisper front end and encoder, minmo-small's
+    layout; ``stream_chunk`` None: the windowed listening path."""
     import dataclasses
 
     from minmo.config import load_model_config, save_yaml
@@ -310,15 +309,54 @@ def whisper_rt(tmp_path_factory):
     cfg, small = load_model_config("tiny"), load_model_config("minmo-small")
     cfg.frontend = small.frontend
     cfg.encoder = dataclasses.replace(small.encoder, d_model=64, num_heads=4, ffn_dim=128,
-                                      num_blocks=2)
+                                      num_blocks=2, stream_chunk=stream_chunk)
     cfg.projector = dataclasses.replace(cfg.projector, downsample=small.projector.downsample,
                                         kernel_size=small.projector.kernel_size)
-    path = tmp_path_factory.mktemp("whisper") / "model.yaml"
+    path = directory / "model.yaml"
     save_yaml(cfg, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def whisper_rt(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_runtime(str(path), seed=0, vocoder="placeholder")
+    yield load_runtime(_whisper_model_yaml(tmp_path_factory.mktemp("whisper")), seed=0,
+                       vocoder="placeholder")
     torch.set_num_threads(threads)
+
+
+def test_cached_whisper_listening_equals_the_duplex_training_features(tmp_path):
+    """encoder.stream_chunk: the listening stream's predictor inputs are exactly the offline
+    pass the duplex stage trains on (MinMo.encode_speech(streaming=True)), flags included."""
+    from minmo.eval.model_binding import bind_minmo_model
+    from minmo.eval.readers import EvalItem
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = bind_minmo_model(_whisper_model_yaml(tmp_path, stream_chunk=4))
+        speaking = np.zeros(400, dtype=np.uint8)
+        speaking[130:260] = 1
+        np.savez(tmp_path / "l.npz", labels=np.zeros(400, dtype=np.int8),
+                 assistant_speaking=speaking)
+        item = EvalItem("d", "duplex", None, "", "en", extra={"labels": str(tmp_path / "l.npz")})
+        wave = _wave(4.0, 7)
+        streamed = model.duplex(wave, 16000, item)
+        offline = model.duplex(wave, 16000, item, streaming=False)
+    finally:
+        torch.set_num_threads(threads)
+    decided = ~np.isclose(streamed.probs[:, 0], 1.0)
+    assert decided.sum() >= decided.size - 1  # all but the last frame (conv look-ahead)
+    np.testing.assert_allclose(streamed.probs[decided], offline.probs[decided], atol=1e-4)
+    # and they differ from the full-context features (the windowed stream's training regime)
+    m = model.rt.model
+    with torch.inference_mode():
+        feats = m.frontend(wave)[None]
+        lens = torch.tensor([feats.shape[1]])
+        chunked, _ = m.encode_speech(feats, lens, streaming=True)
+        full, _ = m.encode_speech(feats, lens)
+    assert (chunked - full).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("lookahead,overlap", [(1, 0.0), (5, 1.0)])

@@ -74,6 +74,11 @@ class EncoderConfig:
     ctc_vocab: int = 0  # 0: no CTC head
     dropout: float = 0.0
     max_positions: int = 1500  # whisper only
+    # the listening stream's encoder regime, which the duplex stage also trains the predictor
+    # on: block-causal chunks of this many output frames, streamed with a cache (streaming
+    # equals offline). null: SenseVoice streams in chunks of ListenConfig.encoder_chunk and
+    # Whisper re-encodes a sliding window, while the duplex stage encodes full-context
+    stream_chunk: int | None = None
     path: str | None = None  # pretrained weights (converted minmo checkpoint or foreign dir)
 
 

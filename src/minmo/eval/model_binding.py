@@ -203,8 +203,10 @@ class MinMoEvalModel:
                streaming: bool = True) -> DuplexTrace:
         """The predictor's decisions over one dialogue's user channel, with the recorded
         assistant channel as the speaking flag. ``streaming`` (default, what serving does):
-        the listening stream frame by frame; ``False``: one full-context pass as in training
-        (``scripts/tune_duplex.py --offline``: how much streaming costs the predictor)."""
+        the listening stream frame by frame; ``False``: one offline pass over the dialogue
+        with the features the duplex stage trains on (``scripts/tune_duplex.py --offline``):
+        equal to streaming when ``encoder.stream_chunk`` is set, else full context (then the
+        gap measures what streaming costs the predictor)."""
         from minmo.inference.listen import listen_step, new_listen_state
         from minmo.models.duplex import Decision, speaking_lookup
 
@@ -251,7 +253,7 @@ class MinMoEvalModel:
         from minmo.models.duplex import pool_flags
 
         rt, m = self.rt, self.rt.model
-        speech = rt.encode_speech(wave)
+        speech = rt.encode_speech(wave, streaming=True)
         n = speech.shape[0]
         prefix = listening_prompt(rt, m.cfg.system_prompt)
         hidden = m.llm(torch.cat([prefix, speech])[None]).hidden[0, -n:]

@@ -10,16 +10,16 @@ Per session, continuously (also while the assistant speaks)::
 The listening cache is separate from the conversation cache: the duplex stream is one long
 user turn that never closes, while the conversation grows turn by turn.
 
-Encoders: SenseVoice streams with ``init_state/step`` in chunks of ``encoder_chunk`` LFR
-frames (block-causal; the weights were trained full context, so decisions may lose a little
-accuracy; turns sent to the LLM for answers are re-encoded offline, see ``pipeline``).
-Encoders without a streaming step (Whisper) re-encode the current window (at most
-``window_seconds``) whenever new frames are due, emitting only frames that are new and at
-least ``window_lookahead_frames`` from the window's right edge: correct but costlier. A
-restarted window keeps ``window_overlap_seconds`` of already-emitted audio as left context
-and starts at the first frame not yet emitted, so no frame is lost or repeated. The duplex
-stage trains on full-context features; more look-ahead brings the streamed ones closer
-(docs/minmo_small.md, duplex).
+Encoders: with ``encoder.stream_chunk`` set (minmo-small), the encoder streams block-causal
+chunks of that many frames with a cache — SenseVoice and Whisper alike — and the duplex stage
+trains the predictor on exactly these features (``MinMo.encode_speech(streaming=True)``), so
+streaming equals offline. Without it, SenseVoice streams in chunks of ``encoder_chunk`` LFR
+frames, and Whisper re-encodes the current window (at most ``window_seconds``) whenever new
+frames are due, emitting only frames that are new and at least ``window_lookahead_frames``
+from the window's right edge (a restarted window keeps ``window_overlap_seconds`` of emitted
+audio as left context and starts at the first frame not yet emitted); both then differ from
+the full-context features the duplex stage trained on (docs/minmo_small.md, duplex). Turns
+sent to the LLM for answers are re-encoded offline, full context (see ``pipeline``).
 
 Bounded context: after ``max_frames`` LLM speech frames the listening cache is rebuilt from
 the prompt and the last ``keep_frames`` speech embeddings, the duplex predictor is replayed
@@ -47,7 +47,7 @@ from minmo.models.duplex import Decision
 class ListenConfig:
     """Listening-stream settings (see module docstring)."""
 
-    encoder_chunk: int = 2
+    encoder_chunk: int = 2  # SenseVoice without encoder.stream_chunk
     max_frames: int = 500
     keep_frames: int = 200
     window_seconds: float = 10.0
@@ -55,6 +55,7 @@ class ListenConfig:
     # emitted (each sees that many frames ahead; decisions come that much later), and the
     # audio kept as left context when the window restarts
     window_lookahead_frames: int = 1
+    # also the left context a cached (stream_chunk) Whisper stream re-encodes at its 30 s restart
     window_overlap_seconds: float = 2.0
 
 
@@ -83,7 +84,7 @@ class ListenState:
     """One session's listening stream (owned by the session)."""
 
     frontend: Any
-    encoder: Any
+    encoder: Any  # the encoder's streaming state; None: windowed re-encoding
     projector: Any
     duplex: Any
     kv: KVStream = field(default_factory=KVStream)
@@ -95,6 +96,7 @@ class ListenState:
     window_feats: list[torch.Tensor] = field(default_factory=list)
     window_emitted: int = 0
     window_lfr_start: int = 0
+    enc_frames: int = 0  # encoder frames emitted (cached Whisper stream)
     frames_out: int = 0
     speech_frames: int = 0
     recent: deque = field(default_factory=deque)
@@ -106,7 +108,13 @@ def new_listen_state(rt: MinMoRuntime, cfg: ListenConfig) -> ListenState:
         raise ValueError(f"ListenConfig.window_overlap_seconds {cfg.window_overlap_seconds} must be "
                          f"within [0, window_seconds / 2 = {cfg.window_seconds / 2}]")
     m = rt.model
-    enc_state = m.encoder.init_state(1, rt.device) if hasattr(m.encoder, "step") else None
+    enc_state = None
+    if m.cfg.encoder.kind == "whisper" and m.cfg.encoder.stream_chunk:
+        enc_state = m.encoder.init_state(
+            1, rt.device, chunk_size=m.cfg.encoder.stream_chunk,
+            context_frames=round(cfg.window_overlap_seconds / m.frame_seconds))
+    elif m.cfg.encoder.kind != "whisper":
+        enc_state = m.encoder.init_state(1, rt.device)
     return ListenState(
         frontend=m.frontend.init_state(1),
         encoder=enc_state,
@@ -123,53 +131,83 @@ def listening_prompt(rt: MinMoRuntime, system: str) -> torch.Tensor:
     return rt.embed_ids(system_ids(rt.tok, system) + before)
 
 
+def _encode_chunked(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
+                    feats: torch.Tensor) -> list[torch.Tensor]:
+    """SenseVoice: block-causal chunks of LFR frames through its cached ``step``."""
+    m = rt.model
+    size = m.cfg.encoder.stream_chunk or cfg.encoder_chunk
+    st.feat_buffer.append(feats)
+    buf = torch.cat(st.feat_buffer)
+    usable = (buf.shape[0] // size) * size
+    enc_out = []
+    for start in range(0, usable, size):
+        chunk = buf[start:start + size][None]
+        had_queries = st.encoder.query_ids is not None
+        out, st.encoder = m.encoder.step(chunk, st.encoder)
+        if had_queries:
+            st.enc_times.extend([None] * m.num_prefix_frames)
+        enc_out.append(out[0])
+        for _ in range(chunk.shape[1]):
+            st.lfr_out += 1
+            st.enc_times.append(st.lfr_out * m.frame_seconds)
+    st.feat_buffer = [buf[usable:]] if usable < buf.shape[0] else []
+    return enc_out
+
+
+def _encode_cached(rt: MinMoRuntime, st: ListenState, feats: torch.Tensor
+                   ) -> list[torch.Tensor]:
+    """Whisper with ``stream_chunk``: mel frames through its cached block-causal ``step``."""
+    out, st.encoder = rt.model.encoder.step(feats[None], st.encoder)
+    for _ in range(out.shape[1]):
+        st.enc_frames += 1
+        st.enc_times.append(st.enc_frames * rt.model.frame_seconds)
+    return [out[0]] if out.shape[1] else []
+
+
+def _encode_window(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
+                   feats: torch.Tensor) -> list[torch.Tensor]:
+    """Whisper without ``stream_chunk``: re-encode the window, emit the frames now due."""
+    m = rt.model
+    st.window_feats.append(feats)
+    window = torch.cat(st.window_feats)
+    lens = torch.tensor([window.shape[0]], device=rt.device)
+    out, out_lens = m.encoder(window[None], lens)
+    enc_out = []
+    # frames near the window's edge see little ahead: hold the last ones back
+    ready = int(out_lens[0]) - max(1, cfg.window_lookahead_frames)
+    if ready > st.window_emitted:
+        enc_out.append(out[0, st.window_emitted:ready])
+        for k in range(st.window_emitted, ready):
+            # whisper: 2 feature frames per encoder frame, 10 ms each
+            st.enc_times.append((st.window_lfr_start + 2 * (k + 1)) * 0.01)
+        st.window_emitted = ready
+    st.lfr_out += feats.shape[0]
+    if window.shape[0] * 0.01 >= cfg.window_seconds:
+        # restart from the first frame not emitted yet, with some audio before it as left
+        # context (those frames are not emitted again)
+        keep = max(0, st.window_emitted - int(cfg.window_overlap_seconds / 0.02))
+        st.window_feats = [window[2 * keep:]]
+        st.window_lfr_start += 2 * keep
+        st.window_emitted -= keep
+    return enc_out
+
+
 def _encode_new(rt: MinMoRuntime, st: ListenState, cfg: ListenConfig,
                 wave: np.ndarray) -> torch.Tensor:
     """Samples -> new projector frames ``(n, H)`` (updates ``st.enc_times`` and counters)."""
     m = rt.model
     feats, st.frontend = m.frontend.step(wave, st.frontend)
-    if feats.shape[0] == 0:
-        return torch.zeros(0, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
-    frame_s = m.frame_seconds
     enc_out: list[torch.Tensor] = []
-    if st.encoder is not None:
-        st.feat_buffer.append(feats.to(rt.device))
-        buf = torch.cat(st.feat_buffer)
-        usable = (buf.shape[0] // cfg.encoder_chunk) * cfg.encoder_chunk
-        for start in range(0, usable, cfg.encoder_chunk):
-            chunk = buf[start:start + cfg.encoder_chunk][None]
-            had_queries = st.encoder.query_ids is not None
-            out, st.encoder = m.encoder.step(chunk, st.encoder)
-            if had_queries:
-                st.enc_times.extend([None] * m.num_prefix_frames)
-            enc_out.append(out[0])
-            for _ in range(chunk.shape[1]):
-                st.lfr_out += 1
-                st.enc_times.append(st.lfr_out * frame_s)
-        st.feat_buffer = [buf[usable:]] if usable < buf.shape[0] else []
-    else:
-        st.window_feats.append(feats.to(rt.device))
-        window = torch.cat(st.window_feats)
-        lens = torch.tensor([window.shape[0]], device=rt.device)
-        out, out_lens = m.encoder(window[None], lens)
-        # frames near the window's edge see little ahead: hold the last ones back
-        ready = int(out_lens[0]) - max(1, cfg.window_lookahead_frames)
-        if ready > st.window_emitted:
-            enc_out.append(out[0, st.window_emitted:ready])
-            for k in range(st.window_emitted, ready):
-                # whisper: 2 feature frames per encoder frame, 10 ms each
-                st.enc_times.append((st.window_lfr_start + 2 * (k + 1)) * 0.01)
-            st.window_emitted = ready
-        st.lfr_out += feats.shape[0]
-        if window.shape[0] * 0.01 >= cfg.window_seconds:
-            # restart from the first frame not emitted yet, with some audio before it as left
-            # context (those frames are not emitted again)
-            keep = max(0, st.window_emitted - int(cfg.window_overlap_seconds / 0.02))
-            st.window_feats = [window[2 * keep:]]
-            st.window_lfr_start += 2 * keep
-            st.window_emitted -= keep
+    if feats.shape[0] > 0:
+        feats = feats.to(rt.device)
+        if st.encoder is None:
+            enc_out = _encode_window(rt, st, cfg, feats)
+        elif m.cfg.encoder.kind == "whisper":
+            enc_out = _encode_cached(rt, st, feats)
+        else:
+            enc_out = _encode_chunked(rt, st, cfg, feats)
     if not enc_out:
-        return torch.zeros(0, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
+        return torch.zeros(0, m.llm.hidden_size, device=rt.device, dtype=rt.dtype)
     proj, st.projector = m.input_projector.step(torch.cat(enc_out)[None].to(rt.dtype),
                                                 st.projector)
     return proj[0]
@@ -259,7 +297,8 @@ def _rebuild(rt: MinMoRuntime, st: ListenState, system: str) -> None:
     if frames:
         flags = torch.tensor([[f for _, f in frames]], dtype=torch.long, device=rt.device)
         _, st.duplex = m.duplex.step(h[-len(frames):][None], flags, st.duplex)
-    if st.encoder is not None:
+    if st.encoder is not None and m.cfg.encoder.kind != "whisper":
+        # (a cached Whisper stream keeps its encoder state: it bounds itself, at 30 s)
         fresh = m.encoder.init_state(1, rt.device)
         st.encoder = dataclasses.replace(fresh, query_ids=None,
                                          num_positions=m.num_prefix_frames)

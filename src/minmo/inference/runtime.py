@@ -112,8 +112,9 @@ class MinMoRuntime:
         return self.model.frontend(np.asarray(wave, dtype=np.float32)).to(self.device)
 
     @torch.inference_mode()
-    def encode_speech(self, wave: np.ndarray) -> torch.Tensor:
-        """Offline (full-context) speech embeddings of one waveform.
+    def encode_speech(self, wave: np.ndarray, streaming: bool = False) -> torch.Tensor:
+        """Offline speech embeddings of one waveform (full context; ``streaming``: the
+        listening stream's encoder regime, :meth:`MinMo.encode_speech`).
 
         Args:
             wave: ``(N,)`` float32 in [-1, 1] at 16 kHz.
@@ -126,5 +127,5 @@ class MinMoRuntime:
             wave = np.pad(wave, (0, self.sample_rate_in // 50 - wave.size))
         feats = self.features(wave)[None]
         lens = torch.tensor([feats.shape[1]], device=self.device)
-        emb, emb_lens = self.model.encode_speech(feats, lens)
+        emb, emb_lens = self.model.encode_speech(feats, lens, streaming)
         return emb[0, : int(emb_lens[0])].to(self.dtype)

@@ -111,16 +111,22 @@ class MinMo(nn.Module):
 
     # ---- speech input ----------------------------------------------------------------
 
-    def encode_speech(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_speech(self, feats: torch.Tensor, feat_lens: torch.Tensor,
+                      streaming: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Features -> LLM-width speech embeddings.
 
         Args:
             feats: ``(B, T, D_in)``; feat_lens: ``(B,)``.
+            streaming: encode as the listening stream does (``encoder.stream_chunk``
+                block-causal chunks; full context when that is null): the duplex predictor's
+                features, in training and evaluation alike.
 
         Returns:
             ``(B, N, H)`` embeddings and ``(B,)`` lengths (``N ~ (T + prefix) / 2``).
         """
-        enc, enc_lens = self.encoder(feats, feat_lens)
+        chunk = self.cfg.encoder.stream_chunk if streaming else None
+        enc, enc_lens = (self.encoder(feats, feat_lens) if chunk is None
+                         else self.encoder(feats, feat_lens, chunk_size=chunk))
         return self.input_projector(enc, enc_lens)
 
     def speech_frame_spans(self, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +253,9 @@ class MinMo(nn.Module):
             speech, speech_lens = None, None
             feats = batch.get("feats")
             if feats is not None and bool((batch["speech_pos"] >= 0).any()):
-                speech, speech_lens = self.encode_speech(feats, batch["feat_lens"])
+                # the duplex predictor only ever runs on the listening stream's features
+                speech, speech_lens = self.encode_speech(feats, batch["feat_lens"],
+                                                         streaming="duplex" in losses)
             x = self.splice(batch, speech, speech_lens)
             hidden = self.llm(x.embeds, x.mask).hidden
         terms, metrics = [], {}

@@ -12,12 +12,27 @@ Differences from transformers, on purpose: any input length up to ``2 * max_posi
 mel frames (positions are sliced, no 30 s padding needed) and a padding mask: padded mel
 frames are zeroed before each convolution and masked out of attention, so padding does not
 change valid outputs. With a full 3000-frame input and no padding the output equals
-transformers' (tested). The model is full-context; it has no streaming step.
+transformers' (tested).
+
+Streaming (the listening stream, docs/minmo_small.md "duplex"): ``forward(..., chunk_size=C)``
+runs a block-causal regime — output frame ``t`` attends to frames ``u`` with
+``u // C <= t // C`` — and ``init_state`` / ``step`` compute exactly that incrementally: the
+conv stem on a few mel frames of history, then each layer's keys and values cached. A frame is
+emitted once its chunk is complete and the stem has seen the two mel frames after it (conv
+look-ahead), so streamed frames equal the chunked offline ones (tested); only the last frame
+of a finished utterance, which offline sees zero padding after, is never streamed. Whisper's
+weights are trained full-context, so chunked features differ from full-context ones; the
+duplex stage trains the predictor on the chunked ones (``MinMo.encode_speech(streaming=True)``).
+At ``max_positions`` frames (30 s) the stream restarts its cache; the new segment first
+re-encodes ``context_frames`` frames of the audio before the first frame not yet emitted, as
+left context (not emitted again).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -54,21 +69,44 @@ class WhisperSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D); ``valid`` (B, T) bool masks padded keys."""
-        batch, num, width = x.shape
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        batch, num, _ = t.shape
+        return t.reshape(batch, num, self.num_heads, self.head_dim).transpose(1, 2)
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(batch, num, self.num_heads, self.head_dim).transpose(1, 2)
+    def _out(self, out: torch.Tensor) -> torch.Tensor:
+        batch, _, num, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, num, -1))
 
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); ``valid`` (B, T) bool masks padded keys, ``allowed``
+        (T, T) bool says which keys each query may see (the block-causal regime)."""
         mask = None
-        if valid is not None:
-            mask = torch.zeros(batch, 1, 1, num, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~valid[:, None, None, :], torch.finfo(x.dtype).min)
+        if valid is not None or allowed is not None:
+            keep = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+            if valid is not None:
+                keep = keep & valid[:, None, None, :]
+            if allowed is not None:
+                keep = keep & allowed[None, None]
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)
         out = F.scaled_dot_product_attention(
-            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
+            self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x)),
             attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, num, width))
+        return self._out(out)
+
+    def step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One chunk (B, C, D): every query sees the cached keys and the whole chunk.
+
+        Returns:
+            ``(out (B, C, D), (keys, values))``, the cache grown by the chunk.
+        """
+        keys, values = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if cache is not None:
+            keys, values = torch.cat([cache[0], keys], 2), torch.cat([cache[1], values], 2)
+        out = F.scaled_dot_product_attention(self._heads(self.q_proj(x)), keys, values)
+        return self._out(out), (keys, values)
 
 
 class WhisperEncoderLayer(nn.Module):
@@ -84,10 +122,46 @@ class WhisperEncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
-        x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), valid))
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(self.final_layer_norm(x))))))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), valid, allowed))
+        return self._feed_forward(x)
+
+    def step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One streaming chunk (B, C, D) with this layer's key/value cache."""
+        attended, cache = self.self_attn.step(self.self_attn_layer_norm(x), cache)
+        return self._feed_forward(x + attended), cache
+
+
+@dataclass
+class WhisperStreamState:
+    """Streaming state of :class:`WhisperEncoderWrapper` (owned by the caller).
+
+    Attributes:
+        chunk_size: encoder frames per block-causal chunk.
+        context_frames: encoder frames re-encoded as left context when the cache restarts
+            (a multiple of ``chunk_size``).
+        mel: (B, T, n_mels) the current segment's mel frames so far (at most 30 s).
+        next_frame: stem output frames computed in the segment (the next one's position).
+        done: frames through the layers in the segment (a multiple of ``chunk_size``).
+        skip: frames still to encode without emitting them (a restart's left context).
+        pending: stem outputs (B, n < chunk_size, D) waiting for their chunk to complete.
+        caches: per layer ``(keys, values)`` of the segment's chunks.
+    """
+
+    chunk_size: int
+    context_frames: int
+    mel: torch.Tensor
+    next_frame: int = 0
+    done: int = 0
+    skip: int = 0
+    pending: torch.Tensor | None = None
+    caches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 class WhisperEncoderWrapper(nn.Module):
@@ -129,13 +203,15 @@ class WhisperEncoderWrapper(nn.Module):
         """(B,) mel frames -> (B,) output frames: ``ceil(T / 2)``."""
         return (feat_lens + 1) // 2
 
-    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor | None = None,
+                chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode padded log-mel features.
 
         Args:
             feats: (B, T, input_dim) log-mel frames, right-padded, ``T <= 2 * max_positions``.
             feat_lens: (B,) valid frames (None: all ``T``).
+            chunk_size: None for full context, else block-causal chunks of this many output
+                frames (what :meth:`step` streams).
 
         Returns:
             ``(out (B, ceil(T/2), d_model), out_lens (B,))``; padded frames are zero.
@@ -161,10 +237,97 @@ class WhisperEncoderWrapper(nn.Module):
         valid = torch.arange(out_num, device=x.device)[None, :] < out_lens[:, None]
         x = self.dropout(x + self.embed_positions.weight[:out_num].to(x.dtype))
         mask = None if bool(valid.all()) else valid
+        allowed = None
+        if chunk_size is not None:
+            if chunk_size < 1:
+                raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            chunk = torch.arange(out_num, device=x.device) // chunk_size
+            allowed = chunk[None, :] <= chunk[:, None]
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, allowed)
         x = self.layer_norm(x)
         return x * valid[..., None].to(x.dtype), out_lens
+
+    # ---- streaming -------------------------------------------------------------------
+
+    def init_state(self, batch_size: int = 1, device: torch.device | str | None = None,
+                   chunk_size: int = 4, context_frames: int = 100,
+                   dtype: torch.dtype | None = None) -> WhisperStreamState:
+        """Fresh streaming state (see the module docstring); ``context_frames`` is rounded
+        down to whole chunks."""
+        if not 1 <= chunk_size <= self.cfg.max_positions // 2:
+            raise ValueError(f"chunk_size must be within [1, max_positions / 2 = "
+                             f"{self.cfg.max_positions // 2}], got {chunk_size}")
+        if not 0 <= context_frames <= self.cfg.max_positions // 2:
+            raise ValueError(f"context_frames must be within [0, max_positions / 2 = "
+                             f"{self.cfg.max_positions // 2}], got {context_frames}")
+        dtype = dtype or next(self.parameters()).dtype
+        mel = torch.zeros(batch_size, 0, self.cfg.input_dim, device=device, dtype=dtype)
+        return WhisperStreamState(chunk_size, context_frames // chunk_size * chunk_size, mel)
+
+    def _stem_step(self, st: WhisperStreamState) -> torch.Tensor:
+        """Stem outputs (B, n, D), positions added, for every new frame whose conv inputs are
+        all in ``st.mel`` (output k needs mel 2k-2 .. 2k+2), up to the last position."""
+        k0 = st.next_frame
+        last = min((st.mel.shape[1] - 3) // 2, self.cfg.max_positions - 1)
+        if last < k0:
+            return st.mel.new_zeros(st.mel.shape[0], 0, self.cfg.d_model)
+        lo = 2 * k0 - 2
+        mel = st.mel[:, max(0, lo):2 * last + 3].transpose(1, 2)
+        mel = F.pad(mel, (max(0, -lo), 0))  # the segment's start: offline's zero padding
+        c1 = F.gelu(F.conv1d(mel, self.conv1.weight, self.conv1.bias))  # conv1 2k0-1 .. 2last+1
+        if k0 == 0:  # conv1 output -1 is conv2's zero padding, not conv1 of zeros
+            c1 = torch.cat([torch.zeros_like(c1[..., :1]), c1[..., 1:]], -1)
+        out = F.gelu(F.conv1d(c1, self.conv2.weight, self.conv2.bias, stride=2)).transpose(1, 2)
+        st.next_frame = last + 1
+        return out + self.embed_positions.weight[k0:last + 1].to(out.dtype)
+
+    def _restart(self, st: WhisperStreamState) -> None:
+        """The segment's positions are used up: start a fresh one whose first
+        ``context_frames`` frames re-encode the audio just before the first frame not emitted."""
+        context = min(st.done, st.context_frames)
+        st.mel = st.mel[:, 2 * (st.done - context):]
+        st.next_frame, st.done, st.skip, st.pending, st.caches = 0, 0, context, None, []
+
+    def step(self, feats: torch.Tensor, state: WhisperStreamState
+             ) -> tuple[torch.Tensor, WhisperStreamState]:
+        """Encode the next mel frames (any number; block-causal, see the module docstring).
+
+        Args:
+            feats: (B, T, input_dim) new log-mel frames (10 ms each).
+            state: from :meth:`init_state` or the previous step (not modified).
+
+        Returns:
+            ``(out (B, n, d_model), state)``: the frames completed by these mel frames
+            (whole chunks, often none).
+        """
+        if feats.dim() != 3 or feats.shape[-1] != self.cfg.input_dim:
+            raise ValueError(f"Whisper encoder expects (B, T, {self.cfg.input_dim}) log-mel "
+                             f"features, got {tuple(feats.shape)}")
+        st = dataclasses.replace(state)
+        st.mel = torch.cat([st.mel, feats.to(st.mel)], 1)
+        size, outs = st.chunk_size, []
+        while True:
+            if st.done + size > self.cfg.max_positions:
+                self._restart(st)
+            stem = self._stem_step(st)
+            pending = stem if st.pending is None else torch.cat([st.pending, stem], 1)
+            while pending.shape[1] >= size and st.done + size <= self.cfg.max_positions:
+                x, pending = pending[:, :size], pending[:, size:]
+                caches = []
+                for i, layer in enumerate(self.layers):
+                    x, cache = layer.step(x, st.caches[i] if st.caches else None)
+                    caches.append(cache)
+                st.caches, st.done = caches, st.done + size
+                if st.skip:
+                    st.skip -= size
+                else:
+                    outs.append(self.layer_norm(x))
+            st.pending = pending
+            if st.done + size <= self.cfg.max_positions:
+                break
+        out = torch.cat(outs, 1) if outs else feats.new_zeros(feats.shape[0], 0, self.cfg.d_model)
+        return out, st
 
     def ctc_logits(self, out: torch.Tensor) -> torch.Tensor:
         """(B, T', d_model) -> (B, T', ctc_vocab) CTC logits."""
