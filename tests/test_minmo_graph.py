@@ -112,3 +112,28 @@ def test_duplex_class_weights_weigh_the_rare_decisions():
     assert abs(float(heavy - stop_loss)) < abs(float(base - stop_loss))
     with pytest.raises(ValueError, match="class_weights"):
         build_model(dataclasses.replace(cfg, duplex=dataclasses.replace(cfg.duplex, class_weights=[1.0])))
+
+
+def test_duplex_loss_sees_the_listening_streams_encoder_regime():
+    """With ``encoder.stream_chunk`` the duplex stage encodes block-causally (what the
+    listening stream gives the predictor); the other losses keep full-context features."""
+    import dataclasses
+
+    from minmo.config import load_model_config
+    from minmo.models.builders import build_model
+
+    cfg = load_model_config("tiny")
+    torch.manual_seed(0)
+    full = build_model(cfg).eval()
+    chunked = build_model(dataclasses.replace(
+        cfg, encoder=dataclasses.replace(cfg.encoder, stream_chunk=2))).eval()
+    chunked.load_state_dict(full.state_dict())
+    batch = _batch(full)
+    with torch.no_grad():
+        assert not torch.isclose(full(batch, losses=("duplex",)).loss,
+                                 chunked(batch, losses=("duplex",)).loss)
+        torch.testing.assert_close(full(batch, losses=("text",)).loss,
+                                   chunked(batch, losses=("text",)).loss)
+        streamed, _ = chunked.encode_speech(batch["feats"], batch["feat_lens"], streaming=True)
+        enc, enc_lens = chunked.encoder(batch["feats"], batch["feat_lens"], chunk_size=2)
+        torch.testing.assert_close(streamed, chunked.input_projector(enc, enc_lens)[0])
