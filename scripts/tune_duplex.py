@@ -1,7 +1,7 @@
 """Tune the duplex predictor's decision thresholds on held-out dialogues.
 
     .venv/bin/python scripts/tune_duplex.py --model DIR --data VALID_DUPLEX_MANIFEST \\
-        [--k 10] [--limit N] [--json OUT] [--offline]
+        [--k 10] [--limit N] [--json OUT] [--offline] [--vad-rule]
 
 RESPOND and STOP are a frame or two among hundreds; a trained predictor's probability for
 them peaks at the right frame but often below LISTEN/CONTINUE, so deciding by the argmax
@@ -18,7 +18,10 @@ on the test dialogues would flatter the model. ``--offline`` scores one offline 
 on the encoder features the duplex stage trains on: with ``encoder.stream_chunk`` set these
 are the listening stream's own (the same figures, much faster); without it they are
 full-context, and the gap to the streaming figures is what the windowed stream's limited
-look-ahead costs the predictor.
+look-ahead costs the predictor. ``--vad-rule`` also scores the server's turn rule without a
+predictor (silero VAD: answer after 500 ms of silence, barge-in after 240 ms of speech;
+:func:`minmo.serving.vad.vad_rule_decisions`) on the same dialogues and frames: the bar the
+predictor must clear before the server should trust it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,28 @@ def _label(threshold: float | None) -> str:
     return "argmax" if threshold is None else f"{threshold:.2f}"
 
 
+def _score_vad_rule(model, runs, k: int):
+    """The server's VAD rule over each dialogue's user channel, scored like the predictor."""
+    from minmo.audio.io import load_audio
+    from minmo.eval import duplex_metrics as dm
+    from minmo.eval.adapters import DuplexTrace
+    from minmo.eval.tasks import score_duplex_trace
+    from minmo.models.duplex import speaking_lookup
+    from minmo.serving.vad import SileroVAD, stream_probs, vad_rule_decisions
+
+    vad = SileroVAD.from_package()
+    total = dm.DuplexScores()
+    for item, true10, trace in runs:
+        with np.load(item.extra["labels"]) as npz:
+            flags = speaking_lookup(np.asarray(npz["assistant_speaking"], dtype=np.int64))
+        wave = load_audio(item.audio, 16000, channel=0)
+        frame = round(trace.frame_ms * 16)
+        decisions = vad_rule_decisions(stream_probs(vad, wave), lambda n: flags(n / 16000), frame,
+                                       trace.decisions.size)
+        total = total + score_duplex_trace(item, true10, DuplexTrace(trace.frame_ms, decisions), k)
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tune_duplex", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offline", action="store_true",
                         help="score one offline pass on the features the predictor was trained on "
                              "instead of the listening stream (see above)")
+    parser.add_argument("--vad-rule", action="store_true",
+                        help="also score the server's VAD rule on the same dialogues")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                              streaming=not args.offline)
         runs.append((item, true10, trace))
 
+    rule = _score_vad_rule(model, runs, args.k) if args.vad_rule else None
     scores = []
     for respond in GRID:
         for stop in GRID:
@@ -113,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: respond {_label(row['respond_threshold'])}, stop {_label(row['stop_threshold'])}: "
               f"assistant F1 {row['assistant_f1']:.3f}, user F1 {row['user_f1']:.3f}, "
               f"back-channel accuracy {100 * row['backchannel_accuracy']:.1f} %")
+    if rule is not None:
+        print(f"server VAD rule (no predictor): assistant F1 {rule.assistant_turn.f1:.3f}, user F1 "
+              f"{rule.user_turn.f1:.3f}, back-channel accuracy "
+              f"{100 * rule.backchannel.accuracy:.1f} %")
     sets = [f"duplex.{key}={'null' if best[key] is None else best[key]}"
             for key in ("respond_threshold", "stop_threshold")]
     print("set them in the model's model.yaml, or export with: "
@@ -121,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"model": args.model, "data": args.data, "k": args.k,
                                          "features": "offline" if args.offline else "streaming",
                                          "listen": dataclasses.asdict(model.listen_cfg),
-                                         "dialogues": len(runs), "best": best, "grid": scores},
+                                         "dialogues": len(runs), "best": best, "grid": scores,
+                                         "vad_rule": None if rule is None else rule.as_dict()},
                                         indent=1))
     return 0
 
