@@ -90,17 +90,18 @@ def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in(
     silence after the user's turn; while the assistant speaks, a 160 ms blip is heard and
     ignored (CONTINUE) and 640 ms of speech stops it after 240 ms. The recorded assistant
     answers 320 ms after the user stops, before the rule would: that answer does not make the
-    rule's own RESPOND impossible (it comes late, as live)."""
+    rule's own RESPOND impossible (it comes late, as live); the recording cuts the assistant
+    40 ms into the barge-in, but live it talks until the rule stops it."""
     from minmo.models.duplex import Decision
 
     probs = np.zeros(200, dtype=np.float32)  # 32 ms windows: 6.4 s
     probs[10:40] = 0.9  # user turn, 0.32 .. 1.28 s
-    probs[100:105] = 0.95  # blip while the assistant speaks (1.6 s .. 4.5 s), 3.2 .. 3.36 s
+    probs[100:105] = 0.95  # blip while the assistant speaks (1.6 s .. 4.2 s), 3.2 .. 3.36 s
     probs[130:150] = 0.95  # barge-in, 4.16 .. 4.8 s
     frame = 1280  # 80 ms
 
     def speaking(sample):
-        return 1.6 * 16000 <= sample < 4.5 * 16000
+        return 1.6 * 16000 <= sample < 4.2 * 16000
 
     out = vad_rule_decisions(probs, speaking, frame, 80)
     # silence from 1.28 s: the gate stops at the end of the window reaching 500 ms (1.792 s),

@@ -205,6 +205,9 @@ def vad_rule_decisions(probs: np.ndarray, speaking: Callable[[int], bool], frame
     of silence; an assistant turn that begins while the user's turn is open is that turn's
     answer, so it does not make the assistant "busy" for it: the rule still says RESPOND when
     its silence has passed (late, which F1@K and the latency count), as it would live.
+    Likewise a recording cuts the assistant where the user barged in, before the rule's
+    ``barge_in_ms``: while a barge-in candidate is open the assistant counts as still
+    speaking, as it would be live until the rule stops it.
 
     Args:
         probs: ``(W,)`` VAD probability of each 512-sample window (:func:`stream_probs`).
@@ -251,7 +254,7 @@ def vad_rule_decisions(probs: np.ndarray, speaking: Callable[[int], bool], frame
             else:
                 candidate = None
                 turn_stopped = turn_open
-        if speaking(start) and not answering:
+        if (speaking(start) or candidate is not None) and not answering:
             heard = candidate is not None and \
                 last_speech - candidate >= barge_in_ms * SAMPLE_RATE / 1000
             out[f] = Decision.STOP if heard else Decision.CONTINUE
