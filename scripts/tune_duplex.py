@@ -18,10 +18,11 @@ on the test dialogues would flatter the model. ``--offline`` scores one offline 
 on the encoder features the duplex stage trains on: with ``encoder.stream_chunk`` set these
 are the listening stream's own (the same figures, much faster); without it they are
 full-context, and the gap to the streaming figures is what the windowed stream's limited
-look-ahead costs the predictor. ``--vad-rule`` also scores the server's turn rule without a
-predictor (silero VAD: answer after 500 ms of silence, barge-in after 240 ms of speech;
-:func:`minmo.serving.vad.vad_rule_decisions`) on the same dialogues and frames: the bar the
-predictor must clear before the server should trust it.
+look-ahead costs the predictor. ``--vad-rule`` also replays the server's turn taking on the
+same dialogues and frames (:func:`minmo.serving.turns.replay_turns`), scored the same way:
+the VAD rule alone (answer after 500 ms of silence, barge-in after 240 ms of speech) and the
+rule with this predictor trusted at the best thresholds (``trust_predictor``): whether the
+server should trust the predictor.
 """
 
 from __future__ import annotations
@@ -42,26 +43,30 @@ def _label(threshold: float | None) -> str:
     return "argmax" if threshold is None else f"{threshold:.2f}"
 
 
-def _score_vad_rule(model, runs, k: int):
-    """The server's VAD rule over each dialogue's user channel, scored like the predictor."""
+def _server_policies(runs, k: int, respond: float | None, stop: float | None):
+    """The server's turn taking over each dialogue's user channel, scored like the predictor:
+    the VAD rule alone, and with the predictor (these thresholds) trusted."""
     from minmo.audio.io import load_audio
     from minmo.eval import duplex_metrics as dm
     from minmo.eval.adapters import DuplexTrace
     from minmo.eval.tasks import score_duplex_trace
-    from minmo.models.duplex import speaking_lookup
-    from minmo.serving.vad import SileroVAD, stream_probs, vad_rule_decisions
+    from minmo.models.duplex import decide, speaking_lookup
+    from minmo.serving.turns import replay_turns
+    from minmo.serving.vad import SileroVAD, stream_probs
 
     vad = SileroVAD.from_package()
-    total = dm.DuplexScores()
+    totals = {"rule": dm.DuplexScores(), "trusted": dm.DuplexScores()}
     for item, true10, trace in runs:
         with np.load(item.extra["labels"]) as npz:
             flags = speaking_lookup(np.asarray(npz["assistant_speaking"], dtype=np.int64))
-        wave = load_audio(item.audio, 16000, channel=0)
-        frame = round(trace.frame_ms * 16)
-        decisions = vad_rule_decisions(stream_probs(vad, wave), lambda n: flags(n / 16000), frame,
-                                       trace.decisions.size)
-        total = total + score_duplex_trace(item, true10, DuplexTrace(trace.frame_ms, decisions), k)
-    return total
+        probs = stream_probs(vad, load_audio(item.audio, 16000, channel=0))
+        frame, n = round(trace.frame_ms * 16), trace.decisions.size
+        predicted = decide(torch.from_numpy(trace.probs), respond, stop).numpy()
+        for name, policy in (("rule", None), ("trusted", predicted)):
+            decisions = replay_turns(probs, lambda t: flags(t / 16000), frame, n, policy)
+            totals[name] = totals[name] + score_duplex_trace(
+                item, true10, DuplexTrace(trace.frame_ms, decisions), k)
+    return totals["rule"], totals["trusted"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="score one offline pass on the features the predictor was trained on "
                              "instead of the listening stream (see above)")
     parser.add_argument("--vad-rule", action="store_true",
-                        help="also score the server's VAD rule on the same dialogues")
+                        help="also score the server's turn taking (VAD rule alone, and with the "
+                             "predictor trusted) on the same dialogues")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
                              streaming=not args.offline)
         runs.append((item, true10, trace))
 
-    rule = _score_vad_rule(model, runs, args.k) if args.vad_rule else None
     scores = []
     for respond in GRID:
         for stop in GRID:
@@ -141,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: respond {_label(row['respond_threshold'])}, stop {_label(row['stop_threshold'])}: "
               f"assistant F1 {row['assistant_f1']:.3f}, user F1 {row['user_f1']:.3f}, "
               f"back-channel accuracy {100 * row['backchannel_accuracy']:.1f} %")
-    if rule is not None:
-        print(f"server VAD rule (no predictor): assistant F1 {rule.assistant_turn.f1:.3f}, user F1 "
-              f"{rule.user_turn.f1:.3f}, back-channel accuracy "
-              f"{100 * rule.backchannel.accuracy:.1f} %")
+    policies = {}
+    if args.vad_rule:
+        rule, trusted = _server_policies(runs, args.k, best["respond_threshold"],
+                                         best["stop_threshold"])
+        policies = {"server: VAD rule": rule, "server: VAD rule + best predictor": trusted}
+    for name, total in policies.items():
+        print(f"{name}: assistant F1 {total.assistant_turn.f1:.3f}, user F1 "
+              f"{total.user_turn.f1:.3f}, back-channel accuracy "
+              f"{100 * total.backchannel.accuracy:.1f} %, turn-taking latency "
+              f"{total.latency.mean_ms:.0f} ms ({total.latency.missed} missed)")
     sets = [f"duplex.{key}={'null' if best[key] is None else best[key]}"
             for key in ("respond_threshold", "stop_threshold")]
     print("set them in the model's model.yaml, or export with: "
@@ -154,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "features": "offline" if args.offline else "streaming",
                                          "listen": dataclasses.asdict(model.listen_cfg),
                                          "dialogues": len(runs), "best": best, "grid": scores,
-                                         "vad_rule": None if rule is None else rule.as_dict()},
+                                         "server": {k: v.as_dict() for k, v in policies.items()}},
                                         indent=1))
     return 0
 

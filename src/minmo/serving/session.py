@@ -20,7 +20,10 @@ Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
 * VAD rule (used while the predictor is untrained): ``RESPOND`` once VAD reports
   ``silence_duration_ms`` of silence after speech; ``STOP`` once the user's speech during the
   assistant's speech spans ``barge_in_ms`` (from its onset to its latest speech window, so a
-  short blip followed by silence never interrupts).
+  short blip followed by silence never interrupts). A trusted predictor
+  (``trust_predictor``) decides STOP during such speech (back-channels go on), and its
+  RESPOND answers after ``respond_silence_ms`` of silence (the rule's still follows the
+  silence window). One function decides, live and in replays: :mod:`minmo.serving.turns`.
 
 Echo: while the assistant is audible (by the playback clock, plus ``echo_tail_ms``), a VAD
 start needs probability ``echo_threshold`` rather than ``threshold``, and only a sustained
@@ -44,6 +47,7 @@ from minmo.inference.runtime import MinMoRuntime
 from minmo.models.duplex import Decision
 from minmo.serving import protocol as R
 from minmo.serving.metrics import Metrics
+from minmo.serving.turns import turn_decision
 from minmo.serving.vad import VADGate
 
 SR = 16000
@@ -61,6 +65,8 @@ class SessionLimits:
     history_seconds: float = 40.0
     max_tick_seconds: float = 0.5
     trust_predictor: bool = False
+    # a trusted predictor's RESPOND needs this much VAD silence (the rule waits for the gate)
+    respond_silence_ms: int = 160
     min_commit_ms: int = 100
 
 
@@ -373,17 +379,11 @@ class RealtimeSession:
 
     def _default_decision(self, info: FrameInfo, busy: bool, frame: DuplexFrame,
                           end: int) -> Decision:
-        heard = self.candidate is not None and self.vad_last_speech - self.candidate >= \
-            self.limits.barge_in_ms * SR // 1000  # speech heard, not time elapsed
-        if self.limits.trust_predictor:
-            if busy:
-                return Decision.STOP if frame.decision == Decision.STOP and self.candidate \
-                    is not None else Decision.CONTINUE
-            if frame.decision == Decision.RESPOND and self.turn_open and not self.vad_speaking:
-                return Decision.RESPOND
-        if busy:
-            return Decision.STOP if heard else Decision.CONTINUE
-        return Decision.RESPOND if self.turn_open and self.turn_stopped else Decision.LISTEN
+        return turn_decision(
+            busy, frame.decision if self.limits.trust_predictor else None, end=end,
+            turn_open=self.turn_open, turn_stopped=self.turn_stopped, candidate=self.candidate,
+            last_speech=self.vad_last_speech, barge_in_ms=self.limits.barge_in_ms,
+            respond_silence_ms=self.limits.respond_silence_ms)
 
     def _vad_event(self, kind: str, pos: int, td: R.TurnDetection) -> None:
         if kind == "speech":

@@ -13,14 +13,12 @@ reflect-pad 64 -> STFT as a conv (256 taps, hop 128) -> magnitude (129 bins) -> 
 
 :class:`VADGate` turns probabilities into speech start/stop events with silero's
 ``VADIterator`` hysteresis (start at ``threshold``, stop after ``silence_ms`` below
-``threshold - 0.15``), per session. :func:`vad_rule_decisions` replays the server's turn
-rule built on them over a recording, to score it like the duplex predictor.
+``threshold - 0.15``), per session; :func:`stream_probs` scores a whole recording.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -186,83 +184,3 @@ def stream_probs(vad: SileroVAD, wave: np.ndarray) -> np.ndarray:
         prob, state = vad.step(window[None], state)
         probs.append(float(prob[0]))
     return np.asarray(probs, dtype=np.float32)
-
-
-def vad_rule_decisions(probs: np.ndarray, speaking: Callable[[int], bool], frame_samples: int,
-                       num_frames: int, threshold: float = 0.5, echo_threshold: float = 0.8,
-                       silence_ms: float = 500.0, barge_in_ms: float = 240.0) -> np.ndarray:
-    """The server's turn-taking rule without a trained predictor, replayed on a recording.
-
-    The rule of :class:`minmo.serving.session.RealtimeSession` (``_vad_event`` and
-    ``_default_decision``; defaults as ``SessionLimits`` / ``TurnDetection``): a VAD start
-    while the assistant is silent opens a user turn and the first frame after the gate's
-    ``silence_ms`` stop says RESPOND; while the assistant speaks, a VAD start is a barge-in
-    candidate (at ``echo_threshold``) and STOP comes once ``barge_in_ms`` of speech is heard.
-    Used to score the rule with the predictor's metrics (``scripts/tune_duplex.py
-    --vad-rule``): the bar a trained predictor must clear before the server trusts it.
-
-    A recording's assistant answers on its own schedule, often sooner than the rule's 500 ms
-    of silence; an assistant turn that begins while the user's turn is open is that turn's
-    answer, so it does not make the assistant "busy" for it: the rule still says RESPOND when
-    its silence has passed (late, which F1@K and the latency count), as it would live.
-    Likewise a recording cuts the assistant where the user barged in, before the rule's
-    ``barge_in_ms``: while a barge-in candidate is open the assistant counts as still
-    speaking, as it would be live until the rule stops it.
-
-    Args:
-        probs: ``(W,)`` VAD probability of each 512-sample window (:func:`stream_probs`).
-        speaking: ``f(sample) -> bool``: the assistant speaking as the frame starting at that
-            stream sample began (recorded dialogues: ``models.duplex.speaking_lookup``).
-        frame_samples: samples per decision frame; num_frames: frames to decide.
-
-    Returns:
-        ``(num_frames,)`` decisions (``models.duplex.Decision`` values).
-    """
-    from minmo.models.duplex import Decision
-
-    gate = VADGate(threshold=threshold, silence_ms=silence_ms)
-    events: list[tuple[str, int]] = []
-    for w, prob in enumerate(probs):
-        end = (w + 1) * WINDOW
-        gate.threshold = echo_threshold if speaking(end) and not gate.active else threshold
-        change = gate.update(float(prob), end)
-        if change:
-            events.append((change, end))
-        if gate.active and prob >= gate.threshold:
-            events.append(("speech", end))
-    out = np.full(num_frames, int(Decision.LISTEN), dtype=np.int64)
-    turn_open = turn_stopped = answering = False
-    candidate: int | None = None
-    last_speech, e = 0, 0
-    for f in range(num_frames):
-        start, end = f * frame_samples, (f + 1) * frame_samples
-        was_speaking = f > 0 and speaking(start - frame_samples)
-        if speaking(start) and not was_speaking:
-            answering = turn_open  # the recorded answer to the open turn (see above)
-        for kind, pos in events[e:]:
-            if pos > end:
-                break
-            e += 1
-            if kind == "speech":
-                last_speech = pos
-            elif kind == "start":
-                turn_stopped = False
-                if speaking(pos):
-                    candidate = pos - WINDOW
-                else:
-                    turn_open = True
-            else:
-                candidate = None
-                turn_stopped = turn_open
-        if (speaking(start) or candidate is not None) and not answering:
-            heard = candidate is not None and \
-                last_speech - candidate >= barge_in_ms * SAMPLE_RATE / 1000
-            out[f] = Decision.STOP if heard else Decision.CONTINUE
-            if heard:
-                candidate, turn_open, turn_stopped = None, True, False
-        elif turn_open and turn_stopped:
-            out[f] = Decision.RESPOND
-            turn_open = turn_stopped = answering = False
-        elif answering:
-            out[f] = Decision.CONTINUE
-    return out

@@ -1,0 +1,128 @@
+"""The server's turn taking: one frame's decision, shared by the live session and a replay.
+
+:func:`turn_decision` is the rule :class:`minmo.serving.session.RealtimeSession` applies to
+every LLM frame (unless a test's decision hook overrides it): the VAD rule alone, or with a
+trusted duplex predictor (``SessionLimits.trust_predictor``):
+
+* assistant busy (speaking or replying): STOP needs a barge-in candidate (user speech that
+  began while the assistant spoke) and either the trusted predictor's STOP or, without a
+  predictor, ``barge_in_ms`` of that speech heard; anything else CONTINUEs;
+* assistant silent: a trusted predictor's RESPOND answers the open user turn once VAD has
+  heard ``respond_silence_ms`` without speech; the VAD rule answers it once the VAD gate has
+  closed it (``silence_duration_ms`` of silence).
+
+:func:`replay_turns` runs the session's VAD bookkeeping and this decision over a recorded
+dialogue, so both policies can be scored with the predictor's own metrics
+(``scripts/tune_duplex.py --vad-rule``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from minmo.models.duplex import Decision
+from minmo.serving.vad import SAMPLE_RATE, WINDOW, VADGate
+
+
+def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open: bool,
+                  turn_stopped: bool, candidate: int | None, last_speech: int,
+                  barge_in_ms: float, respond_silence_ms: float) -> Decision:
+    """One frame's decision (see the module docstring).
+
+    Args:
+        busy: the assistant is speaking or replying.
+        predicted: the trusted predictor's decision for the frame (None: the VAD rule alone).
+        end: stream sample where the frame ends.
+        turn_open / turn_stopped: a user turn is open / the VAD gate has closed it.
+        candidate: stream sample where a barge-in candidate began (None: none).
+        last_speech: end of the last VAD speech window up to ``end``.
+        barge_in_ms / respond_silence_ms: ``SessionLimits``.
+    """
+    if predicted is not None:
+        if busy:
+            stop = predicted == Decision.STOP and candidate is not None
+            return Decision.STOP if stop else Decision.CONTINUE
+        silent = end - last_speech >= respond_silence_ms * SAMPLE_RATE / 1000
+        if predicted == Decision.RESPOND and turn_open and silent:
+            return Decision.RESPOND
+    if busy:
+        heard = candidate is not None and last_speech - candidate >= \
+            barge_in_ms * SAMPLE_RATE / 1000  # speech heard, not time elapsed
+        return Decision.STOP if heard else Decision.CONTINUE
+    return Decision.RESPOND if turn_open and turn_stopped else Decision.LISTEN
+
+
+def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_samples: int,
+                 num_frames: int, predicted: np.ndarray | None = None, *,
+                 threshold: float = 0.5, echo_threshold: float = 0.8, silence_ms: float = 500.0,
+                 barge_in_ms: float = 240.0, respond_silence_ms: float = 160.0) -> np.ndarray:
+    """The server's turn taking replayed on a recorded dialogue (defaults: the session's).
+
+    VAD events as :meth:`RealtimeSession.on_vad` makes them (``echo_threshold`` to start
+    while the assistant speaks), the session's turn bookkeeping (``_vad_event``), then
+    :func:`turn_decision` per frame. Two things differ from live, because a recording's
+    assistant does not wait for the server: an assistant turn that begins while the user's
+    turn is open is that turn's recorded answer, so it does not make the assistant busy for
+    it (the server still says RESPOND when its own rule does: late, which F1@K and the
+    latency count); and a recording cuts the assistant where the user barged in, so while a
+    barge-in candidate is open the assistant counts as still speaking, as it would be live
+    until the server stops it.
+
+    Args:
+        probs: ``(W,)`` VAD probability of each 512-sample window
+            (:func:`minmo.serving.vad.stream_probs`).
+        speaking: ``f(sample) -> bool``: the assistant speaking as the frame starting at that
+            stream sample began (recorded dialogues: ``models.duplex.speaking_lookup``).
+        frame_samples: samples per decision frame; num_frames: frames to decide.
+        predicted: ``(num_frames,)`` a trusted predictor's decisions (None: the VAD rule).
+
+    Returns:
+        ``(num_frames,)`` decisions (:class:`~minmo.models.duplex.Decision` values).
+    """
+    gate = VADGate(threshold=threshold, silence_ms=silence_ms)
+    events: list[tuple[str, int]] = []
+    for w, prob in enumerate(probs):
+        end = (w + 1) * WINDOW
+        gate.threshold = echo_threshold if speaking(end) and not gate.active else threshold
+        change = gate.update(float(prob), end)
+        if change:
+            events.append((change, end))
+        if gate.active and prob >= gate.threshold:
+            events.append(("speech", end))
+    out = np.full(num_frames, int(Decision.LISTEN), dtype=np.int64)
+    turn_open = turn_stopped = answering = False
+    candidate: int | None = None
+    last_speech, e = 0, 0
+    for f in range(num_frames):
+        start, end = f * frame_samples, (f + 1) * frame_samples
+        if speaking(start) and not (f > 0 and speaking(start - frame_samples)):
+            answering = turn_open  # the recorded answer to the open turn (see above)
+        for kind, pos in events[e:]:
+            if pos > end:
+                break
+            e += 1
+            if kind == "speech":
+                last_speech = pos
+            elif kind == "start":
+                turn_stopped = False
+                if speaking(pos):
+                    candidate = pos - WINDOW
+                else:
+                    turn_open = True
+            else:
+                candidate = None
+                turn_stopped = turn_open
+        busy = (speaking(start) or candidate is not None) and not answering
+        decision = turn_decision(
+            busy, None if predicted is None else Decision(int(predicted[f])), end=end,
+            turn_open=turn_open, turn_stopped=turn_stopped, candidate=candidate,
+            last_speech=last_speech, barge_in_ms=barge_in_ms,
+            respond_silence_ms=respond_silence_ms)
+        if busy and decision == Decision.STOP:
+            candidate, turn_open, turn_stopped = None, True, False
+        elif not busy and decision == Decision.RESPOND:
+            turn_open = turn_stopped = answering = False
+        out[f] = decision
+    return out

@@ -1,0 +1,63 @@
+"""The server's turn taking (serving.turns): the rule, a trusted predictor, and the replay
+of both on a recorded dialogue."""
+
+import numpy as np
+
+from minmo.models.duplex import Decision
+from minmo.serving.turns import replay_turns, turn_decision
+
+
+def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in():
+    """The server's rule replayed on a recording: RESPOND once the gate has seen 500 ms of
+    silence after the user's turn; while the assistant speaks, a 160 ms blip is heard and
+    ignored (CONTINUE) and 640 ms of speech stops it after 240 ms. The recorded assistant
+    answers 320 ms after the user stops, before the rule would: that answer does not make the
+    rule's own RESPOND impossible (it comes late, as live); the recording cuts the assistant
+    40 ms into the barge-in, but live it talks until the rule stops it."""
+    probs = np.zeros(200, dtype=np.float32)  # 32 ms windows: 6.4 s
+    probs[10:40] = 0.9  # user turn, 0.32 .. 1.28 s
+    probs[100:105] = 0.95  # blip while the assistant speaks (1.6 s .. 4.2 s), 3.2 .. 3.36 s
+    probs[130:150] = 0.95  # barge-in, 4.16 .. 4.8 s
+    frame = 1280  # 80 ms
+
+    def speaking(sample):
+        return 1.6 * 16000 <= sample < 4.2 * 16000
+
+    out = replay_turns(probs, speaking, frame, 80)
+    # silence from 1.28 s: the gate stops at the end of the window reaching 500 ms (1.792 s),
+    # decided in frame 22 (1.76 .. 1.84 s); after the barge-in: silence from 4.8 s, gate stop
+    # at 5.312 s, frame 66
+    assert np.flatnonzero(out == Decision.RESPOND).tolist() == [22, 66]
+    # barge-in candidate from 4.16 s; 240 ms of speech heard at 4.416 s: frame 55
+    assert np.flatnonzero(out == Decision.STOP).tolist() == [55]
+    assert not np.isin(out[20:22], [Decision.STOP, Decision.RESPOND]).any()  # recorded answer
+    assert (out[23:55] == Decision.CONTINUE).all()  # the blip at 3.2 s is not a barge-in
+    assert (out[67:] == Decision.LISTEN).all()
+    # a trusted predictor decides STOP (only during a barge-in candidate; no fallback to the
+    # rule): its STOP in the blip stops, its silence through the barge-in does not
+    predicted = np.zeros(80, dtype=np.int64)
+    predicted[41] = Decision.STOP
+    predicted[5] = Decision.RESPOND  # no open turn: ignored
+    out = replay_turns(probs, speaking, frame, 80, predicted=predicted)
+    assert np.flatnonzero(out == Decision.STOP).tolist() == [41]
+    assert np.flatnonzero(out == Decision.RESPOND).tolist() == [22, 66]
+
+
+def test_trusted_predictor_responds_after_short_silence_rule_after_the_gate():
+    kw = dict(end=16000, turn_open=True, turn_stopped=False, candidate=None,
+              barge_in_ms=240, respond_silence_ms=160)
+    # 192 ms since the last speech window: the predictor may answer; the rule waits for the gate
+    assert turn_decision(False, Decision.RESPOND, last_speech=16000 - 3072, **kw) == Decision.RESPOND
+    assert turn_decision(False, None, last_speech=16000 - 3072, **kw) == Decision.LISTEN
+    # the user is still talking (speech 64 ms ago): not even the predictor answers
+    assert turn_decision(False, Decision.RESPOND, last_speech=16000 - 1024, **kw) == Decision.LISTEN
+    # while the assistant speaks, a trusted predictor's STOP needs a barge-in candidate
+    busy = dict(kw, turn_open=False)
+    assert turn_decision(True, Decision.STOP, last_speech=16000, **busy) == Decision.CONTINUE
+    assert turn_decision(True, Decision.STOP, last_speech=16000,
+                         **dict(busy, candidate=15000)) == Decision.STOP
+    # and the rule's sustained speech is not enough when the predictor says go on
+    assert turn_decision(True, Decision.CONTINUE, last_speech=16000,
+                         **dict(busy, candidate=8000)) == Decision.CONTINUE
+    assert turn_decision(True, None, last_speech=16000,
+                         **dict(busy, candidate=8000)) == Decision.STOP
