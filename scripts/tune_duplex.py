@@ -1,7 +1,7 @@
 """Tune the duplex predictor's decision thresholds on held-out dialogues.
 
     .venv/bin/python scripts/tune_duplex.py --model DIR --data VALID_DUPLEX_MANIFEST \\
-        [--k 10] [--limit N] [--json OUT] [--offline] [--vad-rule]
+        [--k 10] [--limit N] [--json OUT] [--offline] [--vad-rule [--model-thresholds]]
 
 RESPOND and STOP are a frame or two among hundreds; a trained predictor's probability for
 them peaks at the right frame but often below LISTEN/CONTINUE, so deciding by the argmax
@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vad-rule", action="store_true",
                         help="also score the server's turn taking (VAD rule alone, and with the "
                              "predictor trusted) on the same dialogues")
+    parser.add_argument("--model-thresholds", action="store_true",
+                        help="with --vad-rule: trust the predictor at the model's configured "
+                             "thresholds (a test split) rather than the best on this data")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,9 +151,15 @@ def main(argv: list[str] | None = None) -> int:
               f"back-channel accuracy {100 * row['backchannel_accuracy']:.1f} %")
     policies = {}
     if args.vad_rule:
-        rule, trusted = _server_policies(runs, args.k, best["respond_threshold"],
-                                         best["stop_threshold"])
-        policies = {"server: VAD rule": rule, "server: VAD rule + best predictor": trusted}
+        # a test split reports the model's own thresholds (chosen on validation), not its best
+        cfg = model.rt.model.cfg.duplex
+        respond, stop, which = ((cfg.respond_threshold, cfg.stop_threshold, "model's thresholds")
+                                if args.model_thresholds else
+                                (best["respond_threshold"], best["stop_threshold"], "best"))
+        rule, trusted = _server_policies(runs, args.k, respond, stop)
+        policies = {"server: VAD rule": rule,
+                    f"server: VAD rule + predictor ({which}: respond {_label(respond)}, "
+                    f"stop {_label(stop)})": trusted}
     for name, total in policies.items():
         print(f"{name}: assistant F1 {total.assistant_turn.f1:.3f}, user F1 "
               f"{total.user_turn.f1:.3f}, back-channel accuracy "
