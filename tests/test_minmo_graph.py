@@ -123,10 +123,11 @@ def test_duplex_loss_sees_the_listening_streams_encoder_regime():
     from minmo.models.builders import build_model
 
     cfg = load_model_config("tiny")
+    assert cfg.encoder.stream_chunk == 2
     torch.manual_seed(0)
-    full = build_model(cfg).eval()
-    chunked = build_model(dataclasses.replace(
-        cfg, encoder=dataclasses.replace(cfg.encoder, stream_chunk=2))).eval()
+    full = build_model(dataclasses.replace(
+        cfg, encoder=dataclasses.replace(cfg.encoder, stream_chunk=None))).eval()
+    chunked = build_model(cfg).eval()
     chunked.load_state_dict(full.state_dict())
     batch = _batch(full)
     with torch.no_grad():
