@@ -50,23 +50,22 @@ def _server_policies(runs, k: int, respond: float | None, stop: float | None):
     from minmo.eval import duplex_metrics as dm
     from minmo.eval.adapters import DuplexTrace
     from minmo.eval.tasks import score_duplex_trace
-    from minmo.models.duplex import decide, speaking_lookup
-    from minmo.serving.turns import replay_turns
-    from minmo.serving.vad import SileroVAD, stream_probs
+    from minmo.models.duplex import decide
+    from minmo.serving.turns import server_decisions
+    from minmo.serving.vad import SileroVAD
 
     vad = SileroVAD.from_package()
-    totals = {"rule": dm.DuplexScores(), "trusted": dm.DuplexScores()}
+    totals = {"vad_rule": dm.DuplexScores(), "vad_rule+predictor": dm.DuplexScores()}
     for item, true10, trace in runs:
         with np.load(item.extra["labels"]) as npz:
-            flags = speaking_lookup(np.asarray(npz["assistant_speaking"], dtype=np.int64))
-        probs = stream_probs(vad, load_audio(item.audio, 16000, channel=0))
-        frame, n = round(trace.frame_ms * 16), trace.decisions.size
+            speaking10 = npz["assistant_speaking"]
         predicted = decide(torch.from_numpy(trace.probs), respond, stop).numpy()
-        for name, policy in (("rule", None), ("trusted", predicted)):
-            decisions = replay_turns(probs, lambda t: flags(t / 16000), frame, n, policy)
+        policies = server_decisions(vad, load_audio(item.audio, 16000, channel=0), speaking10,
+                                    trace.frame_ms, predicted)
+        for name, decisions in policies.items():
             totals[name] = totals[name] + score_duplex_trace(
                 item, true10, DuplexTrace(trace.frame_ms, decisions), k)
-    return totals["rule"], totals["trusted"]
+    return totals["vad_rule"], totals["vad_rule+predictor"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,6 +214,11 @@ def test_duplex_numbers_and_latency(run_output) -> None:
     # back-channel 1.3-1.5 s -> frames 32..37 (+K): the STOP at frame 60 is outside
     assert rows_by(results, "duplex", "back-channel accuracy").value == 100.0
     assert rows_by(results, "duplex", "turn-taking latency").value == pytest.approx(80.0)
+    # the server's turn taking replayed on the same dialogue (serving.turns; its own tests)
+    for policy in ("VAD rule", "VAD rule + predictor"):
+        row = rows_by(results, "duplex", f"server ({policy}): assistant turn-taking F1@10")
+        assert row.count == 1 and 0.0 <= row.value <= 1.0
+        assert row.details["dialogues"] == 1
     example = results.duplex_examples[0]
     assert example.frame_ms == 40.0 and len(example.true_labels) == 100
     assert results.latency["minmo"]["end_to_end"]["mean"] == pytest.approx(704.0)

@@ -402,8 +402,14 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         return out
     from minmo.audio.io import load_audio
 
+    from minmo.serving.turns import server_decisions
+    from minmo.serving.vad import SileroVAD
+
     runner = _Runner(ctx, out)
     total = dm.DuplexScores()
+    # what a user meets: the server's turn taking, VAD rule alone / with the predictor trusted
+    vad = SileroVAD.from_package()
+    server = {"vad_rule": dm.DuplexScores(), "vad_rule+predictor": dm.DuplexScores()}
     frame_ms_seen: set[float] = set()
     for item in ctx.items:
         labels_path = item.extra.get("labels")
@@ -420,6 +426,12 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
             trace = DuplexTrace(10.0, np.zeros(0, dtype=np.int64))
         frame_ms_seen.add(trace.frame_ms)
         total = total + score_duplex_trace(item, true10, trace, ctx.k)
+        if trace.decisions.size:
+            replayed = server_decisions(vad, load_audio(item.audio, 16000, channel=0),
+                                        speaking10, trace.frame_ms, trace.decisions)
+            for name, decisions in replayed.items():
+                server[name] = server[name] + score_duplex_trace(
+                    item, true10, DuplexTrace(trace.frame_ms, decisions), ctx.k)
         out.latency_records.extend(dict(t) for t in trace.timings_ms)
         if len(out.duplex_examples) < ctx.max_duplex_examples:  # plotted: pooled again here
             factor = _label_factor(trace.frame_ms)
@@ -446,6 +458,21 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         _row(ctx, "duplex", "turn-taking latency", total.latency.mean_ms, "ms", False,
              len(total.latency.values), {"missed": total.latency.missed}, runner),
     ]
+    for key, scores in server.items():  # docs/eval.md: the replay of the server's policies
+        name = {"vad_rule": "VAD rule", "vad_rule+predictor": "VAD rule + predictor"}[key]
+        if scores.dialogues:
+            out.rows += [
+                _row(ctx, "duplex", f"server ({name}): assistant turn-taking F1@{k}",
+                     scores.assistant_turn.f1, "F1", True, scores.dialogues,
+                     scores.as_dict(), runner),
+                _row(ctx, "duplex", f"server ({name}): user turn-taking F1@{k}",
+                     scores.user_turn.f1, "F1", True, scores.dialogues, {}, runner),
+                _row(ctx, "duplex", f"server ({name}): back-channel accuracy",
+                     scores.backchannel.accuracy * 100, "%", True, scores.backchannel.total, {},
+                     runner),
+                _row(ctx, "duplex", f"server ({name}): turn-taking latency",
+                     scores.latency.mean_ms, "ms", False, len(scores.latency.values),
+                     {"missed": scores.latency.missed}, runner)]
     return out
 
 

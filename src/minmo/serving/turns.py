@@ -12,8 +12,9 @@ trusted duplex predictor (``SessionLimits.trust_predictor``):
   closed it (``silence_duration_ms`` of silence).
 
 :func:`replay_turns` runs the session's VAD bookkeeping and this decision over a recorded
-dialogue, so both policies can be scored with the predictor's own metrics
-(``scripts/tune_duplex.py --vad-rule``).
+dialogue, and :func:`server_decisions` both policies from the user channel, so they are scored
+with the predictor's own metrics (``minmo eval --tasks duplex``, ``scripts/tune_duplex.py
+--vad-rule``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from minmo.models.duplex import Decision
-from minmo.serving.vad import SAMPLE_RATE, WINDOW, VADGate
+from minmo.models.duplex import Decision, speaking_lookup
+from minmo.serving.vad import SAMPLE_RATE, WINDOW, SileroVAD, VADGate, stream_probs
 
 
 def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open: bool,
@@ -126,3 +127,27 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
             turn_open = turn_stopped = answering = False
         out[f] = decision
     return out
+
+
+def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
+                     frame_ms: float, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """The server's decisions over one recorded dialogue on the predictor's frame grid.
+
+    Args:
+        vad: silero VAD; wave: the user channel, 16 kHz.
+        speaking10: the recorded assistant-speaking flags, 10 ms grid.
+        frame_ms: decision frame length; predicted: the predictor's decisions on it.
+
+    Returns:
+        ``{"vad_rule": ..., "vad_rule+predictor": ...}`` ``(F,)`` decisions each.
+    """
+    flags = speaking_lookup(np.asarray(speaking10, dtype=np.int64))
+    probs = stream_probs(vad, wave)
+    frame = round(frame_ms * SAMPLE_RATE / 1000)
+
+    def speaking(sample: int) -> bool:
+        return flags(sample / SAMPLE_RATE)
+
+    n = len(predicted)
+    return {"vad_rule": replay_turns(probs, speaking, frame, n),
+            "vad_rule+predictor": replay_turns(probs, speaking, frame, n, predicted)}
