@@ -33,19 +33,22 @@ def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in(
     assert not np.isin(out[20:22], [Decision.STOP, Decision.RESPOND]).any()  # recorded answer
     assert (out[23:55] == Decision.CONTINUE).all()  # the blip at 3.2 s is not a barge-in
     assert (out[67:] == Decision.LISTEN).all()
-    # a trusted predictor decides STOP (only during a barge-in candidate; no fallback to the
-    # rule): its STOP in the blip stops, its silence through the barge-in does not
+    # a trusted predictor decides STOP (only during a barge-in candidate): its STOP in the
+    # blip stops; its silence through the barge-in does not, unless the speech goes on for
+    # trusted_barge_in_ms (600 ms: heard at 4.768 s, frame 59)
     predicted = np.zeros(80, dtype=np.int64)
     predicted[41] = Decision.STOP
     predicted[5] = Decision.RESPOND  # no open turn: ignored
+    only = replay_turns(probs, speaking, frame, 80, predicted=predicted, trusted_barge_in_ms=None)
+    assert np.flatnonzero(only == Decision.STOP).tolist() == [41]
+    assert np.flatnonzero(only == Decision.RESPOND).tolist() == [22, 66]
     out = replay_turns(probs, speaking, frame, 80, predicted=predicted)
-    assert np.flatnonzero(out == Decision.STOP).tolist() == [41]
-    assert np.flatnonzero(out == Decision.RESPOND).tolist() == [22, 66]
+    assert np.flatnonzero(out == Decision.STOP).tolist() == [41, 59]
 
 
 def test_trusted_predictor_responds_after_short_silence_rule_after_the_gate():
     kw = dict(end=16000, turn_open=True, turn_stopped=False, candidate=None,
-              barge_in_ms=240, respond_silence_ms=160)
+              barge_in_ms=240, respond_silence_ms=160, trusted_barge_in_ms=600)
     # 192 ms since the last speech window: the predictor may answer; the rule waits for the gate
     assert turn_decision(False, Decision.RESPOND, last_speech=16000 - 3072, **kw) == Decision.RESPOND
     assert turn_decision(False, None, last_speech=16000 - 3072, **kw) == Decision.LISTEN
@@ -56,8 +59,28 @@ def test_trusted_predictor_responds_after_short_silence_rule_after_the_gate():
     assert turn_decision(True, Decision.STOP, last_speech=16000, **busy) == Decision.CONTINUE
     assert turn_decision(True, Decision.STOP, last_speech=16000,
                          **dict(busy, candidate=15000)) == Decision.STOP
-    # and the rule's sustained speech is not enough when the predictor says go on
+    # the rule's 240 ms are not enough when the predictor says go on (a back-channel) ...
     assert turn_decision(True, Decision.CONTINUE, last_speech=16000,
                          **dict(busy, candidate=8000)) == Decision.CONTINUE
+    # ... but 600 ms of speech are
+    assert turn_decision(True, Decision.CONTINUE, last_speech=16000,
+                         **dict(busy, candidate=16000 - 9600)) == Decision.STOP
     assert turn_decision(True, None, last_speech=16000,
                          **dict(busy, candidate=8000)) == Decision.STOP
+
+
+def test_replay_defaults_are_the_servers():
+    import inspect
+
+    from minmo.serving.protocol import TurnDetection
+    from minmo.serving.session import SessionLimits
+    from minmo.serving.vad import VADGate
+
+    params = inspect.signature(replay_turns).parameters
+    limits, detection = SessionLimits(), TurnDetection()
+    expected = {"threshold": detection.threshold, "silence_ms": detection.silence_duration_ms,
+                "echo_threshold": limits.echo_threshold, "barge_in_ms": limits.barge_in_ms,
+                "respond_silence_ms": limits.respond_silence_ms,
+                "trusted_barge_in_ms": limits.trusted_barge_in_ms}
+    assert {k: params[k].default for k in expected} == expected
+    assert VADGate().silence_ms == detection.silence_duration_ms

@@ -21,9 +21,9 @@ Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
   ``silence_duration_ms`` of silence after speech; ``STOP`` once the user's speech during the
   assistant's speech spans ``barge_in_ms`` (from its onset to its latest speech window, so a
   short blip followed by silence never interrupts). A trusted predictor
-  (``trust_predictor``) decides STOP during such speech (back-channels go on), and its
-  RESPOND answers after ``respond_silence_ms`` of silence (the rule's still follows the
-  silence window). One function decides, live and in replays: :mod:`minmo.serving.turns`.
+  (``trust_predictor``) decides STOP during such speech (back-channels go on; speech beyond
+  ``trusted_barge_in_ms`` still interrupts), and its RESPOND answers after
+  ``respond_silence_ms`` of silence (the rule's still follows the silence window). One function decides, live and in replays: :mod:`minmo.serving.turns`.
 
 Echo: while the assistant is audible (by the playback clock, plus ``echo_tail_ms``), a VAD
 start needs probability ``echo_threshold`` rather than ``threshold``, and only a sustained
@@ -67,6 +67,9 @@ class SessionLimits:
     trust_predictor: bool = False
     # a trusted predictor's RESPOND needs this much VAD silence (the rule waits for the gate)
     respond_silence_ms: int = 160
+    # with a trusted predictor, this much speech during the assistant's still barges in
+    # (longer than back-channels; null: only the predictor's STOP)
+    trusted_barge_in_ms: int | None = 600
     min_commit_ms: int = 100
 
 
@@ -383,7 +386,8 @@ class RealtimeSession:
             busy, frame.decision if self.limits.trust_predictor else None, end=end,
             turn_open=self.turn_open, turn_stopped=self.turn_stopped, candidate=self.candidate,
             last_speech=self.vad_last_speech, barge_in_ms=self.limits.barge_in_ms,
-            respond_silence_ms=self.limits.respond_silence_ms)
+            respond_silence_ms=self.limits.respond_silence_ms,
+            trusted_barge_in_ms=self.limits.trusted_barge_in_ms)
 
     def _vad_event(self, kind: str, pos: int, td: R.TurnDetection) -> None:
         if kind == "speech":

@@ -5,8 +5,10 @@ every LLM frame (unless a test's decision hook overrides it): the VAD rule alone
 trusted duplex predictor (``SessionLimits.trust_predictor``):
 
 * assistant busy (speaking or replying): STOP needs a barge-in candidate (user speech that
-  began while the assistant spoke) and either the trusted predictor's STOP or, without a
-  predictor, ``barge_in_ms`` of that speech heard; anything else CONTINUEs;
+  began while the assistant spoke) and either ``barge_in_ms`` of that speech heard (the VAD
+  rule) or, with a trusted predictor, its STOP or ``trusted_barge_in_ms`` heard (a longer
+  span than back-channels: the predictor tells those from barge-ins, and sustained speech
+  still interrupts when it misses one); anything else CONTINUEs;
 * assistant silent: a trusted predictor's RESPOND answers the open user turn once VAD has
   heard ``respond_silence_ms`` without speech; the VAD rule answers it once the VAD gate has
   closed it (``silence_duration_ms`` of silence).
@@ -29,7 +31,8 @@ from minmo.serving.vad import SAMPLE_RATE, WINDOW, SileroVAD, VADGate, stream_pr
 
 def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open: bool,
                   turn_stopped: bool, candidate: int | None, last_speech: int,
-                  barge_in_ms: float, respond_silence_ms: float) -> Decision:
+                  barge_in_ms: float, respond_silence_ms: float,
+                  trusted_barge_in_ms: float | None = None) -> Decision:
     """One frame's decision (see the module docstring).
 
     Args:
@@ -39,11 +42,14 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
         turn_open / turn_stopped: a user turn is open / the VAD gate has closed it.
         candidate: stream sample where a barge-in candidate began (None: none).
         last_speech: end of the last VAD speech window up to ``end``.
-        barge_in_ms / respond_silence_ms: ``SessionLimits``.
+        barge_in_ms / respond_silence_ms / trusted_barge_in_ms: ``SessionLimits`` (the last
+            None: only the predictor's STOP interrupts).
     """
     if predicted is not None:
         if busy:
             stop = predicted == Decision.STOP and candidate is not None
+            if trusted_barge_in_ms is not None and candidate is not None:
+                stop = stop or last_speech - candidate >= trusted_barge_in_ms * SAMPLE_RATE / 1000
             return Decision.STOP if stop else Decision.CONTINUE
         silent = end - last_speech >= respond_silence_ms * SAMPLE_RATE / 1000
         if predicted == Decision.RESPOND and turn_open and silent:
@@ -58,7 +64,8 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
 def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_samples: int,
                  num_frames: int, predicted: np.ndarray | None = None, *,
                  threshold: float = 0.5, echo_threshold: float = 0.8, silence_ms: float = 500.0,
-                 barge_in_ms: float = 240.0, respond_silence_ms: float = 160.0) -> np.ndarray:
+                 barge_in_ms: float = 240.0, respond_silence_ms: float = 160.0,
+                 trusted_barge_in_ms: float | None = 600.0) -> np.ndarray:
     """The server's turn taking replayed on a recorded dialogue (defaults: the session's).
 
     VAD events as :meth:`RealtimeSession.on_vad` makes them (``echo_threshold`` to start
@@ -120,7 +127,7 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
             busy, None if predicted is None else Decision(int(predicted[f])), end=end,
             turn_open=turn_open, turn_stopped=turn_stopped, candidate=candidate,
             last_speech=last_speech, barge_in_ms=barge_in_ms,
-            respond_silence_ms=respond_silence_ms)
+            respond_silence_ms=respond_silence_ms, trusted_barge_in_ms=trusted_barge_in_ms)
         if busy and decision == Decision.STOP:
             candidate, turn_open, turn_stopped = None, True, False
         elif not busy and decision == Decision.RESPOND:
