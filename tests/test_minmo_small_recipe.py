@@ -371,8 +371,12 @@ def test_shipped_package_fits_the_minmo_small_model():
     assert (SHIPPED / "README.md").is_file()
     size = sum(p.stat().st_size for p in SHIPPED.iterdir())
     assert size < 48 * 2**20, f"shipped package is {size / 2**20:.1f} MiB"
-    assert meta["trained_groups"] == ["input_projector", "llm_lora", "output_projector", "voice_lm"]
+    assert meta["trained_groups"] == ["duplex", "input_projector", "llm_lora", "output_projector",
+                                      "voice_lm"]
+    assert meta["untrained_groups"] == []
     cfg = load_model_config(SHIPPED / "model.yaml")
+    # the listening stream's encoder regime is the one its duplex stage trained on
+    assert cfg.encoder.stream_chunk == load_model_config("minmo-small").encoder.stream_chunk == 8
     # the speech output: flow and vocoder load strictly into the shapes model.yaml names
     from minmo.inference.token2wav import build_token2wav
 
