@@ -1,0 +1,97 @@
+"""Barge-in versus back-channel, live: a real server, a real model, espeak-ng as the user.
+
+    .venv/bin/python examples/duplex_demo.py [--model minmo-small] [--turn-policy auto|vad]
+
+Starts the server in-process (the same engine as ``minmo serve``), then twice: the user asks
+for a long story; once the reply is speaking, the user talks over it — a real interruption
+("Wait, stop, ...") and a back-channel ("uh huh"). It prints how each reply ended:
+``cancelled`` (``turn_detected``: the server stopped talking) or ``completed``. With the
+shipped ``minmo-small`` (its duplex predictor trusted) the interruption cancels and the
+back-channel does not; with ``--turn-policy vad`` (the VAD rule alone) both cancel.
+Audio goes over the Realtime WebSocket API at real-time pace (``RealtimeClient``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def espeak_24k(text: str, directory: Path, lead: float, tail: float) -> np.ndarray:
+    """``text`` spoken by espeak-ng, 24 kHz (the wire rate), with silence around it."""
+    from minmo.audio.io import load_audio
+
+    path = directory / f"{abs(hash(text))}.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), text], check=True)
+    wave = load_audio(path, 24000)
+    return np.concatenate([np.zeros(int(24000 * lead), np.float32), wave,
+                           np.zeros(int(24000 * tail), np.float32)])
+
+
+async def talk_over(url: str, first: np.ndarray, second: np.ndarray) -> dict:
+    """Send ``first``; once its reply is audible send ``second``; the reply's ``response.done``."""
+    from minmo.serving.client import RealtimeClient
+
+    async with RealtimeClient(url + "/v1/realtime") as client:
+        await client.send_audio(first)
+        rid = (await client.wait_for("response.created", 120))["response"]["id"]
+        await client.wait_for("response.output_audio.delta", 120)
+        await client.send_audio(second)
+        return await client.wait_for(
+            lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, 180)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minmo-small")
+    parser.add_argument("--turn-policy", choices=("auto", "vad"), default="auto",
+                        help="auto: trust the duplex predictor when trained (as minmo serve)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("duplex_demo: needs espeak-ng (scripts/install.sh installs it)")
+
+    import torch
+
+    from minmo.inference.loading import load_runtime
+    from minmo.inference.pipeline import GenerationConfig
+    from minmo.serving.engine import Engine, EngineConfig
+    from minmo.serving.server import BackgroundServer, ServerConfig, create_app
+    from minmo.serving.session import SessionLimits
+
+    torch.set_num_threads(args.threads)
+    rt = load_runtime(args.model)
+    if rt.info.warning:
+        print("WARNING:", rt.info.warning)
+    trust = rt.info.trained_predictor and args.turn_policy == "auto"
+    engine = Engine(rt, EngineConfig(), gen=GenerationConfig(max_text_tokens=60,
+                                                             max_speech_tokens=600),
+                    limits=SessionLimits(trust_predictor=trust)).start()
+    server = BackgroundServer(create_app(engine, ServerConfig()))
+    print(f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ask = espeak_24k("Tell me a long story about the farmer and his bread.", Path(tmp),
+                             0.3, 1.0)
+            for what, text in (("interruption", "Wait, stop, I have another question."),
+                               ("back-channel", "uh huh")):
+                done = asyncio.run(talk_over(server.ws_url, ask,
+                                             espeak_24k(text, Path(tmp), 0.0, 2.0)))
+                details = done["response"].get("status_details") or {}
+                print(f"{what:>13s} ({text!r}): reply {done['response']['status']}"
+                      + (f" ({details['reason']})" if details.get("reason") else ""))
+    finally:
+        server.stop()
+        engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
