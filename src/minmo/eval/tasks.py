@@ -401,7 +401,6 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     if not _needs(ctx, out, "duplex"):
         return out
     from minmo.audio.io import load_audio
-
     from minmo.serving.turns import server_decisions
     from minmo.serving.vad import SileroVAD
 

@@ -23,7 +23,8 @@ Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
   short blip followed by silence never interrupts). A trusted predictor
   (``trust_predictor``) decides STOP during such speech (back-channels go on; speech beyond
   ``trusted_barge_in_ms`` still interrupts), and its RESPOND answers after
-  ``respond_silence_ms`` of silence (the rule's still follows the silence window). One function decides, live and in replays: :mod:`minmo.serving.turns`.
+  ``respond_silence_ms`` of silence (the rule's still follows the silence window). One
+  function decides, live and in replays: :mod:`minmo.serving.turns`.
 
 Echo: while the assistant is audible (by the playback clock, plus ``echo_tail_ms``), a VAD
 start needs probability ``echo_threshold`` rather than ``threshold``, and only a sustained
