@@ -332,3 +332,26 @@ def test_collate_without_frontend_gives_raw_waves(corpus):
 def test_example_longer_than_budget_gets_its_own_batch():
     s = DynamicBatchSampler([1.0, 50.0, 2.0, 3.0], max_batch_seconds=10.0, shuffle=False)
     assert s.rank_batches(0) == [[0], [1], [2, 3]]
+
+
+def test_duplex_rows_get_the_listening_streams_causal_features(corpus):
+    """Duplex dialogues are featurised as the listening stream does (Whisper's floor against
+    the loudest frame *so far*); other rows keep Whisper's own global floor."""
+    ds = ManifestDataset([corpus / "m.jsonl"])
+    by_id = {r.id: i for i, r in enumerate(ds.rows)}
+    from minmo.audio.features import WhisperLogMelFrontend
+
+    import dataclasses
+
+    fe = WhisperLogMelFrontend()
+    rows = [ds[by_id[k]] for k in ("u1", "dup0")]
+    # the dialogue starts in silence, as a live stream does: the two floors differ there
+    rows[1] = dataclasses.replace(rows[1], wave=np.concatenate(
+        [np.zeros(4000, np.float32), rows[1].wave]))
+    assert (fe(rows[1].wave) - fe(rows[1].wave, causal=True)).abs().max() > 0.1
+    batch = Collator(fe, TOK)(rows)
+    for b, (ex, causal) in enumerate(zip(rows, (False, True))):
+        want = fe(ex.wave, causal=causal)
+        torch.testing.assert_close(batch["feats"][b, :want.shape[0]], want)
+    alone = Collator(fe, TOK)([rows[1]])  # one-task batches take the batched path
+    torch.testing.assert_close(alone["feats"][0], fe(rows[1].wave, causal=True))

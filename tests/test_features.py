@@ -201,6 +201,23 @@ def test_whisper_streaming_equals_offline_when_peak_comes_first() -> None:
     torch.testing.assert_close(streamed, offline, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunks", [[160], [1600, 517], [33]])
+def test_whisper_streaming_equals_causal_offline_after_silence(chunks) -> None:
+    """A live stream starts in silence: each frame is floored against the loudest frame so
+    far, which ``causal=True`` computes offline, for any chunking; Whisper's global floor
+    differs on the silent start."""
+    fe = WhisperLogMelFrontend()
+    wave = np.concatenate([np.zeros(8000, np.float32), 1e-4 * _noise(0.5, seed=3),
+                           _noise(1.0, seed=4)])
+    causal = fe(wave, causal=True)
+    streamed = _stream(fe, wave, chunks)
+    assert streamed.shape == causal.shape
+    torch.testing.assert_close(streamed, causal, atol=1e-5, rtol=1e-5)
+    assert (fe(wave) - causal)[:50].abs().max() > 0.3  # the silent start
+    feats, _ = fe.batch([wave, wave[:20000]], causal=True)
+    torch.testing.assert_close(feats[0], causal)
+
+
 def test_batched_streams_and_batch_api() -> None:
     fe = FbankLfrFrontend()
     waves = np.stack([_noise(0.9, seed=s) for s in (10, 11)])

@@ -20,9 +20,12 @@ Two front ends share one interface (:class:`Frontend`):
 Streaming: ``state = fe.init_state(batch_size)``, ``frames, state = fe.step(chunk, state,
 is_last=...)``. Concatenated step outputs equal the offline call (fbank: exactly, up to float
 rounding). Whisper's ``max - 8`` floor needs the loudest frame of the whole utterance, which a
-stream does not know yet: the streaming path floors against the running maximum, so it
-equals offline whenever the loudest frame has already arrived (and differs only on frames
-more than 80 dB below a later peak).
+stream does not know yet: the streaming path floors each frame against the running maximum
+up to that frame. ``features(..., causal=True)`` (and ``__call__`` / ``batch``) computes that
+offline, so the stream equals it exactly, for any chunking; the default (``causal=False``)
+is Whisper's own global floor, which the stream matches whenever the loudest frame has
+already arrived. A live stream starts in silence, so the duplex stage (which trains on what
+the stream sees) uses the causal features. The fbank front end is causal either way.
 """
 
 from __future__ import annotations
@@ -336,8 +339,18 @@ def _whisper_log_power_mel(frames: torch.Tensor, window: torch.Tensor,
 
 
 def _whisper_scale(log_mel: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
-    """Whisper's dynamic-range floor and scaling; ``peak`` (B,) broadcasts over frames."""
-    return (torch.maximum(log_mel, peak[:, None, None] - 8.0) + 4.0) / 4.0
+    """Whisper's dynamic-range floor and scaling; ``peak`` (B,) for every frame, or (B, T)
+    one per frame."""
+    peak = peak[:, None, None] if peak.dim() == 1 else peak[:, :, None]
+    return (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
+
+
+def _running_peak(log_mel: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(B, T) the loudest log-mel value up to each frame, at least ``start`` (B,)."""
+    frame_max = log_mel.amax(dim=2)
+    if frame_max.shape[1] == 0:
+        return frame_max
+    return torch.maximum(torch.cummax(frame_max, dim=1).values, start[:, None])
 
 
 # --------------------------------------------------------------------------------------
@@ -405,8 +418,9 @@ class Frontend:
         """Exact number of frames ``__call__`` returns for ``num_samples`` samples."""
         raise NotImplementedError
 
-    def features(self, waves: torch.Tensor) -> torch.Tensor:
-        """(B, N) equal-length waveforms -> (B, T, D) features."""
+    def features(self, waves: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """(B, N) equal-length waveforms -> (B, T, D) features; ``causal``: every frame
+        depends only on audio up to it, as streamed (see the module docstring)."""
         raise NotImplementedError
 
     n_mels: int
@@ -449,14 +463,15 @@ class Frontend:
         """
         raise NotImplementedError
 
-    def __call__(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def __call__(self, wave: np.ndarray | torch.Tensor, causal: bool = False) -> torch.Tensor:
         """(N,) float32 waveform at 16 kHz in [-1, 1] -> (T, D) float32 features."""
         batch = _as_batch(wave, None)
         if batch.shape[0] != 1:
             raise FrontendError("__call__ takes one waveform (N,); use batch() for several")
-        return self.features(batch)[0]
+        return self.features(batch, causal)[0]
 
-    def batch(self, waves: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, waves: list[np.ndarray | torch.Tensor], causal: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of several waveforms, right-padded with zeros.
 
         Returns:
@@ -470,7 +485,7 @@ class Frontend:
         for i, wave in enumerate(items):
             by_length.setdefault(len(wave), []).append(i)
         for length, rows in by_length.items():
-            feats = self.features(torch.stack([items[i] for i in rows]))
+            feats = self.features(torch.stack([items[i] for i in rows]), causal)
             out[rows, : feats.shape[1]] = feats
         return out, lens
 
@@ -530,8 +545,8 @@ class FbankLfrFrontend(Frontend):
         stacked = frames[:, idx.to(frames.device)]
         return self._finish(stacked.reshape(frames.shape[0], count, self.output_dim))
 
-    def features(self, waves: torch.Tensor) -> torch.Tensor:
-        waves = waves.float() * WAVE_SCALE
+    def features(self, waves: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        waves = waves.float() * WAVE_SCALE  # (causal either way)
         num_fbank = fbank_num_frames(waves.shape[-1])
         if num_fbank == 0:
             return waves.new_zeros(waves.shape[0], 0, self.output_dim)
@@ -593,12 +608,15 @@ class WhisperLogMelFrontend(Frontend):
         return _whisper_log_power_mel(frames, self.window.to(frames.device),
                                       self.filters.to(frames.device))
 
-    def features(self, waves: torch.Tensor) -> torch.Tensor:
+    def features(self, waves: torch.Tensor, causal: bool = False) -> torch.Tensor:
         waves = waves.float()
         count = whisper_num_frames(waves.shape[-1])
         if count == 0:
             return waves.new_zeros(waves.shape[0], 0, self.output_dim)
         log_mel = self._log_mel(_whisper_frames(waves, 0, 0, count, waves.shape[-1]))
+        if causal:
+            start = torch.full((waves.shape[0],), self.initial_peak, device=waves.device)
+            return _whisper_scale(log_mel, _running_peak(log_mel, start))
         return _whisper_scale(log_mel, log_mel.amax(dim=(1, 2)))
 
     def step(self, chunk: np.ndarray | torch.Tensor, state: FrontendState,
@@ -616,8 +634,8 @@ class WhisperLogMelFrontend(Frontend):
             frames = _whisper_frames(samples, state.samples_start, state.num_frames, count,
                                      num_samples if is_last else None)
             log_mel = self._log_mel(frames)
-            peak = torch.maximum(peak, log_mel.amax(dim=(1, 2)))
-            out = _whisper_scale(log_mel, peak)
+            peaks = _running_peak(log_mel, peak)  # each frame's own (features(causal=True))
+            out, peak = _whisper_scale(log_mel, peaks), peaks[:, -1]
         else:
             out = samples.new_zeros(samples.shape[0], 0, self.output_dim)
         next_frame = state.num_frames + count

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from minmo.audio.features import Frontend
 from minmo.data.chatml import IGNORE_INDEX, ChatTokenizer, build_chat_ids
 from minmo.data.dataset import Example, SkippedExample
 from minmo.data.manifest import target_text
@@ -80,10 +81,18 @@ class Collator:
         self.seed = seed
         self.max_text_tokens = max_text_tokens
 
-    def _features(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        if hasattr(self.frontend, "batch"):
-            return self.frontend.batch(waves)
-        feats = [self.frontend(w) for w in waves]
+    def _features(self, waves: list[np.ndarray], causal: list[bool]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded features; ``causal`` rows (duplex dialogues) as the listening stream
+        computes them (``Frontend.features(causal=True)``; a plain callable front end has no
+        such mode and is used as it is)."""
+        if not isinstance(self.frontend, Frontend):
+            causal = [False] * len(waves)
+        if hasattr(self.frontend, "batch") and len(set(causal)) == 1:
+            return (self.frontend.batch(waves, causal=True) if causal[0]
+                    else self.frontend.batch(waves))
+        feats = [self.frontend(w, causal=True) if c else self.frontend(w)
+                 for w, c in zip(waves, causal)]
         lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
         out = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
         for i, f in enumerate(feats):
@@ -133,7 +142,8 @@ class Collator:
                 [ex.wave if ex.wave is not None else np.zeros(0, np.float32) for ex in examples],
                 0.0, torch.float32)
         elif with_speech:
-            feats, lens = self._features([examples[i].wave for i in with_speech])
+            feats, lens = self._features([examples[i].wave for i in with_speech],
+                                         [examples[i].row.task == "duplex" for i in with_speech])
             out = feats.new_zeros(B, feats.shape[1], feats.shape[2])
             out[with_speech] = feats
             feat_lens[with_speech] = lens

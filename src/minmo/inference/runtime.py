@@ -107,14 +107,15 @@ class MinMoRuntime:
         """Seconds of audio per LLM speech frame (0.12 for SenseVoice LFR 6 x stride 2)."""
         return self.model.frame_seconds * self.model.input_projector.stride
 
-    def features(self, wave: np.ndarray) -> torch.Tensor:
-        """``(N,)`` float32 16 kHz waveform -> ``(T, D_in)`` encoder features."""
-        return self.model.frontend(np.asarray(wave, dtype=np.float32)).to(self.device)
+    def features(self, wave: np.ndarray, causal: bool = False) -> torch.Tensor:
+        """``(N,)`` float32 16 kHz waveform -> ``(T, D_in)`` encoder features (``causal``:
+        as the listening stream computes them)."""
+        return self.model.frontend(np.asarray(wave, dtype=np.float32), causal).to(self.device)
 
     @torch.inference_mode()
     def encode_speech(self, wave: np.ndarray, streaming: bool = False) -> torch.Tensor:
         """Offline speech embeddings of one waveform (full context; ``streaming``: the
-        listening stream's encoder regime, :meth:`MinMo.encode_speech`).
+        listening stream's front end and encoder regime, :meth:`MinMo.encode_speech`).
 
         Args:
             wave: ``(N,)`` float32 in [-1, 1] at 16 kHz.
@@ -125,7 +126,7 @@ class MinMoRuntime:
         wave = np.asarray(wave, dtype=np.float32)
         if wave.size < self.sample_rate_in // 50:  # < 20 ms: pad so the front end has a frame
             wave = np.pad(wave, (0, self.sample_rate_in // 50 - wave.size))
-        feats = self.features(wave)[None]
+        feats = self.features(wave, causal=streaming)[None]
         lens = torch.tensor([feats.shape[1]], device=self.device)
         emb, emb_lens = self.model.encode_speech(feats, lens, streaming)
         return emb[0, : int(emb_lens[0])].to(self.dtype)
