@@ -36,9 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="speech decoder: token2wav (flow + HiFT) or placeholder tones")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
-                   help="who decides turn ends and barge-ins: the duplex predictor (with VAD "
-                   "confirming user speech) or the VAD rule alone; auto: the predictor when "
-                   "the model's duplex predictor is trained")
+                   help="who decides turn ends and barge-ins: the duplex predictor with VAD "
+                   "(it tells barge-ins from back-channels and answers after 160 ms of "
+                   "silence; VAD still answers after 500 ms and 600 ms of speech still "
+                   "interrupts) or the VAD rule alone (500 ms of silence, 240 ms of speech); "
+                   "auto: the predictor when the model's duplex predictor is trained "
+                   "(docs/serving.md)")
     p.set_defaults(func=run)
     return p
 
