@@ -13,8 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="real-time full-duplex voice server: OpenAI Realtime WebSocket API + browser page",
         description="Serve a MinMo model over the OpenAI Realtime WebSocket protocol "
         "(ws://HOST:PORT/v1/realtime) with a browser page at http://HOST:PORT/. Without "
-        "--model the embedded default is used (until it is trained: the tiny config on random "
-        "weights, as the warning says).",
+        "--model the embedded default minmo-small is used (CPU-trained on synthetic speech: "
+        "its limits are in the warning it prints and in docs/minmo_small.md).",
     )
     p.add_argument("--model", default=None,
                    help="model directory (model.yaml + model.safetensors, or a training run) "
