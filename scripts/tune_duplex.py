@@ -46,7 +46,6 @@ def _label(threshold: float | None) -> str:
 def _server_policies(runs, k: int, respond: float | None, stop: float | None):
     """The server's turn taking over each dialogue's user channel, scored like the predictor:
     the VAD rule alone, and with the predictor (these thresholds) trusted."""
-    from minmo.audio.io import load_audio
     from minmo.eval import duplex_metrics as dm
     from minmo.eval.adapters import DuplexTrace
     from minmo.eval.tasks import score_duplex_trace
@@ -56,12 +55,9 @@ def _server_policies(runs, k: int, respond: float | None, stop: float | None):
 
     vad = SileroVAD.from_package()
     totals = {"vad_rule": dm.DuplexScores(), "vad_rule+predictor": dm.DuplexScores()}
-    for item, true10, trace in runs:
-        with np.load(item.extra["labels"]) as npz:
-            speaking10 = npz["assistant_speaking"]
+    for item, true10, trace, wave, speaking10 in runs:
         predicted = decide(torch.from_numpy(trace.probs), respond, stop).numpy()
-        policies = server_decisions(vad, load_audio(item.audio, 16000, channel=0), speaking10,
-                                    trace.frame_ms, predicted)
+        policies = server_decisions(vad, wave, speaking10, trace.frame_ms, predicted)
         for name, decisions in policies.items():
             totals[name] = totals[name] + score_duplex_trace(
                 item, true10, DuplexTrace(trace.frame_ms, decisions), k)
@@ -117,15 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in tqdm(items, desc="dialogues", unit="dlg"):
         with np.load(item.extra["labels"]) as npz:
             true10 = np.asarray(npz["labels"], dtype=np.int64)
-        trace = model.duplex(load_audio(item.audio, 16000, channel=0), 16000, item,
-                             streaming=not args.offline)
-        runs.append((item, true10, trace))
+            speaking10 = np.asarray(npz["assistant_speaking"], dtype=np.int64)
+        wave = load_audio(item.audio, 16000, channel=0)
+        trace = model.duplex(wave, 16000, item, streaming=not args.offline)
+        runs.append((item, true10, trace, wave, speaking10))
 
     scores = []
     for respond in GRID:
         for stop in GRID:
             total = dm.DuplexScores()
-            for item, true10, trace in runs:
+            for item, true10, trace, _, _ in runs:
                 decisions = decide(torch.from_numpy(trace.probs), respond, stop).numpy()
                 total = total + score_duplex_trace(
                     item, true10, DuplexTrace(trace.frame_ms, decisions), args.k)

@@ -395,6 +395,22 @@ def score_duplex_trace(item: EvalItem, true10: np.ndarray, trace: DuplexTrace,
     return dm.score_dialogue(truth, predicted, trace.frame_ms, backchannels, k)
 
 
+def _duplex_rows(ctx: GroupContext, runner: _Runner, scores: dm.DuplexScores, prefix: str,
+                 details: dict[str, Any]) -> list[MetricRow]:
+    """The four duplex rows of one decision policy (``details`` on the first)."""
+    k, n = ctx.k, scores.dialogues
+    return [
+        _row(ctx, "duplex", f"{prefix}assistant turn-taking F1@{k}", scores.assistant_turn.f1,
+             "F1", True, n, details, runner),
+        _row(ctx, "duplex", f"{prefix}user turn-taking F1@{k}", scores.user_turn.f1, "F1", True,
+             n, {}, runner),
+        _row(ctx, "duplex", f"{prefix}back-channel accuracy", scores.backchannel.accuracy * 100,
+             "%", True, scores.backchannel.total, {}, runner),
+        _row(ctx, "duplex", f"{prefix}turn-taking latency", scores.latency.mean_ms, "ms", False,
+             len(scores.latency.values), {"missed": scores.latency.missed}, runner),
+    ]
+
+
 def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     """Full duplex: F1@K of assistant/user turn-taking, back-channels, turn-taking latency."""
     out = GroupOutcome()
@@ -426,8 +442,8 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         frame_ms_seen.add(trace.frame_ms)
         total = total + score_duplex_trace(item, true10, trace, ctx.k)
         if trace.decisions.size:
-            replayed = server_decisions(vad, load_audio(item.audio, 16000, channel=0),
-                                        speaking10, trace.frame_ms, trace.decisions)
+            user16k = user if ctx.sample_rate == 16000 else load_audio(item.audio, 16000, channel=0)
+            replayed = server_decisions(vad, user16k, speaking10, trace.frame_ms, trace.decisions)
             for name, decisions in replayed.items():
                 server[name] = server[name] + score_duplex_trace(
                     item, true10, DuplexTrace(trace.frame_ms, decisions), ctx.k)
@@ -445,33 +461,11 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     if total.dialogues == 0:
         return out
     d = {"frame_ms": sorted(frame_ms_seen), "k": ctx.k, **total.as_dict()}
-    k = ctx.k
-    n = total.dialogues
-    out.rows += [
-        _row(ctx, "duplex", f"assistant turn-taking F1@{k}", total.assistant_turn.f1, "F1", True,
-             n, d, runner),
-        _row(ctx, "duplex", f"user turn-taking F1@{k}", total.user_turn.f1, "F1", True, n, {},
-             runner),
-        _row(ctx, "duplex", "back-channel accuracy", total.backchannel.accuracy * 100, "%", True,
-             total.backchannel.total, {}, runner),
-        _row(ctx, "duplex", "turn-taking latency", total.latency.mean_ms, "ms", False,
-             len(total.latency.values), {"missed": total.latency.missed}, runner),
-    ]
+    out.rows += _duplex_rows(ctx, runner, total, "", d)
     for key, scores in server.items():  # docs/eval.md: the replay of the server's policies
         name = {"vad_rule": "VAD rule", "vad_rule+predictor": "VAD rule + predictor"}[key]
         if scores.dialogues:
-            out.rows += [
-                _row(ctx, "duplex", f"server ({name}): assistant turn-taking F1@{k}",
-                     scores.assistant_turn.f1, "F1", True, scores.dialogues,
-                     scores.as_dict(), runner),
-                _row(ctx, "duplex", f"server ({name}): user turn-taking F1@{k}",
-                     scores.user_turn.f1, "F1", True, scores.dialogues, {}, runner),
-                _row(ctx, "duplex", f"server ({name}): back-channel accuracy",
-                     scores.backchannel.accuracy * 100, "%", True, scores.backchannel.total, {},
-                     runner),
-                _row(ctx, "duplex", f"server ({name}): turn-taking latency",
-                     scores.latency.mean_ms, "ms", False, len(scores.latency.values),
-                     {"missed": scores.latency.missed}, runner)]
+            out.rows += _duplex_rows(ctx, runner, scores, f"server ({name}): ", scores.as_dict())
     return out
 
 
