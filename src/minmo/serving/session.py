@@ -349,15 +349,10 @@ class RealtimeSession:
         td = self.settings.turn_detection
         if td is None:
             return
-        echo = self.speaking(window_end) or self.responding
-        self.gate.threshold = self.limits.echo_threshold if echo and not self.gate.active \
-            else td.threshold
         self.gate.silence_ms = td.silence_duration_ms
-        change = self.gate.update(prob, window_end)
-        if change:
-            self.vad_events.append((change, window_end))
-        if self.gate.active and prob >= self.gate.threshold:
-            self.vad_events.append(("speech", window_end))
+        self.vad_events += self.gate.feed(prob, window_end, td.threshold,
+                                          self.limits.echo_threshold,
+                                          echo=self.speaking(window_end) or self.responding)
 
     def on_frame(self, frame: DuplexFrame, hook: DecisionHook | None) -> None:
         """Turn-taking for one LLM frame (see module docstring)."""

@@ -68,8 +68,8 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
                  trusted_barge_in_ms: float | None = 600.0) -> np.ndarray:
     """The server's turn taking replayed on a recorded dialogue (defaults: the session's).
 
-    VAD events as :meth:`RealtimeSession.on_vad` makes them (``echo_threshold`` to start
-    while the assistant speaks), the session's turn bookkeeping (``_vad_event``), then
+    VAD events as :meth:`RealtimeSession.on_vad` makes them (:meth:`VADGate.feed`), the
+    session's turn bookkeeping (``_vad_event``), then
     :func:`turn_decision` per frame. Two things differ from live, because a recording's
     assistant does not wait for the server: an assistant turn that begins while the user's
     turn is open is that turn's recorded answer, so it does not make the assistant busy for
@@ -93,12 +93,7 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
     events: list[tuple[str, int]] = []
     for w, prob in enumerate(probs):
         end = (w + 1) * WINDOW
-        gate.threshold = echo_threshold if speaking(end) and not gate.active else threshold
-        change = gate.update(float(prob), end)
-        if change:
-            events.append((change, end))
-        if gate.active and prob >= gate.threshold:
-            events.append(("speech", end))
+        events += gate.feed(float(prob), end, threshold, echo_threshold, echo=speaking(end))
     out = np.full(num_frames, int(Decision.LISTEN), dtype=np.int64)
     turn_open = turn_stopped = answering = False
     candidate: int | None = None

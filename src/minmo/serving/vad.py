@@ -151,6 +151,22 @@ class VADGate:
     last_speech_sample: int = 0
     silence_start: int | None = None
 
+    def feed(self, prob: float, window_end: int, threshold: float, echo_threshold: float,
+             echo: bool) -> list[tuple[str, int]]:
+        """One window as the server feeds it: while the assistant is audible (``echo``) and
+        no speech is active, a start needs ``echo_threshold``.
+
+        Returns:
+            its events: ``("start" | "stop", window_end)`` from :meth:`update`, then
+            ``("speech", window_end)`` for a speech window.
+        """
+        self.threshold = echo_threshold if echo and not self.active else threshold
+        change = self.update(prob, window_end)
+        events = [(change, window_end)] if change else []
+        if self.active and prob >= self.threshold:
+            events.append(("speech", window_end))
+        return events
+
     def update(self, prob: float, window_end: int) -> str | None:
         """Feed one window's probability (``window_end``: stream sample after it).
 
