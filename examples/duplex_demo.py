@@ -5,9 +5,10 @@
 Starts the server in-process (the same engine as ``minmo serve``), then twice: the user asks
 for a long story; once the reply is speaking, the user talks over it — a real interruption
 ("Wait, stop, ...") and a back-channel ("uh huh"). It prints how each reply ended:
-``cancelled`` (``turn_detected``: the server stopped talking) or ``completed``. With the
-shipped ``minmo-small`` (its duplex predictor trusted) the interruption cancels and the
-back-channel does not; with ``--turn-policy vad`` (the VAD rule alone) both cancel.
+``cancelled`` (``turn_detected``: the server stopped talking) or ``completed``. A server
+that tells the two apart cancels the first and completes the second; the VAD rule
+(``--turn-policy vad``) cancels both. The shipped ``minmo-small`` does not tell them apart
+here yet: its predictor also takes this espeak "uh huh" for a barge-in (docs/serving.md).
 Audio goes over the Realtime WebSocket API at real-time pace (``RealtimeClient``).
 """
 
@@ -39,10 +40,10 @@ async def talk_over(url: str, first: np.ndarray, second: np.ndarray) -> dict:
     from minmo.serving.client import RealtimeClient
 
     async with RealtimeClient(url + "/v1/realtime") as client:
-        await client.send_audio(first)
+        await client.send_audio(first, realtime=True)
         rid = (await client.wait_for("response.created", 120))["response"]["id"]
         await client.wait_for("response.output_audio.delta", 120)
-        await client.send_audio(second)
+        await client.send_audio(second, realtime=True)
         return await client.wait_for(
             lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, 180)
 
