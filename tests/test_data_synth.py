@@ -234,3 +234,46 @@ def test_dialogue_rules_barge_in_and_backchannel():
     gaps = [b["start"] - a["end"] for a, b in zip(turns, turns[1:])
             if a["role"] == "assistant" and not a["interrupted"] and b["role"] == "user"]
     assert gaps and 0.2 < float(np.mean(gaps)) < 1.2
+
+
+def test_command_barge_ins_open_with_a_short_command_then_the_question():
+    """A deliberate barge-in may be a short command ("wait"), a pause, then the next question:
+    STOP is marked where the command cut the assistant, the question follows the pause."""
+    import random
+
+    from minmo.data.duplex import DuplexParams
+
+    sr = 16000
+    tone = lambda s: (0.1 * np.ones(int(s * sr))).astype(np.float32)  # noqa: E731
+    qs = [Utterance(tone(1.0), f"q{i}") for i in range(40)]
+    ans = [Utterance(tone(3.0), f"a{i}") for i in range(40)]
+    cmds = [Utterance(tone(0.4), "wait")]
+    p = DuplexParams(p_barge_in=1.0, p_command=0.5)
+    d = build_dialogue(qs, ans, [], random.Random(1), sr, p, cmds)
+    turns = d.turns
+    said = [i for i, t in enumerate(turns) if t.get("command")]
+    assert 5 <= len(said) <= 35, "about half of 39 barge-ins open with the command"
+    stops = sorted(d.stop_s)
+    for i in said:
+        cmd, question = turns[i], turns[i + 1]
+        assert cmd["text"] == "wait" and question["role"] == "user" and question["text"][0] == "q"
+        assert any(abs(s - (cmd["start"] + p.stop_delay)) < 1e-3 for s in stops)
+        pause = question["start"] - cmd["end"]
+        assert p.command_pause[0] - 1e-3 <= pause <= p.command_pause[1] + 1e-3
+        f = int(round((cmd["start"] + p.stop_delay) * sr)) // 160
+        assert d.labels[f] == STOP
+    # without commands the same call makes none
+    plain = build_dialogue(qs, ans, [], random.Random(1), sr, p)
+    assert not any(t.get("command") for t in plain.turns)
+
+
+def test_kinds_choose_item_kinds_and_share_the_hours(tmp_path):
+    from minmo.data.synth import plan_shards
+
+    cfg = _cfg(tmp_path / "d", kinds=["duplex"])
+    plans = plan_shards(cfg)
+    assert {p.kind for p in plans} == {"duplex"}
+    assert abs(sum(p.target_seconds for p in plans) - HOURS * 3600) < 1e-6
+    assert cfg.identity()["kinds"] == ["duplex"] and "kinds" not in _cfg(tmp_path).identity()
+    with pytest.raises(SynthError, match="unknown item kinds"):
+        plan_shards(_cfg(tmp_path, kinds=["duplx"]))

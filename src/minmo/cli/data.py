@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--mbrola", action="store_true",
                        help="also use MBROLA voices (Debian mbrola-* packages) for half the "
                             "user speakers")
+    synth.add_argument("--kinds", default=None,
+                       help="comma-separated item kinds to make (default: all: sentence,"
+                            "emotion,event,qa,tts,instruct_tts,duplex); they share --hours")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.add_argument("--no-check", action="store_true", help="skip the final manifest check")
 
@@ -74,7 +77,8 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(out=args.out, hours=args.hours, seed=args.seed, workers=args.workers,
                       shard_seconds=args.shard_seconds, test_fraction=args.test_fraction,
                       valid_fraction=args.valid_fraction, languages=languages,
-                      mbrola=args.mbrola)
+                      mbrola=args.mbrola,
+                      kinds=args.kinds.split(",") if args.kinds else None)
     from minmo.data.espeak import EspeakError
 
     try:

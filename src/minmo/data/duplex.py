@@ -8,7 +8,10 @@ Timeline rules (all documented in ``docs/data.md``):
   paper's simulation). A negative gap, or a deliberate barge-in (probability
   ``p_barge_in``, at 30-70 % of the assistant turn), puts the user's onset inside the
   assistant's speech: the assistant is cut ``stop_delay`` seconds after the onset (20 ms
-  fade) and ``STOP`` is marked on ``window`` frames starting there;
+  fade) and ``STOP`` is marked on ``window`` frames starting there; with probability
+  ``p_command`` a deliberate barge-in is a short command first ("wait", "hold on"), then a
+  pause ``~ U(command_pause)``, then the next question: only its words tell it from a
+  back-channel, so a rule on the overlap's duration cannot;
 * with probability ``p_backchannel`` the user says a short back-channel ("uh-huh") inside a
   turn the assistant finishes: labels stay ``CONTINUE``;
 * every other frame is ``CONTINUE`` while the assistant speaks and ``LISTEN`` otherwise.
@@ -36,6 +39,8 @@ class DuplexParams:
     stop_delay: float = 0.2
     p_barge_in: float = 0.25
     p_backchannel: float = 0.35
+    p_command: float = 0.5
+    command_pause: tuple[float, float] = (0.2, 0.45)
     window: int = 1  # frames marked RESPOND / STOP at each switch
     lead_in: tuple[float, float] = (0.3, 1.0)
     tail: tuple[float, float] = (0.5, 1.0)
@@ -87,6 +92,7 @@ def build_dialogue(
     rng: random.Random,
     sample_rate: int = 16000,
     params: DuplexParams | None = None,
+    commands: list[Utterance] | None = None,
 ) -> Dialogue:
     """Lay out user questions and assistant answers on two channels and label them.
 
@@ -97,6 +103,7 @@ def build_dialogue(
         rng: drives gaps, barge-ins and back-channels.
         sample_rate: rate of every waveform.
         params: timing; defaults to :class:`DuplexParams`.
+        commands: short user commands that open a deliberate barge-in (None or empty: none).
 
     Returns:
         :class:`Dialogue`.
@@ -119,10 +126,12 @@ def build_dialogue(
         respond.append(a_start / sr)
         a_full_end = a_start + a.wave.size
         last = k == len(questions) - 1
-        onset = None
+        onset = command = None
         if not last:
             if rng.random() < p.p_barge_in and a.wave.size > sr:
                 onset = a_start + int(rng.uniform(0.3, 0.7) * a.wave.size)
+                if commands and rng.random() < p.p_command:
+                    command = rng.choice(commands)
             else:
                 onset = a_full_end + int(rng.gauss(p.gap_mean, p.gap_std) * sr)
             onset = max(onset, a_start + int(0.3 * sr))
@@ -150,6 +159,11 @@ def build_dialogue(
                               "end": (bc_start + bc.wave.size) / sr, "text": bc.text,
                               "backchannel": True})
         t = onset if onset is not None else a_end
+        if command is not None:  # the command, a pause, then the next question
+            user_parts.append((t, command.wave))
+            turns.append({"role": "user", "start": t / sr, "end": (t + command.wave.size) / sr,
+                          "text": command.text, "command": True})
+            t += command.wave.size + int(rng.uniform(*p.command_pause) * sr)
 
     total = max(end for end in [s + w.size for s, w in user_parts + asst_parts])
     total += int(rng.uniform(*p.tail) * sr)

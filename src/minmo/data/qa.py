@@ -227,3 +227,8 @@ def qa_pairs_by_split() -> dict[str, tuple[QAPair, ...]]:
 
 BACKCHANNELS = ("uh-huh", "mm-hmm", "right", "yeah", "okay", "I see", "sure", "yes")
 """Short user back-channels that must not stop the assistant."""
+
+COMMANDS = ("wait", "stop", "hold on", "no, no", "sorry", "excuse me", "one moment",
+            "wait a second", "stop please", "actually")
+"""Short user commands that open a barge-in: as short as a back-channel, yet they must stop
+the assistant (``minmo.data.duplex``)."""

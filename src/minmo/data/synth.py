@@ -38,7 +38,7 @@ from minmo.data.synth_items import ITEM_KINDS, KIND_SHARE, AudioCheckError, Item
 from minmo.data.text_corpus import SENTENCE_LANGUAGES
 
 SPLITS = ("train", "valid", "test")
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: duplex barge-ins may open with a short command
 _PATH_KEYS = ("audio", "target_audio", "labels")
 
 
@@ -61,6 +61,8 @@ class SynthConfig:
         languages: sentence languages (codes of :mod:`minmo.data.text_corpus`).
         mbrola: also use MBROLA voices for half the user speakers (needs the Debian
             ``mbrola-*`` packages; see ``docs/data.md``).
+        kinds: item kinds to make (None: all); the chosen kinds share ``hours`` in their
+            ``KIND_SHARE`` proportions (e.g. ``["duplex"]``: dialogues only).
     """
 
     out: str
@@ -72,6 +74,7 @@ class SynthConfig:
     valid_fraction: float = 0.03
     languages: list[str] = field(default_factory=lambda: list(SENTENCE_LANGUAGES))
     mbrola: bool = False
+    kinds: list[str] | None = None
 
     def identity(self) -> dict:
         """The settings that fix the output (stored in ``synth.json``)."""
@@ -80,6 +83,8 @@ class SynthConfig:
         d.pop("workers")
         if not d["mbrola"]:  # corpora made before the option existed stay resumable
             d.pop("mbrola")
+        if d["kinds"] is None:
+            d.pop("kinds")
         d["version"] = SYNTH_VERSION
         return d
 
@@ -109,9 +114,14 @@ def plan_shards(cfg: SynthConfig) -> list[ShardPlan]:
     """Cut ``cfg.hours`` into shards per item kind (at least one shard per kind)."""
     if cfg.hours <= 0:
         raise SynthError(f"--hours must be > 0, got {cfg.hours}")
+    kinds = list(KIND_SHARE) if cfg.kinds is None else cfg.kinds
+    unknown = sorted(set(kinds) - set(KIND_SHARE))
+    if unknown or not kinds:
+        raise SynthError(f"unknown item kinds {unknown or kinds}: choose from {', '.join(KIND_SHARE)}")
+    norm = sum(KIND_SHARE[k] for k in kinds)
     plans = []
-    for kind, share in KIND_SHARE.items():
-        total = cfg.hours * 3600.0 * share
+    for kind in kinds:
+        total = cfg.hours * 3600.0 * KIND_SHARE[kind] / norm
         n = max(1, math.ceil(total / cfg.shard_seconds))
         for i in range(n):
             plans.append(ShardPlan(f"{kind}-{i:05d}", kind, total / n))

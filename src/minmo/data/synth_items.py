@@ -20,7 +20,7 @@ from minmo.data.espeak import (ASSISTANT, Speaker, random_speaker, styled_speake
                                synthesize)
 from minmo.data.events import EVENTS, make_event, mix_at_snr
 from minmo.data.manifest import LANGUAGE_NAMES
-from minmo.data.qa import BACKCHANNELS, QAPair, qa_pairs_by_split
+from minmo.data.qa import BACKCHANNELS, COMMANDS, QAPair, qa_pairs_by_split
 from minmo.data.text_corpus import (SENTENCE_LANGUAGES, hotwords_for, sentence,
                                     sentence_ids_by_split)
 
@@ -270,8 +270,10 @@ def item_duplex(ctx: ItemContext) -> tuple[list[dict], float]:
     answers = [Utterance(speak(p.answer, ASSISTANT, USER_RATE, -20.0), p.answer) for p in pairs]
     bc_texts = ctx.rng.sample(BACKCHANNELS, 2)
     backchannels = [Utterance(speak(t, sp, USER_RATE, level), t) for t in bc_texts]
+    cmd_texts = ctx.rng.sample(COMMANDS, 2)
+    commands = [Utterance(speak(t, sp, USER_RATE, level), t) for t in cmd_texts]
     dialogue = build_dialogue(questions, answers, backchannels, ctx.rng, USER_RATE,
-                              DuplexParams())
+                              DuplexParams(), commands)
     for ch in range(2):
         check_audio(dialogue.audio[ch], f"{ctx.item_id} channel {ch}")
     rel, dur = _save(ctx, ".wav", dialogue.audio, USER_RATE)
