@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: assistant F1 {total.assistant_turn.f1:.3f}, user F1 "
               f"{total.user_turn.f1:.3f}, back-channel accuracy "
               f"{100 * total.backchannel.accuracy:.1f} %, turn-taking latency "
-              f"{total.latency.mean_ms:.0f} ms ({total.latency.missed} missed)")
+              f"{total.latency.mean_ms:.0f} ms ({total.latency.missed} missed), barge-in latency "
+              f"{total.stop_latency.mean_ms:.0f} ms ({total.stop_latency.missed} missed)")
     sets = [f"duplex.{key}={'null' if best[key] is None else best[key]}"
             for key in ("respond_threshold", "stop_threshold")]
     print("set them in the model's model.yaml, or export with: "

@@ -143,3 +143,14 @@ def test_reply_stage_latencies_from_cumulative_timestamps() -> None:
     # a text-only reply has no speech stages
     assert reply_stage_latencies(0.1, 0.2, None, None) == pytest.approx(
         {"first_text_token": 100.0, "five_text_tokens": 200.0})
+
+
+def test_barge_in_latency_is_measured_from_the_stop_label() -> None:
+    truth = np.zeros(60, dtype=int)
+    truth[20] = dm.STOP
+    late = truth.copy()
+    late[20], late[26] = dm.LISTEN, dm.STOP  # stopped 6 frames after the label
+    scores = dm.score_dialogue(truth, late, frame_ms=80.0, k=10)
+    assert scores.user_turn.f1 == 1.0 and scores.stop_latency.values == [480.0]
+    assert dm.score_dialogue(truth, np.zeros(60, dtype=int), 80.0).stop_latency.missed == 1
+    assert scores.as_dict()["barge_in_latency"]["count"] == 1

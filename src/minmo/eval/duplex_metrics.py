@@ -1,4 +1,5 @@
-"""Full-duplex metrics: positive-class F1@K, back-channel accuracy, turn-taking latency.
+"""Full-duplex metrics: positive-class F1@K, back-channel accuracy, turn-taking and barge-in
+latency.
 
 Everything works on integer *frame indices* on one grid (the runner states the frame length
 in ms in its results). The decision classes are the ones of ``docs/architecture.md``:
@@ -26,6 +27,11 @@ predicted RESPOND event ``p`` with ``t - K <= p < t_next`` (``t_next``: the next
 event, or the end) is the model's reaction; latency = ``(p - t) * frame_ms`` (negative when the
 model answered up to K frames early). The mean is over true events that got a reaction; the
 ones that did not are counted as ``missed``.
+
+Barge-in latency. The same rule on STOP events: how long after the true STOP (where the
+recorded assistant was cut; in the synthetic corpus 200 ms after the user's onset) the model
+stopped. A rule that waits for enough overlapping speech scores well on F1@K (K frames of
+tolerance) yet keeps talking over the user for longer: this is where that shows.
 """
 
 from __future__ import annotations
@@ -219,6 +225,7 @@ class DuplexScores:
     backchannel: BackchannelScore = field(default_factory=BackchannelScore)
     latency: TurnLatency = field(default_factory=TurnLatency)
     dialogues: int = 0
+    stop_latency: TurnLatency = field(default_factory=TurnLatency)
 
     def __add__(self, other: DuplexScores) -> DuplexScores:
         return DuplexScores(
@@ -227,6 +234,7 @@ class DuplexScores:
             self.backchannel + other.backchannel,
             self.latency + other.latency,
             self.dialogues + other.dialogues,
+            self.stop_latency + other.stop_latency,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -235,6 +243,7 @@ class DuplexScores:
                 "user_turn_taking": self.user_turn.as_dict(),
                 "backchannel": self.backchannel.as_dict(),
                 "turn_taking_latency": self.latency.as_dict(),
+                "barge_in_latency": self.stop_latency.as_dict(),
                 "dialogues": self.dialogues}
 
 
@@ -257,11 +266,13 @@ def score_dialogue(
     """
     true_respond = event_onsets(true_labels, RESPOND)
     pred_respond = event_onsets(predicted_labels, RESPOND)
+    true_stop = event_onsets(true_labels, STOP)
     pred_stop = event_onsets(predicted_labels, STOP)
     return DuplexScores(
         assistant_turn=f1_at_k(true_respond, pred_respond, k),
-        user_turn=f1_at_k(event_onsets(true_labels, STOP), pred_stop, k),
+        user_turn=f1_at_k(true_stop, pred_stop, k),
         backchannel=backchannel_accuracy(backchannels, pred_stop, k),
         latency=turn_taking_latency(true_respond, pred_respond, frame_ms, k),
         dialogues=1,
+        stop_latency=turn_taking_latency(true_stop, pred_stop, frame_ms, k),
     )

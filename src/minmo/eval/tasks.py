@@ -397,7 +397,7 @@ def score_duplex_trace(item: EvalItem, true10: np.ndarray, trace: DuplexTrace,
 
 def _duplex_rows(ctx: GroupContext, runner: _Runner, scores: dm.DuplexScores, prefix: str,
                  details: dict[str, Any]) -> list[MetricRow]:
-    """The four duplex rows of one decision policy (``details`` on the first)."""
+    """The five duplex rows of one decision policy (``details`` on the first)."""
     k, n = ctx.k, scores.dialogues
     return [
         _row(ctx, "duplex", f"{prefix}assistant turn-taking F1@{k}", scores.assistant_turn.f1,
@@ -408,6 +408,9 @@ def _duplex_rows(ctx: GroupContext, runner: _Runner, scores: dm.DuplexScores, pr
              "%", True, scores.backchannel.total, {}, runner),
         _row(ctx, "duplex", f"{prefix}turn-taking latency", scores.latency.mean_ms, "ms", False,
              len(scores.latency.values), {"missed": scores.latency.missed}, runner),
+        _row(ctx, "duplex", f"{prefix}barge-in latency", scores.stop_latency.mean_ms, "ms",
+             False, len(scores.stop_latency.values), {"missed": scores.stop_latency.missed},
+             runner),
     ]
 
 
