@@ -66,6 +66,7 @@ def main() -> int:
     from minmo.serving.engine import Engine, EngineConfig
     from minmo.serving.server import BackgroundServer, ServerConfig, create_app
     from minmo.serving.session import SessionLimits
+    from minmo.serving.turns import TurnPolicy
 
     torch.set_num_threads(args.threads)
     rt = load_runtime(args.model)
@@ -74,7 +75,7 @@ def main() -> int:
     trust = rt.info.trained_predictor and args.turn_policy == "auto"
     engine = Engine(rt, EngineConfig(), gen=GenerationConfig(max_text_tokens=60,
                                                              max_speech_tokens=600),
-                    limits=SessionLimits(trust_predictor=trust)).start()
+                    limits=SessionLimits(turns=TurnPolicy(trust_predictor=trust))).start()
     server = BackgroundServer(create_app(engine, ServerConfig()))
     print(f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'}")
     try:

@@ -338,7 +338,7 @@ def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(r
             return created["response"]["id"], blip_events, done
 
     with serving(rt, gen) as (engine, server):
-        assert not engine.limits.trust_predictor  # random weights: the VAD rule
+        assert not engine.limits.turns.trust_predictor  # random weights: the VAD rule
         rid, blip_events, done = asyncio.run(main(server.ws_url))
     assert "input_audio_buffer.speech_started" not in blip_events
     assert "response.done" not in blip_events

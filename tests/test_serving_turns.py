@@ -4,7 +4,7 @@ of both on a recorded dialogue."""
 import numpy as np
 
 from minmo.models.duplex import Decision
-from minmo.serving.turns import replay_turns, turn_decision
+from minmo.serving.turns import TurnPolicy, replay_turns, turn_decision
 
 
 def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in():
@@ -39,7 +39,8 @@ def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in(
     predicted = np.zeros(80, dtype=np.int64)
     predicted[41] = Decision.STOP
     predicted[5] = Decision.RESPOND  # no open turn: ignored
-    only = replay_turns(probs, speaking, frame, 80, predicted=predicted, trusted_barge_in_ms=None)
+    only = replay_turns(probs, speaking, frame, 80, predicted=predicted,
+                        policy=TurnPolicy(trust_predictor=True, trusted_barge_in_ms=None))
     assert np.flatnonzero(only == Decision.STOP).tolist() == [41]
     assert np.flatnonzero(only == Decision.RESPOND).tolist() == [22, 66]
     out = replay_turns(probs, speaking, frame, 80, predicted=predicted)
@@ -67,6 +68,14 @@ def test_trusted_predictor_responds_after_short_silence_rule_after_the_gate():
                          **dict(busy, candidate=16000 - 9600)) == Decision.STOP
     assert turn_decision(True, None, last_speech=16000,
                          **dict(busy, candidate=8000)) == Decision.STOP
+    # a STOP once the user has gone quiet (as a back-channel ends) is not a barge-in: it
+    # counts within stop_speech_ms (100) of the last speech window
+    quiet = dict(busy, candidate=14000, stop_speech_ms=100)
+    assert turn_decision(True, Decision.STOP, last_speech=16000 - 1600, **quiet) == Decision.STOP
+    assert turn_decision(True, Decision.STOP, last_speech=16000 - 2560,
+                         **quiet) == Decision.CONTINUE
+    assert turn_decision(True, Decision.STOP, last_speech=16000 - 2560,
+                         **dict(quiet, stop_speech_ms=None)) == Decision.STOP
 
 
 def test_replay_defaults_are_the_servers():
@@ -79,8 +88,7 @@ def test_replay_defaults_are_the_servers():
     params = inspect.signature(replay_turns).parameters
     limits, detection = SessionLimits(), TurnDetection()
     expected = {"threshold": detection.threshold, "silence_ms": detection.silence_duration_ms,
-                "echo_threshold": limits.echo_threshold, "barge_in_ms": limits.barge_in_ms,
-                "respond_silence_ms": limits.respond_silence_ms,
-                "trusted_barge_in_ms": limits.trusted_barge_in_ms}
+                "echo_threshold": limits.echo_threshold}
     assert {k: params[k].default for k in expected} == expected
+    assert limits.turns == TurnPolicy()  # the replay's policy is TurnPolicy's defaults too
     assert VADGate().silence_ms == detection.silence_duration_ms

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from minmo.serving.engine import Engine, EngineConfig
     from minmo.serving.server import ServerConfig, create_app
     from minmo.serving.session import SessionLimits
+    from minmo.serving.turns import TurnPolicy
 
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
     rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     trust = rt.info.trained_predictor if args.turn_policy == "auto" \
         else args.turn_policy == "predictor"
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),
-                    gen=gen, limits=SessionLimits(trust_predictor=trust)).start()
+                    gen=gen, limits=SessionLimits(turns=TurnPolicy(trust_predictor=trust))).start()
     app = create_app(engine, ServerConfig(api_key=args.api_key,
                                           max_message_bytes=args.max_message_bytes,
                                           idle_timeout_s=args.idle_timeout))

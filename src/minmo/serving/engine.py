@@ -34,6 +34,7 @@ from minmo.inference.runtime import MinMoRuntime
 from minmo.inference.vocoder_pool import VocoderPool
 from minmo.serving.metrics import Metrics
 from minmo.serving.session import DecisionHook, RealtimeSession, SessionLimits
+from minmo.serving.turns import TurnPolicy
 from minmo.serving.vad import SileroVAD, split_state, stack_states
 
 
@@ -83,7 +84,8 @@ class Engine:
         self.rt = rt
         self.cfg = cfg or EngineConfig()
         self.gen = gen or P.GenerationConfig()
-        self.limits = limits or SessionLimits(trust_predictor=rt.info.trained_predictor)
+        self.limits = limits or SessionLimits(
+            turns=TurnPolicy(trust_predictor=rt.info.trained_predictor))
         self.listen_cfg = listen or ListenConfig()
         self.metrics = metrics or Metrics()
         self.decision_hook = decision_hook

@@ -17,25 +17,23 @@ Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
   acts: ``RESPOND`` with an open turn commits it and starts a reply; ``STOP`` while the
   assistant speaks cancels the reply (``turn_detected``) and opens a user turn; ``CONTINUE``
   and ``LISTEN`` change nothing (a back-channel is heard and ignored).
-* VAD rule (used while the predictor is untrained): ``RESPOND`` once VAD reports
-  ``silence_duration_ms`` of silence after speech; ``STOP`` once the user's speech during the
-  assistant's speech spans ``barge_in_ms`` (from its onset to its latest speech window, so a
-  short blip followed by silence never interrupts). A trusted predictor
-  (``trust_predictor``) decides STOP during such speech (back-channels go on; speech beyond
-  ``trusted_barge_in_ms`` still interrupts), and its RESPOND answers after
-  ``respond_silence_ms`` of silence (the rule's still follows the silence window). One
-  function decides, live and in replays: :mod:`minmo.serving.turns`.
+* Who decides and when (``SessionLimits.turns``, a :class:`~minmo.serving.turns.TurnPolicy`):
+  the VAD rule (``RESPOND`` once VAD reports ``silence_duration_ms`` of silence after speech;
+  ``STOP`` once the user's speech during the assistant's spans ``barge_in_ms``), or a trusted
+  duplex predictor with VAD confirming. The user's turn state
+  (:class:`~minmo.serving.turns.TurnState`) and the decision are shared with the replay that
+  scores the server on recorded dialogues: :mod:`minmo.serving.turns`.
 
 Echo: while the assistant is audible (by the playback clock, plus ``echo_tail_ms``), a VAD
 start needs probability ``echo_threshold`` rather than ``threshold``, and only a sustained
-``barge_in_ms`` of speech (or a trained predictor's ``STOP``) interrupts. Browsers add
+barge-in (see above) interrupts. Browsers add
 reference-signal echo cancellation (``echoCancellation: true`` on the mic).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -48,7 +46,7 @@ from minmo.inference.runtime import MinMoRuntime
 from minmo.models.duplex import Decision
 from minmo.serving import protocol as R
 from minmo.serving.metrics import Metrics
-from minmo.serving.turns import turn_decision
+from minmo.serving.turns import TurnPolicy, TurnState
 from minmo.serving.vad import VADGate
 
 SR = 16000
@@ -59,18 +57,12 @@ CLOSE_EVENT = "minmo.internal.close"  # asks the server to close the connection
 class SessionLimits:
     """Per-session serving settings (see module docstring and ``docs/serving.md``)."""
 
-    barge_in_ms: int = 240
     echo_threshold: float = 0.8
     echo_tail_ms: int = 300
     max_turn_seconds: float = 30.0
     history_seconds: float = 40.0
     max_tick_seconds: float = 0.5
-    trust_predictor: bool = False
-    # a trusted predictor's RESPOND needs this much VAD silence (the rule waits for the gate)
-    respond_silence_ms: int = 160
-    # with a trusted predictor, this much speech during the assistant's still barges in
-    # (longer than back-channels; null: only the predictor's STOP)
-    trusted_barge_in_ms: int | None = 600
+    turns: TurnPolicy = field(default_factory=TurnPolicy)  # who decides turns, and when
     min_commit_ms: int = 100
 
 
@@ -123,13 +115,9 @@ class RealtimeSession:
         self.vad_state: Any = None
         self.gate = VADGate()
         self.vad_events: list[tuple[str, int]] = []
-        self.vad_speaking = False  # VAD state as of the frame being decided
-        self.vad_last_speech = 0  # end of the last speech window up to that frame
-        self.turn_open = False
+        self.turn = TurnState()  # the user's side, as of the frame being decided
         self.turn_start = 0
         self.turn_item: str | None = None
-        self.turn_stopped = False
-        self.candidate: int | None = None
         self.speech_end_wall: float | None = None
         self.job: P.ResponseJob | None = None
         self.resp: dict[str, Any] = {}
@@ -216,8 +204,8 @@ class RealtimeSession:
         new = R.apply_session_update(self.settings, ev.get("session"), eid)
         if new.instructions != self.settings.instructions:
             P.set_system_prompt(self.rt, self.voice, new.instructions)
-        if new.turn_detection is None and self.turn_open:
-            self.turn_open = False
+        if new.turn_detection is None and self.turn.open:
+            self.turn.closed()
         self.settings = new
         self.emit(R.event("session.updated", session=new.to_dict(self.rt.info.to_dict())))
 
@@ -247,7 +235,7 @@ class RealtimeSession:
         return self.history[start - self.history_start: max(start, end) - self.history_start]
 
     def _on_input_audio_buffer_commit(self, ev: dict, eid: str | None) -> None:
-        if self.turn_open:
+        if self.turn.open:
             self._commit_turn(self.received, respond=False)
             return
         audio = self._audio(self.buffer_start, self.received)
@@ -259,7 +247,8 @@ class RealtimeSession:
 
     def _on_input_audio_buffer_clear(self, ev: dict, eid: str | None) -> None:
         self.buffer_start = self.received
-        self.turn_open, self.turn_item, self.candidate = False, None, None
+        self.turn.closed()
+        self.turn.candidate, self.turn_item = None, None
         self.emit(R.event("input_audio_buffer.cleared"))
 
     def _on_conversation_item_create(self, ev: dict, eid: str | None) -> None:
@@ -364,47 +353,27 @@ class RealtimeSession:
             self._vad_event(*self.vad_events.pop(0), td)
         busy = self.responding or self.speaking(end)
         info = FrameInfo(self.id, frame.index, end, frame.decision, frame.probs, self.responding,
-                         self.speaking(end), self.vad_speaking, self.turn_open)
+                         self.speaking(end), self.turn.vad_active, self.turn.open)
         decision = hook(info) if hook is not None else None
         if decision is None:
-            decision = self._default_decision(info, busy, frame, end)
+            decision = self.turn.decide(busy, frame.decision, end, self.limits.turns)
         if busy and decision == Decision.STOP and td.interrupt_response:
             self._barge_in(end, td)
-        elif not busy and decision == Decision.RESPOND and self.turn_open:
-            stop = self.vad_last_speech + min(td.silence_duration_ms, 100) * SR // 1000
+        elif not busy and decision == Decision.RESPOND and self.turn.open:
+            stop = self.turn.last_speech + min(td.silence_duration_ms, 100) * SR // 1000
             self._commit_turn(min(stop, self.clock), respond=td.create_response)
-        elif self.turn_open and end - self.turn_start > self.limits.max_turn_seconds * SR:
+        elif self.turn.open and end - self.turn_start > self.limits.max_turn_seconds * SR:
             self._commit_turn(end, respond=td.create_response)
 
-    def _default_decision(self, info: FrameInfo, busy: bool, frame: DuplexFrame,
-                          end: int) -> Decision:
-        return turn_decision(
-            busy, frame.decision if self.limits.trust_predictor else None, end=end,
-            turn_open=self.turn_open, turn_stopped=self.turn_stopped, candidate=self.candidate,
-            last_speech=self.vad_last_speech, barge_in_ms=self.limits.barge_in_ms,
-            respond_silence_ms=self.limits.respond_silence_ms,
-            trusted_barge_in_ms=self.limits.trusted_barge_in_ms)
-
     def _vad_event(self, kind: str, pos: int, td: R.TurnDetection) -> None:
-        if kind == "speech":
-            self.vad_last_speech = pos
-            return
-        busy = self.responding or self.speaking(pos)
-        self.vad_speaking = kind == "start"
-        if kind == "start":
-            self.turn_stopped = False
-            if busy:
-                self.candidate = pos - 512
-            elif not self.turn_open:
-                self._open_turn(pos - 512, td)
-        else:
-            self.candidate = None
-            if self.turn_open:
-                self.turn_stopped = True
-                self.speech_end_wall = time.perf_counter()
+        was_open = self.turn.open
+        if self.turn.vad_event(kind, pos, busy=self.responding or self.speaking(pos)):
+            self._open_turn(pos - 512, td)
+        elif kind == "stop" and was_open:
+            self.speech_end_wall = time.perf_counter()
 
     def _open_turn(self, start: int, td: R.TurnDetection) -> None:
-        self.turn_open, self.turn_stopped = True, False
+        self.turn.opened()
         self.turn_start = max(self.buffer_start, start - td.prefix_padding_ms * SR // 1000)
         self.turn_item = R.new_id("item")
         self.emit(R.event("input_audio_buffer.speech_started",
@@ -412,8 +381,8 @@ class RealtimeSession:
 
     def _barge_in(self, end: int, td: R.TurnDetection) -> None:
         t0 = time.perf_counter()
-        start = self.candidate if self.candidate is not None else end
-        self.candidate = None
+        start = self.turn.barged_in()
+        start = end if start is None else start
         if self.responding:
             self.cancel_response("turn_detected")
         self.play_end = min(self.play_end, self.clock)
@@ -424,7 +393,8 @@ class RealtimeSession:
     def _commit_turn(self, end: int, respond: bool) -> None:
         item_id = self.turn_item or R.new_id("item")
         audio = self._audio(self.turn_start, end)
-        self.turn_open, self.turn_item, self.turn_stopped = False, None, False
+        self.turn.closed()
+        self.turn_item = None
         self.emit(R.event("input_audio_buffer.speech_stopped", audio_end_ms=end * 1000 // SR,
                           item_id=item_id))
         if self.speech_end_wall is not None:

@@ -1,19 +1,23 @@
-"""The server's turn taking: one frame's decision, shared by the live session and a replay.
+"""The server's turn taking: the user's turn state and one frame's decision, shared by the
+live session and a replay of recorded dialogues.
 
-:func:`turn_decision` is the rule :class:`minmo.serving.session.RealtimeSession` applies to
-every LLM frame (unless a test's decision hook overrides it): the VAD rule alone, or with a
-trusted duplex predictor (``SessionLimits.trust_predictor``):
+:class:`TurnState` follows the user's side from VAD events (turn open, closed by the VAD
+gate, a barge-in candidate, the last speech window); :func:`turn_decision` is the rule
+:class:`minmo.serving.session.RealtimeSession` applies to every LLM frame (unless a test's
+decision hook overrides it), with the settings of a :class:`TurnPolicy`: the VAD rule alone,
+or with a trusted duplex predictor (``trust_predictor``):
 
 * assistant busy (speaking or replying): STOP needs a barge-in candidate (user speech that
   began while the assistant spoke) and either ``barge_in_ms`` of that speech heard (the VAD
-  rule) or, with a trusted predictor, its STOP or ``trusted_barge_in_ms`` heard (a longer
-  span than back-channels: the predictor tells those from barge-ins, and sustained speech
-  still interrupts when it misses one); anything else CONTINUEs;
+  rule) or, with a trusted predictor, its STOP while the user still speaks
+  (``stop_speech_ms``) or ``trusted_barge_in_ms`` heard (a longer span than back-channels:
+  sustained speech still interrupts when the predictor misses a barge-in); anything else
+  CONTINUEs;
 * assistant silent: a trusted predictor's RESPOND answers the open user turn once VAD has
   heard ``respond_silence_ms`` without speech; the VAD rule answers it once the VAD gate has
   closed it (``silence_duration_ms`` of silence).
 
-:func:`replay_turns` runs the session's VAD bookkeeping and this decision over a recorded
+:func:`replay_turns` runs the session's VAD step, turn state and decision over a recorded
 dialogue, and :func:`server_decisions` both policies from the user channel, so they are scored
 with the predictor's own metrics (``minmo eval --tasks duplex``, ``scripts/tune_duplex.py
 --vad-rule``).
@@ -21,6 +25,7 @@ with the predictor's own metrics (``minmo eval --tasks duplex``, ``scripts/tune_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -32,7 +37,8 @@ from minmo.serving.vad import SAMPLE_RATE, WINDOW, SileroVAD, VADGate, stream_pr
 def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open: bool,
                   turn_stopped: bool, candidate: int | None, last_speech: int,
                   barge_in_ms: float, respond_silence_ms: float,
-                  trusted_barge_in_ms: float | None = None) -> Decision:
+                  trusted_barge_in_ms: float | None = None,
+                  stop_speech_ms: float | None = None) -> Decision:
     """One frame's decision (see the module docstring).
 
     Args:
@@ -48,6 +54,8 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
     if predicted is not None:
         if busy:
             stop = predicted == Decision.STOP and candidate is not None
+            if stop and stop_speech_ms is not None:
+                stop = end - last_speech <= stop_speech_ms * SAMPLE_RATE / 1000
             if trusted_barge_in_ms is not None and candidate is not None:
                 stop = stop or last_speech - candidate >= trusted_barge_in_ms * SAMPLE_RATE / 1000
             return Decision.STOP if stop else Decision.CONTINUE
@@ -61,22 +69,102 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
     return Decision.RESPOND if turn_open and turn_stopped else Decision.LISTEN
 
 
+@dataclass(frozen=True)
+class TurnPolicy:
+    """The server's turn-taking settings (``SessionLimits.turns``; see the module docstring).
+
+    Attributes:
+        trust_predictor: the duplex predictor decides (else the VAD rule alone).
+        barge_in_ms: the rule's barge-in: this much user speech during the assistant's.
+        respond_silence_ms: a trusted predictor's RESPOND needs this much VAD silence.
+        trusted_barge_in_ms: with a trusted predictor, this much speech during the
+            assistant's still interrupts (None: only the predictor's STOP).
+        stop_speech_ms: a trusted predictor's STOP counts only within this long of the last
+            VAD speech window (a STOP as a back-channel ends is not a barge-in; None: always).
+    """
+
+    trust_predictor: bool = False
+    barge_in_ms: float = 240.0
+    respond_silence_ms: float = 160.0
+    trusted_barge_in_ms: float | None = 600.0
+    stop_speech_ms: float | None = 100.0
+
+
+@dataclass
+class TurnState:
+    """The user's side of the conversation as the server tracks it from VAD events, shared
+    by the live session and :func:`replay_turns`.
+
+    Attributes:
+        open / stopped: a user turn is open / the VAD gate has closed it (not yet answered).
+        candidate: stream sample where a barge-in candidate began (user speech that started
+            while the assistant was busy); None: none.
+        last_speech: end of the last VAD speech window.
+        vad_active: the VAD gate is in speech.
+    """
+
+    open: bool = False
+    stopped: bool = False
+    candidate: int | None = None
+    last_speech: int = 0
+    vad_active: bool = False
+
+    def vad_event(self, kind: str, pos: int, busy: bool) -> bool:
+        """Apply one :meth:`VADGate.feed` event at stream sample ``pos`` (``busy``: the
+        assistant speaking or replying then). Returns True when the event begins a new user
+        turn, which the caller opens (:meth:`opened`) at ``pos - WINDOW``."""
+        if kind == "speech":
+            self.last_speech = pos
+            return False
+        self.vad_active = kind == "start"
+        if kind == "start":
+            self.stopped = False
+            if busy:
+                self.candidate = pos - WINDOW
+            return not busy and not self.open
+        self.candidate = None
+        self.stopped = self.open
+        return False
+
+    def decide(self, busy: bool, predicted: Decision | None, end: int,
+               policy: TurnPolicy) -> Decision:
+        """This frame's decision (:func:`turn_decision`); ``predicted`` is used only when the
+        policy trusts the predictor."""
+        return turn_decision(
+            busy, predicted if policy.trust_predictor else None, end=end, turn_open=self.open,
+            turn_stopped=self.stopped, candidate=self.candidate, last_speech=self.last_speech,
+            barge_in_ms=policy.barge_in_ms, respond_silence_ms=policy.respond_silence_ms,
+            trusted_barge_in_ms=policy.trusted_barge_in_ms, stop_speech_ms=policy.stop_speech_ms)
+
+    def opened(self) -> None:
+        """A user turn opened (VAD start, or a barge-in)."""
+        self.open, self.stopped = True, False
+
+    def barged_in(self) -> int | None:
+        """The assistant was stopped: returns where the barge-in began (None: unknown), and
+        forgets the candidate. The caller then opens the user's turn."""
+        start, self.candidate = self.candidate, None
+        return start
+
+    def closed(self) -> None:
+        """The open turn was committed (answered) or dropped."""
+        self.open = self.stopped = False
+
+
 def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_samples: int,
                  num_frames: int, predicted: np.ndarray | None = None, *,
-                 threshold: float = 0.5, echo_threshold: float = 0.8, silence_ms: float = 500.0,
-                 barge_in_ms: float = 240.0, respond_silence_ms: float = 160.0,
-                 trusted_barge_in_ms: float | None = 600.0) -> np.ndarray:
+                 policy: TurnPolicy | None = None, threshold: float = 0.5,
+                 echo_threshold: float = 0.8, silence_ms: float = 500.0) -> np.ndarray:
     """The server's turn taking replayed on a recorded dialogue (defaults: the session's).
 
     VAD events as :meth:`RealtimeSession.on_vad` makes them (:meth:`VADGate.feed`), the
-    session's turn bookkeeping (``_vad_event``), then
-    :func:`turn_decision` per frame. Two things differ from live, because a recording's
-    assistant does not wait for the server: an assistant turn that begins while the user's
-    turn is open is that turn's recorded answer, so it does not make the assistant busy for
-    it (the server still says RESPOND when its own rule does: late, which F1@K and the
-    latency count); and a recording cuts the assistant where the user barged in, so while a
-    barge-in candidate is open the assistant counts as still speaking, as it would be live
-    until the server stops it.
+    session's turn state (:class:`TurnState`), then its decision per frame. Two things differ
+    from live, because a recording's assistant does not wait for the server: an assistant
+    turn that begins while the user's turn is open is that turn's recorded answer, so it does
+    not make the assistant busy for it (the server still says RESPOND when its own rule does:
+    late, which F1@K and the latency count); and a recording cuts the assistant where the
+    user barged in, so while a barge-in candidate is open the assistant counts as still
+    speaking, as it would be live until the server stops it.
 
     Args:
         probs: ``(W,)`` VAD probability of each 512-sample window
@@ -84,49 +172,40 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
         speaking: ``f(sample) -> bool``: the assistant speaking as the frame starting at that
             stream sample began (recorded dialogues: ``models.duplex.speaking_lookup``).
         frame_samples: samples per decision frame; num_frames: frames to decide.
-        predicted: ``(num_frames,)`` a trusted predictor's decisions (None: the VAD rule).
+        predicted: ``(num_frames,)`` the predictor's decisions (None: the VAD rule).
+        policy: the server's settings (default ``TurnPolicy(trust_predictor=predicted is not
+            None)``); threshold / echo_threshold / silence_ms: the VAD gate's.
 
     Returns:
         ``(num_frames,)`` decisions (:class:`~minmo.models.duplex.Decision` values).
     """
+    if policy is None:
+        policy = TurnPolicy(trust_predictor=predicted is not None)
     gate = VADGate(threshold=threshold, silence_ms=silence_ms)
     events: list[tuple[str, int]] = []
     for w, prob in enumerate(probs):
         end = (w + 1) * WINDOW
         events += gate.feed(float(prob), end, threshold, echo_threshold, echo=speaking(end))
     out = np.full(num_frames, int(Decision.LISTEN), dtype=np.int64)
-    turn_open = turn_stopped = answering = False
-    candidate: int | None = None
-    last_speech, e = 0, 0
+    turn, answering, e = TurnState(), False, 0
     for f in range(num_frames):
         start, end = f * frame_samples, (f + 1) * frame_samples
         if speaking(start) and not (f > 0 and speaking(start - frame_samples)):
-            answering = turn_open  # the recorded answer to the open turn (see above)
-        for kind, pos in events[e:]:
-            if pos > end:
-                break
+            answering = turn.open  # the recorded answer to the open turn (see above)
+        while e < len(events) and events[e][1] <= end:
+            kind, pos = events[e]
             e += 1
-            if kind == "speech":
-                last_speech = pos
-            elif kind == "start":
-                turn_stopped = False
-                if speaking(pos):
-                    candidate = pos - WINDOW
-                else:
-                    turn_open = True
-            else:
-                candidate = None
-                turn_stopped = turn_open
-        busy = (speaking(start) or candidate is not None) and not answering
-        decision = turn_decision(
-            busy, None if predicted is None else Decision(int(predicted[f])), end=end,
-            turn_open=turn_open, turn_stopped=turn_stopped, candidate=candidate,
-            last_speech=last_speech, barge_in_ms=barge_in_ms,
-            respond_silence_ms=respond_silence_ms, trusted_barge_in_ms=trusted_barge_in_ms)
+            if turn.vad_event(kind, pos, busy=speaking(pos)):
+                turn.opened()
+        busy = (speaking(start) or turn.candidate is not None) and not answering
+        decision = turn.decide(busy, None if predicted is None else Decision(int(predicted[f])),
+                               end, policy)
         if busy and decision == Decision.STOP:
-            candidate, turn_open, turn_stopped = None, True, False
-        elif not busy and decision == Decision.RESPOND:
-            turn_open = turn_stopped = answering = False
+            turn.barged_in()
+            turn.opened()
+        elif not busy and decision == Decision.RESPOND and turn.open:
+            turn.closed()
+            answering = False
         out[f] = decision
     return out
 
@@ -151,5 +230,7 @@ def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
         return flags(sample / SAMPLE_RATE)
 
     n = len(predicted)
-    return {"vad_rule": replay_turns(probs, speaking, frame, n),
-            "vad_rule+predictor": replay_turns(probs, speaking, frame, n, predicted)}
+    return {"vad_rule": replay_turns(probs, speaking, frame, n, predicted,
+                                     policy=TurnPolicy(trust_predictor=False)),
+            "vad_rule+predictor": replay_turns(probs, speaking, frame, n, predicted,
+                                               policy=TurnPolicy(trust_predictor=True))}
