@@ -1,6 +1,7 @@
 """The browser page in headless Chromium (Debian's ``chromium``, driven by playwright) with a
 fake microphone playing a spoken turn: it connects, streams mic audio, shows the user
-transcript, plays reply audio, and shows the random-weights banner. A screenshot is saved
+transcript, plays reply audio, stops it on Esc ("Stop reply"), and shows the random-weights
+banner. A screenshot is saved
 (``$MINMO_SCREENSHOT`` or the test's tmp dir)."""
 
 import os
@@ -67,6 +68,12 @@ def test_page_talks_and_listens_in_headless_chromium(turn_wav, tmp_path):
                 "window.minmo.userTranscripts.length > 0 && window.minmo.audioChunks > 0 "
                 "&& window.minmo.played > 0 && window.minmo.latenciesMs.length > 0",
                 timeout=90_000)
+            # "Stop reply" (Esc): cancels a reply still generating, and clears playback here
+            # and on the server's clock, which confirms with output_audio_buffer.cleared
+            page.keyboard.press("Escape")
+            page.wait_for_function(
+                "(window.minmo.events['output_audio_buffer.cleared'] || 0) >= 1", timeout=30_000)
+            hush_hidden = page.is_hidden("#hush")
             state = page.evaluate("() => window.minmo")
             banner = page.inner_text("#banner")
             log = page.inner_text("#log")
@@ -88,4 +95,5 @@ def test_page_talks_and_listens_in_headless_chromium(turn_wav, tmp_path):
     assert state["latenciesMs"][0] > 0
     assert "first audio" in log
     assert state["errors"] == []
+    assert state["hushed"] == 1 and hush_hidden
     assert shot.stat().st_size > 10_000

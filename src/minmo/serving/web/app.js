@@ -1,6 +1,7 @@
 // minmo browser client: mic -> AudioWorklet -> pcm16 24 kHz -> OpenAI Realtime events over a
 // WebSocket; reply audio deltas -> gapless AudioWorklet player. Talking over the assistant
-// interrupts it (the server's speech_started flushes the player). Plain JS, no build step.
+// interrupts it (the server's speech_started flushes the player); so do "Stop reply" and Esc
+// (response.cancel + output_audio_buffer.clear). Plain JS, no build step.
 "use strict";
 
 const RATE = 24000;
@@ -11,6 +12,7 @@ const ui = {
   model: document.getElementById("model"),
   key: document.getElementById("key"),
   toggle: document.getElementById("toggle"),
+  hush: document.getElementById("hush"),
   state: document.getElementById("state"),
   stateText: document.getElementById("statetext"),
   status: document.getElementById("status"),
@@ -21,10 +23,12 @@ const ui = {
 const minmo = (window.minmo = {
   connected: false, sessionId: null, events: {}, userTranscripts: [], assistantTexts: [],
   audioChunks: 0, audioSamples: 0, played: 0, latenciesMs: [], interrupted: 0, errors: [],
+  hushed: 0,
 });
 
 let ws = null, ctx = null, mic = null, micNode = null, player = null;
-let speechStoppedAt = null, firstAudioPending = false;
+let speechStoppedAt = null, firstAudioPending = false, activeResponse = null;
+const hushedResponses = new Set(); // their audio still on the wire is not played
 // capture clock: [samples sent so far, performance.now() when that frame was captured]
 let sentSamples = 0;
 const sentLog = [];
@@ -42,7 +46,23 @@ const replies = new Map(); // response_id -> {el, text}
 function setState(state) {
   ui.state.dataset.state = state;
   ui.stateText.textContent = state.replace("-", " ");
+  ui.hush.hidden = !(state === "speaking" || state === "thinking");
 }
+
+// Stop the assistant now: cancel the reply being generated (if any), and drop what is queued
+// for playback, here and on the server's playback clock (so it stops counting as speaking).
+function hush() {
+  if (!ws) return;
+  if (activeResponse) {
+    send({ type: "response.cancel" });
+    hushedResponses.add(activeResponse);
+  }
+  send({ type: "output_audio_buffer.clear" });
+  if (player) player.port.postMessage("clear");
+  minmo.hushed += 1;
+  setState("listening");
+}
+minmo.hush = hush;
 
 function showModel(info) {
   if (!info) return;
@@ -134,6 +154,7 @@ function onEvent(ev) {
       break;
     }
     case "response.created":
+      activeResponse = ev.response.id;
       replies.set(ev.response.id, { el: bubble("assistant", ""), text: "" });
       break;
     case "response.output_audio_transcript.delta":
@@ -143,6 +164,7 @@ function onEvent(ev) {
       break;
     }
     case "response.output_audio.delta": {
+      if (hushedResponses.has(ev.response_id)) break;
       const samples = b64ToFloat(ev.delta);
       minmo.audioChunks += 1;
       minmo.audioSamples += samples.length;
@@ -158,6 +180,7 @@ function onEvent(ev) {
       break;
     }
     case "response.done": {
+      if (activeResponse === ev.response.id) activeResponse = null;
       const r = replies.get(ev.response.id);
       const status = ev.response.status;
       if (r) {
@@ -171,6 +194,8 @@ function onEvent(ev) {
       break;
     }
     case "error":
+      // a Stop reply that crossed the reply's own end on the wire: nothing to cancel
+      if (ev.error.code === "response_cancel_not_active") break;
       minmo.errors.push(ev.error);
       ui.status.textContent = `server: ${ev.error.message}`;
       break;
@@ -228,7 +253,7 @@ function stop() {
   if (ws) { const w = ws; ws = null; try { w.close(); } catch (e) {} }
   if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
   if (ctx) { ctx.close(); ctx = null; }
-  micNode = null; player = null;
+  micNode = null; player = null; activeResponse = null;
   sentSamples = 0; sentLog.length = 0;
   ui.toggle.textContent = "Start";
   ui.toggle.classList.remove("stop");
@@ -236,3 +261,5 @@ function stop() {
 }
 
 ui.toggle.addEventListener("click", () => (ws ? stop() : start()));
+ui.hush.addEventListener("click", hush);
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") hush(); });
