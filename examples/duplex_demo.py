@@ -1,15 +1,18 @@
 """Barge-in versus back-channel, live: a real server, a real model, espeak-ng as the user.
 
     .venv/bin/python examples/duplex_demo.py [--model minmo-small] [--turn-policy auto|vad]
+        [--talk-over TEXT ...]
 
-Starts the server in-process (the same engine as ``minmo serve``), then twice: the user asks
-for a long story; once the reply is speaking, the user talks over it — a real interruption
-("Wait, stop, ...") and a back-channel ("uh huh"). It prints how each reply ended:
-``cancelled`` (``turn_detected``: the server stopped talking) or ``completed``. A server
-that tells the two apart cancels the first and completes the second; the VAD rule
-(``--turn-policy vad``) cancels both. The shipped ``minmo-small`` does not tell them apart
-here yet: its predictor also takes this espeak "uh huh" for a barge-in (docs/serving.md).
-Audio goes over the Realtime WebSocket API at real-time pace (``RealtimeClient``).
+Starts the server in-process (the same engine as ``minmo serve``); for each case the user
+asks for a long story and, once the reply is speaking, talks over it: by default a real
+interruption ("Wait, stop, I have another question.") and a back-channel ("uh huh"). It
+prints whether the server stopped talking (it took the turn: ``speech_started`` while its
+reply played; the reply is ``cancelled`` if it was still being generated) or talked on.
+The server interrupts itself after 600 ms of the user's speech (``TurnPolicy.barge_in_ms``),
+so it talks on through short back-channels and stops for a real interruption; a short
+command ("stop", 256 ms of speech in espeak-ng's voice) does not stop it either (the page's
+Stop reply button does). Audio goes over the Realtime WebSocket API at real-time pace
+(``RealtimeClient``). Figures: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -35,17 +38,28 @@ def espeak_24k(text: str, directory: Path, lead: float, tail: float) -> np.ndarr
                            np.zeros(int(24000 * tail), np.float32)])
 
 
-async def talk_over(url: str, first: np.ndarray, second: np.ndarray) -> dict:
-    """Send ``first``; once its reply is audible send ``second``; the reply's ``response.done``."""
+async def talk_over(url: str, first: np.ndarray, second: np.ndarray) -> tuple[bool, dict]:
+    """Send ``first``; once its reply is audible send ``second``. Returns whether the server
+    took the turn (a ``speech_started`` while its reply played: it stopped talking) and the
+    reply's ``response.done`` (``cancelled`` if it was still generating then)."""
     from minmo.serving.client import RealtimeClient
 
     async with RealtimeClient(url + "/v1/realtime") as client:
         await client.send_audio(first, realtime=True)
         rid = (await client.wait_for("response.created", 120))["response"]["id"]
         await client.wait_for("response.output_audio.delta", 120)
+        # the server's playback clock runs on the user's audio, so the (long, faster than
+        # real time) reply plays on through all of ``second``: a speech_started is a barge-in
+        mark = len(client.events)
         await client.send_audio(second, realtime=True)
-        return await client.wait_for(
+        try:
+            await client.wait_for("input_audio_buffer.speech_started", 3, since=mark)
+            stopped = True
+        except asyncio.TimeoutError:
+            stopped = False
+        done = await client.wait_for(
             lambda e: e["type"] == "response.done" and e["response"]["id"] == rid, 180)
+        return stopped, done
 
 
 def main() -> int:
@@ -55,6 +69,9 @@ def main() -> int:
     parser.add_argument("--turn-policy", choices=("auto", "vad"), default="auto",
                         help="auto: trust the duplex predictor when trained (as minmo serve)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--talk-over", action="append", default=None, metavar="TEXT",
+                        help="what the user says over the reply (repeatable; default: an "
+                             "interruption and the back-channel 'uh huh')")
     args = parser.parse_args()
     if shutil.which("espeak-ng") is None:
         raise SystemExit("duplex_demo: needs espeak-ng (scripts/install.sh installs it)")
@@ -82,13 +99,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             ask = espeak_24k("Tell me a long story about the farmer and his bread.", Path(tmp),
                              0.3, 1.0)
-            for what, text in (("interruption", "Wait, stop, I have another question."),
-                               ("back-channel", "uh huh")):
-                done = asyncio.run(talk_over(server.ws_url, ask,
-                                             espeak_24k(text, Path(tmp), 0.0, 2.0)))
-                details = done["response"].get("status_details") or {}
-                print(f"{what:>13s} ({text!r}): reply {done['response']['status']}"
-                      + (f" ({details['reason']})" if details.get("reason") else ""))
+            cases = ([("talk-over", t) for t in args.talk_over] if args.talk_over else
+                     [("interruption", "Wait, stop, I have another question."),
+                      ("back-channel", "uh huh")])
+            for what, text in cases:
+                stopped, done = asyncio.run(talk_over(server.ws_url, ask,
+                                                      espeak_24k(text, Path(tmp), 0.0, 2.0)))
+                print(f"{what:>13s} ({text!r}): the server "
+                      f"{'stopped talking' if stopped else 'talked on'} "
+                      f"(reply {done['response']['status']})")
     finally:
         server.stop()
         engine.stop()

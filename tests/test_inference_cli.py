@@ -103,3 +103,4 @@ def test_serve_chat_bench_are_registered(capsys):
         assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--api-key" in out and "--turn-policy" in out and "--out" in out
+    assert "--barge-in-ms" in out and "--predictor-stop" in out

@@ -10,7 +10,7 @@ from minmo.serving.turns import TurnPolicy, replay_turns, turn_decision
 def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in():
     """The server's rule replayed on a recording: RESPOND once the gate has seen 500 ms of
     silence after the user's turn; while the assistant speaks, a 160 ms blip is heard and
-    ignored (CONTINUE) and 640 ms of speech stops it after 240 ms. The recorded assistant
+    ignored (CONTINUE) and 640 ms of speech stops it after 600 ms (240 ms: sooner). The recorded assistant
     answers 320 ms after the user stops, before the rule would: that answer does not make the
     rule's own RESPOND impossible (it comes late, as live); the recording cuts the assistant
     40 ms into the barge-in, but live it talks until the rule stops it."""
@@ -23,7 +23,7 @@ def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in(
     def speaking(sample):
         return 1.6 * 16000 <= sample < 4.2 * 16000
 
-    out = replay_turns(probs, speaking, frame, 80)
+    out = replay_turns(probs, speaking, frame, 80, policy=TurnPolicy(barge_in_ms=240))
     # silence from 1.28 s: the gate stops at the end of the window reaching 500 ms (1.792 s),
     # decided in frame 22 (1.76 .. 1.84 s); after the barge-in: silence from 4.8 s, gate stop
     # at 5.312 s, frame 66
@@ -33,23 +33,31 @@ def test_vad_rule_replay_responds_after_silence_and_stops_on_sustained_barge_in(
     assert not np.isin(out[20:22], [Decision.STOP, Decision.RESPOND]).any()  # recorded answer
     assert (out[23:55] == Decision.CONTINUE).all()  # the blip at 3.2 s is not a barge-in
     assert (out[67:] == Decision.LISTEN).all()
-    # a trusted predictor decides STOP (only during a barge-in candidate): its STOP in the
-    # blip stops; its silence through the barge-in does not, unless the speech goes on for
-    # trusted_barge_in_ms (600 ms: heard at 4.768 s, frame 59)
+    # the default span, 600 ms of speech: heard at 4.768 s, frame 59
+    out = replay_turns(probs, speaking, frame, 80)
+    assert np.flatnonzero(out == Decision.STOP).tolist() == [59]
+    # with predictor_stop, a trusted predictor's STOP also interrupts (only during a barge-in
+    # candidate): its STOP in the blip stops; its silence through the barge-in does not,
+    # unless the speech goes on for barge_in_ms
     predicted = np.zeros(80, dtype=np.int64)
     predicted[41] = Decision.STOP
     predicted[5] = Decision.RESPOND  # no open turn: ignored
     only = replay_turns(probs, speaking, frame, 80, predicted=predicted,
-                        policy=TurnPolicy(trust_predictor=True, trusted_barge_in_ms=None))
+                        policy=TurnPolicy(trust_predictor=True, predictor_stop=True,
+                                          barge_in_ms=1e9))
     assert np.flatnonzero(only == Decision.STOP).tolist() == [41]
     assert np.flatnonzero(only == Decision.RESPOND).tolist() == [22, 66]
-    out = replay_turns(probs, speaking, frame, 80, predicted=predicted)
+    out = replay_turns(probs, speaking, frame, 80, predicted=predicted,
+                       policy=TurnPolicy(trust_predictor=True, predictor_stop=True))
     assert np.flatnonzero(out == Decision.STOP).tolist() == [41, 59]
+    # the default: its RESPOND is trusted, its STOP is not
+    no_stop = replay_turns(probs, speaking, frame, 80, predicted=predicted)
+    assert np.flatnonzero(no_stop == Decision.STOP).tolist() == [59]
 
 
 def test_trusted_predictor_responds_after_short_silence_rule_after_the_gate():
     kw = dict(end=16000, turn_open=True, turn_stopped=False, candidate=None,
-              barge_in_ms=240, respond_silence_ms=160, trusted_barge_in_ms=600)
+              barge_in_ms=600, respond_silence_ms=160)
     # 192 ms since the last speech window: the predictor may answer; the rule waits for the gate
     assert turn_decision(False, Decision.RESPOND, last_speech=16000 - 3072, **kw) == Decision.RESPOND
     assert turn_decision(False, None, last_speech=16000 - 3072, **kw) == Decision.LISTEN
@@ -60,14 +68,14 @@ def test_trusted_predictor_responds_after_short_silence_rule_after_the_gate():
     assert turn_decision(True, Decision.STOP, last_speech=16000, **busy) == Decision.CONTINUE
     assert turn_decision(True, Decision.STOP, last_speech=16000,
                          **dict(busy, candidate=15000)) == Decision.STOP
-    # the rule's 240 ms are not enough when the predictor says go on (a back-channel) ...
-    assert turn_decision(True, Decision.CONTINUE, last_speech=16000,
-                         **dict(busy, candidate=8000)) == Decision.CONTINUE
-    # ... but 600 ms of speech are
-    assert turn_decision(True, Decision.CONTINUE, last_speech=16000,
-                         **dict(busy, candidate=16000 - 9600)) == Decision.STOP
-    assert turn_decision(True, None, last_speech=16000,
-                         **dict(busy, candidate=8000)) == Decision.STOP
+    # 500 ms of speech (a back-channel's length) do not interrupt, with or without the
+    # predictor's CONTINUE ...
+    for predicted in (Decision.CONTINUE, None):
+        assert turn_decision(True, predicted, last_speech=16000,
+                             **dict(busy, candidate=8000)) == Decision.CONTINUE
+        # ... but 600 ms of speech do
+        assert turn_decision(True, predicted, last_speech=16000,
+                             **dict(busy, candidate=16000 - 9600)) == Decision.STOP
     # a STOP once the user has gone quiet (as a back-channel ends) is not a barge-in: it
     # counts within stop_speech_ms (100) of the last speech window
     quiet = dict(busy, candidate=14000, stop_speech_ms=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -36,12 +37,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="speech decoder: token2wav (flow + HiFT) or placeholder tones")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
-                   help="who decides turn ends and barge-ins: the duplex predictor with VAD "
-                   "(it tells barge-ins from back-channels and answers after 160 ms of "
-                   "silence; VAD still answers after 500 ms and 600 ms of speech still "
-                   "interrupts) or the VAD rule alone (500 ms of silence, 240 ms of speech); "
-                   "auto: the predictor when the model's duplex predictor is trained "
-                   "(docs/serving.md)")
+                   help="who decides when to answer: the duplex predictor with VAD (answers "
+                   "after 160 ms of silence; VAD still answers after 500 ms) or the VAD rule "
+                   "alone (500 ms of silence); auto: the predictor when the model's duplex "
+                   "predictor is trained. Either way 600 ms of user speech over the "
+                   "assistant interrupts it (shorter back-channels do not); see "
+                   "docs/serving.md")
+    p.add_argument("--barge-in-ms", type=float, default=None,
+                   help="user speech over the assistant that interrupts it, in ms (default: "
+                   "TurnPolicy's 600, longer than back-channels; chosen on validation "
+                   "dialogues)")
+    p.add_argument("--predictor-stop", action="store_true",
+                   help="with a trusted predictor, let its STOP interrupt sooner (off: "
+                   "minmo-small's STOP stops at too many back-channels)")
     p.set_defaults(func=run)
     return p
 
@@ -65,13 +73,18 @@ def run(args: argparse.Namespace) -> int:
                            temperature=args.temperature, seed=None)
     trust = rt.info.trained_predictor if args.turn_policy == "auto" \
         else args.turn_policy == "predictor"
+    turns = TurnPolicy(trust_predictor=trust, predictor_stop=args.predictor_stop)
+    if args.barge_in_ms is not None:
+        turns = dataclasses.replace(turns, barge_in_ms=args.barge_in_ms)
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),
-                    gen=gen, limits=SessionLimits(turns=TurnPolicy(trust_predictor=trust))).start()
+                    gen=gen, limits=SessionLimits(turns=turns)).start()
     app = create_app(engine, ServerConfig(api_key=args.api_key,
                                           max_message_bytes=args.max_message_bytes,
                                           idle_timeout_s=args.idle_timeout))
+    barge = f"{turns.barge_in_ms:.0f} ms of speech" + (
+        " or the predictor's STOP" if trust and turns.predictor_stop else "")
     print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}, "
-          f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'}; "
+          f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'} (barge-in: {barge}); "
           f"page http://{args.host}:{args.port}/  realtime ws://{args.host}:{args.port}/v1/realtime"
           + ("  (API key required)" if args.api_key else ""), file=sys.stderr, flush=True)
     try:

@@ -8,11 +8,9 @@ decision hook overrides it), with the settings of a :class:`TurnPolicy`: the VAD
 or with a trusted duplex predictor (``trust_predictor``):
 
 * assistant busy (speaking or replying): STOP needs a barge-in candidate (user speech that
-  began while the assistant spoke) and either ``barge_in_ms`` of that speech heard (the VAD
-  rule) or, with a trusted predictor, its STOP while the user still speaks
-  (``stop_speech_ms``) or ``trusted_barge_in_ms`` heard (a longer span than back-channels:
-  sustained speech still interrupts when the predictor misses a barge-in); anything else
-  CONTINUEs;
+  began while the assistant spoke) and either ``barge_in_ms`` of that speech heard (longer
+  than back-channels) or, with a trusted predictor (``predictor_stop``), its STOP while the
+  user still speaks (``stop_speech_ms``); anything else CONTINUEs;
 * assistant silent: a trusted predictor's RESPOND answers the open user turn once VAD has
   heard ``respond_silence_ms`` without speech; the VAD rule answers it once the VAD gate has
   closed it (``silence_duration_ms`` of silence).
@@ -37,7 +35,6 @@ from minmo.serving.vad import SAMPLE_RATE, WINDOW, SileroVAD, VADGate, stream_pr
 def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open: bool,
                   turn_stopped: bool, candidate: int | None, last_speech: int,
                   barge_in_ms: float, respond_silence_ms: float,
-                  trusted_barge_in_ms: float | None = None,
                   stop_speech_ms: float | None = None) -> Decision:
     """One frame's decision (see the module docstring).
 
@@ -48,24 +45,19 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
         turn_open / turn_stopped: a user turn is open / the VAD gate has closed it.
         candidate: stream sample where a barge-in candidate began (None: none).
         last_speech: end of the last VAD speech window up to ``end``.
-        barge_in_ms / respond_silence_ms / trusted_barge_in_ms: ``SessionLimits`` (the last
-            None: only the predictor's STOP interrupts).
+        barge_in_ms / respond_silence_ms / stop_speech_ms: :class:`TurnPolicy`'s.
     """
-    if predicted is not None:
-        if busy:
-            stop = predicted == Decision.STOP and candidate is not None
-            if stop and stop_speech_ms is not None:
-                stop = end - last_speech <= stop_speech_ms * SAMPLE_RATE / 1000
-            if trusted_barge_in_ms is not None and candidate is not None:
-                stop = stop or last_speech - candidate >= trusted_barge_in_ms * SAMPLE_RATE / 1000
-            return Decision.STOP if stop else Decision.CONTINUE
-        silent = end - last_speech >= respond_silence_ms * SAMPLE_RATE / 1000
-        if predicted == Decision.RESPOND and turn_open and silent:
-            return Decision.RESPOND
+    ms = SAMPLE_RATE / 1000
     if busy:
-        heard = candidate is not None and last_speech - candidate >= \
-            barge_in_ms * SAMPLE_RATE / 1000  # speech heard, not time elapsed
-        return Decision.STOP if heard else Decision.CONTINUE
+        if candidate is None:
+            return Decision.CONTINUE
+        heard = last_speech - candidate >= barge_in_ms * ms  # speech heard, not time elapsed
+        stop = predicted == Decision.STOP and (stop_speech_ms is None
+                                               or end - last_speech <= stop_speech_ms * ms)
+        return Decision.STOP if heard or stop else Decision.CONTINUE
+    silent = end - last_speech >= respond_silence_ms * ms
+    if predicted == Decision.RESPOND and turn_open and silent:
+        return Decision.RESPOND
     return Decision.RESPOND if turn_open and turn_stopped else Decision.LISTEN
 
 
@@ -74,19 +66,23 @@ class TurnPolicy:
     """The server's turn-taking settings (``SessionLimits.turns``; see the module docstring).
 
     Attributes:
-        trust_predictor: the duplex predictor decides (else the VAD rule alone).
-        barge_in_ms: the rule's barge-in: this much user speech during the assistant's.
-        respond_silence_ms: a trusted predictor's RESPOND needs this much VAD silence.
-        trusted_barge_in_ms: with a trusted predictor, this much speech during the
-            assistant's still interrupts (None: only the predictor's STOP).
-        stop_speech_ms: a trusted predictor's STOP counts only within this long of the last
-            VAD speech window (a STOP as a back-channel ends is not a barge-in; None: always).
+        trust_predictor: the duplex predictor decides too (else the VAD rule alone).
+        barge_in_ms: user speech this long during the assistant's interrupts it (heard
+            speech, from the candidate's onset to its latest speech window).
+        respond_silence_ms: a trusted predictor's RESPOND needs this much VAD silence (the
+            rule's RESPOND waits for the VAD gate to close the turn).
+        predictor_stop: a trusted predictor's STOP interrupts before ``barge_in_ms`` (off by
+            default: minmo-small's STOP lost more back-channels than it gained in barge-in
+            latency, see ``docs/minmo_small.md``; the predictor's RESPOND is what it adds).
+        stop_speech_ms: with ``predictor_stop``, its STOP counts only within this long of
+            the last VAD speech window (a STOP as a back-channel ends is not a barge-in;
+            None: always).
     """
 
     trust_predictor: bool = False
-    barge_in_ms: float = 240.0
+    barge_in_ms: float = 600.0
     respond_silence_ms: float = 160.0
-    trusted_barge_in_ms: float | None = 600.0
+    predictor_stop: bool = False
     stop_speech_ms: float | None = 100.0
 
 
@@ -130,11 +126,15 @@ class TurnState:
                policy: TurnPolicy) -> Decision:
         """This frame's decision (:func:`turn_decision`); ``predicted`` is used only when the
         policy trusts the predictor."""
+        if not policy.trust_predictor:
+            predicted = None
+        elif predicted == Decision.STOP and not policy.predictor_stop:
+            predicted = Decision.CONTINUE
         return turn_decision(
-            busy, predicted if policy.trust_predictor else None, end=end, turn_open=self.open,
-            turn_stopped=self.stopped, candidate=self.candidate, last_speech=self.last_speech,
+            busy, predicted, end=end, turn_open=self.open, turn_stopped=self.stopped,
+            candidate=self.candidate, last_speech=self.last_speech,
             barge_in_ms=policy.barge_in_ms, respond_silence_ms=policy.respond_silence_ms,
-            trusted_barge_in_ms=policy.trusted_barge_in_ms, stop_speech_ms=policy.stop_speech_ms)
+            stop_speech_ms=policy.stop_speech_ms)
 
     def opened(self) -> None:
         """A user turn opened (VAD start, or a barge-in)."""
