@@ -247,8 +247,8 @@ class RealtimeSession:
 
     def _on_input_audio_buffer_clear(self, ev: dict, eid: str | None) -> None:
         self.buffer_start = self.received
-        self.turn.closed()
-        self.turn.candidate, self.turn_item = None, None
+        self.turn.cleared()
+        self.turn_item = None
         self.emit(R.event("input_audio_buffer.cleared"))
 
     def _on_conversation_item_create(self, ev: dict, eid: str | None) -> None:

@@ -150,6 +150,11 @@ class TurnState:
         """The open turn was committed (answered) or dropped."""
         self.open = self.stopped = False
 
+    def cleared(self) -> None:
+        """The input audio was cleared: no open turn, no barge-in candidate."""
+        self.closed()
+        self.candidate = None
+
 
 def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_samples: int,
                  num_frames: int, predicted: np.ndarray | None = None, *,
