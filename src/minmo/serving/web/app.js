@@ -238,7 +238,7 @@ async function start() {
       if (sentLog.length > 1500) sentLog.shift(); // last 60 s
       send({ type: "input_audio_buffer.append", audio: floatToB64(e.data) });
     };
-    ui.toggle.textContent = "Stop";
+    ui.toggle.textContent = "End";
     ui.toggle.classList.add("stop");
   } catch (err) {
     ui.status.textContent = `could not start: ${err}`;
