@@ -20,9 +20,10 @@ are the listening stream's own (the same figures, much faster); without it they 
 full-context, and the gap to the streaming figures is what the windowed stream's limited
 look-ahead costs the predictor. ``--vad-rule`` also replays the server's turn taking on the
 same dialogues and frames (:func:`minmo.serving.turns.replay_turns`), scored the same way:
-the VAD rule alone (answer after 500 ms of silence, barge-in after 240 ms of speech) and the
-rule with this predictor trusted at the best thresholds (``trust_predictor``): whether the
-server should trust the predictor.
+the VAD rule alone (answer after 500 ms of silence, barge-in after ``--barge-in-ms`` of
+speech, default the server's 600) and the rule with this predictor trusted at the best
+thresholds (``trust_predictor``; ``--predictor-stop``: also with its STOP): whether and how
+the server should trust the predictor, and how long a barge-in must be heard.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def _label(threshold: float | None) -> str:
     return "argmax" if threshold is None else f"{threshold:.2f}"
 
 
-def _server_policies(runs, k: int, respond: float | None, stop: float | None):
-    """The server's turn taking over each dialogue's user channel, scored like the predictor:
-    the VAD rule alone, and with the predictor (these thresholds) trusted."""
+def _server_policies(runs, k: int, respond: float | None, stop: float | None,
+                     policies: dict):
+    """The server's turn taking over each dialogue's user channel under each named
+    :class:`~minmo.serving.turns.TurnPolicy`, scored like the predictor (a trusted predictor
+    at these thresholds)."""
     from minmo.eval import duplex_metrics as dm
     from minmo.eval.adapters import DuplexTrace
     from minmo.eval.tasks import score_duplex_trace
@@ -54,14 +57,14 @@ def _server_policies(runs, k: int, respond: float | None, stop: float | None):
     from minmo.serving.vad import SileroVAD
 
     vad = SileroVAD.from_package()
-    totals = {"vad_rule": dm.DuplexScores(), "vad_rule+predictor": dm.DuplexScores()}
+    totals = {name: dm.DuplexScores() for name in policies}
     for item, true10, trace, wave, speaking10 in runs:
         predicted = decide(torch.from_numpy(trace.probs), respond, stop).numpy()
-        policies = server_decisions(vad, wave, speaking10, trace.frame_ms, predicted)
-        for name, decisions in policies.items():
+        replayed = server_decisions(vad, wave, speaking10, trace.frame_ms, predicted, policies)
+        for name, decisions in replayed.items():
             totals[name] = totals[name] + score_duplex_trace(
                 item, true10, DuplexTrace(trace.frame_ms, decisions), k)
-    return totals["vad_rule"], totals["vad_rule+predictor"]
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,10 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vad-rule", action="store_true",
                         help="also score the server's turn taking (VAD rule alone, and with the "
                              "predictor trusted) on the same dialogues")
+    parser.add_argument("--barge-in-ms", type=lambda v: [float(x) for x in v.split(",")],
+                        default=None, metavar="MS[,MS...]",
+                        help="with --vad-rule: the barge-in spans to replay (default: the "
+                             "server's, TurnPolicy.barge_in_ms)")
+    parser.add_argument("--predictor-stop", action="store_true",
+                        help="with --vad-rule: also replay the trusted predictor with its STOP "
+                             "(TurnPolicy.predictor_stop)")
     parser.add_argument("--model-thresholds", action="store_true",
                         help="with --vad-rule: trust the predictor at the model's configured "
                              "thresholds (a test split) rather than the best on this data")
     args = parser.parse_args(argv)
+    from minmo.serving.turns import TurnPolicy
+
+    args.barge_in_ms = args.barge_in_ms or [TurnPolicy.barge_in_ms]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -152,10 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         respond, stop, which = ((cfg.respond_threshold, cfg.stop_threshold, "model's thresholds")
                                 if args.model_thresholds else
                                 (best["respond_threshold"], best["stop_threshold"], "best"))
-        rule, trusted = _server_policies(runs, args.k, respond, stop)
-        policies = {"server: VAD rule": rule,
-                    f"server: VAD rule + predictor ({which}: respond {_label(respond)}, "
-                    f"stop {_label(stop)})": trusted}
+        which = f"{which}: respond {_label(respond)}, stop {_label(stop)}"
+        named = {}
+        for ms in args.barge_in_ms:
+            named[f"server: VAD rule, barge-in {ms:g} ms"] = TurnPolicy(barge_in_ms=ms)
+            named[f"server: VAD rule + predictor ({which}), barge-in {ms:g} ms"] = TurnPolicy(
+                trust_predictor=True, barge_in_ms=ms)
+            if args.predictor_stop:
+                named[f"server: VAD rule + predictor with its STOP ({which}), barge-in "
+                      f"{ms:g} ms"] = TurnPolicy(trust_predictor=True, predictor_stop=True,
+                                                 barge_in_ms=ms)
+        policies = _server_policies(runs, args.k, respond, stop, named)
     for name, total in policies.items():
         print(f"{name}: assistant F1 {total.assistant_turn.f1:.3f}, user F1 "
               f"{total.user_turn.f1:.3f}, back-channel accuracy "

@@ -40,11 +40,16 @@ def test_tune_script_scores_the_grid_from_one_pass(tmp_path: Path) -> None:
         assert script.main(["--model", "tiny", "--data", str(manifests["duplex"]), "--json", str(out),
                             "--threads", "1"]) == 0
         assert script.main(["--model", "tiny", "--data", str(manifests["duplex"]), "--offline",
-                            "--json", str(tmp_path / "offline.json")]) == 0
+                            "--json", str(tmp_path / "offline.json"), "--vad-rule",
+                            "--barge-in-ms", "240,600", "--predictor-stop"]) == 0
     finally:
         torch.set_num_threads(threads)
     offline = json.loads((tmp_path / "offline.json").read_text())
     assert offline["features"] == "offline" and len(offline["grid"]) == len(script.GRID) ** 2
+    # the server replayed under 3 policies x 2 barge-in spans, each with all duplex scores
+    server = offline["server"]
+    assert len(server) == 6 and sum("barge-in 600 ms" in name for name in server) == 3
+    assert all(set(row) >= {"user_turn_taking", "barge_in_latency"} for row in server.values())
     report = json.loads(out.read_text())
     assert report["features"] == "streaming"
     assert report["dialogues"] == 2 and len(report["grid"]) == len(script.GRID) ** 2

@@ -215,17 +215,25 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
     return out
 
 
+SERVER_POLICIES = {"vad_rule": TurnPolicy(trust_predictor=False),
+                   "vad_rule+predictor": TurnPolicy(trust_predictor=True)}
+"""The two policies ``minmo eval`` reports: the VAD rule alone, and with the predictor trusted
+(both at :class:`TurnPolicy`'s defaults)."""
+
+
 def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
-                     frame_ms: float, predicted: np.ndarray) -> dict[str, np.ndarray]:
+                     frame_ms: float, predicted: np.ndarray,
+                     policies: dict[str, TurnPolicy] | None = None) -> dict[str, np.ndarray]:
     """The server's decisions over one recorded dialogue on the predictor's frame grid.
 
     Args:
         vad: silero VAD; wave: the user channel, 16 kHz.
         speaking10: the recorded assistant-speaking flags, 10 ms grid.
         frame_ms: decision frame length; predicted: the predictor's decisions on it.
+        policies: name -> policy to replay (default :data:`SERVER_POLICIES`).
 
     Returns:
-        ``{"vad_rule": ..., "vad_rule+predictor": ...}`` ``(F,)`` decisions each.
+        name -> ``(F,)`` decisions.
     """
     flags = speaking_lookup(np.asarray(speaking10, dtype=np.int64))
     probs = stream_probs(vad, wave)
@@ -234,8 +242,5 @@ def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
     def speaking(sample: int) -> bool:
         return flags(sample / SAMPLE_RATE)
 
-    n = len(predicted)
-    return {"vad_rule": replay_turns(probs, speaking, frame, n, predicted,
-                                     policy=TurnPolicy(trust_predictor=False)),
-            "vad_rule+predictor": replay_turns(probs, speaking, frame, n, predicted,
-                                               policy=TurnPolicy(trust_predictor=True))}
+    return {name: replay_turns(probs, speaking, frame, len(predicted), predicted, policy=policy)
+            for name, policy in (policies or SERVER_POLICIES).items()}
