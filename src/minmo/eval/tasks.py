@@ -420,14 +420,14 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     if not _needs(ctx, out, "duplex"):
         return out
     from minmo.audio.io import load_audio
-    from minmo.serving.turns import server_decisions
+    from minmo.serving.turns import SERVER_POLICIES, server_decisions
     from minmo.serving.vad import SileroVAD
 
     runner = _Runner(ctx, out)
     total = dm.DuplexScores()
     # what a user meets: the server's turn taking, VAD rule alone / with the predictor trusted
     vad = SileroVAD.from_package()
-    server = {"vad_rule": dm.DuplexScores(), "vad_rule+predictor": dm.DuplexScores()}
+    server = {name: dm.DuplexScores() for name in SERVER_POLICIES}
     frame_ms_seen: set[float] = set()
     for item in ctx.items:
         labels_path = item.extra.get("labels")
