@@ -465,8 +465,7 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         return out
     d = {"frame_ms": sorted(frame_ms_seen), "k": ctx.k, **total.as_dict()}
     out.rows += _duplex_rows(ctx, runner, total, "", d)
-    for key, scores in server.items():  # docs/eval.md: the replay of the server's policies
-        name = {"vad_rule": "VAD rule", "vad_rule+predictor": "VAD rule + predictor"}[key]
+    for name, scores in server.items():  # docs/eval.md: the replay of the server's policies
         if scores.dialogues:
             out.rows += _duplex_rows(ctx, runner, scores, f"server ({name}): ", scores.as_dict())
     return out

@@ -215,8 +215,8 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
     return out
 
 
-SERVER_POLICIES = {"vad_rule": TurnPolicy(trust_predictor=False),
-                   "vad_rule+predictor": TurnPolicy(trust_predictor=True)}
+SERVER_POLICIES = {"VAD rule": TurnPolicy(trust_predictor=False),
+                   "VAD rule + predictor": TurnPolicy(trust_predictor=True)}
 """The two policies ``minmo eval`` reports: the VAD rule alone, and with the predictor trusted
 (both at :class:`TurnPolicy`'s defaults)."""
 
