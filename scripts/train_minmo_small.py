@@ -135,7 +135,7 @@ def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str],
                  tokenised: bool = False) -> Any:
     """The :class:`~minmo.config.TrainConfig` of ``stage`` for this run; with ``tokenised``
     a speech stage reads each manifest's ``<name>.tokens.jsonl`` (what ``minmo tokenize``
-    writes beside it, :func:`ensure_tokens`).
+    writes beside it, :func:`ensure_tokens`), manifests named by ``--set`` included.
 
     Raises:
         ConfigError: the recipe YAML or an override is invalid (names file and key).
@@ -149,11 +149,12 @@ def stage_config(stage: str, run: Path, corpus: Path, overrides: list[str],
     data["init"] = None
     train_lists = data.setdefault("data", {}).get("train", [])
     data["data"]["train"] = [str(p).replace(CORPUS_PLACEHOLDER, str(corpus)) for p in train_lists]
+    apply_overrides(data, split_overrides(overrides, stage), source=f"{path} (--set)")
     if tokenised and stage in SPEECH_STAGES:
         from minmo.data.manifest import tokens_manifest_path
 
-        data["data"]["train"] = [str(tokens_manifest_path(p)) for p in data["data"]["train"]]
-    apply_overrides(data, split_overrides(overrides, stage), source=f"{path} (--set)")
+        data["data"]["train"] = [p if str(p).endswith(".tokens.jsonl") else str(tokens_manifest_path(p))
+                                 for p in data["data"]["train"]]
     return from_dict(TrainConfig, data, source=str(path))
 
 

@@ -79,6 +79,19 @@ def test_stage_config_fills_paths_and_applies_stage_overrides(tmp_path):
         script.stage_config("s2t_sft", tmp_path, tmp_path, ["nope:optim.lr=1"])
 
 
+def test_speech_stage_reads_tokens_of_every_manifest_named(tmp_path):
+    """With a speech run, a speech stage reads the ``.tokens.jsonl`` copy of each manifest,
+    those added by ``--set`` too (e.g. a second corpus), and tokens manifests as given."""
+    script = _script()
+    sets = ["s2s:data.train=[/a/s2s_chat.jsonl,/b/tts.jsonl,/c/tts.tokens.jsonl]",
+            "s2s:data.tasks=[s2s_chat,tts]"]
+    cfg = script.stage_config("s2s", tmp_path / "run", tmp_path / "corpus", sets, tokenised=True)
+    assert cfg.data.train == ["/a/s2s_chat.tokens.jsonl", "/b/tts.tokens.jsonl", "/c/tts.tokens.jsonl"]
+    assert cfg.data.tasks == ["s2s_chat", "tts"]
+    plain = script.stage_config("s2s", tmp_path / "run", tmp_path / "corpus", [])
+    assert plain.data.train == [str(tmp_path / "corpus" / "train" / "s2s_chat.jsonl")]
+
+
 # --------------------------------------------------------------------------------------
 # Overlay package
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from minmo.checkpoints import load_tensors
-from minmo.config import DataConfig, OptimConfig, TrainConfig
+from minmo.config import ConfigError, DataConfig, OptimConfig, TrainConfig
 from minmo.models.builders import minmo_tiny
 from minmo.training.data_source import DataPosition, IndexedBatchSource, ListDataset
 from minmo.training.loop import train
@@ -83,6 +83,36 @@ def test_freeze_matrix_and_one_step(name, corpus):
     for group in groups_trained:
         assert changed & set(groups[group]), f"{name}: nothing in {group} moved"
 
+
+
+def test_data_tasks_mixes_tts_rows_into_s2s(corpus):
+    """``data.tasks`` widens a stage's rows: s2s trains on spoken answers and read-aloud text
+    in one batch, each row scored as if alone; a task the loss cannot read stops the run."""
+    torch.manual_seed(0)
+    model = minmo_tiny()
+    apply_stage(model, get_stage("s2s"))
+    model.eval()
+    manifests = [str(corpus["s2s"]), str(corpus["tts"])]
+
+    def source(batch_size, tasks=()):
+        return build_manifest_source(TrainConfig(stage="s2s", data=DataConfig(
+            train=manifests, batch_size=batch_size, num_workers=0, shuffle=False,
+            tasks=list(tasks))), model, 0, 1)
+
+    assert len(source(4).loader.dataset) == 2
+    mixed = source(4, ["s2s_chat", "tts"])
+    assert len(mixed.loader.dataset) == 4
+    batches = source(1, ["s2s_chat", "tts"]).batches(DataPosition())
+    alone = [next(batches)[0] for _ in range(4)]
+    assert sorted(t for b in alone for t in b["tasks"]) == ["s2s_chat"] * 2 + ["tts"] * 2
+    with torch.no_grad():
+        together = model(next(mixed.batches(DataPosition()))[0], losses=("speech",)).loss
+        each = [model(b, losses=("speech",)).loss for b in alone]
+    assert torch.allclose(together, torch.stack(each).mean(), atol=1e-5)
+    with pytest.raises(ConfigError, match="cannot train on \\['asr'\\]"):
+        source(4, ["s2s_chat", "asr"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        source(4, ["s2s"])
 
 # ---- a stage that brings its own model, data, optimizers and step (GAN-style) ----------
 

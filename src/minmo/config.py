@@ -368,6 +368,7 @@ class DataConfig:
     shuffle: bool = True
     max_audio_seconds: float = 30.0
     max_text_tokens: int = 512
+    tasks: list[str] = field(default_factory=list)  # manifest tasks to train on; empty: the stage's own (docs/training.md)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from minmo.config import TrainConfig
+from minmo.config import ConfigError, TrainConfig
+from minmo.data.manifest import SPEECH_OUTPUT_TASKS, TASKS
 from minmo.training.data_source import Batch, DataPosition
 from minmo.training.errors import TrainingError
 
@@ -42,6 +43,32 @@ STAGE_TASKS: dict[str, tuple[str, ...]] = {
 
 SPEECH_TOKEN_STAGES = ("t2s_projector", "t2s_full", "s2s")
 """Stages whose loss reads ``speech_tokens``."""
+
+
+def stage_tasks(cfg: TrainConfig) -> tuple[str, ...] | None:
+    """The manifest tasks ``cfg`` trains on: ``data.tasks`` when set (e.g. ``s2s`` on
+    ``s2s_chat`` with ``tts`` rows mixed in, so the voice LM keeps reading text aloud),
+    else the stage's own (:data:`STAGE_TASKS`; None: every task).
+
+    Raises:
+        ConfigError: ``data.tasks`` names an unknown task, or one whose rows the stage's
+            loss cannot read (a speech stage needs tasks with speech output).
+    """
+    if not cfg.data.tasks:
+        return STAGE_TASKS.get(cfg.stage)
+    unknown = sorted(set(cfg.data.tasks) - set(TASKS))
+    if unknown:
+        raise ConfigError(f"data.tasks: unknown task(s) {unknown} (tasks: {', '.join(TASKS)})")
+    if cfg.stage in SPEECH_TOKEN_STAGES:
+        allowed = SPEECH_OUTPUT_TASKS
+    else:
+        allowed = frozenset(STAGE_TASKS.get(cfg.stage, TASKS))
+    wrong = sorted(set(cfg.data.tasks) - allowed)
+    if wrong:
+        raise ConfigError(f"data.tasks: stage '{cfg.stage}' cannot train on {wrong} "
+                          f"(its loss reads tasks {', '.join(sorted(allowed))})")
+    return tuple(cfg.data.tasks)
+
 
 FIX_HINT = "fix or remove the row (`minmo data check MANIFEST` lists every bad row)"
 MISSING_SPEECH_TOKENS = "missing_speech_tokens"
@@ -184,7 +211,7 @@ def build_manifest_source(cfg: TrainConfig, model: nn.Module, rank: int, world_s
     check_manifests(cfg)
     model_cfg = getattr(model, "cfg", None)
     system_prompt = getattr(model_cfg, "system_prompt", "You are a helpful assistant.")
-    tasks = STAGE_TASKS.get(cfg.stage)
+    tasks = stage_tasks(cfg)
     try:
         loader = build_loader(cfg.data, cfg.data.train, model.frontend, model.tokenizer,
                               system_prompt=system_prompt, seed=cfg.seed, rank=rank,

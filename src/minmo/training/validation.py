@@ -117,9 +117,9 @@ def build_valid_set(cfg: TrainConfig, stage: Stage, model: nn.Module, info: Dist
         return _share([list(range(i, min(i + bs, len(examples)))) for i in range(0, len(examples), bs)],
                       _Indexed(examples), collate, cfg, info)
     from minmo.data.loader import build_loader
-    from minmo.training.manifest_data import STAGE_TASKS, drop_rows_without_speech_tokens
+    from minmo.training.manifest_data import drop_rows_without_speech_tokens, stage_tasks
 
-    tasks = STAGE_TASKS.get(cfg.stage)
+    tasks = stage_tasks(cfg)
     model_cfg = getattr(model, "cfg", None)
     system_prompt = getattr(model_cfg, "system_prompt", "You are a helpful assistant.")
     try:
