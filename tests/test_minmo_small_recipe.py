@@ -26,6 +26,7 @@ from minmo.checkpoints.overlay import (
 )
 from minmo.config import TrainConfig, from_dict, load_model_config, read_yaml, save_yaml
 from minmo.models.builders import build_model
+from minmo.training.manifest_data import stage_tasks
 from minmo.training.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ def test_every_recipe_yaml_loads_strictly_and_names_its_stage():
         assert cfg.stage == name and cfg.stage in STAGES
         assert cfg.data.train and all(script.CORPUS_PLACEHOLDER in p for p in cfg.data.train)
         assert cfg.optim.max_steps > cfg.optim.warmup_steps
+        stage_tasks(cfg)  # data.tasks, where set, is one the stage's loss reads
     assert set(script.DEFAULT_STAGES) <= set(script.RECIPE)
     assert list(script.DEFAULT_STAGES) == sorted(script.DEFAULT_STAGES, key=script.RECIPE.index)
 
@@ -88,8 +90,10 @@ def test_speech_stage_reads_tokens_of_every_manifest_named(tmp_path):
     cfg = script.stage_config("s2s", tmp_path / "run", tmp_path / "corpus", sets, tokenised=True)
     assert cfg.data.train == ["/a/s2s_chat.tokens.jsonl", "/b/tts.tokens.jsonl", "/c/tts.tokens.jsonl"]
     assert cfg.data.tasks == ["s2s_chat", "tts"]
-    plain = script.stage_config("s2s", tmp_path / "run", tmp_path / "corpus", [])
-    assert plain.data.train == [str(tmp_path / "corpus" / "train" / "s2s_chat.jsonl")]
+    recipe = script.stage_config("s2s", tmp_path / "run", tmp_path / "corpus", [], tokenised=True)
+    train = tmp_path / "corpus" / "train"
+    assert recipe.data.train == [str(train / f"{t}.tokens.jsonl") for t in ("s2s_chat", "tts", "instruct_tts")]
+    assert recipe.data.tasks == ["s2s_chat", "tts", "instruct_tts"]
 
 
 # --------------------------------------------------------------------------------------
