@@ -461,8 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     speech = speech_config(args.speech.resolve()) if args.speech else None
     if speech is None and any(s in SPEECH_STAGES for s in stages):
         log("no --speech run: the speech stages read speech_tokens from the manifests as they are")
-    configs = {s: stage_config(s, run, corpus, args.overrides, tokenised=speech is not None)
-               for s in stages}
+    from minmo.config import ConfigError
+
+    try:
+        configs = {s: stage_config(s, run, corpus, args.overrides, tokenised=speech is not None)
+                   for s in stages}
+    except ConfigError as exc:  # a bad --set or recipe YAML: say which, no traceback
+        raise SystemExit(f"train_minmo_small: {exc}") from None
     if args.dry_run:
         for s, c in configs.items():
             print(f"--- {s}\n{json.dumps(_plain(c), indent=1)}")

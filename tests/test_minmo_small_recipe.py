@@ -79,6 +79,10 @@ def test_stage_config_fills_paths_and_applies_stage_overrides(tmp_path):
     assert sft.optim.max_steps == 7 and pre.optim.max_steps != 7
     with pytest.raises(SystemExit, match="unknown stage 'nope'"):
         script.stage_config("s2t_sft", tmp_path, tmp_path, ["nope:optim.lr=1"])
+    # a misplaced key stops the script with the config error, not a traceback
+    with pytest.raises(SystemExit, match="unknown key 'optim.max_minutes'"):
+        script.main(["--out", str(tmp_path / "run"), "--stages", "s2t_sft", "--dry-run",
+                     "--set", "s2t_sft:optim.max_minutes=3"])
 
 
 def test_speech_stage_reads_tokens_of_every_manifest_named(tmp_path):
