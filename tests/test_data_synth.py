@@ -18,7 +18,7 @@ from minmo.data.espeak import (ASSISTANT, TEST_MBROLA_VOICES, TEST_VARIANTS, che
 from minmo.data.manifest import TASKS
 from minmo.data.qa import qa_pairs, qa_pairs_by_split
 from minmo.data.synth import SynthConfig, SynthError, synthesize_corpus
-from minmo.data.text_corpus import SENTENCE_LANGUAGES, sentence_ids_by_split
+from minmo.data.text_corpus import SENTENCE_LANGUAGES, sentence, sentence_ids_by_split
 
 pytest.importorskip("numpy")
 try:
@@ -277,3 +277,32 @@ def test_kinds_choose_item_kinds_and_share_the_hours(tmp_path):
     assert cfg.identity()["kinds"] == ["duplex"] and "kinds" not in _cfg(tmp_path).identity()
     with pytest.raises(SynthError, match="unknown item kinds"):
         plan_shards(_cfg(tmp_path, kinds=["duplx"]))
+
+
+def _open_test_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_open_test.py"
+    spec = importlib.util.spec_from_file_location("make_open_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_open_test_sentences_lie_outside_the_corpus_and_use_held_out_voices(tmp_path):
+    script = _open_test_script()
+    sentences = script.read_sentences(script.DEFAULT_SENTENCES)
+    assert len(sentences) == 40 and len(set(sentences)) == 40
+    corpus = {" ".join(sentence("en", sid).lower().split())
+              for ids in sentence_ids_by_split().values() for sid in ids}
+    assert not corpus & {" ".join(s.lower().split()) for s in sentences}
+    rows = script.make_open_test(tmp_path / "a", sentences[:3], per_sentence=2, seed=5)
+    again = script.make_open_test(tmp_path / "b", sentences[:3], per_sentence=2, seed=5)
+    assert [r["text"] for r in rows] == [s for s in sentences[:3] for _ in range(2)]
+    assert rows == again  # seeded: the same clips, speakers and levels
+    assert all(r["speaker"].split("+")[1].split("-")[0] in TEST_VARIANTS for r in rows)
+    for r in rows:
+        wave, rate = sf.read(tmp_path / "a" / r["audio"])
+        assert rate == 16000 and abs(len(wave) / rate - r["duration"]) < 1e-3
+    report = check_manifests([tmp_path / "a" / "asr.jsonl"])
+    assert report.bad == [] and report.counts == {"asr": 6}
