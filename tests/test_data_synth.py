@@ -306,3 +306,32 @@ def test_open_test_sentences_lie_outside_the_corpus_and_use_held_out_voices(tmp_
         assert rate == 16000 and abs(len(wave) / rate - r["duration"]) < 1e-3
     report = check_manifests([tmp_path / "a" / "asr.jsonl"])
     assert report.bad == [] and report.counts == {"asr": 6}
+
+
+def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
+    from minmo.data.synth import plan_shards
+
+    lines = [f"Line {i} says the {w} is ready." for i, w in
+             enumerate(["kettle", "parcel", "report", "garden", "taxi"] * 60)]
+    text = tmp_path / "open.txt"
+    text.write_text("\n".join(lines + ["", lines[0]]) + "\n")  # blank and repeated lines
+    assert "text" not in {p.kind for p in plan_shards(_cfg(tmp_path / "none"))}
+    with pytest.raises(SynthError, match="needs --text-file"):
+        plan_shards(_cfg(tmp_path / "x", kinds=["text"]))
+    with pytest.raises(SynthError, match="no sentence for split"):
+        few = tmp_path / "few.txt"
+        few.write_text("One line only.\n")
+        plan_shards(_cfg(tmp_path / "y", kinds=["text"], text_file=str(few)))
+    cfg = _cfg(tmp_path / "c", kinds=["text"], text_file=str(text))
+    synthesize_corpus(cfg, progress=False)
+    rows = {split: [json.loads(x) for x in (tmp_path / "c" / split / "asr.jsonl").read_text().splitlines()]
+            for split in ("train", "test")}
+    assert rows["train"] and rows["test"]
+    assert all(r["text"] in lines and r["language"] == "en" for rs in rows.values() for r in rs)
+    assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}
+    assert all(r["speaker"].split("+")[-1].split("-")[0] in TEST_VARIANTS
+               for r in rows["test"] if not r["speaker"].startswith("mb-"))
+    # the text's content fixes the corpus: another text in the same folder is refused
+    text.write_text("\n".join(reversed(lines)) + "\n")
+    with pytest.raises(SynthError, match="text_file"):
+        synthesize_corpus(cfg, progress=False)

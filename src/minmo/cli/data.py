@@ -32,7 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                             "user speakers")
     synth.add_argument("--kinds", default=None,
                        help="comma-separated item kinds to make (default: all: sentence,"
-                            "emotion,event,qa,tts,instruct_tts,duplex); they share --hours")
+                            "emotion,event,qa,tts,instruct_tts,duplex, and text with "
+                            "--text-file); they share --hours")
+    synth.add_argument("--text-file", default=None,
+                       help="UTF-8 file of sentences, one per line (# lines skipped): adds "
+                            "the kind 'text' (asr rows of them in user voices; each sentence "
+                            "in one split by a hash). Open text is what teaches a model "
+                            "words, not sentences")
+    synth.add_argument("--text-language", default="en",
+                       help="language of the --text-file sentences (voice language code)")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.add_argument("--no-check", action="store_true", help="skip the final manifest check")
 
@@ -78,7 +86,8 @@ def _synth(args: argparse.Namespace) -> int:
                       shard_seconds=args.shard_seconds, test_fraction=args.test_fraction,
                       valid_fraction=args.valid_fraction, languages=languages,
                       mbrola=args.mbrola,
-                      kinds=args.kinds.split(",") if args.kinds else None)
+                      kinds=args.kinds.split(",") if args.kinds else None,
+                      text_file=args.text_file, text_language=args.text_language)
     from minmo.data.espeak import EspeakError
 
     try:

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from minmo.data.espeak import EspeakError, check_espeak, missing_mbrola_voices
 from minmo.data.manifest import TASKS
-from minmo.data.synth_items import ITEM_KINDS, KIND_SHARE, AudioCheckError, ItemContext
+from minmo.data.synth_items import (DEFAULT_KINDS, ITEM_KINDS, KIND_SHARE, AudioCheckError,
+                                    ItemContext, texts_by_split)
 from minmo.data.text_corpus import SENTENCE_LANGUAGES
 
 SPLITS = ("train", "valid", "test")
@@ -63,6 +64,10 @@ class SynthConfig:
             ``mbrola-*`` packages; see ``docs/data.md``).
         kinds: item kinds to make (None: all); the chosen kinds share ``hours`` in their
             ``KIND_SHARE`` proportions (e.g. ``["duplex"]``: dialogues only).
+        text_file: a UTF-8 file of sentences, one per line (``#`` lines are comments): adds
+            the kind ``text`` (``asr`` rows of these sentences in user voices; each sentence
+            in one split, by a hash).
+        text_language: language of ``text_file``'s sentences (a voice language code).
     """
 
     out: str
@@ -75,6 +80,8 @@ class SynthConfig:
     languages: list[str] = field(default_factory=lambda: list(SENTENCE_LANGUAGES))
     mbrola: bool = False
     kinds: list[str] | None = None
+    text_file: str | None = None
+    text_language: str = "en"
 
     def identity(self) -> dict:
         """The settings that fix the output (stored in ``synth.json``)."""
@@ -85,6 +92,13 @@ class SynthConfig:
             d.pop("mbrola")
         if d["kinds"] is None:
             d.pop("kinds")
+        if d["text_file"] is None:  # corpora made before the option stay resumable
+            d.pop("text_file")
+            d.pop("text_language")
+        elif not Path(self.text_file).is_file():
+            raise SynthError(f"--text-file {self.text_file}: no such file")
+        else:  # the text, not where it lies, fixes the output
+            d["text_file"] = hashlib.sha256(Path(self.text_file).read_bytes()).hexdigest()
         d["version"] = SYNTH_VERSION
         return d
 
@@ -114,10 +128,14 @@ def plan_shards(cfg: SynthConfig) -> list[ShardPlan]:
     """Cut ``cfg.hours`` into shards per item kind (at least one shard per kind)."""
     if cfg.hours <= 0:
         raise SynthError(f"--hours must be > 0, got {cfg.hours}")
-    kinds = list(KIND_SHARE) if cfg.kinds is None else cfg.kinds
+    kinds = list(DEFAULT_KINDS) if cfg.kinds is None else cfg.kinds
+    if cfg.kinds is None and cfg.text_file:
+        kinds.append("text")
     unknown = sorted(set(kinds) - set(KIND_SHARE))
     if unknown or not kinds:
         raise SynthError(f"unknown item kinds {unknown or kinds}: choose from {', '.join(KIND_SHARE)}")
+    if "text" in kinds:
+        _texts(cfg)  # refuse a missing file or an empty split before any work
     norm = sum(KIND_SHARE[k] for k in kinds)
     plans = []
     for kind in kinds:
@@ -126,6 +144,32 @@ def plan_shards(cfg: SynthConfig) -> list[ShardPlan]:
         for i in range(n):
             plans.append(ShardPlan(f"{kind}-{i:05d}", kind, total / n))
     return plans
+
+
+def _texts(cfg: SynthConfig) -> dict[str, list[str]]:
+    """``cfg.text_file``'s sentences by split.
+
+    Raises:
+        SynthError: no file, or a split without sentences (too few lines).
+    """
+    from minmo.data.espeak import LANGUAGE_VOICES
+
+    if not cfg.text_file:
+        raise SynthError("the item kind 'text' needs --text-file FILE (one sentence per line)")
+    if cfg.text_language not in LANGUAGE_VOICES:
+        raise SynthError(f"--text-language {cfg.text_language}: no voices; choose from "
+                         f"{', '.join(LANGUAGE_VOICES)}")
+    path = Path(cfg.text_file)
+    if not path.is_file():
+        raise SynthError(f"--text-file {path}: no such file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    texts = texts_by_split(lines, cfg.test_fraction, cfg.valid_fraction)
+    empty = [split for split, items in texts.items() if not items]
+    if empty:
+        raise SynthError(f"--text-file {path}: {sum(map(len, texts.values()))} distinct "
+                         f"sentences leave no sentence for split(s) {', '.join(empty)}; give "
+                         "more lines (a few hundred at least)")
+    return texts
 
 
 def _item_seed(seed: int, item_id: str) -> int:
@@ -141,6 +185,7 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
     start = time.perf_counter()
     root = Path(cfg.out)
     gen = ITEM_KINDS[plan.kind]
+    texts = _texts(cfg) if plan.kind == "text" else None
     rows: list[dict] = []
     failures: list[str] = []
     seconds, index, consecutive_fail = 0.0, 0, 0
@@ -154,7 +199,8 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
         ctx = ItemContext(root=root, audio_dir=f"audio/{plan.shard_id}", item_id=item_id,
                           split=split, rng=item_rng,
                           nprng=np.random.default_rng(_item_seed(cfg.seed + 1, item_id)),
-                          languages=tuple(cfg.languages), mbrola=cfg.mbrola)
+                          languages=tuple(cfg.languages), mbrola=cfg.mbrola, texts=texts,
+                          text_language=cfg.text_language)
         try:
             item_rows, item_seconds = gen(ctx)
         except (EspeakError, AudioCheckError) as exc:

@@ -21,8 +21,8 @@ from minmo.data.espeak import (ASSISTANT, Speaker, random_speaker, styled_speake
 from minmo.data.events import EVENTS, make_event, mix_at_snr
 from minmo.data.manifest import LANGUAGE_NAMES
 from minmo.data.qa import BACKCHANNELS, COMMANDS, QAPair, qa_pairs_by_split
-from minmo.data.text_corpus import (SENTENCE_LANGUAGES, hotwords_for, sentence,
-                                    sentence_ids_by_split)
+from minmo.data.text_corpus import (SENTENCE_LANGUAGES, held_out_split, hotwords_for,
+                                    sentence, sentence_ids_by_split)
 
 USER_RATE = 16000
 TARGET_RATE = 24000
@@ -48,6 +48,9 @@ class ItemContext:
         nprng: numpy RNG of the item.
         languages: languages to draw sentences from.
         mbrola: draw half the user speakers from MBROLA voices.
+        texts: the lines of ``--text-file`` by split (:func:`texts_by_split`), for the
+            ``text`` kind.
+        text_language: language of those lines.
     """
 
     root: Path
@@ -58,6 +61,8 @@ class ItemContext:
     nprng: np.random.Generator
     languages: tuple[str, ...] = SENTENCE_LANGUAGES
     mbrola: bool = False
+    texts: dict[str, list[str]] | None = None
+    text_language: str = "en"
 
     def path(self, suffix: str) -> tuple[Path, str]:
         """Absolute and root-relative path for a file of this item."""
@@ -154,6 +159,31 @@ def item_sentence(ctx: ItemContext) -> tuple[list[dict], float]:
     if tgt_lang == lang:  # only English requested: no translation pair exists
         rows = [r for r in rows if r["task"] != "s2tt"]
     return rows, dur
+
+
+def texts_by_split(lines: list[str], test_fraction: float = 0.05,
+                   valid_fraction: float = 0.03) -> dict[str, list[str]]:
+    """Distinct sentences of a text file (blank and ``#`` lines skipped) grouped by a fixed
+    hash of their text, like the phrase table's: a sentence is in one split only, every run."""
+    out: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    kept = (" ".join(line.split()) for line in lines)
+    for text in dict.fromkeys(t for t in kept if t and not t.startswith("#")):
+        out[held_out_split("text:" + text, test_fraction, valid_fraction)].append(text)
+    return out
+
+
+def item_text(ctx: ItemContext) -> tuple[list[dict], float]:
+    """A sentence of the user's text file (``--text-file``) in a user voice: row asr.
+
+    The phrase table's sentences are a closed set a model can learn by heart; open text is
+    what teaches it to hear words rather than recognise sentences."""
+    if not ctx.texts or not ctx.texts.get(ctx.split):
+        raise ValueError(f"{ctx.item_id}: the text kind needs sentences of split {ctx.split}")
+    text = ctx.rng.choice(ctx.texts[ctx.split])
+    sp = _user_speaker(ctx, ctx.text_language)
+    rel, dur = _save(ctx, ".wav", speak(text, sp, USER_RATE, _user_level(ctx)), USER_RATE)
+    return [_base(ctx, "asr", audio=rel, duration=dur, sample_rate=USER_RATE, text=text,
+                  language=ctx.text_language, **_speaker_fields(sp))], dur
 
 
 def item_emotion(ctx: ItemContext) -> tuple[list[dict], float]:
@@ -294,11 +324,14 @@ ITEM_KINDS = {
     "tts": item_tts,
     "instruct_tts": item_instruct_tts,
     "duplex": item_duplex,
+    "text": item_text,
 }
 """Item kind -> generator."""
 
 KIND_SHARE = {
     "sentence": 0.28, "emotion": 0.08, "event": 0.08, "qa": 0.20, "tts": 0.08,
-    "instruct_tts": 0.08, "duplex": 0.20,
+    "instruct_tts": 0.08, "duplex": 0.20, "text": 0.28,
 }
-"""Fraction of the requested hours that each item kind produces."""
+"""Fraction of the requested hours that each item kind produces (of the kinds made)."""
+DEFAULT_KINDS = tuple(k for k in KIND_SHARE if k != "text")
+"""Kinds made when none are named; ``text`` joins them when a text file is given."""
