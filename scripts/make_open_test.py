@@ -30,9 +30,11 @@ DEFAULT_SENTENCES = REPO / "scripts" / "open_sentences_en.txt"
 
 
 def read_sentences(path: Path) -> list[str]:
-    """Non-empty lines of ``path`` that are not ``#`` comments."""
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    """The distinct sentences of ``path`` (blank and ``#`` lines skipped), as ``minmo data
+    synth --text-file`` reads them."""
+    from minmo.data.synth_items import text_sentences
+
+    return text_sentences(path.read_text(encoding="utf-8").splitlines())
 
 
 def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrola: bool = False,
@@ -41,14 +43,14 @@ def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrol
     ``out/asr.jsonl``. Returns the manifest rows."""
     from minmo.audio.io import save_audio
     from minmo.data.espeak import random_speaker
-    from minmo.data.synth_items import USER_RATE, speak
+    from minmo.data.synth_items import USER_RATE, speak, user_level
 
     rng = random.Random(seed)
     rows = []
     for i, text in enumerate(sentences):
         for k in range(per_sentence):
             speaker = random_speaker(rng, "en", "test", mbrola=mbrola)
-            wave = speak(text, speaker, USER_RATE, rms_db=rng.uniform(-28.0, -18.0))
+            wave = speak(text, speaker, USER_RATE, rms_db=user_level(rng))
             name = f"open-{i:03d}-{k}"
             save_audio(out / "audio" / f"{name}.wav", wave, USER_RATE)
             rows.append({"id": f"{name}-asr", "task": "asr", "split": "test",

@@ -114,8 +114,13 @@ def _user_speaker(ctx: ItemContext, language: str) -> Speaker:
     return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola)
 
 
+def user_level(rng: random.Random) -> float:
+    """Loudness of a user clip in dBFS RMS, drawn from ``rng``."""
+    return rng.uniform(-28.0, -18.0)
+
+
 def _user_level(ctx: ItemContext) -> float:
-    return ctx.rng.uniform(-28.0, -18.0)
+    return user_level(ctx.rng)
 
 
 def _pick_language(ctx: ItemContext) -> str:
@@ -161,13 +166,19 @@ def item_sentence(ctx: ItemContext) -> tuple[list[dict], float]:
     return rows, dur
 
 
+def text_sentences(lines: list[str]) -> list[str]:
+    """Distinct sentences of a text file, in order: whitespace collapsed, blank and ``#``
+    lines skipped."""
+    kept = (" ".join(line.split()) for line in lines)
+    return list(dict.fromkeys(t for t in kept if t and not t.startswith("#")))
+
+
 def texts_by_split(lines: list[str], test_fraction: float = 0.05,
                    valid_fraction: float = 0.03) -> dict[str, list[str]]:
-    """Distinct sentences of a text file (blank and ``#`` lines skipped) grouped by a fixed
-    hash of their text, like the phrase table's: a sentence is in one split only, every run."""
+    """:func:`text_sentences` grouped by a fixed hash of their text, like the phrase table's:
+    a sentence is in one split only, every run."""
     out: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
-    kept = (" ".join(line.split()) for line in lines)
-    for text in dict.fromkeys(t for t in kept if t and not t.startswith("#")):
+    for text in text_sentences(lines):
         out[held_out_split("text:" + text, test_fraction, valid_fraction)].append(text)
     return out
 
