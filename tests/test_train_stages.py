@@ -29,6 +29,9 @@ PAPER_MATRIX = {
     "s2s": ({"output_projector", "voice_lm"}, ("speech",), "s2s"),
     "duplex": ({"duplex"}, ("duplex",), "duplex"),
 }
+# Not in the paper: a CTC aid that aligns the input projector before pre-alignment.
+EXTRA_MATRIX = {"s2t_ctc": ({"input_projector"}, ("ctc",), "asr")}
+ALL_STAGES = {**PAPER_MATRIX, **EXTRA_MATRIX}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def corpus(tmp_path_factory):
 
 
 def test_stage_table_matches_paper():
-    for name, (groups, losses, _m) in PAPER_MATRIX.items():
+    for name, (groups, losses, _m) in ALL_STAGES.items():
         stage = get_stage(name)
         assert set(stage.trains) == groups, name
         assert stage.losses == losses, name
@@ -45,9 +48,9 @@ def test_stage_table_matches_paper():
         get_stage("s2t_prealing")
 
 
-@pytest.mark.parametrize("name", list(PAPER_MATRIX))
+@pytest.mark.parametrize("name", list(ALL_STAGES))
 def test_freeze_matrix_and_one_step(name, corpus):
-    groups_trained, losses, manifest = PAPER_MATRIX[name]
+    groups_trained, losses, manifest = ALL_STAGES[name]
     torch.manual_seed(0)
     model = minmo_tiny()
     stage = get_stage(name)
@@ -209,3 +212,37 @@ def test_custom_stage_two_optimizers_resume_exactly(gan_stage, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 9))  # lines after the crash dropped
     assert {"grad_norm_generator", "grad_norm_discriminator", "d_loss"} <= set(lines[0])
+
+
+def test_aux_ctc_loss_joins_a_text_stage_on_asr_rows_only(corpus, tmp_path):
+    """``aux_losses: [ctc]`` adds the CTC term to ``s2t_sft`` (text + ctc), scored on the
+    batch's asr rows alone (an answer is not a transcript); a stage that does not train the
+    input projector, or an unknown loss, stops the run with one line."""
+    from minmo.training.stages import with_aux_losses
+
+    sft = with_aux_losses(get_stage("s2t_sft"), ["ctc"])
+    assert sft.losses == ("text", "ctc") and get_stage("s2t_sft").losses == ("text",)
+    assert with_aux_losses(get_stage("s2t_ctc"), ["ctc"]).losses == ("ctc",)
+    with pytest.raises(ValueError, match="does not train"):
+        with_aux_losses(get_stage("t2s_full"), ["ctc"])
+    with pytest.raises(ValueError, match="unknown loss"):
+        with_aux_losses(get_stage("s2t_sft"), ["ctx"])
+
+    torch.manual_seed(0)
+    model = minmo_tiny()
+    apply_stage(model, sft)
+    cfg = TrainConfig(stage="s2t_sft", data=DataConfig(train=[str(corpus["asr"])], batch_size=2,
+                                                       num_workers=0))
+    batch, _ = next(build_manifest_source(cfg, model, 0, 1).batches(DataPosition()))
+    with torch.no_grad():
+        both = model(batch, losses=sft.losses)
+        text = model(batch, losses=("text",)).loss
+        answers = model({**batch, "tasks": ["s2t_chat"] * len(batch["tasks"])}, losses=sft.losses)
+    assert both.metrics["ctc_loss"] > 0
+    assert torch.allclose(both.loss, text + both.metrics["ctc_loss"] + both.metrics["ctc_norm"], rtol=1e-4)
+    assert answers.metrics["ctc_loss"] == 0.0 and torch.allclose(answers.loss, text)
+
+    bad = TrainConfig(stage="t2s_full", aux_losses=["ctc"], output_dir=str(tmp_path / "bad"),
+                      data=DataConfig(train=[str(corpus["tts"])], batch_size=2, num_workers=0))
+    with pytest.raises(ConfigError, match="aux_losses: 'ctc' trains input_projector"):
+        train(bad)

@@ -16,7 +16,7 @@ from minmo.config import ConfigError, load_train_config
 from minmo.training.errors import TrainingError
 
 HELP = ("train one stage (MinMo: s2t_prealign, s2t_fullalign, s2t_sft, t2s_projector, t2s_full, s2s, "
-        "duplex; speech generation: speech_tokenizer, flow, vocoder, speaker)")
+        "duplex; the CTC aid s2t_ctc; speech generation: speech_tokenizer, flow, vocoder, speaker)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ Dataflow (one direction)::
     hidden -> LM head                          (text CE:    speech-to-text stages)
     hidden + token embedding -> output projector -> voice token LM   (speech CE: t2s, s2s)
     hidden of speech frames + speaking flag -> duplex predictor       (duplex CE)
+    input projector output vs the LLM's token embeddings              (ctc: alignment aid)
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from minmo.config import ModelConfig
+from minmo.models import embedding_ctc
 from minmo.models.duplex import DuplexPredictor, pool_flags, pool_labels
 from minmo.models.llm import LLM, TextTokenizer
 from minmo.models.projector import InputProjector, OutputProjector
 from minmo.models.voice_lm import VoiceTokenLM
 
 IGNORE = -100
-LOSSES = ("text", "speech", "duplex")
+LOSSES = ("text", "speech", "duplex", "ctc")
 GROUPS = ("encoder", "input_projector", "llm", "llm_lora", "output_projector", "voice_lm", "duplex")
 
 
@@ -233,12 +235,49 @@ class MinMo(nn.Module):
         acc = (logits.argmax(-1)[valid] == labels[valid]).float().mean().item()
         return loss, {"duplex_loss": loss.item(), "duplex_acc": acc}
 
+    def ctc_vocabulary(self) -> torch.Tensor:
+        """``(V, H)`` float32 embeddings of the tokenizer's own vocabulary, the classes of the
+        ``ctc`` loss (``models/embedding_ctc.py``); the tokens minmo adds, such as
+        ``<|startofspeech|>``, are left out."""
+        table = self.llm.model.get_input_embeddings().weight
+        ids = torch.arange(self.tokenizer.hf.vocab_size, device=table.device)
+        return self.llm.embed(ids).detach().float()
+
+    @torch.no_grad()
+    def ctc_decode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[list[int]]:
+        """Greedy CTC reading of the input projector's output: per example, the token ids
+        whose embeddings its frames sit nearest (repeats merged, blanks dropped). A probe of
+        what the speech embeddings say before the LLM reads them (``s2t_ctc``)."""
+        speech, lens = self.encode_speech(feats, feat_lens)
+        return embedding_ctc.greedy_tokens(speech, lens, self.ctc_vocabulary())
+
+    def _ctc_loss(self, speech: torch.Tensor | None, speech_lens: torch.Tensor | None,
+                  batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """CTC of the speech embeddings of the batch's ``asr`` rows against their transcript
+        tokens, in the LLM's embedding space (``models/embedding_ctc.py``): it puts each
+        spoken token's own embedding where the token is said, which the frozen LLM already
+        reads. Other rows (an answer is not a transcript) are left out; a batch without an
+        asr row adds zero."""
+        if speech is None:
+            raise KeyError("ctc loss needs speech input ('feats' with speech_pos >= 0)")
+        ids, labels = batch["input_ids"], batch["labels"]
+        resp = ((labels != IGNORE) & (ids != self.tokenizer.im_end_id)
+                & (ids < self.tokenizer.hf.vocab_size))
+        tasks = batch.get("tasks") or ["asr"] * ids.shape[0]
+        rows = [b for b in range(ids.shape[0]) if tasks[b] == "asr"
+                and int(batch["speech_pos"][b]) >= 0 and bool(resp[b].any())]
+        if not rows:
+            return speech.sum() * 0.0, {"ctc_loss": 0.0, "ctc_norm": 0.0, "ctc_blank": 0.0}
+        return embedding_ctc.ctc_loss(speech[rows], speech_lens[rows],
+                                      [ids[b][resp[b]] for b in rows], self.ctc_vocabulary())
+
     def forward(self, batch: dict[str, Any], losses: Iterable[str] = ("text",)) -> LossOutput:
         """Compute the requested losses on a collated batch (see ``docs/architecture.md``).
 
         Args:
             batch: collated tensors.
-            losses: subset of ``("text", "speech", "duplex")``.
+            losses: subset of ``("text", "speech", "duplex", "ctc")``; ``("ctc",)`` alone
+                runs no LLM (it scores the input projector's output only).
 
         Returns:
             :class:`LossOutput` whose ``loss`` is the sum of the requested terms.
@@ -256,9 +295,15 @@ class MinMo(nn.Module):
                 # the duplex predictor only ever runs on the listening stream's features
                 speech, speech_lens = self.encode_speech(feats, batch["feat_lens"],
                                                          streaming="duplex" in losses)
-            x = self.splice(batch, speech, speech_lens)
-            hidden = self.llm(x.embeds, x.mask).hidden
+            llm_losses = [name for name in losses if name != "ctc"]
+            if llm_losses:
+                x = self.splice(batch, speech, speech_lens)
+                hidden = self.llm(x.embeds, x.mask).hidden
         terms, metrics = [], {}
+        if "ctc" in losses:
+            loss, m = self._ctc_loss(speech, speech_lens, batch)
+            terms.append(loss)
+            metrics.update(m)
         for name, fn in (("text", self._text_loss), ("speech", self._speech_loss), ("duplex", self._duplex_loss)):
             if name in losses:
                 loss, m = fn(hidden, x) if name == "text" else fn(hidden, x, batch)

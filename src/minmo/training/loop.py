@@ -53,7 +53,8 @@ from minmo.training.distributed import (
 )
 from minmo.training.errors import TrainingError
 from minmo.training.optim import build_adamw, build_scheduler
-from minmo.training.stages import Stage, StepContext, StepOutput, apply_stage, get_stage, null_context
+from minmo.training.stages import (Stage, StepContext, StepOutput, apply_stage, get_stage, null_context,
+                                   with_aux_losses)
 from minmo.training.validation import build_valid_set, check_valid_config, evaluate, should_validate
 
 log = logging.getLogger(__name__)
@@ -367,9 +368,11 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, source: BatchSource 
 def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
            source: BatchSource | None, model_cfg: Any, t0: float) -> TrainResult:
     try:
-        stage = get_stage(cfg.stage)
+        stage = with_aux_losses(get_stage(cfg.stage), cfg.aux_losses)
     except KeyError as exc:
         raise ConfigError(f"stage: {exc.args[0]}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.optim.grad_accum < 1 or cfg.optim.max_steps < 1:
         raise ConfigError("optim.grad_accum and optim.max_steps must be >= 1")
     if stage.build_data is None and source is None:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 S2T_TASKS = ("asr", "s2tt", "lid", "casr", "ser", "aed", "sa", "s2t_chat", "s2s_chat")
 STAGE_TASKS: dict[str, tuple[str, ...]] = {
+    "s2t_ctc": ("asr",),
     "s2t_prealign": S2T_TASKS,
     "s2t_fullalign": S2T_TASKS,
     "s2t_sft": S2T_TASKS,

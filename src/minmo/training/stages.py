@@ -22,6 +22,7 @@ Register a new stage with :func:`register_stage`; ``minmo train`` then accepts i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
@@ -227,6 +228,10 @@ def get_stage(name: str) -> Stage:
 
 
 for _stage in (
+    Stage("s2t_ctc", ("input_projector",), ("ctc",),
+          "speech-to-text CTC alignment (an aid before pre-alignment, not in the paper): the "
+          "input projector learns to put each spoken token's own LLM embedding where it is "
+          "said; no LLM runs"),
     Stage("s2t_prealign", ("input_projector",), ("text",),
           "speech-to-text pre-alignment: only the input projector trains"),
     Stage("s2t_fullalign", ("encoder", "input_projector"), ("text",),
@@ -247,6 +252,27 @@ for _stage in (
           needs=("duplex_labels",)),
 ):
     register_stage(_stage)
+
+
+AUX_LOSSES = {"ctc": "input_projector"}
+"""Losses a config may add to a stage's own (``aux_losses``), each with the group it trains."""
+
+
+def with_aux_losses(stage: Stage, aux: list[str]) -> Stage:
+    """``stage`` with ``aux`` added to its losses (``TrainConfig.aux_losses``), e.g. the CTC
+    term of ``s2t_ctc`` kept beside the text loss of ``s2t_sft``, on the batch's asr rows.
+
+    Raises:
+        ValueError: an unknown auxiliary loss, or one whose group the stage does not train.
+    """
+    for name in aux:
+        if name not in AUX_LOSSES:
+            raise ValueError(f"aux_losses: unknown loss '{name}' (known: {', '.join(AUX_LOSSES)})")
+        if AUX_LOSSES[name] not in stage.trains or stage.build_model is not None:
+            raise ValueError(f"aux_losses: '{name}' trains {AUX_LOSSES[name]}, which stage "
+                             f"'{stage.name}' does not train")
+    extra = tuple(n for n in aux if n not in stage.losses)
+    return dataclasses.replace(stage, losses=stage.losses + extra) if extra else stage
 
 
 def apply_stage(model: nn.Module, stage: Stage) -> dict[str, nn.Parameter]:
