@@ -15,7 +15,6 @@ means the LLM has not yet learnt to read them).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,10 +25,11 @@ def probe(model: torch.nn.Module, manifest: Path, limit: int | None = None,
           batch_size: int = 8) -> list[tuple[str, str]]:
     """``[(reference, greedy CTC reading)]`` for the first ``limit`` rows of ``manifest``."""
     from minmo.config import DataConfig, TrainConfig
+    from minmo.data.manifest import read_manifest
     from minmo.training.data_source import DataPosition
     from minmo.training.manifest_data import build_manifest_source
 
-    texts = {r["id"]: r["text"] for r in map(json.loads, manifest.read_text().splitlines()) if r}
+    texts = {row.id: row.text for row in read_manifest(manifest).rows}
     cfg = TrainConfig(stage="s2t_ctc", data=DataConfig(
         train=[str(manifest)], batch_size=batch_size, num_workers=0, shuffle=False,
         max_audio_seconds=30.0))
