@@ -23,7 +23,10 @@ same dialogues and frames (:func:`minmo.serving.turns.replay_turns`), scored the
 the VAD rule alone (answer after 500 ms of silence, barge-in after ``--barge-in-ms`` of
 speech, default the server's 600) and the rule with this predictor trusted at the best
 thresholds (``trust_predictor``; ``--predictor-stop``: also with its STOP): whether and how
-the server should trust the predictor, and how long a barge-in must be heard.
+the server should trust the predictor, and how long a barge-in must be heard;
+``--respond-silence-ms`` replays how much VAD silence the trusted RESPOND waits for (a
+confident predictor that answers at pauses inside a turn needs more; the chosen value goes in
+the model's ``duplex.respond_silence_ms``, which the server and ``minmo eval`` use).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GRID = (None,) + tuple(round(x, 2) for x in np.arange(0.1, 0.61, 0.05))
+GRID = (None,) + tuple(round(x, 2) for x in np.arange(0.1, 0.91, 0.05))
 
 
 def _label(threshold: float | None) -> str:
@@ -90,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=None, metavar="MS[,MS...]",
                         help="with --vad-rule: the barge-in spans to replay (default: the "
                              "server's, TurnPolicy.barge_in_ms)")
+    parser.add_argument("--respond-silence-ms", type=lambda v: [float(x) for x in v.split(",")],
+                        default=None, metavar="MS[,MS...]",
+                        help="with --vad-rule: the silences a trusted predictor's RESPOND waits "
+                             "for (default: the model's duplex.respond_silence_ms)")
     parser.add_argument("--predictor-stop", action="store_true",
                         help="with --vad-rule: also replay the trusted predictor with its STOP "
                              "(TurnPolicy.predictor_stop)")
@@ -119,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tune_duplex: no duplex rows with audio and labels in {args.data}", file=sys.stderr)
         return 2
     model = bind_minmo_model(args.model)
+    args.respond_silence_ms = args.respond_silence_ms or [model.respond_silence_ms]
     if args.lookahead_frames is not None:
         model.listen_cfg = dataclasses.replace(model.listen_cfg,
                                                window_lookahead_frames=args.lookahead_frames)
@@ -169,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         named = {}
         for ms in args.barge_in_ms:
             named[f"server: VAD rule, barge-in {ms:g} ms"] = TurnPolicy(barge_in_ms=ms)
-            named[f"server: VAD rule + predictor ({which}), barge-in {ms:g} ms"] = TurnPolicy(
-                trust_predictor=True, barge_in_ms=ms)
+            for silence in args.respond_silence_ms:
+                named[f"server: VAD rule + predictor ({which}), barge-in {ms:g} ms, respond "
+                      f"after {silence:g} ms of silence"] = TurnPolicy(
+                    trust_predictor=True, barge_in_ms=ms, respond_silence_ms=silence)
             if args.predictor_stop:
                 named[f"server: VAD rule + predictor with its STOP ({which}), barge-in "
                       f"{ms:g} ms"] = TurnPolicy(trust_predictor=True, predictor_stop=True,

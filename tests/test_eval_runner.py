@@ -270,7 +270,7 @@ def test_model_errors_count_as_failures(tmp_path: Path) -> None:
     assert any("decoder exploded" in p and "asr1" in p for p in out.results.problems)
 
 
-def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from minmo.cli.main import main
 
     root = build_suite(tmp_path / "corpus")
@@ -284,6 +284,12 @@ def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert (out / "predictions.jsonl").is_file()
     assert len(list(out.glob("*.png"))) >= 3
     assert "## Full duplex" in (out / "report.md").read_text()
+    # spoken replies judged by the model itself: said, with the independent judge to use
+    assert "--asr-judge faster-whisper:tiny.en" in capsys.readouterr().err
+    assert main(["eval", "--model", "scripted", "--suite", "synth-test", "--data", str(root),
+                 "--limit", "5", "--tasks", "asr", "--out", str(tmp_path / "asr"),
+                 "--no-progress"]) == 0
+    assert "own recogniser" not in capsys.readouterr().err
 
 
 def test_cli_refuses_to_print_numbers_without_a_model(tmp_path: Path, monkeypatch, capsys) -> None:

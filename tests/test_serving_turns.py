@@ -100,3 +100,24 @@ def test_replay_defaults_are_the_servers():
     assert {k: params[k].default for k in expected} == expected
     assert limits.turns == TurnPolicy()  # the replay's policy is TurnPolicy's defaults too
     assert VADGate().silence_ms == detection.silence_duration_ms
+
+
+def test_the_server_waits_the_models_own_respond_silence():
+    """``duplex.respond_silence_ms`` of the model config reaches the server's policy and the
+    policies ``minmo eval`` replays; a setting given explicitly still wins."""
+    from minmo.config import load_model_config
+    from minmo.serving.turns import server_policies
+
+    cfg = load_model_config("tiny")
+    assert TurnPolicy.for_model(cfg).respond_silence_ms == TurnPolicy.respond_silence_ms
+    cfg.duplex.respond_silence_ms = 240.0
+    policy = TurnPolicy.for_model(cfg, trust_predictor=True)
+    assert (policy.trust_predictor, policy.respond_silence_ms) == (True, 240.0)
+    assert TurnPolicy.for_model(cfg, respond_silence_ms=80.0).respond_silence_ms == 80.0
+    replayed = server_policies(240.0)
+    assert replayed["VAD rule + predictor"].respond_silence_ms == 240.0
+    # at 192 ms of silence the predictor's RESPOND waits under 240 ms, not under 160 ms
+    kw = dict(end=16000, turn_open=True, turn_stopped=False, candidate=None, barge_in_ms=600,
+              last_speech=16000 - 3072)
+    assert turn_decision(False, Decision.RESPOND, respond_silence_ms=240.0, **kw) == Decision.LISTEN
+    assert turn_decision(False, Decision.RESPOND, respond_silence_ms=160.0, **kw) == Decision.RESPOND

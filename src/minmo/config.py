@@ -171,6 +171,10 @@ class DuplexConfig:
     # rare events peak below the argmax: tune on held-out dialogues (scripts/tune_duplex.py)
     respond_threshold: float | None = None
     stop_threshold: float | None = None
+    # the server trusts a trained predictor's RESPOND once VAD has heard this much silence
+    # (serving.turns.TurnPolicy); how soon a predictor can be trusted depends on the
+    # predictor: tune with scripts/tune_duplex.py --vad-rule --respond-silence-ms
+    respond_silence_ms: float = 160.0
 
 
 @dataclass

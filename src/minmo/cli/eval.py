@@ -57,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run ``minmo eval``; returns the process exit code (2: the model cannot be evaluated)."""
+    from minmo.data.manifest import SPEECH_OUTPUT_TASKS
     from minmo.eval.adapters import ModelUnavailableError, load_eval_model, make_judge
     from minmo.eval.report import format_value, write_report
     from minmo.eval.runner import (RunSettings, SuiteSpec, SystemUnderTest, read_suite,
@@ -74,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
                          f"{read.problems[0] if read.problems else 'empty'})")
     print(f"minmo eval: {len(read.items)} items from suite {args.suite}"
           + (f" ({len(read.problems)} rows skipped)" if read.problems else ""), file=sys.stderr)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    speaks = SPEECH_OUTPUT_TASKS & set(tasks or SPEECH_OUTPUT_TASKS)
+    if args.asr_judge == "self" and any(item.task in speaks for item in read.items):
+        print("minmo eval: the model's speech is judged by its own recogniser (--asr-judge "
+              "self), whose errors mix with the speech's; for figures to compare, use an "
+              "independent judge: --asr-judge faster-whisper:tiny.en", file=sys.stderr)
     try:
         model = load_eval_model(args.model, args.device,
                                 max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder)
@@ -87,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"minmo eval: {exc}", file=sys.stderr)
         return 2
     settings = RunSettings(
-        limit=args.limit, tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None,
+        limit=args.limit, tasks=tasks,
         k=args.k, asr_judge=args.asr_judge, show_progress=not args.no_progress,
     )
     output = run_evaluation(systems, read, args.model, args.suite, settings)

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                            temperature=args.temperature, seed=None)
     trust = rt.info.trained_predictor if args.turn_policy == "auto" \
         else args.turn_policy == "predictor"
-    turns = TurnPolicy(trust_predictor=trust, predictor_stop=args.predictor_stop)
+    turns = TurnPolicy.for_model(rt.model.cfg, trust_predictor=trust,
+                                 predictor_stop=args.predictor_stop)
     if args.barge_in_ms is not None:
         turns = dataclasses.replace(turns, barge_in_ms=args.barge_in_ms)
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),

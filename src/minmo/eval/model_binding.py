@@ -99,6 +99,11 @@ class MinMoEvalModel:
 
         self.listen_cfg = ListenConfig()  # the duplex listening stream (serving's defaults)
 
+    @property
+    def respond_silence_ms(self) -> float:
+        """The model's ``duplex.respond_silence_ms``: when the server trusts its RESPOND."""
+        return self.rt.model.cfg.duplex.respond_silence_ms
+
     def _trained_speaker_config(self) -> Any:
         """The model's speaker-encoder config when it names trained weights, else None."""
         cfg = getattr(self.rt.model.cfg, "speaker", None)

@@ -420,14 +420,16 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     if not _needs(ctx, out, "duplex"):
         return out
     from minmo.audio.io import load_audio
-    from minmo.serving.turns import SERVER_POLICIES, server_decisions
+    from minmo.serving.turns import TurnPolicy, server_decisions, server_policies
     from minmo.serving.vad import SileroVAD
 
     runner = _Runner(ctx, out)
     total = dm.DuplexScores()
     # what a user meets: the server's turn taking, VAD rule alone / with the predictor trusted
     vad = SileroVAD.from_package()
-    server = {name: dm.DuplexScores() for name in SERVER_POLICIES}
+    policies = server_policies(getattr(ctx.model, "respond_silence_ms",
+                                       TurnPolicy.respond_silence_ms))
+    server = {name: dm.DuplexScores() for name in policies}
     frame_ms_seen: set[float] = set()
     for item in ctx.items:
         labels_path = item.extra.get("labels")
@@ -446,7 +448,8 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         total = total + score_duplex_trace(item, true10, trace, ctx.k)
         if trace.decisions.size:
             user16k = user if ctx.sample_rate == 16000 else load_audio(item.audio, 16000, channel=0)
-            replayed = server_decisions(vad, user16k, speaking10, trace.frame_ms, trace.decisions)
+            replayed = server_decisions(vad, user16k, speaking10, trace.frame_ms, trace.decisions,
+                                        policies)
             for name, decisions in replayed.items():
                 server[name] = server[name] + score_duplex_trace(
                     item, true10, DuplexTrace(trace.frame_ms, decisions), ctx.k)

@@ -191,19 +191,27 @@ class MinMo(nn.Module):
         acc = (logits.argmax(-1) == targets[sel]).float().mean().item()
         return loss, {"text_loss": loss.item(), "text_acc": acc}
 
+    def semantic_inputs(self, hidden: torch.Tensor, x: SplicedInputs
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per example, what the output projector reads for each response token ``y_t``:
+        ``((Ls, H) hidden states that produced the tokens, (Ls, H) their embeddings)``.
+        ``<|im_end|>`` is excluded."""
+        resp = (x.labels != IGNORE) & (x.ids != self.tokenizer.im_end_id)
+        resp[:, 0] = False
+        pairs = []
+        for b in range(hidden.shape[0]):
+            p = resp[b].nonzero().squeeze(1)
+            pairs.append((hidden[b, p - 1], self.llm.embed(x.ids[b, p])))
+        return pairs
+
     def semantic_vectors(self, hidden: torch.Tensor, x: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic vectors of the response tokens: output projector of (hidden state that
-        produced token ``y_t``, embedding of ``y_t``). ``<|im_end|>`` is excluded.
+        produced token ``y_t``, embedding of ``y_t``); see :meth:`semantic_inputs`.
 
         Returns:
             ``(B, Ls, D_v)`` padded vectors and ``(B,)`` lengths.
         """
-        resp = (x.labels != IGNORE) & (x.ids != self.tokenizer.im_end_id)
-        resp[:, 0] = False
-        rows = []
-        for b in range(hidden.shape[0]):
-            p = resp[b].nonzero().squeeze(1)
-            rows.append(self.output_projector(hidden[b, p - 1], self.llm.embed(x.ids[b, p])))
+        rows = [self.output_projector(h, e) for h, e in self.semantic_inputs(hidden, x)]
         lens = torch.tensor([r.shape[0] for r in rows], device=hidden.device)
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lens
 

@@ -85,7 +85,7 @@ class Engine:
         self.cfg = cfg or EngineConfig()
         self.gen = gen or P.GenerationConfig()
         self.limits = limits or SessionLimits(
-            turns=TurnPolicy(trust_predictor=rt.info.trained_predictor))
+            turns=TurnPolicy.for_model(rt.model.cfg, trust_predictor=rt.info.trained_predictor))
         self.listen_cfg = listen or ListenConfig()
         self.metrics = metrics or Metrics()
         self.decision_hook = decision_hook

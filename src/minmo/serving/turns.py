@@ -24,7 +24,7 @@ with the predictor's own metrics (``minmo eval --tasks duplex``, ``scripts/tune_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -84,6 +84,13 @@ class TurnPolicy:
     respond_silence_ms: float = 160.0
     predictor_stop: bool = False
     stop_speech_ms: float | None = 100.0
+
+    @classmethod
+    def for_model(cls, model_cfg: Any, **settings: Any) -> "TurnPolicy":
+        """The policy with the model's own ``duplex.respond_silence_ms`` (tuned with its
+        predictor) and ``settings`` over the defaults."""
+        settings.setdefault("respond_silence_ms", model_cfg.duplex.respond_silence_ms)
+        return cls(**settings)
 
 
 @dataclass
@@ -215,10 +222,14 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
     return out
 
 
-SERVER_POLICIES = {"VAD rule": TurnPolicy(trust_predictor=False),
-                   "VAD rule + predictor": TurnPolicy(trust_predictor=True)}
-"""The two policies ``minmo eval`` reports: the VAD rule alone, and with the predictor trusted
-(both at :class:`TurnPolicy`'s defaults)."""
+def server_policies(respond_silence_ms: float = TurnPolicy.respond_silence_ms
+                    ) -> dict[str, TurnPolicy]:
+    """The two policies ``minmo eval`` reports: the VAD rule alone, and with the predictor
+    trusted (its RESPOND after ``respond_silence_ms``, the model's; otherwise
+    :class:`TurnPolicy`'s defaults)."""
+    return {"VAD rule": TurnPolicy(trust_predictor=False),
+            "VAD rule + predictor": TurnPolicy(trust_predictor=True,
+                                               respond_silence_ms=respond_silence_ms)}
 
 
 def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
@@ -230,7 +241,7 @@ def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
         vad: silero VAD; wave: the user channel, 16 kHz.
         speaking10: the recorded assistant-speaking flags, 10 ms grid.
         frame_ms: decision frame length; predicted: the predictor's decisions on it.
-        policies: name -> policy to replay (default :data:`SERVER_POLICIES`).
+        policies: name -> policy to replay (default :func:`server_policies`).
 
     Returns:
         name -> ``(F,)`` decisions.
@@ -243,4 +254,4 @@ def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
         return flags(sample / SAMPLE_RATE)
 
     return {name: replay_turns(probs, speaking, frame, len(predicted), predicted, policy=policy)
-            for name, policy in (policies or SERVER_POLICIES).items()}
+            for name, policy in (policies or server_policies()).items()}
