@@ -23,33 +23,6 @@ from pathlib import Path
 
 import torch
 
-def write_package(model_dir: Path, out: Path, result, record: dict) -> Path:
-    """``model_dir``'s package with the refitted projector and ``record`` in its training."""
-    from minmo.checkpoints import load_tensors
-    from minmo.checkpoints.overlay import (CONFIG_FILE, OVERLAY_FILE, read_meta,
-                                           write_overlay)
-    from minmo.config import load_model_config
-
-    meta = read_meta(model_dir)
-    tensors = load_tensors(model_dir / OVERLAY_FILE)
-    for name, value in (("weight", result.weight), ("bias", result.bias)):
-        key = f"output_projector.proj.{name}"
-        if tensors[key].shape != value.shape:
-            raise SystemExit(f"realign: {key} is {tuple(tensors[key].shape)} in {model_dir}, "
-                             f"the fit gave {tuple(value.shape)}")
-        tensors[key] = value
-    parts = {p.stem: load_tensors(p) for p in sorted(model_dir.glob("*.safetensors"))
-             if p.name != OVERLAY_FILE}
-    training = dict(meta.get("training", {}))
-    training["realign_output_projector"] = record
-    readme = model_dir / "README.md"
-    return write_overlay(out, load_model_config(model_dir / CONFIG_FILE), tensors,
-                         base=meta["base"], training=training,
-                         dtype=getattr(torch, meta.get("dtype", "float16")), parts=parts,
-                         readme=readme.read_text() if readme.is_file() else None,
-                         notes=meta.get("notes"))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from minmo.inference.loading import load_runtime
     from minmo.training.realign import (NormalEquations, accumulate, reply_batches,
-                                        solve_realignment)
+                                        solve_realignment, write_realigned)
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -118,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                weights)
     record = {**source, "ridge": args.ridge, "task_weights": weights, **result.summary()}
     print(json.dumps(record, indent=2))
-    path = write_package(args.model, args.out, result, record)
+    path = write_realigned(args.model, args.out, result, record)
     print(f"realign: wrote {path}")
     return 0
 

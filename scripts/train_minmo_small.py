@@ -403,6 +403,45 @@ def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
     return path
 
 
+def realign_export(package: Path, teacher: Path, corpus: Path) -> None:
+    """Refit ``package``'s output projector to ``teacher``'s semantic vectors on the corpus'
+    read-aloud and spoken-answer rows (``minmo.training.realign``), in place: the speech
+    stages were not rerun, so the voice LM keeps hearing the states it was trained on."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from minmo.inference.loading import load_runtime
+    from minmo.training.realign import (REPLY_TASKS, accumulate, reply_batches,
+                                        solve_realignment, write_realigned)
+
+    def manifests(split: str) -> list[Path]:
+        return [m for m in (corpus / split / f"{t}.jsonl" for t in REPLY_TASKS) if m.is_file()]
+
+    train, valid = manifests("train"), manifests("valid")
+    if not train:
+        raise SystemExit(f"train_minmo_small: --realign needs tts / instruct_tts / s2s_chat "
+                         f"rows in {corpus / 'train'}")
+    log(f"realign: fitting {package}'s output projector to {teacher}'s on {len(train)} manifest(s)")
+    teacher_model = load_runtime(str(teacher)).model
+    student = load_runtime(str(package)).model
+    bar = tqdm(desc="realign", unit="row")
+    result = solve_realignment(
+        student, accumulate(teacher_model, student, reply_batches(student, train), bar.update),
+        accumulate(teacher_model, student, reply_batches(student, valid), bar.update)
+        if valid else None)
+    bar.close()
+    record = {"teacher": str(teacher), "data": [str(m) for m in train],
+              "valid": [str(m) for m in valid], "ridge": 1e-4, **result.summary()}
+    fresh = write_realigned(package, package.with_name(package.name + ".realigned"), result, record)
+    shutil.rmtree(package)
+    fresh.rename(package)
+    held = ("" if result.unexplained_valid is None else
+            f", held out {result.unexplained_valid_before:.3f} -> {result.unexplained_valid:.3f}")
+    log(f"realign: {result.vectors} reply tokens; unexplained variance of the voice LM's input "
+        f"{result.unexplained_before:.3f} -> {result.unexplained_train:.3f}{held}")
+
+
 # --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
@@ -440,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-set", dest="model_sets", action="append", default=[],
                         metavar="KEY=VALUE", help="an inference setting of the exported "
                         "model.yaml, e.g. voice_lm.top_k=1; repeatable")
+    parser.add_argument("--realign", action="store_true",
+                        help="with --init-package and --export, when speech-to-text stages ran "
+                        "and the speech stages did not: refit the export's output projector "
+                        "so the package's voice LM hears what it was trained on "
+                        "(scripts/realign_output_projector.py; docs/training.md)")
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve and print every stage config, train nothing")
     args = parser.parse_args(argv)
@@ -454,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"train_minmo_small: unknown stage(s) {unknown}; recipe: {', '.join(RECIPE)}")
     if stages != sorted(stages, key=RECIPE.index):
         raise SystemExit(f"train_minmo_small: --stages must follow the recipe order {', '.join(RECIPE)}")
+    s2t_stages = [s for s in stages if s not in SPEECH_STAGES and s != "duplex"]
+    if args.realign and not (args.init_package and args.export and s2t_stages
+                             and not any(s in SPEECH_STAGES for s in stages)):
+        raise SystemExit("train_minmo_small: --realign refits an exported package's output "
+                         "projector to --init-package's after speech-to-text stages: it needs "
+                         "--init-package, --export and speech-to-text --stages without t2s/s2s")
     run = args.out.resolve()
     corpus = (args.corpus or run / "corpus").resolve()
     cuda = torch.cuda.is_available()
@@ -491,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         init = load_tensors(args.init_package / OVERLAY_FILE)
         log(f"--init-package {args.init_package}: {len(init)} tensors "
             f"({', '.join(init_meta.get('trained_groups', []))})")
+    moves_voice_lm_input = bool(init_meta and "voice_lm" in init_meta.get("trained_groups", [])
+                                and s2t_stages and not any(s in SPEECH_STAGES for s in stages))
     records: list[dict] = []
     earlier: list[Path] = []
     old = run / "recipe.json"
@@ -504,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         export(run, earlier, args.export.resolve(), records, init, init_meta, speech, args.notes,
                args.model_sets, args.init_package)
+        if args.realign:
+            realign_export(args.export.resolve(), args.init_package.resolve(), corpus)
+        elif moves_voice_lm_input:
+            log("the voice LM of --init-package reads the LLM states these stages moved: "
+                "add --realign (or rerun the speech stages) so it speaks as before")
     log(f"done in {time.perf_counter() - t0:.0f}s; record: {run / 'recipe.json'}")
     return 0
 

@@ -332,9 +332,11 @@ def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path
     assert voice_lm and all(torch.equal(rt.model.state_dict()[k], v.float()) for k, v in voice_lm.items())
 
     # continuing *that* package without --speech (a later stage): its speech output, inference
-    # settings and notes carry over into the new export
+    # settings and notes carry over into the new export, and --realign refits the output
+    # projector to the package's on its read-aloud rows (the LoRA moved the LLM states)
     argv = ["--out", str(tmp_path / "run2"), "--corpus", str(corpus), "--stages", "s2t_sft",
-            "--init-package", str(out), "--export", str(tmp_path / "out2")] + [f"--set={s}" for s in sets]
+            "--init-package", str(out), "--export", str(tmp_path / "out2"),
+            "--realign"] + [f"--set={s}" for s in sets]
     (tmp_path / "run2").mkdir()
     (tmp_path / "run2" / "base").symlink_to(base)
     try:
@@ -342,6 +344,14 @@ def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path
     finally:
         torch.set_num_threads(threads)
     again = read_meta(tmp_path / "out2")
+    fit = again["training"]["realign_output_projector"]
+    assert fit["teacher"] == str(out.resolve()) and fit["vectors"] > 0
+    assert fit["unexplained_train"] < fit["unexplained_before"]
+    refit = load_tensors(tmp_path / "out2" / "overlay.safetensors")
+    assert not torch.equal(refit["output_projector.proj.weight"],
+                           overlay["output_projector.proj.weight"])
+    assert all(torch.equal(refit[k], v) for k, v in overlay.items() if k.startswith("voice_lm."))
+    assert not (tmp_path / "out2.realigned").exists()
     assert again["notes"] == ["speech is half intelligible"]
     assert again["training"]["speech"] == meta["training"]["speech"]
     assert load_model_config(tmp_path / "out2" / "model.yaml") == cfg

@@ -236,3 +236,31 @@ def realign_output_projector(teacher: MinMo, student: MinMo, train: Iterable[dic
     train_eq = accumulate(teacher, student, train, on_batch)
     valid_eq = accumulate(teacher, student, valid, on_batch) if valid is not None else None
     return solve_realignment(student, train_eq, valid_eq, ridge, task_weights)
+
+
+def write_realigned(model_dir: str | Path, out: str | Path, result: RealignResult,
+                    record: dict[str, Any]) -> Path:
+    """The overlay package ``model_dir`` again at ``out``, with the refitted projector and
+    ``record`` as ``training.realign_output_projector`` in its ``overlay.json``."""
+    from minmo.checkpoints import CheckpointError, load_tensors
+    from minmo.checkpoints.overlay import CONFIG_FILE, OVERLAY_FILE, read_meta, write_overlay
+    from minmo.config import load_model_config
+
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    tensors = load_tensors(model_dir / OVERLAY_FILE)
+    for name, value in (("weight", result.weight), ("bias", result.bias)):
+        key = f"output_projector.proj.{name}"
+        if key not in tensors or tensors[key].shape != value.shape:
+            raise CheckpointError(f"{model_dir}: {key} is missing or not of shape "
+                                  f"{tuple(value.shape)}: not the package the fit was made for")
+        tensors[key] = value
+    parts = {p.stem: load_tensors(p) for p in sorted(model_dir.glob("*.safetensors"))
+             if p.name != OVERLAY_FILE}
+    training = {**meta.get("training", {}), "realign_output_projector": record}
+    readme = model_dir / "README.md"
+    return write_overlay(out, load_model_config(model_dir / CONFIG_FILE), tensors,
+                         base=meta["base"], training=training,
+                         dtype=getattr(torch, meta.get("dtype", "float16")), parts=parts,
+                         readme=readme.read_text() if readme.is_file() else None,
+                         notes=meta.get("notes"))
