@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="new package directory")
     p.add_argument("--limit", type=int, help="fit on the first N rows only")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--ridge", type=float, default=1e-4,
-                   help="ridge strength relative to the inputs' mean energy")
+    p.add_argument("--ridge", type=float, default=None,
+                   help="ridge strength relative to the inputs' mean energy (default "
+                        "minmo.training.realign.DEFAULT_RIDGE)")
     p.add_argument("--task-weight", action="append", default=[], metavar="TASK=W",
                    help="count a task's rows W times in the fit (e.g. s2s_chat=3); repeatable")
     p.add_argument("--cache", type=Path,
@@ -56,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from minmo.inference.loading import load_runtime
-    from minmo.training.realign import (NormalEquations, accumulate, reply_batches,
-                                        solve_realignment, write_realigned)
+    from minmo.training.realign import (DEFAULT_RIDGE, NormalEquations, accumulate,
+                                        reply_batches, solve_realignment, write_realigned)
+
+    ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -87,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      per_task.items()}
                                              for split, per_task in equations.items()}},
                        args.cache)
-    result = solve_realignment(student, equations["train"], equations["valid"], args.ridge,
-                               weights)
-    record = {**source, "ridge": args.ridge, "task_weights": weights, **result.summary()}
+    result = solve_realignment(student, equations["train"], equations["valid"], ridge, weights)
+    record = {**source, "ridge": ridge, "task_weights": weights, **result.summary()}
     print(json.dumps(record, indent=2))
     path = write_realigned(args.model, args.out, result, record)
     print(f"realign: wrote {path}")

@@ -412,8 +412,8 @@ def realign_export(package: Path, teacher: Path, corpus: Path) -> None:
     from tqdm import tqdm
 
     from minmo.inference.loading import load_runtime
-    from minmo.training.realign import (REPLY_TASKS, accumulate, reply_batches,
-                                        solve_realignment, write_realigned)
+    from minmo.training.realign import (DEFAULT_RIDGE, REPLY_TASKS, realign_output_projector,
+                                        reply_batches, write_realigned)
 
     def manifests(split: str) -> list[Path]:
         return [m for m in (corpus / split / f"{t}.jsonl" for t in REPLY_TASKS) if m.is_file()]
@@ -426,13 +426,12 @@ def realign_export(package: Path, teacher: Path, corpus: Path) -> None:
     teacher_model = load_runtime(str(teacher)).model
     student = load_runtime(str(package)).model
     bar = tqdm(desc="realign", unit="row")
-    result = solve_realignment(
-        student, accumulate(teacher_model, student, reply_batches(student, train), bar.update),
-        accumulate(teacher_model, student, reply_batches(student, valid), bar.update)
-        if valid else None)
+    result = realign_output_projector(teacher_model, student, reply_batches(student, train),
+                                      reply_batches(student, valid) if valid else None,
+                                      on_batch=bar.update)
     bar.close()
     record = {"teacher": str(teacher), "data": [str(m) for m in train],
-              "valid": [str(m) for m in valid], "ridge": 1e-4, **result.summary()}
+              "valid": [str(m) for m in valid], "ridge": DEFAULT_RIDGE, **result.summary()}
     fresh = write_realigned(package, package.with_name(package.name + ".realigned"), result, record)
     shutil.rmtree(package)
     fresh.rename(package)
@@ -498,9 +497,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"train_minmo_small: unknown stage(s) {unknown}; recipe: {', '.join(RECIPE)}")
     if stages != sorted(stages, key=RECIPE.index):
         raise SystemExit(f"train_minmo_small: --stages must follow the recipe order {', '.join(RECIPE)}")
-    s2t_stages = [s for s in stages if s not in SPEECH_STAGES and s != "duplex"]
-    if args.realign and not (args.init_package and args.export and s2t_stages
-                             and not any(s in SPEECH_STAGES for s in stages)):
+    # speech-to-text stages ran and the speech stages did not: the voice LM's input moved
+    s2t_only = (any(s not in SPEECH_STAGES and s != "duplex" for s in stages)
+                and not any(s in SPEECH_STAGES for s in stages))
+    if args.realign and not (args.init_package and args.export and s2t_only):
         raise SystemExit("train_minmo_small: --realign refits an exported package's output "
                          "projector to --init-package's after speech-to-text stages: it needs "
                          "--init-package, --export and speech-to-text --stages without t2s/s2s")
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"--init-package {args.init_package}: {len(init)} tensors "
             f"({', '.join(init_meta.get('trained_groups', []))})")
     moves_voice_lm_input = bool(init_meta and "voice_lm" in init_meta.get("trained_groups", [])
-                                and s2t_stages and not any(s in SPEECH_STAGES for s in stages))
+                                and s2t_only)
     records: list[dict] = []
     earlier: list[Path] = []
     old = run / "recipe.json"

@@ -34,6 +34,10 @@ from minmo.models.minmo import MinMo
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RIDGE = 1e-4
+"""Ridge strength of the fit, relative to the inputs' mean energy (hardly matters at
+minmo-small's scale: ``docs/minmo_small.md``)."""
+
 REPLY_TASKS = ("tts", "instruct_tts", "s2s_chat")
 """Manifest tasks whose reply the voice LM speaks: the rows the fit reads."""
 
@@ -90,7 +94,7 @@ class NormalEquations:
             setattr(out, name, value)
         return out
 
-    def solve(self, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(self, ridge: float = DEFAULT_RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
         """Least squares with a ridge of ``ridge`` times the mean diagonal of ``X^T X`` on the
         weights (not the bias): ``(out_dim, in_dim)`` weight and ``(out_dim,)`` bias."""
         if self.count == 0:
@@ -193,7 +197,7 @@ class RealignResult:
 
 
 def solve_realignment(student: MinMo, train: dict[str, NormalEquations],
-                      valid: dict[str, NormalEquations] | None = None, ridge: float = 1e-4,
+                      valid: dict[str, NormalEquations] | None = None, ridge: float = DEFAULT_RIDGE,
                       task_weights: dict[str, float] | None = None) -> RealignResult:
     """The projector fitted to ``train``'s equations (:func:`accumulate`), scored on both."""
     weights = task_weights or {}
@@ -220,7 +224,7 @@ def solve_realignment(student: MinMo, train: dict[str, NormalEquations],
 
 
 def realign_output_projector(teacher: MinMo, student: MinMo, train: Iterable[dict[str, Any]],
-                             valid: Iterable[dict[str, Any]] | None = None, ridge: float = 1e-4,
+                             valid: Iterable[dict[str, Any]] | None = None, ridge: float = DEFAULT_RIDGE,
                              task_weights: dict[str, float] | None = None,
                              on_batch: Callable[[int], None] | None = None) -> RealignResult:
     """Fit the student's output projector to the teacher's semantic vectors (module
