@@ -279,18 +279,19 @@ def test_kinds_choose_item_kinds_and_share_the_hours(tmp_path):
         plan_shards(_cfg(tmp_path, kinds=["duplx"]))
 
 
-def _open_test_script():
+def _script(name: str):
+    """A module of ``scripts/`` (not a package), loaded by path."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_open_test.py"
-    spec = importlib.util.spec_from_file_location("make_open_test", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_open_test_sentences_lie_outside_the_corpus_and_use_held_out_voices(tmp_path):
-    script = _open_test_script()
+    script = _script("make_open_test")
     sentences = script.read_sentences(script.DEFAULT_SENTENCES)
     assert len(sentences) == 40 and len(set(sentences)) == 40
     corpus = {" ".join(sentence("en", sid).lower().split())
@@ -335,3 +336,58 @@ def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
     text.write_text("\n".join(reversed(lines)) + "\n")
     with pytest.raises(SynthError, match="text_file"):
         synthesize_corpus(cfg, progress=False)
+
+
+def test_real_test_reads_the_recordings_and_transcripts_of_a_pocketsphinx_source_release(tmp_path):
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    root = "pocketsphinx-9.9"
+    members: dict[str, bytes] = {}
+
+    def wav(seconds: float, rate: int = 16000) -> bytes:
+        buf = io.BytesIO()
+        sf.write(buf, rng.uniform(-0.1, 0.1, int(seconds * rate)).astype(np.float32), rate,
+                 format="WAV", subtype="PCM_16")
+        return buf.getvalue()
+
+    for stem, text in [("book-0870", "and mister smith came home"), ("book-0880", "he was not")]:
+        members[f"data/librivox/{stem}.wav"] = wav(1.5)
+        members[f"data/librivox/{stem}.txt"] = f"{text}\n".encode()
+        members[f"data/librivox/{stem}.lab"] = b"ignored"
+    members["data/cards/001.wav"] = wav(0.5)
+    members["data/cards/002.wav"] = wav(0.75)
+    members["data/cards/cards.transcription"] = (
+        b"<s> ten of clubs  </s> (001)\n<s> five five  </s> (002)\n")
+    members["data/goforward.raw"] = (rng.uniform(-0.1, 0.1, 8000) * 32767).astype("<i2").tobytes()
+    sdist = tmp_path / f"{root}.tar.gz"
+
+    def pack() -> None:
+        with tarfile.open(sdist, "w:gz") as tar:
+            for rel, data in members.items():
+                info = tarfile.TarInfo(f"{root}/test/{rel}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    pack()
+
+    script = _script("make_real_test")
+    rows = script.make_real_test(tmp_path / "out", sdist)
+    assert [(r["id"], r["text"], r["speaker"]) for r in rows] == [
+        ("real-librivox-0870-asr", "And Mr. smith came home.", "librivox-reader"),
+        ("real-librivox-0880-asr", "He was not.", "librivox-reader"),
+        ("real-cards-001-asr", "Ten of clubs.", "cards-speaker"),
+        ("real-cards-002-asr", "Five five.", "cards-speaker"),
+        ("real-goforward-asr", "Go forward ten meters.", "goforward-speaker")]
+    assert [r["duration"] for r in rows] == [1.5, 1.5, 0.5, 0.75, 0.5]
+    raw = np.frombuffer(members["data/goforward.raw"], dtype="<i2") / 32768.0
+    wave, rate = sf.read(tmp_path / "out" / "audio" / "real-goforward.wav")
+    assert rate == 16000 and np.abs(wave - raw).max() < 1e-4
+    report = check_manifests([tmp_path / "out" / "asr.jsonl"])
+    assert report.bad == [] and report.counts == {"asr": 5}
+
+    members["data/cards/001.wav"] = wav(0.5, rate=8000)  # a clip at another rate is refused
+    pack()
+    with pytest.raises(ValueError, match="16000 Hz"):
+        script.make_real_test(tmp_path / "again", sdist)
