@@ -13,8 +13,9 @@ for arg in "$@"; do
   esac
 done
 
-# Debian packages: speech synthesis for the synthetic corpus, sox for audio checks.
-APT_PACKAGES=(espeak-ng sox libsndfile1)
+# Debian packages: speech synthesis for the synthetic corpus (espeak-ng; flite for
+# `minmo data synth --flite`), sox for audio checks.
+APT_PACKAGES=(espeak-ng flite sox libsndfile1)
 if [ "$WITH_TEST" = 1 ]; then
   APT_PACKAGES+=(chromium)  # headless browser test of the serving page (playwright drives it)
 fi

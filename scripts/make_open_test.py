@@ -2,7 +2,7 @@
 spoken by its held-out test voices.
 
     .venv/bin/python scripts/make_open_test.py --out DIR [--sentences FILE] [--per-sentence 2]
-        [--mbrola] [--seed 0]
+        [--mbrola] [--flite] [--seed 0]
     .venv/bin/minmo eval --model M --suite manifest --data DIR/asr.jsonl --tasks asr --out EVAL
 
 The corpus' test split holds out speakers and sentences, but its sentences are new
@@ -10,8 +10,9 @@ combinations of the same 12 subjects x 16 predicates x 10 time phrases: a model 
 that grammar and score well on it while mishearing anything else. This test reads other
 sentences (``scripts/open_sentences_en.txt``, 40 written for it) so a WER on it says how much
 of a model's hearing carries beyond the corpus' sentences. The voices are the ones no
-training row uses (espeak-ng variants of the test split and, with ``--mbrola``, the held-out
-MBROLA voice), drawn with ``--seed``: the same arguments give the same clips.
+training row uses (espeak-ng variants of the test split and, with ``--mbrola`` / ``--flite``,
+the held-out MBROLA / flite voice), drawn with ``--seed``: the same arguments give the same
+clips.
 
 Output: ``DIR/asr.jsonl`` (manifest rows of task ``asr``, split ``test``) and
 ``DIR/audio/*.wav`` (16 kHz).
@@ -38,7 +39,7 @@ def read_sentences(path: Path) -> list[str]:
 
 
 def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrola: bool = False,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, flite: bool = False) -> list[dict]:
     """Speak every sentence ``per_sentence`` times with held-out voices; write the clips and
     ``out/asr.jsonl``. Returns the manifest rows."""
     from minmo.audio.io import save_audio
@@ -49,7 +50,7 @@ def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrol
     rows = []
     for i, text in enumerate(sentences):
         for k in range(per_sentence):
-            speaker = random_speaker(rng, "en", "test", mbrola=mbrola)
+            speaker = random_speaker(rng, "en", "test", mbrola=mbrola, flite=flite)
             wave = speak(text, speaker, USER_RATE, rms_db=user_level(rng))
             name = f"open-{i:03d}-{k}"
             save_audio(out / "audio" / f"{name}.wav", wave, USER_RATE)
@@ -73,18 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbrola", action="store_true",
                         help="half the voices from the held-out MBROLA voice (needs the "
                              "Debian mbrola packages, docs/data.md)")
+    parser.add_argument("--flite", action="store_true",
+                        help="a third of the voices from the held-out flite voice (Debian "
+                             "flite)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.mbrola:
-        from minmo.data.espeak import missing_mbrola_voices
+    from minmo.data.espeak import missing_flite, missing_mbrola_voices
 
-        missing = missing_mbrola_voices(["en"])
-        if missing:
-            raise SystemExit(f"make_open_test: --mbrola needs {' '.join(missing)} (docs/data.md)")
+    missing = (missing_mbrola_voices(["en"]) if args.mbrola else []) + (
+        missing_flite() if args.flite else [])
+    if missing:
+        raise SystemExit(f"make_open_test: --mbrola / --flite need {' '.join(missing)} "
+                         "(docs/data.md)")
     sentences = read_sentences(args.sentences)
     if not sentences:
         raise SystemExit(f"make_open_test: no sentences in {args.sentences}")
-    rows = make_open_test(args.out, sentences, args.per_sentence, args.mbrola, args.seed)
+    rows = make_open_test(args.out, sentences, args.per_sentence, args.mbrola, args.seed,
+                          args.flite)
     hours = sum(r["duration"] for r in rows) / 3600
     print(f"make_open_test: {len(rows)} clips ({hours * 60:.1f} min) of {len(sentences)} "
           f"sentences -> {args.out / 'asr.jsonl'}")

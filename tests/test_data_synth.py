@@ -13,7 +13,8 @@ import soundfile as sf
 from minmo.data.check import check_manifests
 from minmo.data.duplex import CONTINUE, LISTEN, RESPOND, STOP, Utterance, build_dialogue
 from minmo.data import espeak
-from minmo.data.espeak import (ASSISTANT, TEST_MBROLA_VOICES, TEST_VARIANTS, check_espeak,
+from minmo.data.espeak import (ASSISTANT, TEST_FLITE_VOICES, TEST_MBROLA_VOICES, TEST_VARIANTS,
+                               check_espeak,
                                missing_mbrola_voices)
 from minmo.data.manifest import TASKS
 from minmo.data.qa import qa_pairs, qa_pairs_by_split
@@ -126,7 +127,7 @@ def _assert_held_out(root: Path) -> None:
     train = _rows(root, "train") + _rows(root, "valid")
     test = _rows(root, "test")
     assert test, "the fixture asks for 50 % test items"
-    held_out = TEST_VARIANTS | TEST_MBROLA_VOICES
+    held_out = TEST_VARIANTS | TEST_MBROLA_VOICES | TEST_FLITE_VOICES
     train_speakers = {r["speaker"] for r in train if r.get("speaker") not in (None, "assistant")}
     test_speakers = {r["speaker"] for r in test if r.get("speaker") not in (None, "assistant")}
     assert test_speakers and not (test_speakers & train_speakers)
@@ -164,6 +165,60 @@ def test_mbrola_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(espeak, "MBROLA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(SynthError, match="mbrola-us1"):
         synthesize_corpus(_cfg(tmp_path / "x", mbrola=True), progress=False)
+
+
+def test_flite_voices_optional(tmp_path):
+    if espeak.missing_flite():
+        pytest.skip("flite not installed (scripts/install.sh installs it)")
+    root = tmp_path / "fl"
+    synthesize_corpus(_cfg(root, flite=True, languages=["en"]), progress=False)
+    speakers = {r.get("speaker", "") for s in ("train", "valid", "test") for r in _rows(root, s)}
+    assert any(s.startswith("flite-") for s in speakers)
+    assert check_manifests([root / "train", root / "test"]).bad == []
+    _assert_held_out(root)
+    assert json.loads((root / "synth.json").read_text())["flite"] is True
+    assert "flite" not in _cfg(tmp_path / "plain").identity()  # older corpora stay resumable
+
+
+def test_flite_speakers_follow_pitch_rate_and_emotion():
+    import random
+
+    from minmo.eval.prosody import estimate_f0
+
+    if espeak.missing_flite():
+        pytest.skip("flite not installed (scripts/install.sh installs it)")
+    drawn = [espeak.random_speaker(random.Random(i), "en", split, flite=True)
+             for i in range(300) for split in ("train", "test")]
+    flite = [s for s in drawn if s.voice.startswith("flite-")]
+    assert 0.25 < len(flite) / len(drawn) < 0.42  # FLITE_SHARE of the draws
+    assert {s.voice for s in flite} == {v for v, _ in espeak.FLITE_VOICES["en"]}
+    without = [espeak.random_speaker(random.Random(i), "en", "train", mbrola=True) for i in range(50)]
+    assert not any(s.voice.startswith("flite-") for s in without)
+
+    text = "I left my umbrella on the train this morning."
+
+    def say(emotion=None, **kw):
+        speaker = espeak.Speaker(**{"voice": "flite-slt", "variant": "", "pitch": 50,
+                                    "rate": 165, "language": "en", "gender": "female", **kw})
+        wave, rate = espeak.synthesize(text, speaker, emotion)
+        assert rate == 16000 and np.abs(wave).max() > 0.05
+        return wave, rate
+
+    def median_f0(wave, rate):
+        return float(np.nanmedian(estimate_f0(wave, rate).f0))
+
+    low, high = median_f0(*say(pitch=25)), median_f0(*say(pitch=75))
+    assert 1.25 < high / low < 1.6  # two quarter-octave steps: 2 ** 0.5
+    assert len(say(rate=130)[0]) > 1.2 * len(say(rate=190)[0])
+    assert len(say("sad")[0]) > 1.3 * len(say("happy")[0])
+    with pytest.raises(espeak.EspeakError, match="unknown emotion"):
+        say("bored")
+
+
+def test_flite_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(espeak, "FLITE", "no-such-flite-binary")
+    with pytest.raises(SynthError, match="--flite needs the Debian package flite"):
+        synthesize_corpus(_cfg(tmp_path / "x", flite=True), progress=False)
 
 
 def test_held_out_pools_are_disjoint_and_qa_is_large():

@@ -1,12 +1,15 @@
-"""espeak-ng speakers and synthesis: text -> float32 waveform, no temp files.
+"""Synthetic speakers and synthesis: text -> float32 waveform, no temp files.
 
 A *speaker* is an espeak-ng language voice plus a voice variant (``+f3``, ``+m5``), a pitch
 (``-p``, 0-99) and a rate (``-s``, words per minute); optionally (``mbrola=True``) an MBROLA
-diphone voice (``mb-us1``, more natural; Debian non-free packages) with a pitch and a rate.
-Speaker pools are split by voice: the variants in :data:`TEST_VARIANTS` and the MBROLA voices
-in :data:`TEST_MBROLA_VOICES` speak only in the test split, never in train/valid, so test
-speakers are unseen voices. The assistant's voice (:data:`ASSISTANT`) uses a variant no
-user speaker uses.
+diphone voice (``mb-us1``, more natural; Debian non-free packages) with a pitch and a rate,
+and (``flite=True``, English) a CMU flite voice (``flite-slt``: statistical parametric voices
+built from recordings of four people, closer to real speech than espeak-ng's formants; Debian
+``flite``), its pitch and rate set through flite's F0 target and duration stretch.
+Speaker pools are split by voice: the variants in :data:`TEST_VARIANTS`, the MBROLA voices in
+:data:`TEST_MBROLA_VOICES` and the flite voices in :data:`TEST_FLITE_VOICES` speak only in the
+test split, never in train/valid, so test speakers are unseen voices. The assistant's voice
+(:data:`ASSISTANT`) uses a variant no user speaker uses.
 
 Emotions and styles (happy, sad, angry, whisper, fast, slow, high, low) are made with SSML
 prosody and variants; they are synthetic proxies, documented as such in ``docs/data.md``.
@@ -60,6 +63,26 @@ MBROLA_SHARE = 0.5
 """With MBROLA enabled, the share of user speakers drawn from MBROLA voices (where the
 language has one for the split)."""
 
+FLITE = "flite"
+FLITE_VOICES: dict[str, tuple[tuple[str, str], ...]] = {
+    "en": (("flite-slt", "female"), ("flite-rms", "male"), ("flite-awb", "male"),
+           ("flite-kal16", "male")),
+}
+"""Optional flite voices (Debian ``flite``, built in) per language, with gender."""
+TEST_FLITE_VOICES = frozenset({"flite-awb"})
+"""flite voices held out for the test split."""
+FLITE_SHARE = 1 / 3
+"""With flite enabled, the share of user speakers drawn from flite voices (where the language
+has one for the split); the rest are drawn as without it."""
+FLITE_F0 = {"female": 180.0, "male": 115.0}
+"""flite F0 target (Hz) of a speaker at pitch 50; each 25 pitch steps is a factor 2**0.25."""
+FLITE_RATE = 165
+"""Rate (words per minute) at which flite's duration stretch is 1."""
+FLITE_EMOTIONS = {"happy": (1.25, 1.15, 1.8), "sad": (0.85, 0.75, 0.5),
+                  "angry": (0.95, 1.10, 1.4)}
+"""Emotion -> (F0 factor, rate factor, F0 range factor), flite's counterpart of
+:data:`EMOTION_PROSODY`."""
+
 PITCHES = (25, 35, 45, 55, 65, 75)
 RATES = (130, 150, 170, 190)
 
@@ -94,7 +117,8 @@ class Speaker:
 
     @property
     def id(self) -> str:
-        """Stable speaker id, e.g. ``en-us+f3-p45-s170`` (MBROLA: ``mb-us1-p45-s170``)."""
+        """Stable speaker id, e.g. ``en-us+f3-p45-s170`` (MBROLA: ``mb-us1-p45-s170``, flite:
+        ``flite-slt-p45-s170``)."""
         voice = f"{self.voice}+{self.variant}" if self.variant else self.voice
         return f"{voice}-p{self.pitch}-s{self.rate}"
 
@@ -136,6 +160,19 @@ def mbrola_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
     return [v for v in pool if v[0] not in TEST_MBROLA_VOICES]
 
 
+def flite_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
+    """flite ``(voice, gender)`` pairs a speaker of ``split`` may use."""
+    pool = FLITE_VOICES.get(language, ())
+    if split == "test":
+        return [v for v in pool if v[0] in TEST_FLITE_VOICES]
+    return [v for v in pool if v[0] not in TEST_FLITE_VOICES]
+
+
+def missing_flite() -> list[str]:
+    """``["flite"]`` when the Debian package is not installed (empty: it is)."""
+    return [] if shutil.which(FLITE) else ["flite"]
+
+
 def missing_mbrola_voices(languages: list[str] | tuple[str, ...]) -> list[str]:
     """Debian packages (``mbrola-us1``, ...) of the MBROLA voices of ``languages`` that are
     not installed (empty: all there)."""
@@ -153,9 +190,17 @@ def missing_mbrola_voices(languages: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def random_speaker(rng: random.Random, language: str, split: str,
-                   mbrola: bool = False) -> Speaker:
-    """Draw a user speaker of ``language`` from the pool of ``split`` (with ``mbrola``, half
-    of them from the MBROLA voices of the language, when it has one for the split)."""
+                   mbrola: bool = False, flite: bool = False) -> Speaker:
+    """Draw a user speaker of ``language`` from the pool of ``split``: with ``flite``, a third
+    of them from its flite voices; with ``mbrola``, half of the rest from its MBROLA voices
+    (each where the language has one for the split). Without ``flite`` the draws are those
+    of corpora made before it existed."""
+    if flite:
+        pool = flite_voices_for_split(language, split)
+        if pool and rng.random() < FLITE_SHARE:
+            voice, gender = rng.choice(pool)
+            return Speaker(voice=voice, variant="", pitch=rng.choice(PITCHES),
+                           rate=rng.choice(RATES), language=language, gender=gender)
     if mbrola:
         pool = mbrola_voices_for_split(language, split)
         if pool and rng.random() < MBROLA_SHARE:
@@ -178,7 +223,7 @@ def styled_speaker(base: Speaker, style: str) -> Speaker:
         return replace(base, pitch=88)
     if style == "low":
         return replace(base, pitch=12)
-    if style == "whisper":  # MBROLA voices cannot whisper: the language's espeak-ng voice does
+    if style == "whisper":  # MBROLA and flite voices cannot whisper: espeak-ng does
         voice = LANGUAGE_VOICES[base.language][0] if not base.variant else base.voice
         return replace(base, voice=voice,
                        variant="whisperf" if base.gender == "female" else "whisper")
@@ -211,35 +256,52 @@ def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple
         emotion: a key of :data:`EMOTION_PROSODY` (SSML prosody), or ``None``.
 
     Returns:
-        ``(wave, sample_rate)``: ``(N,)`` float32 in [-1, 1] (espeak-ng's native rate,
-        22050 Hz), leading/trailing silence trimmed to 50 ms.
+        ``(wave, sample_rate)``: ``(N,)`` float32 in [-1, 1] at the engine's native rate
+        (espeak-ng 22050 Hz, flite 16000 Hz), leading/trailing silence trimmed to 50 ms.
 
     Raises:
-        EspeakError: espeak-ng failed or produced no audio.
+        EspeakError: the engine failed or produced no audio.
     """
-    voice = f"{speaker.voice}+{speaker.variant}" if speaker.variant else speaker.voice
-    cmd = [ESPEAK, "-v", voice, "-p", str(speaker.pitch),
-           "-s", str(speaker.rate), "--stdout"]
-    template = EMOTION_PROSODY.get(emotion or "neutral")
     if emotion is not None and emotion not in EMOTION_PROSODY:
         raise EspeakError(f"unknown emotion '{emotion}' (known: {', '.join(EMOTION_PROSODY)})")
-    if template is not None:
-        cmd += ["-m", "<speak>" + template.format(text=escape(text)) + "</speak>"]
+    if speaker.voice.startswith("flite-"):
+        cmd, engine = _flite_command(text, speaker, emotion), FLITE
     else:
-        cmd += ["--", text]
+        cmd, engine = _espeak_command(text, speaker, emotion), ESPEAK
     proc = subprocess.run(cmd, capture_output=True, check=False)
     raw = proc.stdout
     if proc.returncode != 0 or len(raw) < 46 or raw[:4] != b"RIFF":
-        raise EspeakError(f"espeak-ng failed for voice {speaker.id} on {text!r}: "
+        raise EspeakError(f"{engine} failed for voice {speaker.id} on {text!r}: "
                           f"{proc.stderr.decode(errors='replace').strip()}")
     sample_rate = int.from_bytes(raw[24:28], "little")
-    # espeak-ng streams: the header's data size is a placeholder, the samples follow byte 44.
+    # Both stream: the header's data size may be a placeholder, the samples follow byte 44.
     body = raw[44:]
     wave = np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
     wave = trim_silence(wave, sample_rate)
     if wave.size == 0:
-        raise EspeakError(f"espeak-ng produced silence for voice {speaker.id} on {text!r}")
+        raise EspeakError(f"{engine} produced silence for voice {speaker.id} on {text!r}")
     return wave, sample_rate
+
+
+def _espeak_command(text: str, speaker: Speaker, emotion: str | None) -> list[str]:
+    voice = f"{speaker.voice}+{speaker.variant}" if speaker.variant else speaker.voice
+    cmd = [ESPEAK, "-v", voice, "-p", str(speaker.pitch), "-s", str(speaker.rate), "--stdout"]
+    template = EMOTION_PROSODY.get(emotion or "neutral")
+    if template is not None:
+        return cmd + ["-m", "<speak>" + template.format(text=escape(text)) + "</speak>"]
+    return cmd + ["--", text]
+
+
+def _flite_command(text: str, speaker: Speaker, emotion: str | None) -> list[str]:
+    """flite writing a wav to stdout: pitch -> F0 target, rate -> duration stretch, an emotion
+    as :data:`FLITE_EMOTIONS` (flite has no SSML prosody)."""
+    f0_factor, rate_factor, range_factor = FLITE_EMOTIONS.get(emotion or "", (1.0, 1.0, 1.0))
+    f0 = FLITE_F0[speaker.gender] * 2 ** ((speaker.pitch - 50) / 100) * f0_factor
+    stretch = FLITE_RATE / (speaker.rate * rate_factor)
+    return [FLITE, "-voice", speaker.voice.removeprefix("flite-"),
+            "--setf", f"int_f0_target_mean={f0:.1f}",
+            "--setf", f"int_f0_target_stddev={f0 * 0.12 * range_factor:.1f}",
+            "--setf", f"duration_stretch={stretch:.3f}", "-t", text, "-o", "/dev/stdout"]
 
 
 def trim_silence(wave: np.ndarray, sample_rate: int, threshold_db: float = -45.0,

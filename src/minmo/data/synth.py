@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minmo.data.espeak import EspeakError, check_espeak, missing_mbrola_voices
+from minmo.data.espeak import EspeakError, check_espeak, missing_flite, missing_mbrola_voices
 from minmo.data.manifest import TASKS
 from minmo.data.synth_items import (DEFAULT_KINDS, ITEM_KINDS, KIND_SHARE, AudioCheckError,
                                     ItemContext, texts_by_split)
@@ -62,6 +62,8 @@ class SynthConfig:
         languages: sentence languages (codes of :mod:`minmo.data.text_corpus`).
         mbrola: also use MBROLA voices for half the user speakers (needs the Debian
             ``mbrola-*`` packages; see ``docs/data.md``).
+        flite: also use CMU flite voices (English) for a third of the user speakers (needs
+            the Debian ``flite`` package, which ``scripts/install.sh`` installs).
         kinds: item kinds to make (None: all); the chosen kinds share ``hours`` in their
             ``KIND_SHARE`` proportions (e.g. ``["duplex"]``: dialogues only).
         text_file: a UTF-8 file of sentences, one per line (``#`` lines are comments): adds
@@ -79,6 +81,7 @@ class SynthConfig:
     valid_fraction: float = 0.03
     languages: list[str] = field(default_factory=lambda: list(SENTENCE_LANGUAGES))
     mbrola: bool = False
+    flite: bool = False
     kinds: list[str] | None = None
     text_file: str | None = None
     text_language: str = "en"
@@ -88,8 +91,9 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
-        if not d["mbrola"]:  # corpora made before the option existed stay resumable
-            d.pop("mbrola")
+        for option in ("mbrola", "flite"):  # corpora made before it existed stay resumable
+            if not d[option]:
+                d.pop(option)
         if d["kinds"] is None:
             d.pop("kinds")
         if d["text_file"] is None:  # corpora made before the option stay resumable
@@ -199,7 +203,8 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
         ctx = ItemContext(root=root, audio_dir=f"audio/{plan.shard_id}", item_id=item_id,
                           split=split, rng=item_rng,
                           nprng=np.random.default_rng(_item_seed(cfg.seed + 1, item_id)),
-                          languages=tuple(cfg.languages), mbrola=cfg.mbrola, texts=texts,
+                          languages=tuple(cfg.languages), mbrola=cfg.mbrola, flite=cfg.flite,
+                          texts=texts,
                           text_language=cfg.text_language)
         try:
             item_rows, item_seconds = gen(ctx)
@@ -334,6 +339,9 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
         raise SynthError(
             "--mbrola needs the Debian packages " + " ".join(missing) + " (contrib/non-free; "
             "see docs/data.md for the apt command), or drop --mbrola")
+    if cfg.flite and missing_flite():
+        raise SynthError("--flite needs the Debian package flite (bash scripts/install.sh "
+                         "installs it; or apt-get install flite), or drop --flite")
     _check_settings(cfg)
     plans = plan_shards(cfg)
     root = Path(cfg.out)

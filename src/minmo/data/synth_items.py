@@ -48,6 +48,7 @@ class ItemContext:
         nprng: numpy RNG of the item.
         languages: languages to draw sentences from.
         mbrola: draw half the user speakers from MBROLA voices.
+        flite: draw a third of the user speakers from flite voices (English).
         texts: the lines of ``--text-file`` by split (:func:`texts_by_split`), for the
             ``text`` kind.
         text_language: language of those lines.
@@ -61,6 +62,7 @@ class ItemContext:
     nprng: np.random.Generator
     languages: tuple[str, ...] = SENTENCE_LANGUAGES
     mbrola: bool = False
+    flite: bool = False
     texts: dict[str, list[str]] | None = None
     text_language: str = "en"
 
@@ -111,7 +113,7 @@ def _save(ctx: ItemContext, suffix: str, wave: np.ndarray, rate: int) -> tuple[s
 
 
 def _user_speaker(ctx: ItemContext, language: str) -> Speaker:
-    return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola)
+    return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola, flite=ctx.flite)
 
 
 def user_level(rng: random.Random) -> float:
