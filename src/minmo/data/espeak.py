@@ -195,15 +195,11 @@ def random_speaker(rng: random.Random, language: str, split: str,
     of them from its flite voices; with ``mbrola``, half of the rest from its MBROLA voices
     (each where the language has one for the split). Without ``flite`` the draws are those
     of corpora made before it existed."""
-    if flite:
-        pool = flite_voices_for_split(language, split)
-        if pool and rng.random() < FLITE_SHARE:
-            voice, gender = rng.choice(pool)
-            return Speaker(voice=voice, variant="", pitch=rng.choice(PITCHES),
-                           rate=rng.choice(RATES), language=language, gender=gender)
-    if mbrola:
-        pool = mbrola_voices_for_split(language, split)
-        if pool and rng.random() < MBROLA_SHARE:
+    engines = ((flite, flite_voices_for_split, FLITE_SHARE),
+               (mbrola, mbrola_voices_for_split, MBROLA_SHARE))
+    for enabled, voices_for_split, share in engines:
+        pool = voices_for_split(language, split) if enabled else []
+        if pool and rng.random() < share:
             voice, gender = rng.choice(pool)
             return Speaker(voice=voice, variant="", pitch=rng.choice(PITCHES),
                            rate=rng.choice(RATES), language=language, gender=gender)
