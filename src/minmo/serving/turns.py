@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from minmo.config import DuplexConfig
 from minmo.models.duplex import Decision, speaking_lookup
 from minmo.serving.vad import SAMPLE_RATE, WINDOW, SileroVAD, VADGate, stream_probs
 
@@ -81,7 +82,7 @@ class TurnPolicy:
 
     trust_predictor: bool = False
     barge_in_ms: float = 600.0
-    respond_silence_ms: float = 160.0
+    respond_silence_ms: float = DuplexConfig.respond_silence_ms  # a model's own: for_model
     predictor_stop: bool = False
     stop_speech_ms: float | None = 100.0
 
