@@ -495,6 +495,7 @@ def test_piper_voice_reads_espeak_ipa_in_the_voice_format(fake_piper):
     phonemes = voice.phonemes("Hello there, my friend. Is it 3.5?")
     assert phonemes.count(",") == 1 and phonemes.count(".") == 1 and phonemes.endswith("?")
     assert "ˈ" in phonemes and "3" not in phonemes  # IPA with stress; the number is read
+    assert voice.phonemes("Mr. Smith and Dr. Jones came.").count(".") == 1
     assert voice.phoneme_ids("ab,x") == [1, 0, 10, 0, 11, 0, 4, 0, 2]  # x: not in the voice
 
 

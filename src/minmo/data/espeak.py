@@ -343,6 +343,10 @@ def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple
     return wave, sample_rate
 
 
+_CLAUSE_END = re.compile(r"(?<!\b(?:Mr|Ms|Dr|St|Jr|vs))(?<!\bMrs)([,.;:!?]+)(?=\s|$)")
+"""Clause punctuation: followed by a space or the end, not a title's period."""
+
+
 class PiperVoice:
     """A Piper voice: a VITS model in ONNX and its ``.onnx.json`` config (sample rate,
     espeak-ng voice, phoneme -> id map, default noise and length scales).
@@ -374,9 +378,10 @@ class PiperVoice:
                                                     providers=["CPUExecutionProvider"])
 
     def phonemes(self, text: str) -> str:
-        """espeak-ng IPA of ``text``, clause by clause, its clause punctuation kept."""
+        """espeak-ng IPA of ``text``, clause by clause, its clause punctuation kept (the
+        period of a title such as "Mr." ends no clause)."""
         out = []
-        for piece in re.split(r"([,.;:!?]+)(?=\s|$)", text):
+        for piece in re.split(_CLAUSE_END, text):
             if not piece.strip():
                 continue
             if re.fullmatch(r"[,.;:!?]+", piece):
