@@ -361,6 +361,27 @@ class OptimConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Acoustic augmentation of training input speech (``minmo.data.augment``; docs/training.md):
+    each clip, with probability ``prob``, goes through speed -> room -> noise -> microphone
+    band -> level, each step with its own probability and range. Seeded by run seed, row id
+    and epoch. Training only (never validation or evaluation)."""
+
+    prob: float = 0.0  # share of clips augmented; 0: off
+    speed: list[float] = field(default_factory=lambda: [1.0])  # factors, one drawn per clip: [0.9, 1.0, 1.1] is Kaldi's speed perturbation
+    reverb_prob: float = 0.5
+    rt60: list[float] = field(default_factory=lambda: [0.2, 0.8])  # seconds: [low, high]
+    drr_db: list[float] = field(default_factory=lambda: [0.0, 12.0])  # direct-to-reverberant ratio
+    noise_prob: float = 0.5
+    noises: list[str] = field(default_factory=list)  # white, pink, brown, hum; empty: all
+    snr_db: list[float] = field(default_factory=lambda: [5.0, 30.0])
+    band_prob: float = 0.5
+    gain_prob: float = 0.5
+    gain_db: list[float] = field(default_factory=lambda: [-15.0, 5.0])
+    tasks: list[str] = field(default_factory=list)  # empty: every speech-input task but aed and duplex
+
+
+@dataclass
 class DataConfig:
     """Where training examples come from and how they are batched."""
 
@@ -373,6 +394,7 @@ class DataConfig:
     max_audio_seconds: float = 30.0
     max_text_tokens: int = 512
     tasks: list[str] = field(default_factory=list)  # manifest tasks to train on; empty: the stage's own (docs/training.md)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # acoustic augmentation (off by default)
 
 
 @dataclass

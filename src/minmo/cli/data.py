@@ -1,5 +1,6 @@
-"""``minmo data synth|check|import``: build the synthetic corpus, validate manifests, import
-corpora. Thin argument parsing; the work is in :mod:`minmo.data`."""
+"""``minmo data synth|check|import|augment``: build the synthetic corpus, validate manifests,
+import corpora, write acoustically augmented copies. Thin argument parsing; the work is in
+:mod:`minmo.data`."""
 
 from __future__ import annotations
 
@@ -66,6 +67,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     imp.add_argument("--clips", default=None, help="Common Voice clips dir (default: "
                                                    "<tsv dir>/clips)")
     imp.add_argument("--task", default="asr", help="task of imported jsonl rows")
+    aug = sub.add_parser(
+        "augment", help="write copies of a manifest's clips through rooms, noise and microphones",
+        description="Augmented copies of the speech-input rows of manifests: the acoustic chain "
+        "of training's data.augment (speed -> room -> noise -> microphone band -> level; "
+        "docs/training.md), to listen to it or to make a harder test set. Each clip gets the "
+        "acoustics a training run with this --seed gives it in its first epoch; the rows say "
+        "which ('acoustics').")
+    aug.add_argument("manifests", nargs="+", help="jsonl files or directories")
+    aug.add_argument("--out", required=True, help="output directory (audio/ and one .jsonl "
+                                                  "per input manifest)")
+    aug.add_argument("--seed", type=int, default=0)
+    aug.add_argument("--prob", type=float, default=1.0, help="share of clips changed")
+    aug.add_argument("--speed", default="1.0", help="comma-separated speed factors, one drawn "
+                                                    "per clip (e.g. 0.9,1.0,1.1)")
+    for step, default in (("reverb", 0.5), ("noise", 0.5), ("band", 0.5), ("gain", 0.5)):
+        aug.add_argument(f"--{step}-prob", type=float, default=default,
+                         help=f"probability of the {step} step (default {default})")
+    aug.add_argument("--rt60", default="0.2,0.8", help="room reverberation time range, s")
+    aug.add_argument("--snr", default="5,30", help="noise SNR range, dB")
+    aug.add_argument("--noises", default="", help="comma-separated noise kinds (white, pink, "
+                                                  "brown, hum; default all)")
+    aug.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
 
@@ -79,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         return _check(args)
     if action == "import":
         return _import(args)
-    print("usage: minmo data {synth,check,import} ... (see minmo data --help)", file=sys.stderr)
+    if action == "augment":
+        return _augment(args)
+    print("usage: minmo data {synth,check,import,augment} ... (see minmo data --help)",
+          file=sys.stderr)
     return 2
 
 
@@ -146,6 +172,30 @@ def _import(args: argparse.Namespace) -> int:
         print(f"  {p}")
     if len(problems) > 50:
         print(f"  ... and {len(problems) - 50} more")
+    return 0 if n else 1
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {text!r}: comma-separated numbers") from None
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from minmo.config import AugmentConfig
+    from minmo.data.augment import augment_manifests
+
+    cfg = AugmentConfig(prob=args.prob, speed=_floats(args.speed, "--speed"),
+                        reverb_prob=args.reverb_prob, noise_prob=args.noise_prob,
+                        band_prob=args.band_prob, gain_prob=args.gain_prob,
+                        rt60=_floats(args.rt60, "--rt60"), snr_db=_floats(args.snr, "--snr"),
+                        noises=[n for n in args.noises.split(",") if n])
+    n, problems = augment_manifests(args.manifests, args.out, cfg, seed=args.seed,
+                                    progress=not args.no_progress)
+    print(f"wrote {n} rows to {args.out}; {len(problems)} row(s) left out")
+    for p in problems[:20]:
+        print(f"  {p}")
     return 0 if n else 1
 
 

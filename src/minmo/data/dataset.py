@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from minmo.audio.io import AudioError, audio_info, load_audio
+from minmo.data.augment import augment_wave, augments_task, check_augment_config, clip_rng
 from minmo.data.manifest import (TASKS, BadRow, ManifestRow, RowError, check_row_files,
                                  read_manifests)
 
@@ -69,6 +70,9 @@ class ManifestDataset(Dataset):
         expected_sample_rate: with ``check_files``, flag audio at other rates.
         load_target_audio: also load ``target_audio`` (assistant speech).
         target_sample_rate: rate of the returned target waveforms.
+        augment: an ``AugmentConfig``: input speech of the tasks it covers goes through
+            :func:`minmo.data.augment.augment_wave` (``None`` or ``prob`` 0: clean).
+        augment_seed: with the row id and the epoch, seeds each clip's acoustics.
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class ManifestDataset(Dataset):
         expected_sample_rate: int | None = None,
         load_target_audio: bool = False,
         target_sample_rate: int = 24000,
+        augment: Any = None,
+        augment_seed: int = 0,
     ):
         manifests = list(manifests)
         if not manifests:
@@ -91,6 +97,10 @@ class ManifestDataset(Dataset):
         self.sample_rate = sample_rate
         self.target_sample_rate = target_sample_rate
         self.load_target_audio = load_target_audio
+        if augment is not None:
+            check_augment_config(augment)
+        self.augment = augment
+        self.augment_seed = augment_seed
         self.bad: list[BadRow] = list(scan.bad)
         self.rows: list[ManifestRow] = []
         for row in scan.rows:
@@ -155,6 +165,9 @@ class ManifestDataset(Dataset):
                               duration=row.duration, channel=channel)
             if wave.size == 0:
                 raise RowError("unreadable_audio", f"{row.audio}: no samples in the window")
+            if augments_task(self.augment, row.task):
+                rng = clip_rng(self.augment_seed, row.id, epoch)
+                wave, _ = augment_wave(wave, self.sample_rate, self.augment, rng)
         target_wave = None
         if self.load_target_audio and row.target_audio is not None:
             target_wave = load_audio(row.target_audio, self.target_sample_rate)

@@ -118,22 +118,25 @@ def build_loader(
 
     Args:
         data_cfg: ``batch_size``, ``max_batch_seconds``, ``num_workers``, ``shuffle``,
-            ``max_audio_seconds``, ``max_text_tokens``.
+            ``max_audio_seconds``, ``max_text_tokens``, ``augment`` (training only).
         manifests: jsonl files or directories (``data_cfg.train`` / ``.valid``).
         frontend: feature front end (``build_frontend(model_cfg.frontend)``).
         tokenizer: the LLM's text tokenizer.
         system_prompt: ChatML system text.
         seed: shuffling and paraphrase seed.
         rank / world_size: distributed position (each rank gets its own batches).
-        train: shuffle (if ``data_cfg.shuffle``) and pad ranks; ``False``: fixed order.
+        train: shuffle (if ``data_cfg.shuffle``), pad ranks and augment (``data_cfg.augment``);
+            ``False``: fixed order, clean audio.
         tasks: keep only these tasks.
         load_target_audio: add ``target_wave`` to batches.
         sample_rate: input audio rate.
     """
     manifests = list(manifests)
+    augment = getattr(data_cfg, "augment", None) if train else None
     dataset = ManifestDataset(manifests, sample_rate=sample_rate, tasks=tasks,
                               max_audio_seconds=data_cfg.max_audio_seconds or None,
-                              load_target_audio=load_target_audio)
+                              load_target_audio=load_target_audio,
+                              augment=augment, augment_seed=seed)
     if len(dataset) == 0:
         raise ValueError(f"no usable rows in {list(map(str, manifests))} "
                          f"({len(dataset.bad)} bad rows; run `minmo data check` on them)")

@@ -498,6 +498,11 @@ def _speaker_inputs(cfg: TrainConfig, paths: list[str], key: str) -> Inputs:
 def _train_data(inputs: Callable[[TrainConfig, list[str], str], Inputs]) -> Callable[..., IndexedBatchSource]:
     """A stage's ``build_data`` hook: ``inputs`` over ``data.train``, shuffled per rank."""
     def build(cfg: TrainConfig, model: nn.Module, rank: int, world_size: int) -> IndexedBatchSource:
+        if cfg.data.augment.prob > 0:
+            raise ConfigError(f"data.augment.prob = {cfg.data.augment.prob}: stage '{cfg.stage}' "
+                              "trains on the corpus's clean audio (acoustic augmentation is for "
+                              "the stages that hear speech through the manifest loader: s2t_*, "
+                              "t2s_*, duplex); set data.augment.prob=0")
         items, collate = inputs(cfg, cfg.data.train, "data.train")
         return IndexedBatchSource(ListDataset(items), collate, cfg.data.batch_size, seed=cfg.seed,
                                   shuffle=cfg.data.shuffle, rank=rank, world_size=world_size)
