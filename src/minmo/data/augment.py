@@ -34,6 +34,7 @@ from typing import Iterable
 import numpy as np
 
 from minmo.audio.io import resample
+from minmo.config import AugmentConfig
 from minmo.data.events import hum, mix_at_snr, pink_noise, white_noise
 
 # Tasks whose labels the chain would falsify: a clip's background sound (aed) or frame labels
@@ -75,8 +76,8 @@ def clip_rng(seed: int, row_id: str, epoch: int) -> np.random.Generator:
                                   epoch & 0xFFFFFFFF])
 
 
-def augments_task(cfg, task: str) -> bool:
-    """Whether ``cfg`` (an ``AugmentConfig``) applies to rows of ``task``."""
+def augments_task(cfg: AugmentConfig | None, task: str) -> bool:
+    """Whether ``cfg`` applies to rows of ``task``."""
     if cfg is None or cfg.prob <= 0.0:
         return False
     if cfg.tasks:
@@ -84,7 +85,7 @@ def augments_task(cfg, task: str) -> bool:
     return task not in UNAUGMENTED_TASKS
 
 
-def check_augment_config(cfg) -> None:
+def check_augment_config(cfg: AugmentConfig) -> None:
     """Raise ``ValueError`` naming the ``data.augment`` field that cannot work."""
     for name in ("prob", "reverb_prob", "noise_prob", "band_prob", "gain_prob"):
         value = getattr(cfg, name)
@@ -206,9 +207,9 @@ def brown_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
 NOISES = {"white": white_noise, "pink": pink_noise, "brown": brown_noise, "hum": hum}
 
 
-def augment_wave(wave: np.ndarray, sample_rate: int, cfg, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, Acoustics]:
-    """One clip through the chain (module doc) as ``cfg`` (an ``AugmentConfig``) draws it.
+def augment_wave(wave: np.ndarray, sample_rate: int, cfg: AugmentConfig,
+                 rng: np.random.Generator) -> tuple[np.ndarray, Acoustics]:
+    """One clip through the chain (module doc) as ``cfg`` draws it.
 
     Args:
         wave: ``(N,)`` float waveform.
@@ -255,7 +256,7 @@ def augment_wave(wave: np.ndarray, sample_rate: int, cfg, rng: np.random.Generat
     return np.clip(x, -1.0, 1.0).astype(np.float32), acoustics
 
 
-def augment_manifests(manifests: Iterable[str], out: str, cfg, seed: int = 0,
+def augment_manifests(manifests: Iterable[str], out: str, cfg: AugmentConfig, seed: int = 0,
                       sample_rate: int = 16000, progress: bool = True
                       ) -> tuple[int, list[str]]:
     """Augmented copies of the speech-input rows of ``manifests`` (``minmo data augment``).

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from minmo.audio.io import AudioError, audio_info, load_audio
+from minmo.config import AugmentConfig
 from minmo.data.augment import augment_wave, augments_task, check_augment_config, clip_rng
 from minmo.data.manifest import (TASKS, BadRow, ManifestRow, RowError, check_row_files,
                                  read_manifests)
@@ -70,7 +71,7 @@ class ManifestDataset(Dataset):
         expected_sample_rate: with ``check_files``, flag audio at other rates.
         load_target_audio: also load ``target_audio`` (assistant speech).
         target_sample_rate: rate of the returned target waveforms.
-        augment: an ``AugmentConfig``: input speech of the tasks it covers goes through
+        augment: input speech of the tasks it covers goes through
             :func:`minmo.data.augment.augment_wave` (``None`` or ``prob`` 0: clean).
         augment_seed: with the row id and the epoch, seeds each clip's acoustics.
     """
@@ -85,7 +86,7 @@ class ManifestDataset(Dataset):
         expected_sample_rate: int | None = None,
         load_target_audio: bool = False,
         target_sample_rate: int = 24000,
-        augment: Any = None,
+        augment: AugmentConfig | None = None,
         augment_seed: int = 0,
     ):
         manifests = list(manifests)
