@@ -10,9 +10,9 @@ passes each input clip, with that probability, through a chain drawn at random::
 * speed: Kaldi-style speed perturbation (resampling: tempo and pitch move together), a factor
   drawn from ``speed`` (default ``[1.0]``: off);
 * room: convolution with a synthetic room impulse response, a direct path, a few early
-  reflections and an exponentially decaying diffuse tail whose high band dies twice as fast
-  (air and wall absorption), RT60 drawn from ``rt60`` and direct-to-reverberant ratio from
-  ``drr_db``;
+  reflections and an exponentially decaying diffuse tail that dies faster above 1 kHz (air
+  and wall absorption: half the RT60 at 8 kHz), RT60 drawn from ``rt60`` and
+  direct-to-reverberant ratio from ``drr_db``;
 * noise: white, pink, brown noise or mains hum (:mod:`minmo.data.events`) at an SNR drawn
   from ``snr_db``;
 * microphone band: a zero-phase Butterworth-shaped band pass, high-pass corner 50-300 Hz and
