@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from minmo.config import AugmentConfig
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``data`` and its sub-commands on the main CLI."""
@@ -81,11 +83,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     aug.add_argument("--prob", type=float, default=1.0, help="share of clips changed")
     aug.add_argument("--speed", default="1.0", help="comma-separated speed factors, one drawn "
                                                     "per clip (e.g. 0.9,1.0,1.1)")
-    for step, default in (("reverb", 0.5), ("noise", 0.5), ("band", 0.5), ("gain", 0.5)):
+    defaults = AugmentConfig()  # training's defaults, but every clip changed (--prob 1)
+    for step in ("reverb", "noise", "band", "gain"):
+        default = getattr(defaults, f"{step}_prob")
         aug.add_argument(f"--{step}-prob", type=float, default=default,
                          help=f"probability of the {step} step (default {default})")
-    aug.add_argument("--rt60", default="0.2,0.8", help="room reverberation time range, s")
-    aug.add_argument("--snr", default="5,30", help="noise SNR range, dB")
+    aug.add_argument("--rt60", default=",".join(f"{x:g}" for x in defaults.rt60),
+                     help="room reverberation time range, s (default %(default)s)")
+    aug.add_argument("--snr", default=",".join(f"{x:g}" for x in defaults.snr_db),
+                     help="noise SNR range, dB (default %(default)s)")
     aug.add_argument("--noises", default="", help="comma-separated noise kinds (white, pink, "
                                                   "brown, hum; default all)")
     aug.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -183,7 +189,6 @@ def _floats(text: str, name: str) -> list[float]:
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from minmo.config import AugmentConfig
     from minmo.data.augment import augment_manifests
 
     cfg = AugmentConfig(prob=args.prob, speed=_floats(args.speed, "--speed"),
