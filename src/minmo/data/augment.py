@@ -35,7 +35,7 @@ import numpy as np
 
 from minmo.audio.io import resample
 from minmo.config import AugmentConfig
-from minmo.data.events import hum, mix_at_snr, pink_noise, white_noise
+from minmo.data.events import brown_noise, hum, mix_at_snr, pink_noise, white_noise
 
 # Tasks whose labels the chain would falsify: a clip's background sound (aed) or frame labels
 # tied to the audio's timing (duplex).
@@ -172,9 +172,8 @@ def room_impulse_response(rng: np.random.Generator, sample_rate: int, rt60: floa
         tail[k] += rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.7) * np.abs(tail).max()
     energy = float(np.sum(tail ** 2)) + 1e-12
     tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / energy)
-    rir = tail
-    rir[0] = 1.0
-    return rir
+    tail[0] = 1.0  # the direct path (the pre-delay left the tail's first samples at 0)
+    return tail
 
 
 def band_response(freqs: np.ndarray, low_hz: float, high_hz: float, order: int = 2
@@ -193,15 +192,6 @@ def _band_pass(x: np.ndarray, sample_rate: int, low_hz: float, high_hz: float,
     freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
     response = band_response(freqs, low_hz, high_hz, order)
     return np.fft.irfft(np.fft.rfft(x, size) * response, size)[: x.size]
-
-
-def brown_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
-    """1/f^2 noise (rumble: traffic, ventilation), RMS 0.1."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(spectrum.size, dtype=np.float64)
-    f[0] = 1.0
-    x = np.fft.irfft(spectrum / f, n)
-    return (x * (0.1 / (_rms(x) + 1e-12))).astype(np.float32)
 
 
 NOISES = {"white": white_noise, "pink": pink_noise, "brown": brown_noise, "hum": hum}

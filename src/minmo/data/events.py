@@ -34,12 +34,23 @@ def white_noise(rng: Generator, n: int, sr: int) -> np.ndarray:
     return _rms_norm(rng.standard_normal(n).astype(np.float32))
 
 
-def pink_noise(rng: Generator, n: int, sr: int) -> np.ndarray:
-    """1/f noise (spectral shaping of white noise)."""
+def _shaped_noise(rng: Generator, n: int, divide: Callable[[np.ndarray], np.ndarray]
+                  ) -> np.ndarray:
+    """White noise whose spectrum is divided by ``divide(bin index)`` (bin 0 counted as 1)."""
     spec = np.fft.rfft(rng.standard_normal(n))
     freqs = np.arange(spec.size, dtype=np.float64)
     freqs[0] = 1.0
-    return _rms_norm(np.fft.irfft(spec / np.sqrt(freqs), n).astype(np.float32))
+    return _rms_norm(np.fft.irfft(spec / divide(freqs), n).astype(np.float32))
+
+
+def pink_noise(rng: Generator, n: int, sr: int) -> np.ndarray:
+    """1/f noise (spectral shaping of white noise)."""
+    return _shaped_noise(rng, n, np.sqrt)
+
+
+def brown_noise(rng: Generator, n: int, sr: int) -> np.ndarray:
+    """1/f^2 noise (rumble: traffic, ventilation)."""
+    return _shaped_noise(rng, n, lambda f: f)
 
 
 def music(rng: Generator, n: int, sr: int) -> np.ndarray:
