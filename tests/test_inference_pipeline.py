@@ -218,6 +218,35 @@ def test_context_budget_drops_oldest_turns(rt):
     assert sess.chat.items[-1].role == "assistant"
 
 
+def test_fast_start_first_speech_chunk_in_one_step_same_output(rt):
+    """The first speech chunk comes out of the first step_jobs call (its n_sem + 1 text
+    tokens in that call), later calls pace text 1 token each, and the schedule changes
+    nothing generated (text, speech tokens, audio) against the paced 1 + 3 schedule."""
+    n_sem, n_speech = rt.model.voice_lm.n_sem, rt.model.voice_lm.n_speech
+
+    def run(voice_steps, fast_start):
+        sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
+            max_text_tokens=20, max_speech_tokens=60, seed=3)))
+        P.add_user_speech(rt, sess, rt.encode_speech(_wave()))
+        job = P.start_reply(rt, sess)
+        per_call, audio = [], []
+        while not job.finished:
+            evs = P.step_jobs(rt, [job], voice_steps, fast_start=fast_start)[0]
+            per_call.append((len(job.text.ids), len(job.voice.tokens)))
+            audio += [e.samples for e in evs if isinstance(e, P.AudioChunk)]
+        return job, per_call, np.concatenate(audio)
+
+    fast, fast_calls, fast_audio = run(15, True)
+    paced, paced_calls, paced_audio = run(3, False)
+    assert fast_calls[0] == (n_sem + 1, n_speech)  # first chunk's tokens in call one
+    assert fast_calls[1][0] == n_sem + 2  # then one text token per call
+    assert paced_calls[0] == (1, 0) and paced_calls[n_sem][1] == 3
+    assert len(fast_calls) < len(paced_calls)
+    assert fast.text.ids == paced.text.ids and fast.voice.tokens == paced.voice.tokens
+    assert len(fast.voice.tokens) == 60
+    np.testing.assert_array_equal(fast_audio, paced_audio)
+
+
 def test_cancel_closes_the_turn_and_the_next_reply_works(rt):
     sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
         max_text_tokens=30, max_speech_tokens=200)))

@@ -152,21 +152,35 @@ class VoiceStream:
     def cancel(self) -> None:
         self.finished = True
 
+    def ready(self, n_sem: int) -> bool:
+        """Whether :meth:`next_input` has something to feed now (not finished, not waiting
+        for text)."""
+        if self.finished:
+            return False
+        in_group = self.group_left > 0 or self.tail
+        return (not self.started or (in_group and self.unfed_token is not None)
+                or (not in_group and self.block_ready(n_sem)))
+
+    def block_ready(self, n_sem: int) -> bool:
+        """Whether the next block of semantic vectors is known: more than ``n_sem`` are
+        pending (so this block is not the last), or the text is done."""
+        return len(self.pending) > n_sem or self.text_done
+
     def next_input(self, rt: MinMoRuntime) -> torch.Tensor | None:
         """Embeddings ``(n, D_v)`` to feed now, or None (finished, or waiting for text).
 
         Sets :attr:`expects_token`: whether the logits after this input are sampled.
         """
-        if self.finished:
-            return None
         vlm = rt.model.voice_lm
+        if not self.ready(vlm.n_sem):
+            return None
         parts: list[torch.Tensor] = []
         if not self.started:
             parts.append(vlm.special_embedding.weight[0:1])
         in_group = self.group_left > 0 or self.tail
-        if self.unfed_token is not None and (in_group or self._next_block_ready(vlm.n_sem)):
+        if self.unfed_token is not None and (in_group or self.block_ready(vlm.n_sem)):
             parts.append(vlm.speech_embedding.weight[self.unfed_token][None])
-        if not in_group and self._next_block_ready(vlm.n_sem):
+        if not in_group and self.block_ready(vlm.n_sem):
             if len(self.pending) > vlm.n_sem:
                 parts.append(torch.stack(self.pending[:vlm.n_sem]))
                 del self.pending[:vlm.n_sem]
@@ -177,8 +191,6 @@ class VoiceStream:
                     self.pending.clear()
                 parts.append(vlm.special_embedding.weight[1:2])
                 self.tail = True
-        if not parts:
-            return None
         if not self.started:
             self.started = True
         if self.unfed_token is not None and (self.group_left > 0 or self.tail):
@@ -186,9 +198,6 @@ class VoiceStream:
         # SOS alone (waiting for text) is fed early; its logits are not sampled
         self.expects_token = self.group_left > 0 or self.tail
         return torch.cat(parts)
-
-    def _next_block_ready(self, n_sem: int) -> bool:
-        return len(self.pending) > n_sem or self.text_done
 
     def on_logits(self, rt: MinMoRuntime, logits: torch.Tensor) -> int | None:
         """Sample the next speech token from ``(V,)`` logits (if one is due); None if none

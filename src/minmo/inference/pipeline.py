@@ -5,8 +5,9 @@ A :class:`VoiceSession` is everything one conversation owns: its listening strea
 random generator. The shared :class:`~minmo.inference.runtime.MinMoRuntime` holds none of it.
 
 Replies are :class:`ResponseJob` objects advanced by :func:`step_jobs`, which steps many
-jobs (of many sessions) at once: one batched LLM step (one text token each), then
-``voice_steps`` batched voice-LM steps, then token2wav on every 15 new speech tokens::
+jobs (of many sessions) at once: one batched LLM step (one text token each; a reply's
+first ``n_sem + 1`` come in one call), then batched voice-LM steps until every stream waits
+for text (at most ``voice_steps``), then token2wav on every 15 new speech tokens::
 
     text token -> text delta, semantic vector -> (every 5) voice LM -> (every 15 tokens)
     token2wav -> audio chunk
@@ -58,7 +59,10 @@ class GenerationConfig:
         temperature, top_p: text sampling (``temperature == 0``: greedy).
         max_speech_tokens: speech length limit (25 tokens per second).
         voice_greedy: argmax speech tokens instead of repetition-aware sampling.
-        voice_steps: voice-LM steps per :func:`step_jobs` call (3 keeps pace with 5:15).
+        voice_steps: at most this many voice-LM steps per :func:`step_jobs` call (it stops
+            earlier when every stream waits for text; one token2wav chunk is 15).
+        fast_start: a reply's first speech chunk does not wait for scheduler ticks: its
+            first ``n_sem + 1`` text tokens come in one :func:`step_jobs` call.
         transcribe_max_tokens: input-transcript length limit.
         seed: session generator seed (None: nondeterministic).
     """
@@ -68,7 +72,8 @@ class GenerationConfig:
     top_p: float = 0.9
     max_speech_tokens: int = 1500
     voice_greedy: bool = False
-    voice_steps: int = 3
+    voice_steps: int = 15
+    fast_start: bool = True
     transcribe_max_tokens: int = 96
     seed: int | None = 0
 
@@ -352,11 +357,19 @@ def _text_delta(rt: MinMoRuntime, job: ResponseJob) -> str:
 
 
 @torch.inference_mode()
-def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
-              pool: Any = None) -> list[list[JobEvent]]:
-    """Advance every unfinished job by one text token, ``voice_steps`` speech tokens and any
-    due token2wav chunk (tokens go to the decoder in multiples of its ``feed_tokens``; the
-    decoder is flushed when the speech ends).
+def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 15,
+              pool: Any = None, fast_start: bool = True) -> list[list[JobEvent]]:
+    """Advance every unfinished job by one text token, up to ``voice_steps`` speech tokens
+    and any due token2wav chunk (tokens go to the decoder in multiples of its
+    ``feed_tokens``; the decoder is flushed when the speech ends).
+
+    The voice LM steps until every stream waits for text (5:15: at most 3 tokens per text
+    token while the reply is being written) or ``voice_steps`` is reached (after the text
+    ends it runs ahead at up to ``voice_steps`` per call). With ``fast_start`` a reply whose
+    voice LM cannot begin yet (it needs ``n_sem + 1`` semantic vectors, or the end of the
+    text) gets up to that many text steps in this call, so its first speech chunk comes out
+    of one call instead of waiting for ``n_sem + 1`` of them. Scheduling does not change what
+    is generated: the voice LM's inputs depend only on the text, not on when it arrived.
 
     Args:
         pool: a :class:`~minmo.inference.vocoder_pool.VocoderPool` to run the decoder on a
@@ -371,8 +384,16 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
             job.vocoder_inflight -= 1
             if not job.finished and len(wave):
                 job.ready_audio.append(wave)
-    live = [i for i, j in enumerate(jobs) if not j.finished and not j.text.done]
-    if live:
+    n_sem = rt.model.voice_lm.n_sem
+
+    def starting(job: ResponseJob) -> bool:
+        return job.voice is not None and not job.voice.tokens and not job.voice.block_ready(n_sem)
+
+    for round_ in range(n_sem + 1 if fast_start else 1):
+        live = [i for i, j in enumerate(jobs)
+                if not j.finished and not j.text.done and (round_ == 0 or starting(j))]
+        if not live:
+            break
         outs = text_step(rt, [jobs[i].text for i in live])
         for i, out in zip(live, outs):
             job = jobs[i]
@@ -389,7 +410,7 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 3,
                 job.voice.finish_text()
     for _ in range(voice_steps):
         vjobs = [i for i, j in enumerate(jobs)
-                 if not j.finished and j.voice is not None and not j.voice.finished]
+                 if not j.finished and j.voice is not None and j.voice.ready(n_sem)]
         if not vjobs:
             break
         toks = voice_step(rt, [jobs[i].voice for i in vjobs])
@@ -443,7 +464,7 @@ def run_job(rt: MinMoRuntime, job: ResponseJob, gen: GenerationConfig | None = N
     """Step one job to the end, yielding its events."""
     gen = gen or GenerationConfig()
     while not job.finished:
-        for ev in step_jobs(rt, [job], gen.voice_steps)[0]:
+        for ev in step_jobs(rt, [job], gen.voice_steps, fast_start=gen.fast_start)[0]:
             yield ev
 
 

@@ -281,7 +281,8 @@ class Engine:
                 owners.append(s)
         if not jobs:
             return
-        events = P.step_jobs(self.rt, jobs, self.gen.voice_steps, self.vocoder_pool)
+        events = P.step_jobs(self.rt, jobs, self.gen.voice_steps, self.vocoder_pool,
+                             self.gen.fast_start)
         for s, job, evs in zip(owners, jobs, events):
             if evs:
                 self._guard(s, s.on_job_events, job, evs)
