@@ -343,3 +343,90 @@ def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(r
     assert "input_audio_buffer.speech_started" not in blip_events
     assert "response.done" not in blip_events
     assert done["response"]["id"] == rid and done["response"]["status"] == "cancelled"
+
+
+def _ticked_dialogue(rt, tmp, defer_s):
+    """Drive an engine tick by tick (no threads, inline decoder): a user turn, its reply, a
+    sustained interruption 0.4 s into the reply's audio, silence until its reply is over.
+    Returns the event types,
+    every frame the session decided on, the listening passes that fed frames, and the most
+    audio ever held back."""
+    import minmo.serving.engine as E
+
+    gen = GenerationConfig(max_text_tokens=30, max_speech_tokens=150, transcribe_max_tokens=4,
+                           voice_greedy=True)
+    engine = Engine(rt, EngineConfig(vocoder_thread=False, defer_listening_s=defer_s), gen=gen)
+    events, frames, passes, held = [], [], [0], [0]
+    engine.reserve()
+    engine.open(lambda ev: events.append((engine.ticks, ev["type"])))
+    engine.tick()
+    (s,) = engine.sessions.values()
+    decide = s.on_frame
+    s.on_frame = lambda f, hook: (frames.append((f.index, f.end_s, f.probs, f.speaking,
+                                                 f.decision)), decide(f, hook))
+    listen = E.listen_step
+
+    def counting(*a, **k):
+        out = listen(*a, **k)
+        passes[0] += any(out)
+        return out
+
+    def feed(wave):
+        pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+        for k in range(0, pcm.size, 960):  # 40 ms per tick, as a microphone
+            engine.submit(s.id, "audio", pcm[k:k + 960])
+            engine.tick()
+            held[0] = max(held[0], s.listen_backlog_samples)
+
+    E.listen_step = counting
+    try:
+        feed(speech_24k("Tell me about the sea.", tmp, tail=0.0))
+        while "response.output_audio.delta" not in [t for _, t in events]:
+            feed(np.zeros(960, np.float32))
+        feed(np.zeros(int(0.4 * 24000), np.float32))
+        feed(speech_24k("No wait, tell me about rivers.", tmp, lead=0.0, tail=2.0))
+        for _ in range(2000):  # until the second reply has been heard and nothing is held
+            if not (s.responding or s.speaking() or s.listen_backlog_samples):
+                break
+            feed(np.zeros(960, np.float32))
+    finally:
+        E.listen_step = listen
+    return events, frames, passes[0], held[0]
+
+
+def test_deferred_listening_decides_exactly_as_every_tick_with_fewer_passes(rt, tmp):
+    """While the assistant speaks, frames that cannot change anything are held and fed in
+    one pass; the session still sees every frame, with the same stream times, speaking
+    flags, predictor outputs and decisions, and the dialogue (reply, barge-in, next turn)
+    runs identically, each event at the same tick (nothing is decided later)."""
+    events0, frames0, passes0, held0 = _ticked_dialogue(rt, tmp, 0.0)
+    events1, frames1, passes1, held1 = _ticked_dialogue(rt, tmp, 3.0)  # long: any delay shows
+    types0 = [t for _, t in events0]
+    assert "input_audio_buffer.speech_started" in types0[types0.index("response.created"):]
+    assert types0.count("response.created") >= 2  # the interruption got its own reply
+    assert events1 == events0
+    assert held0 == 0 and held1 > 0
+    assert passes1 < passes0
+    assert len(frames1) == len(frames0)
+    for a, b in zip(frames0, frames1):
+        assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3] and a[4] == b[4]
+        torch.testing.assert_close(a[2], b[2], atol=1e-4, rtol=1e-4)
+    assert any(f[3] for f in frames1)  # some frames began while the assistant was audible
+
+
+def test_playback_intervals_answer_for_past_samples():
+    from minmo.serving.session import Playback
+
+    p = Playback()
+    p.add(1000, 500)
+    p.add(1200, 300)  # sent while the first still plays: queued after it
+    assert p.intervals == [[1000, 1800]] and p.end == 1800
+    assert not p.audible(999, 100)  # before playback began (not: "before it ends")
+    assert p.audible(1000, 100) and p.audible(1899, 100) and not p.audible(1900, 100)
+    p.add(5000, 200)  # after a silence: a new interval
+    assert p.intervals == [[1000, 1800], [5000, 5200]]
+    assert not p.audible(3000, 100) and p.audible(1500, 100)
+    p.cut(5100)  # barge-in at 5100
+    assert p.intervals == [[1000, 1800], [5000, 5100]]
+    p.cut(5000)  # cut at its start: the interval goes
+    assert p.intervals == [[1000, 1800]]

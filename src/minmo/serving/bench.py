@@ -7,7 +7,8 @@ Used by ``minmo bench serve`` and ``benchmarks/bench_serve.py``.
 Definitions:
 
 * *end of speech*: the wall time the client sent the last sample of speech (the turn's
-  trailing silence is streamed after it, in real time, as a microphone would);
+  trailing silence is streamed after it, in real time, and more silence until the reply is
+  done: the microphone stays open, so the server keeps listening while it speaks);
 * *first audio*: the wall time the first ``response.output_audio.delta`` arrived; the
   latency therefore includes the VAD's ``silence_duration_ms``;
 * *real time*: every session got its reply, each audio chunk arrived before a player started
@@ -103,6 +104,13 @@ async def _one_turn(url: str, wave: np.ndarray, speech_end: int, timeout: float)
         await c.wait_for("session.created", timeout)
         reader = asyncio.create_task(c.wait_for("response.done", timeout))
         await c.send_audio(wave, chunk_ms=40, realtime=True, on_chunk=on_chunk)
+        # the microphone stays open (silence) until the reply is done, as a browser's does:
+        # the server keeps listening (for barge-in) while it speaks
+        frame, k, start = np.zeros(24000 * 40 // 1000, np.float32), 0, time.perf_counter()
+        while not reader.done():
+            await c.send_audio(frame)
+            k += 1
+            await asyncio.wait({reader}, timeout=max(0.0, start + 0.04 * k - time.perf_counter()))
         try:
             await reader
         except (asyncio.TimeoutError, Exception):

@@ -6,7 +6,9 @@ Each tick:
 2. VAD: every session's new audio, 512-sample windows, one batched silero call per round;
 3. listening: one batched pass (front end and encoder per session, then one batched LLM
    forward over all sessions' new speech frames, then the duplex predictor) -> per-frame
-   turn decisions (:meth:`RealtimeSession.on_frame`);
+   turn decisions (:meth:`RealtimeSession.on_frame`); a session whose frames could not
+   change anything (the assistant speaking, no VAD event) holds its audio up to
+   ``defer_listening_s`` and feeds it in one pass;
 4. generation: the live reply and transcript jobs of *all* sessions advance together
    (:func:`minmo.inference.pipeline.step_jobs`: one batched LLM step, batched voice-LM
    steps, token2wav chunks), unless a session's client is not reading (back-pressure);
@@ -50,6 +52,13 @@ class EngineConfig:
             immediate on new commands).
         vocoder_thread: run token2wav on a worker thread, overlapping the LLM and voice-LM
             steps of the next ticks (:class:`~minmo.inference.vocoder_pool.VocoderPool`).
+        defer_listening_s: while a session's frames could not change anything (the
+            assistant busy, no VAD event, no user turn or barge-in candidate open:
+            :meth:`RealtimeSession.listening_can_wait`), hold its listening audio up to this
+            long and feed it in one batched pass (0: every tick). Saves most of the listening
+            stream's LLM forwards while the assistant speaks; a VAD event feeds the held
+            audio at once, so barge-in decisions are not delayed. No effect with a
+            ``decision_hook``.
     """
 
     max_sessions: int = 16
@@ -57,6 +66,7 @@ class EngineConfig:
     threads: int | None = None
     idle_wait_s: float = 0.05
     vocoder_thread: bool = True
+    defer_listening_s: float = 1.0
 
 
 class SessionLimitReached(RuntimeError):
@@ -260,14 +270,20 @@ class Engine:
                 self._guard(s, s.on_vad, p, s.clock + (r + 1) * 512)
 
     def _listen(self, live: list[RealtimeSession], chunks: dict[str, np.ndarray]) -> None:
-        group = [s for s in live if chunks[s.id].size > 0]
+        hold = int(self.cfg.defer_listening_s * 16000)
+        waves = {}
+        for s in live:
+            defer = hold > 0 and self.decision_hook is None and s.listening_can_wait()
+            waves[s.id] = s.listen_samples(chunks[s.id], defer, hold)
+        group = [s for s in live if waves[s.id].size > 0]
+        for s in live:
+            s.clock += chunks[s.id].size
         if group:
             speaking = [lambda start_s, s=s: s.speaking(int(round(start_s * 16000))) for s in group]
             frames = listen_step(
-                self.rt, [s.voice.listen for s in group], [chunks[s.id] for s in group],
+                self.rt, [s.voice.listen for s in group], [waves[s.id] for s in group],
                 speaking, [s.voice.system for s in group], self.listen_cfg)
             for s, fr in zip(group, frames):
-                s.clock += chunks[s.id].size
                 for f in fr:
                     self._guard(s, s.on_frame, f, self.decision_hook)
 

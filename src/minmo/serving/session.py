@@ -7,7 +7,7 @@ The engine calls it from its single scheduler thread only, so nothing here needs
 
 Clock: the stream position of user audio (16 kHz samples processed). Full-duplex clients
 stream the microphone continuously, so this is the session's real-time clock; playback of
-the assistant's audio is tracked on it too (``play_end``), which makes the *speaking* state
+the assistant's audio is tracked on it too (:class:`Playback`), which makes the *speaking* state
 (and so echo gating and barge-in) deterministic given the audio, independent of wall time.
 
 Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
@@ -84,6 +84,42 @@ class FrameInfo:
 DecisionHook = Callable[[FrameInfo], "Decision | None"]
 
 
+@dataclass
+class Playback:
+    """The assistant's audio on the session's stream clock: ``[start, end)`` intervals of
+    16 kHz samples (a client plays each chunk from when it is sent, after what it already
+    holds). Kept as intervals, not only an end, so a frame decided after its time (deferred
+    listening, :meth:`RealtimeSession.listen_samples`) is told what was audible when it
+    began, not what is audible now."""
+
+    intervals: list[list[int]] = field(default_factory=list)
+    horizon: int = 60 * SR  # intervals that ended this long ago are forgotten
+
+    @property
+    def end(self) -> int:
+        return self.intervals[-1][1] if self.intervals else 0
+
+    def add(self, now: int, samples: int) -> None:
+        """A chunk of ``samples`` was sent at stream sample ``now``."""
+        if self.intervals and self.intervals[-1][1] >= now:
+            self.intervals[-1][1] += samples
+        else:
+            self.intervals.append([now, now + samples])
+        while self.intervals and self.intervals[0][1] < now - self.horizon:
+            self.intervals.pop(0)
+
+    def cut(self, now: int) -> None:
+        """Playback stops at ``now`` (barge-in, cancel, cleared or truncated audio)."""
+        if self.intervals and self.intervals[-1][1] > now:
+            self.intervals[-1][1] = now
+            if self.intervals[-1][1] <= self.intervals[-1][0]:
+                self.intervals.pop()
+
+    def audible(self, sample: int, tail: int) -> bool:
+        """Audio playing at ``sample``, or ended less than ``tail`` samples before it."""
+        return any(a <= sample < b + tail for a, b in reversed(self.intervals))
+
+
 class RealtimeSession:
     """Protocol state of one connection (engine thread only).
 
@@ -122,7 +158,9 @@ class RealtimeSession:
         self.job: P.ResponseJob | None = None
         self.resp: dict[str, Any] = {}
         self.transcripts: list[tuple[P.ResponseJob, str]] = []
-        self.play_end = 0
+        self.playback = Playback()
+        self.listen_backlog: list[np.ndarray] = []  # samples held from the listening stream
+        self.listen_backlog_samples = 0
         self.items: list[str] = []
         self.closed = False
         self.last_activity = time.monotonic()
@@ -162,7 +200,7 @@ class RealtimeSession:
     def speaking(self, sample: int | None = None) -> bool:
         """Assistant audible at ``sample`` (default: now), by the playback clock."""
         at = self.clock if sample is None else sample
-        return at < self.play_end + self.limits.echo_tail_ms * SR // 1000
+        return self.playback.audible(at, self.limits.echo_tail_ms * SR // 1000)
 
     def live_jobs(self) -> list[P.ResponseJob]:
         jobs = [j for j, _ in self.transcripts if not j.finished]
@@ -279,7 +317,7 @@ class RealtimeSession:
         if not isinstance(ms, int) or ms < 0:
             raise R.ProtocolError("audio_end_ms must be a non-negative integer", "invalid_value",
                                   "audio_end_ms", eid)
-        self.play_end = min(self.play_end, self.clock)
+        self.playback.cut(self.clock)
         self.emit(R.event("conversation.item.truncated", item_id=item_id,
                           content_index=ev.get("content_index", 0), audio_end_ms=ms))
 
@@ -313,7 +351,7 @@ class RealtimeSession:
         self.cancel_response("client_cancelled")
 
     def _on_output_audio_buffer_clear(self, ev: dict, eid: str | None) -> None:
-        self.play_end = min(self.play_end, self.clock)
+        self.playback.cut(self.clock)
         self.emit(R.event("output_audio_buffer.cleared",
                           response_id=self.resp.get("id", "")))
 
@@ -332,6 +370,31 @@ class RealtimeSession:
         if n and self.on_drain is not None:
             self.on_drain()
         return buf[:n]
+
+    def listening_can_wait(self) -> bool:
+        """Whether this session's listening frames may be held and fed later, in one batch,
+        without changing what they decide: the assistant is busy (replying or audible), no
+        VAD event waits to be applied, and no user turn or barge-in candidate is open, so
+        each frame until the next VAD event would decide CONTINUE (or, once the assistant is
+        silent, LISTEN) and act on nothing (:func:`minmo.serving.turns.turn_decision`)."""
+        return ((self.responding or self.speaking()) and not self.vad_events
+                and self.turn.candidate is None and not self.turn.open)
+
+    def listen_samples(self, chunk: np.ndarray, defer: bool, max_samples: int) -> np.ndarray:
+        """This tick's samples for the listening stream: with ``defer`` (the engine's
+        decision, from :meth:`listening_can_wait`) ``chunk`` is held, up to ``max_samples``
+        in all; otherwise everything held comes out with it. Deferred frames cost one
+        batched LLM forward instead of one per frame; they carry their own stream times,
+        and the playback intervals answer what was audible then."""
+        if chunk.size:
+            self.listen_backlog.append(chunk)
+            self.listen_backlog_samples += chunk.size
+        if defer and self.listen_backlog_samples < max_samples:
+            return np.zeros(0, dtype=np.float32)
+        out = (np.concatenate(self.listen_backlog) if self.listen_backlog
+               else np.zeros(0, dtype=np.float32))
+        self.listen_backlog, self.listen_backlog_samples = [], 0
+        return out
 
     def on_vad(self, prob: float, window_end: int) -> None:
         """One VAD window's speech probability (stream sample ``window_end`` after it)."""
@@ -385,7 +448,7 @@ class RealtimeSession:
         start = end if start is None else start
         if self.responding:
             self.cancel_response("turn_detected")
-        self.play_end = min(self.play_end, self.clock)
+        self.playback.cut(self.clock)
         self.metrics.inc("barge_ins")
         self._open_turn(start, td)
         self.metrics.observe("barge_in_stop", time.perf_counter() - t0)
@@ -521,7 +584,7 @@ class RealtimeSession:
                     samples = soxr.resample(samples, ev.sample_rate, R.WIRE_RATE)
                 self.emit(R.event("response.output_audio.delta", delta=R.encode_pcm16(samples),
                                   **ids))
-                self.play_end = max(self.play_end, self.clock) + samples.size * SR // R.WIRE_RATE
+                self.playback.add(self.clock, samples.size * SR // R.WIRE_RATE)
                 if not r["sent_audio"]:
                     r["sent_audio"] = True
                     now = time.perf_counter()
