@@ -97,3 +97,85 @@ def test_page_talks_and_listens_in_headless_chromium(turn_wav, tmp_path):
     assert state["errors"] == []
     assert state["hushed"] == 1 and hush_hidden
     assert shot.stat().st_size > 10_000
+
+
+PLAYER_SCENARIO = """(src) => {
+  globalThis.AudioWorkletProcessor = class {
+    constructor() { this.port = { postMessage: () => {} }; }
+  };
+  globalThis.registerProcessor = () => {};
+  const p = new (new Function(src + "; return PcmPlayer;")())();
+  const chunk = (ms) => new Float32Array(ms * 24).fill(0.5);
+  const run = (quanta) => {  // render quanta of 128 samples: how much audio came out
+    let audio = 0;
+    for (let i = 0; i < quanta; i++) {
+      const out = [[new Float32Array(128)]];
+      p.process([], out);
+      audio += out[0][0].filter((x) => x !== 0).length;
+    }
+    return audio;
+  };
+  const r = {};
+  // reply 1, no delay learnt yet: plays at once, runs dry for 10 quanta mid-reply
+  p.receive(chunk(320));
+  r.first = run(1);
+  r.firstReply = r.first + run(59) + run(10);
+  p.receive(chunk(600));
+  p.receive("end");
+  r.firstReply += run(200);
+  r.afterDry = p.target;
+  // reply 2: held until `target` samples are queued, played without running dry
+  p.receive(chunk(40));
+  r.heldAudio = run(5);
+  p.receive(chunk(40));
+  p.receive("end");
+  r.secondReply = run(30);
+  r.afterClean = p.target;
+  // reply 3, shorter than the delay: its end lets it play at once
+  p.receive(chunk(20));
+  p.receive("end");
+  r.shortReply = run(10);
+  r.afterShort = p.target;
+  // barge-in: clear drops what is queued, keeps the delay
+  p.receive(chunk(600));
+  run(20);
+  p.receive("clear");
+  r.afterClear = run(5);
+  r.targetAfterClear = p.target;
+  // a very long stall is capped at one second
+  p.receive(chunk(100));
+  run(30);
+  run(400);
+  p.receive(chunk(100));
+  p.receive("end");
+  run(100);
+  r.capped = p.target;
+  return r;
+}"""
+
+
+def test_player_learns_a_playout_delay_from_underruns(tmp_path):
+    """The page's player (worklet.js, run in Chromium with the worklet API stubbed): a reply
+    plays at once until one runs dry; the silence it caused becomes the delay later replies
+    wait for (at most 1 s), a reply that plays without running dry lowers it by a quarter, a
+    reply's end plays what is queued at once, and a barge-in's clear keeps what was learnt."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (bash scripts/install.sh --test)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import minmo
+
+    src = (Path(minmo.__file__).parent / "serving" / "web" / "worklet.js").read_text()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless=new", "--no-sandbox", "--disable-gpu"])
+        r = browser.new_context().new_page().evaluate(PLAYER_SCENARIO, src)
+        browser.close()
+    assert r["first"] == 128  # no delay before anything was learnt
+    assert r["firstReply"] == 920 * 24  # every sample played, none lost to the stall
+    assert r["afterDry"] == 10 * 128  # the stall's length
+    assert r["heldAudio"] == 0  # 960 queued < 1280: waits
+    assert r["secondReply"] == 80 * 24
+    assert r["afterClean"] == 960  # 1280 * 3/4
+    assert r["shortReply"] == 480 and r["afterShort"] == 720
+    assert r["afterClear"] == 0 and r["targetAfterClear"] == 720
+    assert r["capped"] == 24000

@@ -131,6 +131,7 @@ async def _level(url: str, n: int, wave: np.ndarray, speech_end: int, rounds: in
                  timeout: float) -> LevelResult:
     level = LevelResult(n)
     for r in range(rounds):
+        await _sessions_closed(url, timeout)  # the last round's sessions are gone
         offsets = [k * 0.037 for k in range(n)]  # staggered starts, as real users
 
         async def delayed(k: int) -> TurnResult:
@@ -139,6 +140,20 @@ async def _level(url: str, n: int, wave: np.ndarray, speech_end: int, rounds: in
 
         level.turns += await asyncio.gather(*(delayed(k) for k in range(n)))
     return level
+
+
+async def _sessions_closed(url: str, timeout: float) -> None:
+    """Wait until the server holds no session (closed connections are dropped on its next
+    tick, which a busy engine may take a moment to reach)."""
+    import httpx
+
+    health = url.replace("ws://", "http://").rsplit("/v1/", 1)[0] + "/healthz"
+    deadline = time.perf_counter() + timeout
+    async with httpx.AsyncClient() as client:
+        while (await client.get(health, timeout=5)).json()["sessions"] > 0:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the server still holds sessions after {timeout} s")
+            await asyncio.sleep(0.05)
 
 
 def _free_port() -> int:

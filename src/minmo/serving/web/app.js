@@ -23,7 +23,7 @@ const ui = {
 const minmo = (window.minmo = {
   connected: false, sessionId: null, events: {}, userTranscripts: [], assistantTexts: [],
   audioChunks: 0, audioSamples: 0, played: 0, latenciesMs: [], interrupted: 0, errors: [],
-  hushed: 0,
+  hushed: 0, bufferMs: 0,
 });
 
 let ws = null, ctx = null, mic = null, micNode = null, player = null;
@@ -173,13 +173,15 @@ function onEvent(ev) {
         const ms = Math.round(performance.now() - speechStoppedAt);
         minmo.latenciesMs.push(ms);
         const r = replies.get(ev.response_id);
-        if (r) setMeta(r.el, `first audio ${ms} ms after end of speech`);
+        const buffered = minmo.bufferMs ? ` (+${minmo.bufferMs} ms playback buffer)` : "";
+        if (r) setMeta(r.el, `first audio ${ms} ms after end of speech${buffered}`);
         firstAudioPending = false;
       }
       setState("speaking");
       break;
     }
     case "response.done": {
+      if (player) player.port.postMessage("end"); // play out what is queued, then learn
       if (activeResponse === ev.response.id) activeResponse = null;
       const r = replies.get(ev.response.id);
       const status = ev.response.status;
@@ -215,6 +217,7 @@ async function start() {
     player = new AudioWorkletNode(ctx, "pcm-player", { outputChannelCount: [1] });
     player.port.onmessage = (e) => {
       minmo.played = e.data.played;
+      minmo.bufferMs = e.data.bufferMs;
       if (e.data.drained && ui.state.dataset.state === "speaking") setState("listening");
     };
     player.connect(ctx.destination);

@@ -2,8 +2,10 @@
 // Realtime protocol's rate).
 //
 // mic-capture: posts the microphone as Float32Array blocks of `frameSamples` samples.
-// pcm-player: gapless playback of queued Float32Array chunks; "clear" drops everything
-//   queued (barge-in); posts {played, queued} about every 100 ms and "drained" when empty.
+// pcm-player: gapless playback of queued Float32Array chunks with an adaptive playout
+//   delay (below); "end" marks a reply's audio complete, "clear" drops everything queued
+//   (barge-in); posts {played, queued, drained, bufferMs} about every 100 ms and when it
+//   stops playing.
 
 class MicCapture extends AudioWorkletProcessor {
   constructor(options) {
@@ -33,6 +35,13 @@ class MicCapture extends AudioWorkletProcessor {
   }
 }
 
+// The player's adaptive playout delay: a reply starts (or resumes after running dry) once
+// `target` samples are queued, or once its audio is complete. Running dry mid-reply raises
+// `target` by the silence it caused (at most MAX_TARGET); a reply played without running
+// dry lowers it by a quarter. A server that keeps ahead of real time (a GPU) keeps it at 0;
+// one that falls behind at the start of a reply (a small CPU) gets a delay that covers it.
+const MAX_TARGET = 24000; // 1 s at 24 kHz
+
 class PcmPlayer extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -42,22 +51,44 @@ class PcmPlayer extends AudioWorkletProcessor {
     this.played = 0;
     this.sinceReport = 0;
     this.wasPlaying = false;
-    this.port.onmessage = (event) => {
-      if (event.data === "clear") {
-        this.queue = [];
-        this.readIndex = 0;
-        this.queued = 0;
-        return;
-      }
-      this.queue.push(event.data);
-      this.queued += event.data.length;
-    };
+    this.target = 0; // playout delay, samples
+    this.newReply();
+    this.port.onmessage = (event) => this.receive(event.data);
+  }
+
+  newReply() {
+    this.holding = true; // waiting for `target` samples or the reply's end
+    this.started = false; // this reply has begun playing
+    this.ended = false; // "end" came: no more audio for this reply
+    this.gap = 0; // silence output since this reply ran dry
+    this.ranDry = false;
+  }
+
+  receive(msg) {
+    if (msg === "clear") { // barge-in / stop: drop everything queued, keep what was learnt
+      this.queue = [];
+      this.readIndex = 0;
+      this.queued = 0;
+      this.newReply();
+    } else if (msg === "end") { // the reply's audio is complete
+      if (this.queued > 0) this.ended = true;
+      else this.newReply(); // all played (or none came): what comes next is a new reply
+    } else {
+      this.queue.push(msg);
+      this.queued += msg.length;
+    }
   }
 
   process(inputs, outputs) {
     const out = outputs[0][0];
+    if (this.holding && this.queued > 0 && (this.queued >= this.target || this.ended)) {
+      this.holding = false;
+      this.started = true;
+      if (this.gap > 0) this.target = Math.min(MAX_TARGET, this.target + this.gap);
+      this.gap = 0;
+    }
     let written = 0;
-    while (written < out.length && this.queue.length > 0) {
+    while (!this.holding && written < out.length && this.queue.length > 0) {
       const head = this.queue[0];
       const n = Math.min(out.length - written, head.length - this.readIndex);
       out.set(head.subarray(this.readIndex, this.readIndex + n), written);
@@ -70,11 +101,22 @@ class PcmPlayer extends AudioWorkletProcessor {
       }
     }
     out.fill(0, written);
+    if (!this.holding && this.queued === 0) {
+      if (this.ended) { // the reply is over
+        if (!this.ranDry) this.target = Math.floor(this.target * 0.75);
+        this.newReply();
+      } else if (written < out.length) { // ran dry mid-reply: wait, and learn from it
+        this.holding = true;
+        this.ranDry = true;
+      }
+    }
+    if (this.holding && this.started) this.gap += out.length - written;
     this.played += written;
     this.sinceReport += out.length;
-    const playing = this.queued > 0;
+    const playing = !this.holding && this.queued > 0;
     if (this.sinceReport >= 2400 || (this.wasPlaying && !playing)) {
-      this.port.postMessage({ played: this.played, queued: this.queued, drained: !playing });
+      this.port.postMessage({ played: this.played, queued: this.queued, drained: !playing,
+                              bufferMs: Math.round(this.target / 24) });
       this.sinceReport = 0;
     }
     this.wasPlaying = playing;
