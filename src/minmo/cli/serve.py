@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
                    help="who decides when to answer: the duplex predictor with VAD (answers "
-                   "after 160 ms of silence; VAD still answers after 500 ms) or the VAD rule "
+                   "after the model's duplex.respond_silence_ms of silence, 200 ms for "
+                   "minmo-small; VAD still answers after 500 ms) or the VAD rule "
                    "alone (500 ms of silence); auto: the predictor when the model's duplex "
                    "predictor is trained. Either way 600 ms of user speech over the "
                    "assistant interrupts it (shorter back-channels do not); see "
