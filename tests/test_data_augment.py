@@ -168,6 +168,8 @@ def test_prob_zero_and_skipped_tasks_leave_audio_alone():
     ("rt60", [0.0, 0.5], "above 0"),
     ("speed", [], "factors above 0"),
     ("noises", ["rain"], "unknown"),
+    ("tasks", ["asr", "ars"], r"unknown \['ars'\]"),
+    ("tasks", ["duplex"], "cannot be augmented"),
 ])
 def test_bad_settings_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):

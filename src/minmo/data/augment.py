@@ -36,6 +36,7 @@ import numpy as np
 from minmo.audio.io import resample
 from minmo.config import AugmentConfig
 from minmo.data.events import brown_noise, hum, mix_at_snr, pink_noise, white_noise
+from minmo.data.manifest import TASKS
 
 # Tasks whose labels the chain would falsify: a clip's background sound (aed) or frame labels
 # tied to the audio's timing (duplex).
@@ -103,6 +104,13 @@ def check_augment_config(cfg: AugmentConfig) -> None:
     unknown = sorted(set(cfg.noises) - set(NOISES))
     if unknown:
         raise ValueError(f"data.augment.noises: unknown {unknown} (known: {', '.join(NOISES)})")
+    unknown = sorted(set(cfg.tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"data.augment.tasks: unknown {unknown} (tasks: {', '.join(TASKS)})")
+    falsified = sorted(set(cfg.tasks) & UNAUGMENTED_TASKS)
+    if falsified:
+        raise ValueError(f"data.augment.tasks: {falsified} cannot be augmented (the chain "
+                         "would falsify their labels: a clip's background sound, frame timing)")
 
 
 def _uniform(rng: np.random.Generator, bounds: Iterable[float]) -> float:
