@@ -95,10 +95,6 @@ class Playback:
     intervals: list[list[int]] = field(default_factory=list)
     horizon: int = 60 * SR  # intervals that ended this long ago are forgotten
 
-    @property
-    def end(self) -> int:
-        return self.intervals[-1][1] if self.intervals else 0
-
     def add(self, now: int, samples: int) -> None:
         """A chunk of ``samples`` was sent at stream sample ``now``."""
         if self.intervals and self.intervals[-1][1] >= now:
