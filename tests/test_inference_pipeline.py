@@ -292,6 +292,8 @@ def test_reply_through_streaming_token2wav():
 
 
 def test_vocoder_pool_gives_the_same_audio_as_inline(rt):
+    """The decoder on a worker thread gives the same audio; the first chunk does not wait for
+    the worker (it comes out of the call that made its tokens)."""
     from minmo.inference.vocoder_pool import VocoderPool
 
     def run(pool):
@@ -299,11 +301,12 @@ def test_vocoder_pool_gives_the_same_audio_as_inline(rt):
             max_text_tokens=8, max_speech_tokens=40, voice_greedy=True)))
         P.add_user_speech(rt, sess, rt.encode_speech(_wave()))
         job = P.start_reply(rt, sess)
-        audio, done = [], None
-        for _ in range(10_000):
+        audio, done, first_call = [], None, None
+        for call in range(10_000):
             for ev in P.step_jobs(rt, [job], pool=pool)[0]:
                 if isinstance(ev, P.AudioChunk):
                     audio.append(ev.samples)
+                    first_call = call if first_call is None else first_call
                 elif isinstance(ev, P.JobDone):
                     done = ev
             if job.finished:
@@ -311,19 +314,20 @@ def test_vocoder_pool_gives_the_same_audio_as_inline(rt):
             if pool is not None and job.vocoder_inflight and not pool.pending():
                 assert ready.wait(30)  # the worker's next result (an event, not a timer)
                 ready.clear()
-        return np.concatenate(audio), done
+        return np.concatenate(audio), done, first_call
 
     import threading
 
     ready = threading.Event()
-    inline, d1 = run(None)
+    inline, d1, first1 = run(None)
     pool = VocoderPool(rt.vocoder)
     pool.on_done = ready.set
     try:
-        pooled, d2 = run(pool)
+        pooled, d2, first2 = run(pool)
     finally:
         pool.close()
     assert d1.status == d2.status and d1.text == d2.text
+    assert first2 == first1 == 0  # a reply's first audio is decoded in the call, not queued
     np.testing.assert_array_equal(pooled, inline)
     assert inline.size == 40 * 960
 

@@ -373,7 +373,8 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 15,
 
     Args:
         pool: a :class:`~minmo.inference.vocoder_pool.VocoderPool` to run the decoder on a
-            worker thread (audio then comes out on a later call); None: inline.
+            worker thread (audio then comes out on a later call) once a reply's first audio
+            is out; None: inline.
 
     Returns:
         per job, its events of this step (a finished job's last one is :class:`JobDone`).
@@ -430,7 +431,10 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 15,
             job.vocoder_flushed = last
             if len(job.voice.tokens) >= 15:
                 job._mark("first_speech_chunk")
-            if pool is not None:
+            # a reply's first audio is decoded here, not queued: the worker's result would
+            # only be collected on a later call (its order is kept: nothing is in flight)
+            first = "first_audio" not in job.timings and not job.vocoder_inflight
+            if pool is not None and not first:
                 pool.submit(job, toks, last)
             else:
                 wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state, last=last)
