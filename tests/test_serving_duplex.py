@@ -186,6 +186,8 @@ def test_eight_concurrent_sessions_hear_only_their_own_reply(rt, tmp):
 
     with serving(rt, gen, max_sessions=8) as (engine, server):
         ref = asyncio.run(alone(server.ws_url))
+        # closed sessions are dropped on the engine's next tick: all eight slots free first
+        assert engine.wait_until(lambda: engine.session_count == 0, 30)
         got = asyncio.run(together(server.ws_url))
     assert len({r[:2] for r in ref}) == 8  # eight different replies (text, audio)
     assert [g[2] for g in got] == [30 * 24000 // 25 * 2] * 8
@@ -356,7 +358,7 @@ def _ticked_dialogue(rt, tmp, defer_s):
     gen = GenerationConfig(max_text_tokens=30, max_speech_tokens=150, transcribe_max_tokens=4,
                            voice_greedy=True)
     engine = Engine(rt, EngineConfig(vocoder_thread=False, defer_listening_s=defer_s), gen=gen)
-    events, frames, passes, held = [], [], [0], [0]
+    events, frames, passes, held, transcript_waits = [], [], [0], [0], [0]
     engine.reserve()
     engine.open(lambda ev: events.append((engine.ticks, ev["type"])))
     engine.tick()
@@ -375,6 +377,9 @@ def _ticked_dialogue(rt, tmp, defer_s):
         pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
         for k in range(0, pcm.size, 960):  # 40 ms per tick, as a microphone
             engine.submit(s.id, "audio", pcm[k:k + 960])
+            waiting = [j for j, _ in s.transcripts if not j.finished]
+            if waiting and s.responding and not set(map(id, waiting)) & set(map(id, s.live_jobs())):
+                transcript_waits[0] += 1  # this tick the reply's start goes first
             engine.tick()
             held[0] = max(held[0], s.listen_backlog_samples)
 
@@ -391,7 +396,7 @@ def _ticked_dialogue(rt, tmp, defer_s):
             feed(np.zeros(960, np.float32))
     finally:
         E.listen_step = listen
-    return events, frames, passes[0], held[0]
+    return events, frames, passes[0], held[0], transcript_waits[0]
 
 
 def test_deferred_listening_decides_exactly_as_every_tick_with_fewer_passes(rt, tmp):
@@ -399,8 +404,8 @@ def test_deferred_listening_decides_exactly_as_every_tick_with_fewer_passes(rt, 
     one pass; the session still sees every frame, with the same stream times, speaking
     flags, predictor outputs and decisions, and the dialogue (reply, barge-in, next turn)
     runs identically, each event at the same tick (nothing is decided later)."""
-    events0, frames0, passes0, held0 = _ticked_dialogue(rt, tmp, 0.0)
-    events1, frames1, passes1, held1 = _ticked_dialogue(rt, tmp, 3.0)  # long: any delay shows
+    events0, frames0, passes0, held0, waits0 = _ticked_dialogue(rt, tmp, 0.0)
+    events1, frames1, passes1, held1, _ = _ticked_dialogue(rt, tmp, 3.0)  # long: any delay shows
     types0 = [t for _, t in events0]
     assert "input_audio_buffer.speech_started" in types0[types0.index("response.created"):]
     assert types0.count("response.created") >= 2  # the interruption got its own reply
@@ -412,6 +417,10 @@ def test_deferred_listening_decides_exactly_as_every_tick_with_fewer_passes(rt, 
         assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3] and a[4] == b[4]
         torch.testing.assert_close(a[2], b[2], atol=1e-4, rtol=1e-4)
     assert any(f[3] for f in frames1)  # some frames began while the assistant was audible
+    # the user's transcript waited behind the reply's start (until 2 s of its audio was
+    # ahead of playback), then completed
+    assert waits0 > 0
+    assert "conversation.item.input_audio_transcription.completed" in types0
 
 
 def test_playback_intervals_answer_for_past_samples():
@@ -426,6 +435,7 @@ def test_playback_intervals_answer_for_past_samples():
     p.add(5000, 200)  # after a silence: a new interval
     assert p.intervals == [[1000, 1800], [5000, 5200]]
     assert not p.audible(3000, 100) and p.audible(1500, 100)
+    assert p.lead(5050) == 150 and p.lead(6000) == 0
     p.cut(5100)  # barge-in at 5100
     assert p.intervals == [[1000, 1800], [5000, 5100]]
     p.cut(5000)  # cut at its start: the interval goes

@@ -62,6 +62,7 @@ class SessionLimits:
     max_turn_seconds: float = 30.0
     history_seconds: float = 40.0
     max_tick_seconds: float = 0.5
+    transcript_lead_s: float = 2.0  # input transcripts wait while a reply has less audio ahead
     turns: TurnPolicy = field(default_factory=TurnPolicy)  # who decides turns, and when
     min_commit_ms: int = 100
 
@@ -103,6 +104,10 @@ class Playback:
             self.intervals.append([now, now + samples])
         while self.intervals and self.intervals[0][1] < now - self.horizon:
             self.intervals.pop(0)
+
+    def lead(self, now: int) -> int:
+        """Samples sent and not yet played at ``now``."""
+        return max(0, self.intervals[-1][1] - now) if self.intervals else 0
 
     def cut(self, now: int) -> None:
         """Playback stops at ``now`` (barge-in, cancel, cleared or truncated audio)."""
@@ -199,10 +204,15 @@ class RealtimeSession:
         return self.playback.audible(at, self.limits.echo_tail_ms * SR // 1000)
 
     def live_jobs(self) -> list[P.ResponseJob]:
-        jobs = [j for j, _ in self.transcripts if not j.finished]
-        if self.responding:
-            jobs.append(self.job)  # type: ignore[arg-type]
-        return jobs
+        """The jobs to advance now: the reply, and the input transcripts unless a spoken
+        reply is still being written with less than ``transcript_lead_s`` of its audio
+        ahead of playback (they wait behind it: on a busy server their prefill and steps
+        would stall the voice; the words on screen can come a moment later)."""
+        reply = self.job if self.responding else None
+        behind = (reply is not None and self.resp["audio"] and not reply.text.done
+                  and self.playback.lead(self.clock) < self.limits.transcript_lead_s * SR)
+        jobs = [] if behind else [j for j, _ in self.transcripts if not j.finished]
+        return jobs + ([reply] if reply is not None else [])
 
     def fail(self, exc: BaseException) -> None:
         """An internal error in this session only: tell the client, then close it."""
