@@ -359,22 +359,25 @@ def _text_delta(rt: MinMoRuntime, job: ResponseJob) -> str:
 @torch.inference_mode()
 def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 15,
               pool: Any = None, fast_start: bool = True) -> list[list[JobEvent]]:
-    """Advance every unfinished job by one text token, up to ``voice_steps`` speech tokens
-    and any due token2wav chunk (tokens go to the decoder in multiples of its
-    ``feed_tokens``; the decoder is flushed when the speech ends).
+    """Advance every unfinished job: a text token, speech tokens, audio, and its end.
 
-    The voice LM steps until every stream waits for text (5:15: at most 3 tokens per text
-    token while the reply is being written) or ``voice_steps`` is reached (after the text
-    ends it runs ahead at up to ``voice_steps`` per call). With ``fast_start`` a reply whose
-    voice LM cannot begin yet (it needs ``n_sem + 1`` semantic vectors, or the end of the
-    text) gets up to that many text steps in this call, so its first speech chunk comes out
-    of one call instead of waiting for ``n_sem + 1`` of them. Scheduling does not change what
-    is generated: the voice LM's inputs depend only on the text, not on when it arrived.
+    1. text: one batched LLM step for every job still writing; with ``fast_start`` a reply
+       whose voice LM cannot begin yet (it needs ``n_sem + 1`` semantic vectors, or the end
+       of the text) gets up to that many steps in this call, so its first speech chunk comes
+       out of one call instead of ``n_sem + 1``;
+    2. speech: batched voice-LM steps until every stream waits for text (5:15: at most 3
+       tokens per text token while the reply is being written) or ``voice_steps`` is reached
+       (after the text ends it runs ahead at up to ``voice_steps`` per call);
+    3. audio: new speech tokens to the decoder in multiples of its ``feed_tokens`` (flushed
+       when the speech ends); a reply's first audio is decoded here, later chunks on
+       ``pool``'s worker thread when given (their audio comes out on a later call);
+    4. a job whose text, speech and audio are all out ends with :class:`JobDone`.
+
+    Scheduling does not change what is generated: the voice LM's inputs depend only on the
+    text, not on when it arrived (tested).
 
     Args:
-        pool: a :class:`~minmo.inference.vocoder_pool.VocoderPool` to run the decoder on a
-            worker thread (audio then comes out on a later call) once a reply's first audio
-            is out; None: inline.
+        pool: a :class:`~minmo.inference.vocoder_pool.VocoderPool`; None: all inline.
 
     Returns:
         per job, its events of this step (a finished job's last one is :class:`JobDone`).
@@ -386,17 +389,33 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 15,
             if not job.finished and len(wave):
                 job.ready_audio.append(wave)
     n_sem = rt.model.voice_lm.n_sem
+    _write_text(rt, jobs, events, n_sem + 1 if fast_start else 1, n_sem)
+    _write_speech(rt, jobs, events, voice_steps, n_sem)
+    _decode_audio(rt, jobs, pool)
+    for i, job in enumerate(jobs):
+        if not job.finished and job.ready_audio:
+            job._mark("first_audio")
+            events[i].extend(AudioChunk(w, rt.sample_rate_out) for w in job.ready_audio)
+            job.ready_audio.clear()
+    for i, job in enumerate(jobs):
+        if _all_out(job):
+            events[i].extend(_finish(rt, job))
+    return events
 
+
+def _write_text(rt: MinMoRuntime, jobs: list[ResponseJob], events: list[list[JobEvent]],
+                rounds: int, n_sem: int) -> None:
+    """Step 1 of :func:`step_jobs`: round 0 steps every writing job, later rounds only the
+    replies whose voice LM still waits for its first block."""
     def starting(job: ResponseJob) -> bool:
         return job.voice is not None and not job.voice.tokens and not job.voice.block_ready(n_sem)
 
-    for round_ in range(n_sem + 1 if fast_start else 1):
+    for round_ in range(rounds):
         live = [i for i, j in enumerate(jobs)
                 if not j.finished and not j.text.done and (round_ == 0 or starting(j))]
         if not live:
-            break
-        outs = text_step(rt, [jobs[i].text for i in live])
-        for i, out in zip(live, outs):
+            return
+        for i, out in zip(live, text_step(rt, [jobs[i].text for i in live])):
             job = jobs[i]
             if out.token is not None:
                 job._mark("first_token")
@@ -409,55 +428,67 @@ def step_jobs(rt: MinMoRuntime, jobs: list[ResponseJob], voice_steps: int = 15,
                     job.voice.add_semantic(out.semantic)
             if job.text.done and job.voice is not None:
                 job.voice.finish_text()
-    for _ in range(voice_steps):
+
+
+def _write_speech(rt: MinMoRuntime, jobs: list[ResponseJob], events: list[list[JobEvent]],
+                  max_steps: int, n_sem: int) -> None:
+    """Step 2 of :func:`step_jobs`: batched voice-LM steps while any stream can take one."""
+    for _ in range(max_steps):
         vjobs = [i for i, j in enumerate(jobs)
                  if not j.finished and j.voice is not None and j.voice.ready(n_sem)]
         if not vjobs:
-            break
-        toks = voice_step(rt, [jobs[i].voice for i in vjobs])
-        for i, tok in zip(vjobs, toks):
+            return
+        for i, tok in zip(vjobs, voice_step(rt, [jobs[i].voice for i in vjobs])):
             if tok is not None:
                 jobs[i].unvocoded.append(tok)
                 events[i].append(SpeechTokens([tok]))
+
+
+def _decode_audio(rt: MinMoRuntime, jobs: list[ResponseJob], pool: Any) -> None:
+    """Step 3 of :func:`step_jobs`: due speech tokens to the decoder (audio into
+    ``job.ready_audio`` now, or from the pool on a later call)."""
     feed = max(1, int(getattr(rt.vocoder, "feed_tokens", 15)))
-    for i, job in enumerate(jobs):
+    for job in jobs:
         if job.finished or job.voice is None or job.vocoder_flushed:
             continue
         last = job.voice.finished
-        if len(job.unvocoded) >= feed or last:
-            n = len(job.unvocoded) if last else (len(job.unvocoded) // feed) * feed
-            toks = torch.tensor(job.unvocoded[:n], dtype=torch.long)
-            del job.unvocoded[:n]
-            job.vocoder_flushed = last
-            if len(job.voice.tokens) >= 15:
-                job._mark("first_speech_chunk")
-            # a reply's first audio is decoded here, not queued: the worker's result would
-            # only be collected on a later call (its order is kept: nothing is in flight)
-            first = "first_audio" not in job.timings and not job.vocoder_inflight
-            if pool is not None and not first:
-                pool.submit(job, toks, last)
-            else:
-                wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state, last=last)
-                if len(wave):
-                    job.ready_audio.append(np.asarray(wave, dtype=np.float32))
-    for i, job in enumerate(jobs):
-        if not job.finished and job.ready_audio:
-            job._mark("first_audio")
-            events[i].extend(AudioChunk(w, rt.sample_rate_out) for w in job.ready_audio)
-            job.ready_audio.clear()
-    for i, job in enumerate(jobs):
-        if job.finished or not job.text.done:
+        if len(job.unvocoded) < feed and not last:
             continue
-        if job.voice is not None and (not job.vocoder_flushed or job.vocoder_inflight):
+        n = len(job.unvocoded) if last else (len(job.unvocoded) // feed) * feed
+        toks = torch.tensor(job.unvocoded[:n], dtype=torch.long)
+        del job.unvocoded[:n]
+        job.vocoder_flushed = last
+        if len(job.voice.tokens) >= 15:
+            job._mark("first_speech_chunk")
+        # a reply's first audio is decoded here, not queued: the worker's result would only
+        # be collected on a later call (order is kept: nothing of this job is in flight)
+        first = "first_audio" not in job.timings and not job.vocoder_inflight
+        if pool is not None and not first:
+            pool.submit(job, toks, last)
             continue
-        tail = rt.decode(job.text.ids)
-        if tail != job.emitted and tail.startswith(job.emitted):
-            events[i].append(TextDelta(tail[len(job.emitted):]))
-            job.emitted = tail
-        job.status = "incomplete" if job.text.finish_reason == "length" else "completed"
-        job._close(rt)
-        events[i].append(JobDone(job.status, job.emitted))
-    return events
+        wave, job.vocoder_state = rt.vocoder.step(toks, job.vocoder_state, last=last)
+        if len(wave):
+            job.ready_audio.append(np.asarray(wave, dtype=np.float32))
+
+
+def _all_out(job: ResponseJob) -> bool:
+    """The job's text is done and (for a spoken reply) all its audio decoded and collected."""
+    if job.finished or not job.text.done:
+        return False
+    return job.voice is None or (job.vocoder_flushed and not job.vocoder_inflight)
+
+
+def _finish(rt: MinMoRuntime, job: ResponseJob) -> list[JobEvent]:
+    """Step 4 of :func:`step_jobs`: the last text (held back until complete) and JobDone."""
+    out: list[JobEvent] = []
+    tail = rt.decode(job.text.ids)
+    if tail != job.emitted and tail.startswith(job.emitted):
+        out.append(TextDelta(tail[len(job.emitted):]))
+        job.emitted = tail
+    job.status = "incomplete" if job.text.finish_reason == "length" else "completed"
+    job._close(rt)
+    out.append(JobDone(job.status, job.emitted))
+    return out
 
 
 # ---- one-session helpers ----------------------------------------------------------------
