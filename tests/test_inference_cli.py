@@ -104,3 +104,15 @@ def test_serve_chat_bench_are_registered(capsys):
     out = capsys.readouterr().out
     assert "--api-key" in out and "--turn-policy" in out and "--out" in out
     assert "--barge-in-ms" in out and "--predictor-stop" in out
+
+
+def test_modules_benchmark_runs_every_row_on_the_named_device():
+    from minmo.serving.bench import modules_table, run_modules_benchmark
+
+    rows, facts = run_modules_benchmark("tiny", "placeholder", threads=1, repeats=1, device="cpu")
+    assert facts["device"] == "cpu"
+    modules = {r[0] for r in rows}
+    assert {"encoder + projector", "listening stream", "LLM", "voice LM", "duplex predictor",
+            "silero VAD", "reply (one turn)"} <= modules
+    assert all(r[2] > 0 for r in rows)
+    assert modules_table(rows).count("\n") == len(rows) + 1

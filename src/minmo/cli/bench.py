@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--levels", default="1,2,4,8", help="concurrent sessions to try")
     s.add_argument("--rounds", type=int, default=2, help="turns per session per level")
     s.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    s.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:1, ...")
     s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
     s.add_argument("--max-text-tokens", type=int, default=24)
     s.add_argument("--max-speech-tokens", type=int, default=150)
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m = bsub.add_parser("modules", help="per-module latency of the serving path")
     m.add_argument("--model", default="tiny")
     m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (VAD stays on the CPU)")
     m.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
     m.add_argument("--repeats", type=int, default=20)
     m.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE")
@@ -120,10 +122,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from minmo.serving.bench import markdown_table, run_serve_benchmark, stage_means, summary
 
     levels = tuple(int(x) for x in args.levels.split(","))
-    print(f"minmo bench serve: model {args.model}, server threads {args.threads}, levels "
-          f"{levels}, {args.rounds} round(s) each (clients stream in real time)", file=sys.stderr)
+    print(f"minmo bench serve: model {args.model}, server threads {args.threads} on "
+          f"{args.device}, levels {levels}, {args.rounds} round(s) each (clients stream in real "
+          "time)", file=sys.stderr)
     results, facts = run_serve_benchmark(args.model, levels, args.rounds, args.max_text_tokens,
-                                         args.max_speech_tokens, args.threads, args.vocoder)
+                                         args.max_speech_tokens, args.threads, args.vocoder,
+                                         device=args.device)
     table = markdown_table(results)
     means = stage_means(facts["metrics"])
     stages = ", ".join(f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in means.items()
@@ -142,7 +146,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.write_docs:
         body = "\n".join([
             f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
-            f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder}` "
+            f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder} --device "
+            f"{args.device}` "
             f"({datetime.date.today()}, {_machine()}; model `{info['name']}` {info['source']}, "
             f"{'random weights' if info['random_weights'] else 'trained'}, speech decoder "
             f"{info['vocoder']}).",
@@ -165,13 +170,15 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_modules(args: argparse.Namespace) -> int:
     from minmo.serving.bench import modules_table, run_modules_benchmark
 
-    rows, facts = run_modules_benchmark(args.model, args.vocoder, args.threads, args.repeats)
+    rows, facts = run_modules_benchmark(args.model, args.vocoder, args.threads, args.repeats,
+                                        args.device)
     table = modules_table(rows)
     print(table)
     if args.write_docs:
         info = facts["model"]
         body = (f"`minmo bench modules --model {args.model} --threads {args.threads} --vocoder "
-                f"{args.vocoder}` ({datetime.date.today()}, {_machine()}; model `{info['name']}`, "
+                f"{args.vocoder} --device {args.device}` ({datetime.date.today()}, {_machine()}; "
+                f"model `{info['name']}`, "
                 f"speech decoder {info['vocoder']}):\n\n{table}")
         _section_file(args.write_docs, "modules", body)
         print(f"wrote the Serving section of {args.write_docs}", file=sys.stderr)

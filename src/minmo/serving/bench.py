@@ -177,9 +177,10 @@ def _server_cpu(base: str) -> float:
 def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1, 2, 4, 8),
                         rounds: int = 2, max_text_tokens: int = 24, max_speech_tokens: int = 150,
                         threads: int = 1, vocoder: str = "auto", timeout: float = 90.0,
-                        progress: bool = True) -> tuple[list[LevelResult], dict]:
-    """Start ``minmo serve`` in a child process (its own interpreter, as in production) and
-    measure each concurrency level with real-time clients from this process.
+                        progress: bool = True, device: str = "cpu"
+                        ) -> tuple[list[LevelResult], dict]:
+    """Start ``minmo serve`` (on ``device``) in a child process (its own interpreter, as in
+    production) and measure each concurrency level with real-time clients from this process.
 
     Returns:
         per-level results and a dict of facts (model info, settings, server metrics).
@@ -194,7 +195,7 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
     cmd = [sys.executable, "-m", "minmo.cli.main", "serve", "--port", str(port),
            "--threads", str(threads), "--max-sessions", str(max(levels) + 1),
            "--max-text-tokens", str(max_text_tokens), "--max-speech-tokens",
-           str(max_speech_tokens), "--vocoder", vocoder]
+           str(max_speech_tokens), "--vocoder", vocoder, "--device", device]
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -233,7 +234,7 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    facts = {"model": health["model"], "threads": threads,
+    facts = {"model": health["model"], "threads": threads, "device": device,
              "turn_seconds": round(len(wave) / 24000, 2),
              "speech_seconds": round(speech_end / 24000, 2), "max_text_tokens": max_text_tokens,
              "max_speech_tokens": max_speech_tokens, "rounds": rounds,
@@ -285,24 +286,32 @@ def summary(results: list[LevelResult]) -> str:
 _CPU: dict[str, float] = {}
 
 
-def _timeit(fn, repeats: int) -> float:
-    """Mean wall seconds per call; the mean CPU seconds of this thread go to ``_CPU["last"]``
-    (CPU time does not grow when other processes share the cores)."""
+def _timed(fn, repeats: int, sync=None) -> float:
+    """Mean wall seconds per call (``sync``: waits for queued device work, e.g.
+    ``torch.cuda.synchronize``, before each clock read); the mean CPU seconds of this thread
+    go to ``_CPU["last"]`` (CPU time does not grow when other processes share the cores)."""
+    sync = sync or (lambda: None)
     fn()  # warm-up
+    sync()
     start, cpu = time.perf_counter(), time.thread_time()
     for _ in range(repeats):
         fn()
+    sync()
     _CPU["last"] = (time.thread_time() - cpu) / repeats
     return (time.perf_counter() - start) / repeats
 
 
 def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", threads: int = 1,
-                          repeats: int = 20) -> tuple[list[tuple[str, str, float, float, str]], dict]:
-    """Per-module latency of the serving path (one session unless noted).
+                          repeats: int = 20, device: str = "cpu"
+                          ) -> tuple[list[tuple[str, str, float, float, str]], dict]:
+    """Per-module latency of the serving path (one session unless noted), on ``device``
+    (silero VAD always runs on the CPU, as in the server).
 
     Returns:
         rows ``(module, work, wall ms, cpu ms, note)`` and facts.
     """
+    import functools
+
     import torch
 
     from minmo.inference import pipeline as P
@@ -313,7 +322,9 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
     from minmo.serving.vad import SileroVAD, stack_states
 
     torch.set_num_threads(threads)
-    rt = load_runtime(model, vocoder=vocoder)
+    rt = load_runtime(model, vocoder=vocoder, device=device)
+    sync = torch.cuda.synchronize if rt.device.type == "cuda" else None
+    timeit = functools.partial(_timed, sync=sync)
     rows: list[tuple[str, str, float, float, str]] = []
 
     def add(module: str, work: str, ms: float, note: str = "") -> None:
@@ -322,7 +333,7 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
     wave3 = (rng.standard_normal(48000) * 0.1).astype(np.float32)
     frame = 1920  # 120 ms at 16 kHz
     with torch.inference_mode():
-        add("encoder + projector", "3 s turn, offline", 1000 * _timeit(
+        add("encoder + projector", "3 s turn, offline", 1000 * timeit(
             lambda: rt.encode_speech(wave3), repeats), "per committed turn")
         cfg = ListenConfig()
         st = new_listen_state(rt, cfg)
@@ -333,18 +344,18 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
             k = pos["k"] = (pos["k"] + 1) % 20
             listen_step(rt, [st], [wave3[k * frame:(k + 1) * frame]], [lambda t: False], ["s"], cfg)
 
-        ms = 1000 * _timeit(one_frame, repeats)
+        ms = 1000 * timeit(one_frame, repeats)
         add("listening stream", "120 ms of audio -> duplex decision", ms,
             f"CPU real-time factor {_CPU['last'] * 1000 / 120:.3f}")
         sts = [new_listen_state(rt, cfg) for _ in range(8)]
         listen_step(rt, sts, [wave3[:frame * 4]] * 8, [lambda t: False] * 8, ["s"] * 8, cfg)
-        ms8 = 1000 * _timeit(lambda: listen_step(rt, sts, [wave3[:frame]] * 8,
+        ms8 = 1000 * timeit(lambda: listen_step(rt, sts, [wave3[:frame]] * 8,
                                                  [lambda t: False] * 8, ["s"] * 8, cfg), repeats)
         add("listening stream", "8 sessions x 120 ms, batched", ms8,
             f"{_CPU['last'] * 1000 / 8:.2f} CPU ms per session")
         h = rt.model.llm.hidden_size
-        x = torch.randn(200, h)
-        add("LLM", "prefill 200 positions", 1000 * _timeit(
+        x = torch.randn(200, h, device=rt.device, dtype=rt.dtype)
+        add("LLM", "prefill 200 positions", 1000 * timeit(
             lambda: batched_forward(rt.llm_body, [KVStream()], [x]), repeats))
         for b in (1, 8):
             kvs = [KVStream() for _ in range(b)]
@@ -356,9 +367,9 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
                     kv.cache.crop(-1)
                     kv.length = 200
 
-            add("LLM", f"decode step, {b} session(s) batched", 1000 * _timeit(
+            add("LLM", f"decode step, {b} session(s) batched", 1000 * timeit(
                 decode, repeats), "one text token each")
-        sem = torch.randn(400, rt.model.voice_lm.hidden_size)
+        sem = torch.randn(400, rt.model.voice_lm.hidden_size, device=rt.device)
         for b in (1, 8):
             streams = [VoiceStream(max_tokens=10 ** 6) for _ in range(b)]
             for vs in streams:
@@ -367,15 +378,16 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
             def vstep(streams=streams):
                 voice_step(rt, streams)
 
-            add("voice LM", f"speech-token step, {b} session(s) batched", 1000 * _timeit(
+            add("voice LM", f"speech-token step, {b} session(s) batched", 1000 * timeit(
                 vstep, repeats * 3), "25 tokens = 1 s of speech")
-        hid = torch.randn(1, 1, h)
-        dstate = rt.model.duplex.init_state(1)
+        hid = torch.randn(1, 1, h, device=rt.device, dtype=rt.dtype)
+        dstate = rt.model.duplex.init_state(1, rt.device, rt.dtype)
+        flag = torch.zeros(1, 1, dtype=torch.long, device=rt.device)
 
         def dstep():
-            rt.model.duplex.step(hid, torch.zeros(1, 1, dtype=torch.long), dstate)
+            rt.model.duplex.step(hid, flag, dstate)
 
-        add("duplex predictor", "one LLM frame", 1000 * _timeit(dstep, repeats))
+        add("duplex predictor", "one LLM frame", 1000 * timeit(dstep, repeats))
         vocoder_state = rt.vocoder.init_state()
         toks = torch.randint(0, 6561, (15,))
         holder = {"s": vocoder_state}
@@ -383,14 +395,14 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
         def vocode():
             _, holder["s"] = rt.vocoder.step(toks, holder["s"])
 
-        ms = 1000 * _timeit(vocode, max(3, repeats // 4))
+        ms = 1000 * timeit(vocode, max(3, repeats // 4))
         add(f"speech decoder ({rt.vocoder.name})", "15 tokens (0.6 s of audio)", ms,
             f"CPU real-time factor {_CPU['last'] * 1000 / 600:.3f}")
         vad = SileroVAD.from_package()
         for b in (1, 8):
             state = stack_states([vad.init_state(1)] * b)
             win = torch.zeros(b, 512)
-            add("silero VAD", f"32 ms window, {b} session(s) batched", 1000 * _timeit(
+            add("silero VAD", f"32 ms window, {b} session(s) batched", 1000 * timeit(
                 lambda: vad.step(win, state), repeats))
         sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
             max_text_tokens=20, max_speech_tokens=60)))
@@ -400,7 +412,7 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
             if k in r.timings:
                 add("reply (one turn)", f"commit -> {k.replace('_', ' ')}",
                     1000 * r.timings[k], "20 text / 60 speech tokens")
-    facts = {"model": rt.info.to_dict(), "threads": threads}
+    facts = {"model": rt.info.to_dict(), "threads": threads, "device": str(rt.device)}
     return rows, facts
 
 
