@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=2, help="turns per session per level")
     s.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     s.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:1, ...")
+    s.add_argument("--defer-listening", type=float, default=1.0, metavar="SECONDS",
+                   help="the server's --defer-listening (0: listen every tick)")
     s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
     s.add_argument("--max-text-tokens", type=int, default=24)
     s.add_argument("--max-speech-tokens", type=int, default=150)
@@ -127,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
           "time)", file=sys.stderr)
     results, facts = run_serve_benchmark(args.model, levels, args.rounds, args.max_text_tokens,
                                          args.max_speech_tokens, args.threads, args.vocoder,
-                                         device=args.device)
+                                         device=args.device, defer_listening=args.defer_listening)
     table = markdown_table(results)
     means = stage_means(facts["metrics"])
     stages = ", ".join(f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in means.items()
@@ -147,7 +149,7 @@ def run_serve(args: argparse.Namespace) -> int:
         body = "\n".join([
             f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
             f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder} --device "
-            f"{args.device}` "
+            f"{args.device} --defer-listening {args.defer_listening}` "
             f"({datetime.date.today()}, {_machine()}; model `{info['name']}` {info['source']}, "
             f"{'random weights' if info['random_weights'] else 'trained'}, speech decoder "
             f"{info['vocoder']}).",

@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="user speech over the assistant that interrupts it, in ms (default: "
                    "TurnPolicy's 600, longer than back-channels; chosen on validation "
                    "dialogues)")
+    p.add_argument("--defer-listening", type=float, default=1.0, metavar="SECONDS",
+                   help="while the assistant speaks and nothing can be decided (no VAD event, "
+                   "no open user turn), hold the listening stream's audio up to this long and "
+                   "feed it in one batched pass (0: every tick; default 1.0)")
     p.add_argument("--predictor-stop", action="store_true",
                    help="with a trusted predictor, let its STOP interrupt sooner (off: "
                    "minmo-small's STOP stops at too many back-channels)")
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                                  predictor_stop=args.predictor_stop)
     if args.barge_in_ms is not None:
         turns = dataclasses.replace(turns, barge_in_ms=args.barge_in_ms)
-    engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads),
+    engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads,
+                                     defer_listening_s=args.defer_listening),
                     gen=gen, limits=SessionLimits(turns=turns)).start()
     app = create_app(engine, ServerConfig(api_key=args.api_key,
                                           max_message_bytes=args.max_message_bytes,

@@ -177,8 +177,8 @@ def _server_cpu(base: str) -> float:
 def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1, 2, 4, 8),
                         rounds: int = 2, max_text_tokens: int = 24, max_speech_tokens: int = 150,
                         threads: int = 1, vocoder: str = "auto", timeout: float = 90.0,
-                        progress: bool = True, device: str = "cpu"
-                        ) -> tuple[list[LevelResult], dict]:
+                        progress: bool = True, device: str = "cpu",
+                        defer_listening: float = 1.0) -> tuple[list[LevelResult], dict]:
     """Start ``minmo serve`` (on ``device``) in a child process (its own interpreter, as in
     production) and measure each concurrency level with real-time clients from this process.
 
@@ -195,7 +195,8 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
     cmd = [sys.executable, "-m", "minmo.cli.main", "serve", "--port", str(port),
            "--threads", str(threads), "--max-sessions", str(max(levels) + 1),
            "--max-text-tokens", str(max_text_tokens), "--max-speech-tokens",
-           str(max_speech_tokens), "--vocoder", vocoder, "--device", device]
+           str(max_speech_tokens), "--vocoder", vocoder, "--device", device,
+           "--defer-listening", str(defer_listening)]
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
