@@ -5,19 +5,10 @@
 # whole estimator took > 4 min on an H200: COMPILE=estimator runs that instead).
 # The log and one JSON line per setting go to ${1:-.}/token2wav_gpu.{log,jsonl}.
 #   bash benchmarks/gpu_token2wav.sh /tmp/out        (from the repository root)
-set -u
-out=${1:-.}
-mkdir -p "$out"
-py=${PYTHON:-python3}
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
-$py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+source "$(dirname "$0")/gpu_common.sh"
 run() {  # run TIMEOUT ARGS...
-  local limit=$1; shift
-  echo "== $(date +%T) $*"
-  timeout "$limit" $py benchmarks/bench_token2wav.py --model minmo-7b --device cuda "$@" 2>&1 \
-    | tee -a "$out/token2wav_gpu.log" | grep -v '^{' | tail -n 25
-  [ "${PIPESTATUS[0]}" = 0 ] || echo "!! failed or timed out: $*"
+  run_logged "$out/token2wav_gpu.log" "$1" $py benchmarks/bench_token2wav.py --model minmo-7b \
+    --device cuda "${@:2}"
 }
 run 150 --repeats 5 --tf32 --cuda-graphs --verify
 run 150 --repeats 5 --tf32 --cuda-graphs --steps 5 --verify
