@@ -127,11 +127,11 @@ async def _one_turn(url: str, wave: np.ndarray, speech_end: int, timeout: float)
         return TurnResult(latency, underrun, played, first is not None)
 
 
-async def _level(url: str, n: int, wave: np.ndarray, speech_end: int, rounds: int,
-                 timeout: float) -> LevelResult:
+async def _level(url: str, health: str, n: int, wave: np.ndarray, speech_end: int,
+                 rounds: int, timeout: float) -> LevelResult:
     level = LevelResult(n)
     for r in range(rounds):
-        await _sessions_closed(url, timeout)  # the last round's sessions are gone
+        await _sessions_closed(health, timeout)  # the last round's sessions are gone
         offsets = [k * 0.037 for k in range(n)]  # staggered starts, as real users
 
         async def delayed(k: int) -> TurnResult:
@@ -142,12 +142,11 @@ async def _level(url: str, n: int, wave: np.ndarray, speech_end: int, rounds: in
     return level
 
 
-async def _sessions_closed(url: str, timeout: float) -> None:
-    """Wait until the server holds no session (closed connections are dropped on its next
-    tick, which a busy engine may take a moment to reach)."""
+async def _sessions_closed(health: str, timeout: float) -> None:
+    """Wait until the server's ``/healthz`` counts no session (closed connections are
+    dropped on its next tick, which a busy engine may take a moment to reach)."""
     import httpx
 
-    health = url.replace("ws://", "http://").rsplit("/v1/", 1)[0] + "/healthz"
     deadline = time.perf_counter() + timeout
     async with httpx.AsyncClient() as client:
         while (await client.get(health, timeout=5)).json()["sessions"] > 0:
@@ -216,11 +215,12 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
             raise RuntimeError(f"minmo serve did not come up on port {port}: {err[-2000:]}")
         wave, speech_end = speech_turn()
         url = f"ws://127.0.0.1:{port}/v1/realtime"
-        asyncio.run(_level(url, 1, wave, speech_end, 1, timeout))  # warm-up
+        asyncio.run(_level(url, base + "/healthz", 1, wave, speech_end, 1, timeout))  # warm-up
         results = []
         for n in levels:
             cpu0, t0 = _server_cpu(base), time.perf_counter()
-            res = asyncio.run(_level(url, n, wave, speech_end, rounds, timeout))
+            res = asyncio.run(_level(url, base + "/healthz", n, wave, speech_end, rounds,
+                                     timeout))
             res.cpu_cores = (_server_cpu(base) - cpu0) / (time.perf_counter() - t0)
             results.append(res)
             if progress:
