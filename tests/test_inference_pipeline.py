@@ -247,6 +247,48 @@ def test_fast_start_first_speech_chunk_in_one_step_same_output(rt):
     np.testing.assert_array_equal(fast_audio, paced_audio)
 
 
+@pytest.mark.parametrize("context", [2048, 80])  # 80: the draft's turn rebuilds the cache
+def test_rewound_draft_leaves_no_trace(rt, context):
+    """A reply started and dropped (a speculative draft: its user turn, prompt, steps and
+    sampler draws) and the conversation rewound: the next turn's reply, cache and items are
+    exactly those of a session where the draft never happened."""
+    gen = P.GenerationConfig(max_text_tokens=8, max_speech_tokens=40, temperature=0.9, seed=5)
+
+    def session():
+        sess = P.new_session(rt, P.SessionConfig(generation=gen, max_context_tokens=context))
+        P.reply(rt, _wave(0.8, 1), sess, with_transcript=False)  # history in the cache
+        return sess
+
+    def answer(sess):
+        P.add_user_speech(rt, sess, rt.encode_speech(_wave(1.0, 3)))
+        job = P.start_reply(rt, sess)
+        while not job.finished:
+            P.step_jobs(rt, [job])
+        return job
+
+    plain = session()
+    drafted = session()
+    mark = P.mark_chat(drafted)
+    kv_length, n_items = drafted.chat.kv.length, len(drafted.chat.items)
+    P.add_user_speech(rt, drafted, rt.encode_speech(_wave(1.2, 2)))
+    draft = P.start_reply(rt, drafted)
+    for _ in range(3):
+        P.step_jobs(rt, [draft])
+    assert drafted.chat.kv.length > kv_length and draft.text.ids
+    rebuilt = drafted.chat.kv.cache is not mark.cache
+    assert rebuilt == (context == 80)
+    draft.discard()
+    P.rewind_chat(drafted, mark)
+    assert draft.finished and P.step_jobs(rt, [draft]) == [[]]
+    assert drafted.chat.kv.length == kv_length and len(drafted.chat.items) == n_items
+    a, b = answer(plain), answer(drafted)
+    assert b.text.ids == a.text.ids and b.voice.tokens == a.voice.tokens
+    assert drafted.chat.kv.length == plain.chat.kv.length
+    for (ka, va), (kb, vb) in zip(plain.chat.kv.layer_tensors(), drafted.chat.kv.layer_tensors()):
+        torch.testing.assert_close(kb, ka)
+        torch.testing.assert_close(vb, va)
+
+
 def test_cancel_closes_the_turn_and_the_next_reply_works(rt):
     sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
         max_text_tokens=30, max_speech_tokens=200)))

@@ -44,6 +44,20 @@ class KVStream:
         self.cache = new_kv_cache()
         self.length = 0
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` positions: undo what was fed after them (a speculative
+        reply that was not taken). The tensors are sliced, not copied; what is fed next is
+        concatenated onto the slice, as onto any cache."""
+        if length >= self.length:
+            return
+        if length <= 0:
+            self.reset()
+            return
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, :length]
+            layer.values = layer.values[:, :, :length]
+        self.length = length
+
 
 def _run_body(body: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None,
               positions: torch.Tensor, cache: Any) -> torch.Tensor:

@@ -223,6 +223,39 @@ def _fit(rt: MinMoRuntime, session: VoiceSession, extra: int) -> None:
     _rebuild(rt, chat, keep_from=drop, feed_now=False)
 
 
+@dataclass
+class ChatMark:
+    """Where a conversation stood (:func:`mark_chat`), to return to (:func:`rewind_chat`)."""
+
+    cache: Any
+    length: int
+    items: list[ChatItem]
+    pending: list[torch.Tensor]
+    system_len: int
+    rng: torch.Tensor
+
+
+def mark_chat(session: VoiceSession) -> ChatMark:
+    """The conversation's state now: its cache, items, pending inputs and sampler state."""
+    chat = session.chat
+    return ChatMark(chat.kv.cache, chat.kv.length, list(chat.items), list(chat.pending),
+                    chat.system_len, session.generator.get_state())
+
+
+def rewind_chat(session: VoiceSession, mark: ChatMark) -> None:
+    """Forget everything added to the conversation since ``mark``: items, fed positions
+    and sampler draws (a reply started speculatively and not taken, ``minmo.serving``).
+    A job started since must be dropped, never stepped again."""
+    chat, kv = session.chat, session.chat.kv
+    if kv.cache is mark.cache:
+        kv.truncate(mark.length)
+    else:  # rebuilt since (:func:`_fit`): the old cache was replaced, not changed
+        kv.cache, kv.length = mark.cache, mark.length
+    chat.items, chat.pending, chat.system_len = list(mark.items), list(mark.pending), \
+        mark.system_len
+    session.generator.set_state(mark.rng)
+
+
 def add_user_speech(rt: MinMoRuntime, session: VoiceSession, speech: torch.Tensor,
                     transcript: str | None = None) -> ChatItem:
     """Append a spoken user turn (``(F, H)`` speech embeddings) to the conversation."""
@@ -290,6 +323,14 @@ class ResponseJob:
             self.voice.cancel()
         self.status = "cancelled"
         self._close(rt)
+
+    def discard(self) -> None:
+        """Stop without a trace in the conversation: the caller rewinds it
+        (:func:`rewind_chat`) to where it stood before this job started."""
+        self.text.cancel()
+        if self.voice is not None:
+            self.voice.cancel()
+        self.status, self.finished = "discarded", True
 
     def _mark(self, name: str) -> None:
         self.timings.setdefault(name, time.perf_counter() - self.t0)
