@@ -440,3 +440,65 @@ def test_playback_intervals_answer_for_past_samples():
     assert p.intervals == [[1000, 1800], [5000, 5100]]
     p.cut(5000)  # cut at its start: the interval goes
     assert p.intervals == [[1000, 1800]]
+
+
+def _ticked_turn(rt, tmp, speculate):
+    """Tick by tick: a user turn with a 0.3 s pause inside it (longer than the 100 ms after
+    which a draft starts, shorter than the VAD rule's 500 ms), then silence until the reply
+    is done. Returns the events as ``(step_jobs calls so far, type, payload without ids)``
+    and the server's counters."""
+    import minmo.serving.engine as E
+
+    gen = GenerationConfig(max_text_tokens=20, max_speech_tokens=90, transcribe_max_tokens=4)
+    engine = Engine(rt, EngineConfig(vocoder_thread=False, speculate=speculate), gen=gen)
+    calls, events = [0], []
+    ids = {"event_id", "item_id", "response_id", "previous_item_id", "item", "response", "session"}
+    engine.reserve()
+    engine.open(lambda ev: events.append(
+        (calls[0], ev["type"], {k: v for k, v in ev.items() if k not in ids})))
+    engine.tick()
+    (s,) = engine.sessions.values()
+    step = E.P.step_jobs
+
+    def counting(*a, **k):
+        calls[0] += 1
+        return step(*a, **k)
+
+    def feed(wave):
+        pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+        for k in range(0, pcm.size, 960):  # 40 ms per tick, as a microphone
+            engine.submit(s.id, "audio", pcm[k:k + 960])
+            engine.tick()
+
+    E.P.step_jobs = counting
+    try:
+        feed(speech_24k("Tell me about the sea,", tmp, tail=0.3))
+        feed(speech_24k("and the rivers.", tmp, lead=0.0, tail=0.0))
+        for _ in range(1000):
+            if "response.done" in [t for _, t, _ in events]:
+                break
+            feed(np.zeros(960, np.float32))
+    finally:
+        E.P.step_jobs = step
+    return events, dict(engine.metrics.counters)
+
+
+def test_speculative_reply_says_the_same_having_started_before_the_commit(rt, tmp):
+    """With speculation the server starts the reply once the VAD hears 100 ms of silence:
+    the pause inside the turn starts a draft that the user's next words drop (conversation
+    rewound), the turn's end starts one the commit takes. The client gets the same events
+    with the same text and audio as without, and the reply's first audio goes out with
+    ``response.created``, made before the commit by steps that ran while the turn was
+    still being decided."""
+    plain, plain_counts = _ticked_turn(rt, tmp, speculate=False)
+    drafted, counts = _ticked_turn(rt, tmp, speculate=True)
+    assert not any("draft" in k for k in plain_counts)
+    assert counts["drafts_started"] == 2 and counts["drafts_dropped"] == 1
+    assert counts["drafts_taken"] == 1
+    assert [e[1:] for e in drafted] == [e[1:] for e in plain]
+    types = [t for _, t, _ in plain]
+    created, audio = types.index("response.created"), types.index("response.output_audio.delta")
+    assert types.count("input_audio_buffer.speech_started") == 1  # the pause kept one turn
+    assert types.count("response.created") == 1
+    assert plain[audio][0] > plain[created][0]  # made by a step after the commit
+    assert drafted[audio][0] == drafted[created][0]  # made by steps before it

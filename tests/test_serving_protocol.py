@@ -255,3 +255,19 @@ def test_idle_session_is_closed(rt):
         err, code = asyncio.run(main(server.ws_url))
         assert engine.wait_until(lambda: engine.session_count == 0, 10)
     assert err["error"]["code"] == "idle_timeout" and code == 1000
+
+
+def test_bench_reads_the_servers_metrics_text():
+    """`minmo bench serve` reads stage means and counters back from `/metrics` text."""
+    from minmo.serving.bench import counters, stage_means
+    from minmo.serving.metrics import Metrics
+
+    m = Metrics()
+    m.observe("first_audio", 0.2)
+    m.observe("first_audio", 0.4)
+    m.inc("drafts_taken", 3)
+    m.inc("drafts_dropped")
+    text = m.render()
+    assert abs(stage_means(text)["first_audio"] - 0.3) < 1e-6
+    got = counters(text)
+    assert got["drafts_taken"] == 3 and got["drafts_dropped"] == 1

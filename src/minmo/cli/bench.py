@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:1, ...")
     s.add_argument("--defer-listening", type=float, default=1.0, metavar="SECONDS",
                    help="the server's --defer-listening (0: listen every tick)")
+    s.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=True,
+                   help="the server's --speculate (default on)")
     s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
     s.add_argument("--max-text-tokens", type=int, default=24)
     s.add_argument("--max-speech-tokens", type=int, default=150)
@@ -121,7 +123,8 @@ def _section_file(path: str, marker: str, body: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from minmo.serving.bench import markdown_table, run_serve_benchmark, stage_means, summary
+    from minmo.serving.bench import (counters, markdown_table, run_serve_benchmark, stage_means,
+                                     summary)
 
     levels = tuple(int(x) for x in args.levels.split(","))
     print(f"minmo bench serve: model {args.model}, server threads {args.threads} on "
@@ -129,7 +132,8 @@ def run_serve(args: argparse.Namespace) -> int:
           "time)", file=sys.stderr)
     results, facts = run_serve_benchmark(args.model, levels, args.rounds, args.max_text_tokens,
                                          args.max_speech_tokens, args.threads, args.vocoder,
-                                         device=args.device, defer_listening=args.defer_listening)
+                                         device=args.device, defer_listening=args.defer_listening,
+                                         speculate=args.speculate)
     table = markdown_table(results)
     means = stage_means(facts["metrics"])
     stages = ", ".join(f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in means.items()
@@ -139,6 +143,10 @@ def run_serve(args: argparse.Namespace) -> int:
     print(table)
     print(summary(results))
     print(f"server stage means (all levels): {stages}")
+    drafts = counters(facts["metrics"])
+    if drafts.get("drafts_started"):
+        print(f"speculative replies: {drafts.get('drafts_taken', 0)} taken, "
+              f"{drafts.get('drafts_dropped', 0)} dropped (the user went on)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "levels": [{"sessions": r.sessions, "p50_s": r.pct(50), "p95_s": r.pct(95),
@@ -149,7 +157,8 @@ def run_serve(args: argparse.Namespace) -> int:
         body = "\n".join([
             f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
             f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder} --device "
-            f"{args.device} --defer-listening {args.defer_listening}` "
+            f"{args.device} --defer-listening {args.defer_listening}"
+            f"{'' if args.speculate else ' --no-speculate'}` "
             f"({datetime.date.today()}, {_machine()}; model `{info['name']}` {info['source']}, "
             f"{'random weights' if info['random_weights'] else 'trained'}, speech decoder "
             f"{info['vocoder']}).",

@@ -52,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="while the assistant speaks and nothing can be decided (no VAD event, "
                    "no open user turn), hold the listening stream's audio up to this long and "
                    "feed it in one batched pass (0: every tick; default 1.0)")
+    p.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the reply once the VAD hears the silence a commit keeps after "
+                   "the user's last speech (100 ms), before the turn decision; taken if the "
+                   "turn ends there (the same reply, sooner), dropped if the user goes on "
+                   "(default: on; --no-speculate: start at the decision)")
     p.add_argument("--predictor-stop", action="store_true",
                    help="with a trusted predictor, let its STOP interrupt sooner (off: "
                    "minmo-small's STOP stops at too many back-channels)")
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.barge_in_ms is not None:
         turns = dataclasses.replace(turns, barge_in_ms=args.barge_in_ms)
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads,
-                                     defer_listening_s=args.defer_listening),
+                                     defer_listening_s=args.defer_listening,
+                                     speculate=args.speculate),
                     gen=gen, limits=SessionLimits(turns=turns)).start()
     app = create_app(engine, ServerConfig(api_key=args.api_key,
                                           max_message_bytes=args.max_message_bytes,

@@ -177,7 +177,8 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
                         rounds: int = 2, max_text_tokens: int = 24, max_speech_tokens: int = 150,
                         threads: int = 1, vocoder: str = "auto", timeout: float = 90.0,
                         progress: bool = True, device: str = "cpu",
-                        defer_listening: float = 1.0) -> tuple[list[LevelResult], dict]:
+                        defer_listening: float = 1.0, speculate: bool = True
+                        ) -> tuple[list[LevelResult], dict]:
     """Start ``minmo serve`` (on ``device``) in a child process (its own interpreter, as in
     production) and measure each concurrency level with real-time clients from this process.
 
@@ -195,7 +196,8 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
            "--threads", str(threads), "--max-sessions", str(max(levels) + 1),
            "--max-text-tokens", str(max_text_tokens), "--max-speech-tokens",
            str(max_speech_tokens), "--vocoder", vocoder, "--device", device,
-           "--defer-listening", str(defer_listening)]
+           "--defer-listening", str(defer_listening),
+           "--speculate" if speculate else "--no-speculate"]
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -267,6 +269,16 @@ def stage_means(metrics_text: str) -> dict[str, float]:
             stage = line.split('stage="')[1].split('"')[0]
             counts[stage] = int(float(line.rsplit(" ", 1)[1]))
     return {k: sums[k] / counts[k] for k in sums if counts.get(k)}
+
+
+def counters(metrics_text: str) -> dict[str, int]:
+    """The server's counters (``minmo_<name>_total``) from its ``/metrics`` text."""
+    out = {}
+    for line in metrics_text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("minmo_") and name.endswith("_total") and value:
+            out[name[len("minmo_"):-len("_total")]] = int(float(value))
+    return out
 
 
 def summary(results: list[LevelResult]) -> str:

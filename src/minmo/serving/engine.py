@@ -8,7 +8,9 @@ Each tick:
    forward over all sessions' new speech frames, then the duplex predictor) -> per-frame
    turn decisions (:meth:`RealtimeSession.on_frame`); a session whose frames could not
    change anything (the assistant speaking, no VAD event) holds its audio up to
-   ``defer_listening_s`` and feeds it in one pass;
+   ``defer_listening_s`` and feeds it in one pass; a session whose user has gone quiet
+   starts its reply speculatively (``speculate``: a draft, taken or dropped at the turn
+   decision);
 4. generation: the live reply and transcript jobs of *all* sessions advance together
    (:func:`minmo.inference.pipeline.step_jobs`: one batched LLM step, batched voice-LM
    steps, token2wav chunks), unless a session's client is not reading (back-pressure);
@@ -59,6 +61,11 @@ class EngineConfig:
             stream's LLM forwards while the assistant speaks; a VAD event feeds the held
             audio at once, so barge-in decisions are not delayed. No effect with a
             ``decision_hook``.
+        speculate: start a reply once the VAD has heard the silence a commit keeps after
+            the user's last speech, before the turn decision (:meth:`RealtimeSession.can_draft`):
+            when the turn is committed with that audio, the reply's prompt is fed and its
+            first audio often made already. What is said is the same as without (tested);
+            a user who goes on costs the dropped draft's compute.
     """
 
     max_sessions: int = 16
@@ -67,6 +74,7 @@ class EngineConfig:
     idle_wait_s: float = 0.05
     vocoder_thread: bool = True
     defer_listening_s: float = 1.0
+    speculate: bool = True
 
 
 class SessionLimitReached(RuntimeError):
@@ -216,6 +224,10 @@ class Engine:
         chunks = {s.id: s.take_audio() for s in live}
         self._vad(live, chunks)
         self._listen(live, chunks)
+        if self.cfg.speculate:
+            for s in live:
+                if not s.closed and s.can_draft():
+                    self._guard(s, s.draft_reply)
         self._generate(live)
         self.metrics.set_sessions(len(self.sessions))
 

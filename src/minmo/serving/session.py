@@ -121,6 +121,38 @@ class Playback:
         return any(a <= sample < b + tail for a, b in reversed(self.intervals))
 
 
+@dataclass
+class Draft:
+    """A reply started before its user turn is committed (speculation, see
+    :meth:`RealtimeSession.can_draft`): what it answers, and how to take it back.
+
+    Attributes:
+        start, end: the turn audio it answers (stream samples); a commit of exactly this
+            audio takes the draft (:meth:`RealtimeSession._commit_turn`), anything else
+            drops it.
+        heard: the VAD's last speech window when it began; more speech drops it.
+        speech: the turn's speech embeddings (reused by the commit).
+        job: the reply; its events wait in ``events`` until it is taken.
+        mark: the conversation before the draft's user item and reply prompt.
+    """
+
+    start: int
+    end: int
+    heard: int
+    speech: torch.Tensor
+    job: P.ResponseJob
+    mark: P.ChatMark
+    events: list[P.JobEvent] = field(default_factory=list)
+
+    def wants_step(self) -> bool:
+        """Until its first audio (a spoken reply) or first token: then it waits, so a
+        draft that is dropped costs no more than that."""
+        job = self.job
+        if job.finished:
+            return False
+        return "first_audio" not in job.timings if job.voice is not None else not job.text.ids
+
+
 class RealtimeSession:
     """Protocol state of one connection (engine thread only).
 
@@ -157,6 +189,8 @@ class RealtimeSession:
         self.turn_item: str | None = None
         self.speech_end_wall: float | None = None
         self.job: P.ResponseJob | None = None
+        self.draft: Draft | None = None
+        self.heard = 0  # end of the VAD's last speech window (ahead of the frames' turn state)
         self.resp: dict[str, Any] = {}
         self.transcripts: list[tuple[P.ResponseJob, str]] = []
         self.playback = Playback()
@@ -212,6 +246,8 @@ class RealtimeSession:
         behind = (reply is not None and self.resp["audio"] and not reply.text.done
                   and self.playback.lead(self.clock) < self.limits.transcript_lead_s * SR)
         jobs = [] if behind else [j for j, _ in self.transcripts if not j.finished]
+        if self.draft is not None and self.draft.wants_step():
+            jobs.append(self.draft.job)
         return jobs + ([reply] if reply is not None else [])
 
     def fail(self, exc: BaseException) -> None:
@@ -227,6 +263,7 @@ class RealtimeSession:
         """Client gone: drop every job and state."""
         if self.job is not None and not self.job.finished:
             self.job.cancel(self.rt)
+        self.drop_draft()
         self.closed = True
         self.job, self.transcripts, self.pending, self.history = None, [], [], self.history[:0]
         self.pending_samples = 0
@@ -236,6 +273,8 @@ class RealtimeSession:
     def apply(self, ev: dict) -> None:
         """Apply one parsed client event; protocol problems become ``error`` events."""
         self.last_activity = time.monotonic()
+        if ev["type"] != "input_audio_buffer.append":
+            self.drop_draft()  # the client changes the conversation or its settings
         eid = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
         try:
             getattr(self, "_on_" + ev["type"].replace(".", "_"))(ev, eid)
@@ -408,9 +447,13 @@ class RealtimeSession:
         if td is None:
             return
         self.gate.silence_ms = td.silence_duration_ms
-        self.vad_events += self.gate.feed(prob, window_end, td.threshold,
-                                          self.limits.echo_threshold,
-                                          echo=self.speaking(window_end) or self.responding)
+        events = self.gate.feed(prob, window_end, td.threshold, self.limits.echo_threshold,
+                                echo=self.speaking(window_end) or self.responding)
+        if any(kind == "speech" for kind, _ in events):
+            self.heard = window_end
+            if self.draft is not None and window_end > self.draft.heard:
+                self.drop_draft()  # the user goes on: the draft answers too little
+        self.vad_events += events
 
     def on_frame(self, frame: DuplexFrame, hook: DecisionHook | None) -> None:
         """Turn-taking for one LLM frame (see module docstring)."""
@@ -460,6 +503,7 @@ class RealtimeSession:
         self.metrics.observe("barge_in_stop", time.perf_counter() - t0)
 
     def _commit_turn(self, end: int, respond: bool) -> None:
+        draft = self._take_draft(end, respond)
         item_id = self.turn_item or R.new_id("item")
         audio = self._audio(self.turn_start, end)
         self.turn.closed()
@@ -468,21 +512,75 @@ class RealtimeSession:
                           item_id=item_id))
         if self.speech_end_wall is not None:
             self.metrics.observe("vad_to_commit", time.perf_counter() - self.speech_end_wall)
-        self._add_user_audio(item_id, audio, end)
+        self._add_user_audio(item_id, audio, end, draft=draft)
         if respond:
-            self.start_response(None, None, None)
+            self.start_response(None, None, None, draft=draft)
 
-    def _add_user_audio(self, item_id: str, audio: np.ndarray, end: int | None,
-                        announce_commit: bool = True) -> None:
+    # ---- speculative replies ---------------------------------------------------------
+
+    def can_draft(self) -> bool:
+        """Whether to start answering the open user turn now, before it is committed: the
+        VAD has heard as much silence after the user's last speech as a commit keeps
+        (``min(silence_duration_ms, 100)``), so the audio a commit would take is known. If
+        the turn is committed with exactly that audio, the reply is already under way
+        (the same reply: its inputs are the same); if the user goes on, or anything else
+        happens first, it is dropped and the conversation rewound. The turn decision
+        itself waits as before (predictor frames, VAD silence)."""
+        td = self.settings.turn_detection
+        if (td is None or not td.create_response or self.draft is not None or self.responding
+                or not self.turn.open or self.heard <= self.turn_start or self.speaking()):
+            return False
+        return self.clock >= self.heard + min(td.silence_duration_ms, 100) * SR // 1000
+
+    def draft_reply(self) -> None:
+        """Start the reply :meth:`can_draft` allows; its events are held until it is taken."""
+        td = self.settings.turn_detection
+        assert td is not None
+        end = self.heard + min(td.silence_duration_ms, 100) * SR // 1000
+        speech = self._encode(self._audio(self.turn_start, end))
+        mark = P.mark_chat(self.voice)
+        P.add_user_speech(self.rt, self.voice, speech)
+        audio, gen = self._reply_settings(None, None)
+        job = P.start_reply(self.rt, self.voice, audio=audio, gen=gen)
+        self.draft = Draft(self.turn_start, end, self.heard, speech, job, mark)
+        self.metrics.inc("drafts_started")
+
+    def _take_draft(self, end: int, respond: bool) -> Draft | None:
+        """The draft, if it answers exactly the turn audio being committed and a reply is
+        wanted; otherwise it is dropped (None)."""
+        draft = self.draft
+        if draft is not None and respond and (draft.start, draft.end) == (self.turn_start, end):
+            self.draft = None
+            return draft
+        self.drop_draft()
+        return None
+
+    def drop_draft(self) -> None:
+        """Forget the draft: its job stops and the conversation is rewound to before it."""
+        if self.draft is None:
+            return
+        self.draft.job.discard()
+        P.rewind_chat(self.voice, self.draft.mark)
+        self.draft = None
+        self.metrics.inc("drafts_dropped")
+
+    def _encode(self, audio: np.ndarray) -> torch.Tensor:
         t0 = time.perf_counter()
         speech = self.rt.encode_speech(audio)
         self.metrics.observe("turn_encode", time.perf_counter() - t0)
+        return speech
+
+    def _add_user_audio(self, item_id: str, audio: np.ndarray, end: int | None,
+                        announce_commit: bool = True, draft: Draft | None = None) -> None:
+        """A user audio item into the conversation (a taken ``draft`` put it there already)."""
+        speech = draft.speech if draft is not None else self._encode(audio)
         if end is not None:
             self.buffer_start = end
         if announce_commit:
             self.emit(R.event("input_audio_buffer.committed", item_id=item_id,
                               previous_item_id=self.items[-1] if self.items else None))
-        P.add_user_speech(self.rt, self.voice, speech)
+        if draft is None:
+            P.add_user_speech(self.rt, self.voice, speech)
         self._announce_item(R.user_audio_item(item_id))
         if self.settings.transcription:
             self.transcripts.append((P.new_transcription(self.rt, self.voice, speech, self.gen),
@@ -497,17 +595,24 @@ class RealtimeSession:
 
     # ---- responses -------------------------------------------------------------------
 
-    def start_response(self, modalities: list[str] | None, limit: Any, eid: str | None) -> None:
+    def _reply_settings(self, modalities: list[str] | None, limit: Any
+                        ) -> tuple[bool, P.GenerationConfig]:
+        """(spoken?, generation settings) of a reply: the request's, else the session's."""
+        mods = modalities or self.settings.output_modalities
+        limit = limit if limit is not None else self.settings.max_output_tokens
+        return "audio" in mods, replace(self.gen, max_text_tokens=limit if isinstance(limit, int)
+                                        else self.gen.max_text_tokens)
+
+    def start_response(self, modalities: list[str] | None, limit: Any, eid: str | None,
+                       draft: Draft | None = None) -> None:
+        """Begin a reply (a taken ``draft``'s job, with what it produced so far)."""
         if self.responding:
             raise R.ProtocolError("conversation already has an active response: cancel it "
                                   "first (response.cancel)", "conversation_already_has_active_response",
                                   None, eid)
-        mods = modalities or self.settings.output_modalities
-        audio = "audio" in mods
-        limit = limit if limit is not None else self.settings.max_output_tokens
-        gen = replace(self.gen, max_text_tokens=limit if isinstance(limit, int)
-                      else self.gen.max_text_tokens)
-        self.job = P.start_reply(self.rt, self.voice, audio=audio, gen=gen)
+        audio, gen = self._reply_settings(modalities, limit)
+        self.job = draft.job if draft is not None else \
+            P.start_reply(self.rt, self.voice, audio=audio, gen=gen)
         rid, iid = R.new_id("resp"), R.new_id("item")
         self.resp = {"id": rid, "item": iid, "audio": audio, "mods": ["audio"] if audio else
                      ["text"], "t0": time.perf_counter(), "speech_end": self.speech_end_wall,
@@ -524,6 +629,9 @@ class RealtimeSession:
         part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
         self.emit(R.event("response.content_part.added", response_id=rid, item_id=iid,
                           output_index=0, content_index=0, part=part))
+        if draft is not None:
+            self.metrics.inc("drafts_taken")
+            self._reply_events(self.job, draft.events)
 
     def cancel_response(self, reason: str) -> None:
         if not self.responding:
@@ -560,6 +668,9 @@ class RealtimeSession:
 
     def on_job_events(self, job: P.ResponseJob, events: list[P.JobEvent]) -> None:
         """Translate a job's inference events into server events."""
+        if self.draft is not None and job is self.draft.job:
+            self.draft.events.extend(events)  # out when the draft is taken
+            return
         if job is self.job:
             self._reply_events(job, events)
             return
@@ -598,10 +709,11 @@ class RealtimeSession:
                     if r["speech_end"] is not None:
                         self.metrics.observe("vad_stop_to_first_audio", now - r["speech_end"])
             elif isinstance(ev, P.JobDone):
+                lag = r["t0"] - job.t0  # a taken draft began before the commit
                 for name in ("first_token", "five_tokens", "first_speech_chunk"):
                     if name in job.timings:
                         stage = {"first_token": "first_text_token",
                                  "five_tokens": "five_text_tokens"}.get(name, name)
-                        self.metrics.observe(stage, job.timings[name])
+                        self.metrics.observe(stage, job.timings[name] - lag)
                 self._finish_response(ev.status, "max_output_tokens"
                                       if ev.status == "incomplete" else None)
