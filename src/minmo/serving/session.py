@@ -238,12 +238,13 @@ class RealtimeSession:
         return self.playback.audible(at, self.limits.echo_tail_ms * SR // 1000)
 
     def live_jobs(self) -> list[P.ResponseJob]:
-        """The jobs to advance now: the reply, and the input transcripts unless a spoken
-        reply is still being written with less than ``transcript_lead_s`` of its audio
-        ahead of playback (they wait behind it: on a busy server their prefill and steps
-        would stall the voice; the words on screen can come a moment later)."""
+        """The jobs to advance now: the reply, a draft that still wants steps, and the input
+        transcripts unless a spoken reply is still being made (text, speech tokens or
+        audio) with less than ``transcript_lead_s`` of its audio ahead of playback (they
+        wait behind it: on a busy server their prefill and steps would stall the voice; the
+        words on screen can come a moment later)."""
         reply = self.job if self.responding else None
-        behind = (reply is not None and self.resp["audio"] and not reply.text.done
+        behind = (reply is not None and self.resp["audio"]
                   and self.playback.lead(self.clock) < self.limits.transcript_lead_s * SR)
         jobs = [] if behind else [j for j, _ in self.transcripts if not j.finished]
         if self.draft is not None and self.draft.wants_step():
