@@ -58,8 +58,11 @@ def first_chunk_parts(t2w: Token2Wav, repeats: int) -> dict[str, float]:
 
 
 class KernelCount:
-    """Counts dispatched ATen operators that are not views: in eager mode about one kernel
-    launch each (on a GPU at these sizes, launches rather than FLOPs set the time)."""
+    """Counts dispatched ATen operators that launch work: in eager mode about one kernel
+    launch each (on a GPU at these sizes, launches rather than FLOPs set the time). Not
+    counted: views, and operators whose result shares its first input's memory without
+    writing it (``_unsafe_view`` after a 3-D matmul, ``dropout`` in eval mode): they
+    launch nothing."""
 
     def __enter__(self) -> KernelCount:
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -68,8 +71,9 @@ class KernelCount:
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                counter.count += not func.is_view
-                return func(*args, **(kwargs or {}))
+                out = func(*args, **(kwargs or {}))
+                counter.count += not (func.is_view or _aliases_input(func, args, out))
+                return out
 
         self.count, self._mode = 0, Mode()
         self._mode.__enter__()
@@ -77,6 +81,14 @@ class KernelCount:
 
     def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
+
+
+def _aliases_input(func, args: tuple, out: object) -> bool:
+    """An out-of-place operator whose result lives in its first input's memory."""
+    if func._schema.is_mutable or not args or not isinstance(args[0], torch.Tensor) \
+            or not isinstance(out, torch.Tensor) or out.device.type == "meta":
+        return False
+    return out.untyped_storage().data_ptr() == args[0].untyped_storage().data_ptr()
 
 
 def first_chunk_kernels(t2w: Token2Wav) -> dict[str, float]:
