@@ -112,3 +112,28 @@ def test_flow_state_size_does_not_depend_on_position_with_left_chunks():
         _, state = t2w.step(tokens[:, i:i + 15], state)
         sizes.append(state.flow.estimator[0].kvs[0].shape[2])
     assert max(sizes[3:]) == min(sizes[3:]) <= 60
+
+
+def test_kernel_count_counts_launches_not_views():
+    """`bench token2wav --count-kernels`: an op that writes memory counts once; views, the
+    `_unsafe_view` after a 3-D matmul and eval-mode dropout launch nothing."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_token2wav.py"
+    spec = importlib.util.spec_from_file_location("bench_token2wav", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x, w = torch.randn(2, 5, 8), torch.randn(4, 8)
+    drop = torch.nn.Dropout(0.1).eval()
+
+    def count(fn):
+        with torch.no_grad(), bench.KernelCount() as k:
+            fn()
+        return k.count
+
+    assert count(lambda: torch.nn.functional.linear(x, w)) == 1  # mm (+ _unsafe_view)
+    assert count(lambda: x.transpose(1, 2).reshape(2, 40)) == 1  # the copy, not the view
+    assert count(lambda: drop(x)) == 0
+    assert count(lambda: x.add_(1.0)) == 1
+    assert count(lambda: torch.nn.functional.layer_norm(x, (8,)) + x) == 2
