@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}, "
           f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'} ("
           + (f"answers after {turns.respond_silence_ms:.0f} ms of silence; " if trust else "")
-          + f"barge-in: {barge}); "
+          + f"barge-in: {barge}"
+          + ("; replies start at 100 ms of silence, speculatively" if args.speculate else "")
+          + "); "
           f"page http://{args.host}:{args.port}/  realtime ws://{args.host}:{args.port}/v1/realtime"
           + ("  (API key required)" if args.api_key else ""), file=sys.stderr, flush=True)
     try:
