@@ -271,3 +271,14 @@ def test_bench_reads_the_servers_metrics_text():
     assert abs(stage_means(text)["first_audio"] - 0.3) < 1e-6
     got = counters(text)
     assert got["drafts_taken"] == 3 and got["drafts_dropped"] == 1
+
+
+def test_bench_table_reports_underruns_and_the_stall_free_start():
+    from minmo.serving.bench import LevelResult, TurnResult, markdown_table
+
+    r = LevelResult(1, [TurnResult(1.0, 0.5, 3.0, True), TurnResult(1.2, 0.0, 3.0, True),
+                        TurnResult(0.8, 0.2, 3.0, True)], cpu_cores=1.0)
+    assert abs(r.stall_free_start() - 1.2) < 1e-9  # median of 1.5, 1.2, 1.0
+    assert not r.real_time  # one turn ran dry for 0.5 s
+    row = markdown_table([r]).splitlines()[-1]
+    assert "| 1000 ms |" in row and "200 / 500 ms" in row and "| 1200 ms |" in row

@@ -168,9 +168,12 @@ def run_serve(args: argparse.Namespace) -> int:
             f"real time, 40 ms frames; replies are capped at {facts['max_text_tokens']} text / "
             f"{facts['max_speech_tokens']} speech tokens. Latency = end of speech (last speech "
             "sample sent) -> first `response.output_audio.delta` received; it includes the "
-            f"VAD's {facts['silence_duration_ms']} ms silence window. Real time = every reply "
-            "arrived, no audio chunk came later than a player started at the first chunk "
-            "would need it (100 ms slack), and p95 latency ≤ 1.5 s.",
+            "silence the server waits for before it answers (the VAD rule's "
+            f"{facts['silence_duration_ms']} ms, or a trusted duplex predictor's shorter wait). "
+            "Underrun = how long a player started at the first chunk runs dry in the reply; "
+            "stall-free start = latency + that turn's worst underrun (when a player that "
+            "buffers just enough would start). Real time = every reply arrived, no underrun "
+            "over 100 ms, and p95 latency ≤ 1.5 s.",
             "", table, "", summary(results) + ".",
             "", f"Server stage means over the run: {stages}."])
         _section_file(args.write_docs, f"serve-{args.vocoder}", body)
