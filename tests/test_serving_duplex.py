@@ -502,3 +502,33 @@ def test_speculative_reply_says_the_same_having_started_before_the_commit(rt, tm
     assert types.count("response.created") == 1
     assert plain[audio][0] > plain[created][0]  # made by a step after the commit
     assert drafted[audio][0] == drafted[created][0]  # made by steps before it
+
+
+def test_a_client_event_drops_the_draft_and_the_conversation_is_as_before(rt, tmp):
+    """While a draft waits for the turn decision, a client event that could change the
+    conversation (here a typed user item) drops it first: the conversation holds exactly
+    what it held before the draft, plus the new item."""
+    gen = GenerationConfig(max_text_tokens=8, max_speech_tokens=30, transcribe_max_tokens=4)
+    engine = Engine(rt, EngineConfig(vocoder_thread=False), gen=gen)
+    engine.reserve()
+    engine.open(lambda ev: None)
+    engine.tick()
+    (s,) = engine.sessions.values()
+    before = (s.voice.chat.kv.length, len(s.voice.chat.items), len(s.voice.chat.pending))
+    pcm = (np.clip(speech_24k("Tell me about the sea.", tmp, tail=0.4), -1, 1) * 32767)
+    pcm = pcm.astype(np.int16)
+    for k in range(0, pcm.size, 960):
+        engine.submit(s.id, "audio", pcm[k:k + 960])
+        engine.tick()
+        if s.draft is not None and not s.draft.wants_step():
+            break
+    assert s.draft is not None and s.voice.chat.kv.length > before[0]  # prompt fed
+    engine.submit(s.id, "event", {"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    engine._apply_commands()  # the event alone, without the rest of a tick
+    assert s.draft is None and engine.metrics.counters["drafts_dropped"] == 1
+    chat = s.voice.chat
+    assert chat.kv.length == before[0] and len(chat.items) == before[1] + 1
+    assert len(chat.pending) == before[2] + 1 and chat.items[-1].text == "hi"
+    engine.tick()  # the turn is still open and silent: a new draft answers both items
+    assert s.draft is not None and engine.metrics.counters["drafts_started"] == 2
