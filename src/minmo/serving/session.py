@@ -53,6 +53,12 @@ SR = 16000
 CLOSE_EVENT = "minmo.internal.close"  # asks the server to close the connection
 
 
+def commit_tail(td: R.TurnDetection) -> int:
+    """Samples of the silence after the user's last speech window that a committed turn
+    keeps (``min(silence_duration_ms, 100)`` ms)."""
+    return min(td.silence_duration_ms, 100) * SR // 1000
+
+
 @dataclass
 class SessionLimits:
     """Per-session serving settings (see module docstring and ``docs/serving.md``)."""
@@ -473,7 +479,7 @@ class RealtimeSession:
         if busy and decision == Decision.STOP and td.interrupt_response:
             self._barge_in(end, td)
         elif not busy and decision == Decision.RESPOND and self.turn.open:
-            stop = self.turn.last_speech + min(td.silence_duration_ms, 100) * SR // 1000
+            stop = self.turn.last_speech + commit_tail(td)
             self._commit_turn(min(stop, self.clock), respond=td.create_response)
         elif self.turn.open and end - self.turn_start > self.limits.max_turn_seconds * SR:
             self._commit_turn(end, respond=td.create_response)
@@ -522,7 +528,7 @@ class RealtimeSession:
     def can_draft(self) -> bool:
         """Whether to start answering the open user turn now, before it is committed: the
         VAD has heard as much silence after the user's last speech as a commit keeps
-        (``min(silence_duration_ms, 100)``), so the audio a commit would take is known. If
+        (:func:`commit_tail`), so the audio a commit would take is known. If
         the turn is committed with exactly that audio, the reply is already under way
         (the same reply: its inputs are the same); if the user goes on, or anything else
         happens first, it is dropped and the conversation rewound. The turn decision
@@ -531,13 +537,13 @@ class RealtimeSession:
         if (td is None or not td.create_response or self.draft is not None or self.responding
                 or not self.turn.open or self.heard <= self.turn_start or self.speaking()):
             return False
-        return self.clock >= self.heard + min(td.silence_duration_ms, 100) * SR // 1000
+        return self.clock >= self.heard + commit_tail(td)
 
     def draft_reply(self) -> None:
         """Start the reply :meth:`can_draft` allows; its events are held until it is taken."""
         td = self.settings.turn_detection
         assert td is not None
-        end = self.heard + min(td.silence_duration_ms, 100) * SR // 1000
+        end = self.heard + commit_tail(td)
         speech = self._encode(self._audio(self.turn_start, end))
         mark = P.mark_chat(self.voice)
         P.add_user_speech(self.rt, self.voice, speech)
