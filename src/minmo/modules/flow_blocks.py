@@ -128,9 +128,15 @@ class CausalConv1d(nn.Conv1d):
         Returns:
             ``(B, C_out, T)`` output and the new cache ``(B, C_in, context)``.
         """
+        t = x.shape[2]
+        if cache is None and t >= self.context:
+            # zeros on the left through the convolution's own padding (no padded copy of the
+            # input: a streaming chunk is launch-bound); the outputs it adds on the right
+            # are cut off
+            y = F.conv1d(x, self.weight, self.bias, padding=self.context, dilation=self.dilation)
+            return y[:, :, :t], x[:, :, t - self.context:]
         full = F.pad(x, (self.context, 0)) if cache is None else torch.cat([cache, x], dim=2)
-        new_cache = full[:, :, full.shape[2] - self.context:]
-        return super().forward(full), new_cache
+        return super().forward(full), full[:, :, full.shape[2] - self.context:]
 
 
 class CausalBlock1D(nn.Module):
@@ -151,7 +157,9 @@ class CausalBlock1D(nn.Module):
 
 
 class CausalResnetBlock1D(nn.Module):
-    """Two causal blocks with an additive time embedding and a 1x1 residual projection."""
+    """Two causal blocks with an additive time embedding and a 1x1 residual projection.
+    ``mlp`` is Mish -> Linear (CosyVoice 2's layout); the estimator applies the Mish once for
+    all its blocks and hands them the result (:meth:`forward`'s ``time_act``)."""
 
     def __init__(self, dim: int, dim_out: int, time_emb_dim: int):
         super().__init__()
@@ -164,11 +172,12 @@ class CausalResnetBlock1D(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
-        time_emb: torch.Tensor,
+        time_act: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Args:
-            x: ``(B, C, T)``; mask: ``(B, 1, T)`` or None (all real); time_emb: ``(B, E)``.
+            x: ``(B, C, T)``; mask: ``(B, 1, T)`` or None (all real).
+            time_act: ``(B, E)``, the time embedding after ``mlp[0]`` (Mish).
             cache: the two conv caches, or None.
 
         Returns:
@@ -176,7 +185,7 @@ class CausalResnetBlock1D(nn.Module):
         """
         c1, c2 = cache if cache is not None else (None, None)
         h, c1 = self.block1(x, mask, c1)
-        h = h + self.mlp(time_emb).unsqueeze(-1)
+        h = h + self.mlp[1](time_act).unsqueeze(-1)
         h, c2 = self.block2(h, mask, c2)
         return h + self.res_conv(masked(x, mask)), (c1, c2)
 

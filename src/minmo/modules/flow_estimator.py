@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
 
@@ -136,14 +137,14 @@ class ConditionalEstimator(nn.Module):
     def _stage(
         x: torch.Tensor,
         mask: torch.Tensor | None,
-        temb: torch.Tensor,
+        time_act: torch.Tensor,
         bias: torch.Tensor,
         resnet: CausalResnetBlock1D,
         blocks: nn.ModuleList,
         cur: _Cursor,
     ) -> torch.Tensor:
         old = (cur.conv(resnet.block1.block[0].in_channels), cur.conv(resnet.block2.block[0].in_channels))
-        x, (c1, c2) = resnet(x, mask, temb, None if cur.old is None else old)
+        x, (c1, c2) = resnet(x, mask, time_act, None if cur.old is None else old)
         cur.convs += [c1, c2]
         h = x.transpose(1, 2)
         for block in blocks:
@@ -178,19 +179,20 @@ class ConditionalEstimator(nn.Module):
             ``(B, n_mels, T)`` velocity and the cache of these ``T`` frames (append it to
             ``cache`` with :meth:`EstimatorCache.extend`).
         """
-        temb = self.time_mlp(sinusoidal_time_embedding(t, self.in_channels).to(x.dtype))
+        # the Mish every ResNet block's time projection starts with, once for all of them
+        time_act = F.mish(self.time_mlp(sinusoidal_time_embedding(t, self.in_channels).to(x.dtype)))
         h = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
         cur = _Cursor(cache)
 
         resnet, blocks, downsample = self.down_blocks[0]
-        h = self._stage(h, mask, temb, bias, resnet, blocks, cur)
+        h = self._stage(h, mask, time_act, bias, resnet, blocks, cur)
         skip = h
         h, c = downsample(masked(h, mask), cur.conv(downsample.in_channels))
         cur.convs.append(c)
         for resnet, blocks in self.mid_blocks:
-            h = self._stage(h, mask, temb, bias, resnet, blocks, cur)
+            h = self._stage(h, mask, time_act, bias, resnet, blocks, cur)
         resnet, blocks, upsample = self.up_blocks[0]
-        h = self._stage(torch.cat([h, skip], dim=1), mask, temb, bias, resnet, blocks, cur)
+        h = self._stage(torch.cat([h, skip], dim=1), mask, time_act, bias, resnet, blocks, cur)
         h, c = upsample(masked(h, mask), cur.conv(upsample.in_channels))
         cur.convs.append(c)
         h, c = self.final_block(h, mask, cur.conv(self.final_block.block[0].in_channels))
