@@ -224,10 +224,7 @@ class Engine:
         chunks = {s.id: s.take_audio() for s in live}
         self._vad(live, chunks)
         self._listen(live, chunks)
-        if self.cfg.speculate:
-            for s in live:
-                if not s.closed and s.can_draft():
-                    self._guard(s, s.draft_reply)
+        self._draft(live)
         self._generate(live)
         self.metrics.set_sessions(len(self.sessions))
 
@@ -298,6 +295,14 @@ class Engine:
             for s, fr in zip(group, frames):
                 for f in fr:
                     self._guard(s, s.on_frame, f, self.decision_hook)
+
+    def _draft(self, live: list[RealtimeSession]) -> None:
+        """Speculative replies: sessions whose user has gone quiet start answering now."""
+        if not self.cfg.speculate:
+            return
+        for s in live:
+            if not s.closed and s.can_draft():
+                self._guard(s, s.draft_reply)
 
     def _generate(self, live: list[RealtimeSession]) -> None:
         jobs, owners = [], []
