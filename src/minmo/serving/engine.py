@@ -8,13 +8,13 @@ Each tick:
    forward over all sessions' new speech frames, then the duplex predictor) -> per-frame
    turn decisions (:meth:`RealtimeSession.on_frame`); a session whose frames could not
    change anything (the assistant speaking, no VAD event) holds its audio up to
-   ``defer_listening_s`` and feeds it in one pass; a session whose user has gone quiet
-   starts its reply speculatively (``speculate``: a draft, taken or dropped at the turn
-   decision);
-4. generation: the live reply and transcript jobs of *all* sessions advance together
+   ``defer_listening_s`` and feeds it in one pass;
+4. drafts: a session whose user has gone quiet (the silence a commit keeps) starts its
+   reply speculatively (``speculate``), taken or dropped at the turn decision;
+5. generation: the live reply, draft and transcript jobs of *all* sessions advance together
    (:func:`minmo.inference.pipeline.step_jobs`: one batched LLM step, batched voice-LM
    steps, token2wav chunks), unless a session's client is not reading (back-pressure);
-5. housekeeping: closed sessions are dropped (their state freed), metrics updated.
+6. housekeeping: closed sessions are dropped (their state freed), metrics updated.
 
 State lives in the sessions; the runtime (model) is shared and read-only. The asyncio side
 talks to the engine only through :meth:`Engine.submit` (thread-safe) and the per-session
