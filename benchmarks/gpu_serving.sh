@@ -10,6 +10,10 @@ source "$(dirname "$0")/gpu_common.sh"
 run() {  # run TIMEOUT ARGS...
   run_logged "$out/serving_gpu.log" "$1" $py -m minmo.cli.main "${@:2}"
 }
+if $py -c "import pytest" 2>/dev/null; then  # the GPU-only tests first (seconds)
+  run_logged "$out/serving_gpu.log" 240 $py -m pytest -q -p no:cacheprovider \
+    tests/test_cuda_serving.py tests/test_cuda_graphs.py
+fi
 run 240 bench modules --model minmo-small --device cuda --threads 4
 run 420 bench serve --model minmo-small --device cuda --threads 4 --levels 1,2,4,8 \
   --rounds 2 --json "$out/serving_gpu.json"

@@ -75,9 +75,12 @@ class TextStepOut:
 
 def sample_text(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> int:
-    """Greedy (``temperature <= 0``) or nucleus sampling from ``(V,)`` logits."""
+    """Greedy (``temperature <= 0``) or nucleus sampling from ``(V,)`` logits (on the
+    generator's device: a session's sampler lives on the CPU whatever the model's device)."""
     if temperature <= 0:
         return int(logits.argmax())
+    if generator is not None and logits.device != generator.device:
+        logits = logits.to(generator.device)
     probs = (logits.float() / temperature).softmax(-1)
     p, idx = probs.sort(descending=True)
     keep = (p.cumsum(0) - p) < top_p

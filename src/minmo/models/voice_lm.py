@@ -166,7 +166,10 @@ class VoiceTokenLM(nn.Module):
                allow_eos: bool = True, greedy: bool = False) -> int:
         """Repetition-aware sampling (top-p/top-k nucleus; if the sampled token occurs in the
         last ``ras_window`` tokens more than ``ras_tau * window`` times, resample from the
-        full distribution). ``logits``: ``(V,)``."""
+        full distribution). ``logits``: ``(V,)``, moved to ``generator``'s device (a
+        session's sampler lives on the CPU whatever the model's device)."""
+        if generator is not None and logits.device != generator.device:
+            logits = logits.to(generator.device)
         logits = logits.clone()
         if not allow_eos:
             logits[self.eos_id] = float("-inf")
