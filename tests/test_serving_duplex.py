@@ -5,6 +5,7 @@ a fuzz of hostile frames, and a client vanishing mid-response."""
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -532,3 +533,26 @@ def test_a_client_event_drops_the_draft_and_the_conversation_is_as_before(rt, tm
     assert len(chat.pending) == before[2] + 1 and chat.items[-1].text == "hi"
     engine.tick()  # the turn is still open and silent: a new draft answers both items
     assert s.draft is not None and engine.metrics.counters["drafts_started"] == 2
+
+
+def test_drafts_wait_for_the_silence_a_commit_keeps_and_at_least_100_ms(rt):
+    """A draft needs the silence a commit keeps (min(silence_duration_ms, 100)) and at least
+    `draft_silence_ms`: with a short silence_duration_ms it would otherwise start (and be
+    dropped) at every gap between words."""
+    engine = Engine(rt, EngineConfig(vocoder_thread=False))
+    engine.reserve()
+    engine.open(lambda ev: None)
+    engine.tick()
+    (s,) = engine.sessions.values()
+    s.turn.open, s.turn_start, s.heard = True, 0, 16000
+
+    def ready(silence_ms, td_ms=None):
+        if td_ms is not None:
+            s.settings.turn_detection.silence_duration_ms = td_ms
+        s.clock = s.heard + silence_ms * 16
+        return s.can_draft()
+
+    assert not ready(99) and ready(100)  # default silence_duration_ms 500: 100 ms kept
+    assert not ready(60, td_ms=40) and not ready(99) and ready(100)  # 40 ms kept, 100 heard
+    s.limits = dataclasses.replace(s.limits, draft_silence_ms=300)
+    assert not ready(299) and ready(300)

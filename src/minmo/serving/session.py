@@ -71,6 +71,7 @@ class SessionLimits:
     transcript_lead_s: float = 2.0  # input transcripts wait while a reply has less audio ahead
     turns: TurnPolicy = field(default_factory=TurnPolicy)  # who decides turns, and when
     min_commit_ms: int = 100
+    draft_silence_ms: int = 100  # silence heard before a reply is drafted (and the commit's)
 
 
 @dataclass
@@ -528,16 +529,19 @@ class RealtimeSession:
     def can_draft(self) -> bool:
         """Whether to start answering the open user turn now, before it is committed: the
         VAD has heard as much silence after the user's last speech as a commit keeps
-        (:func:`commit_tail`), so the audio a commit would take is known. If
-        the turn is committed with exactly that audio, the reply is already under way
-        (the same reply: its inputs are the same); if the user goes on, or anything else
-        happens first, it is dropped and the conversation rewound. The turn decision
-        itself waits as before (predictor frames, VAD silence)."""
+        (:func:`commit_tail`), so the audio a commit would take is known, and at least
+        ``SessionLimits.draft_silence_ms`` (a short ``silence_duration_ms`` would otherwise
+        draft at every gap between words). If the turn is committed with exactly that
+        audio, the reply is already under way (the same reply: its inputs are the same); if
+        the user goes on, or anything else happens first, it is dropped and the
+        conversation rewound. The turn decision itself waits as before (predictor frames,
+        VAD silence)."""
         td = self.settings.turn_detection
         if (td is None or not td.create_response or self.draft is not None or self.responding
                 or not self.turn.open or self.heard <= self.turn_start or self.speaking()):
             return False
-        return self.clock >= self.heard + commit_tail(td)
+        wait = max(commit_tail(td), self.limits.draft_silence_ms * SR // 1000)
+        return self.clock >= self.heard + wait
 
     def draft_reply(self) -> None:
         """Start the reply :meth:`can_draft` allows; its events are held until it is taken."""
