@@ -38,32 +38,42 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="the server's --defer-listening (0: listen every tick)")
     s.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=True,
                    help="the server's --speculate (default on)")
-    s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
-    s.add_argument("--max-text-tokens", type=int, default=24)
-    s.add_argument("--max-speech-tokens", type=int, default=150)
-    s.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE")
+    s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
+                   help="the server's speech decoder (placeholder: tones, to time the rest)")
+    s.add_argument("--max-text-tokens", type=int, default=24, help="reply cap (default 24)")
+    s.add_argument("--max-speech-tokens", type=int, default=150,
+                   help="reply speech cap, 25 per second (default 150)")
+    s.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE",
+                   help=f"write the table into this markdown file's Serving section "
+                   f"(default {DOCS})")
     s.add_argument("--json", default=None, help="also write the results as JSON here")
     s.set_defaults(func=run_serve)
     m = bsub.add_parser("modules", help="per-module latency of the serving path")
-    m.add_argument("--model", default="tiny")
-    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--model", default="tiny", help="model directory or preset (default tiny)")
+    m.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (VAD stays on the CPU)")
-    m.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
-    m.add_argument("--repeats", type=int, default=20)
-    m.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE")
+    m.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
+                   help="speech decoder to time (default: the model's)")
+    m.add_argument("--repeats", type=int, default=20, help="timed runs per module (default 20)")
+    m.add_argument("--write-docs", nargs="?", const=DOCS, default=None, metavar="FILE",
+                   help=f"write the table into this markdown file (default {DOCS})")
     m.set_defaults(func=run_modules)
     t = bsub.add_parser("token2wav", help="streaming token2wav benchmark (speech generation)",
                         description="Runs benchmarks/bench_token2wav.py (the speech-generation "
                         "benchmark) with these options.")
-    t.add_argument("--model", default="tiny")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--tokens", type=int, default=150)
-    t.add_argument("--chunk", type=int, default=15)
-    t.add_argument("--steps", type=int, default=10)
-    t.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal"])
-    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--model", default="tiny",
+                   help="model preset or YAML (default tiny; minmo-7b: CosyVoice 2 shapes)")
+    t.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype (default fp32)")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    t.add_argument("--tokens", type=int, default=150,
+                   help="speech tokens streamed, 25 per second (default 150)")
+    t.add_argument("--chunk", type=int, default=15, help="tokens fed per step (default 15)")
+    t.add_argument("--steps", type=int, default=10, help="Euler steps (default 10)")
+    t.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal"],
+                   help="flow attention mask (default chunk)")
+    t.add_argument("--repeats", type=int, default=3, help="timed streams (default 3)")
     t.add_argument("--cuda-graphs", action="store_true",
                    help="replay the flow solve and the vocoder as CUDA graphs (CUDA only)")
     t.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA fp32)")

@@ -20,13 +20,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory or preset (see minmo serve)")
     p.add_argument("--text-only", action="store_true", help="reply in text only (no speech)")
     p.add_argument("--no-transcript", action="store_true", help="skip the transcription pass")
-    p.add_argument("--max-text-tokens", type=int, default=200)
-    p.add_argument("--max-speech-tokens", type=int, default=1500)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto")
+    p.add_argument("--max-text-tokens", type=int, default=200,
+                   help="reply length limit in text tokens (default 200)")
+    p.add_argument("--max-speech-tokens", type=int, default=1500,
+                   help="reply speech limit in speech tokens, 25 per second (default 1500)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="text sampling temperature (0: greedy, the default)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampler seed (speech tokens are sampled; same seed, same reply)")
+    p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
+                   help="speech decoder: the model's token2wav (auto), or placeholder tones "
+                   "(fast; only for checking the plumbing)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: half the cores, at least 1)")
     p.set_defaults(func=run)

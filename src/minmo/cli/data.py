@@ -22,11 +22,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--hours", type=float, required=True, help="hours of audio to make")
     synth.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0,
+                       help="corpus seed: texts, voices and draws (default 0)")
     synth.add_argument("--shard-seconds", type=float, default=60.0,
                        help="audio per shard (the unit of resumption)")
-    synth.add_argument("--test-fraction", type=float, default=0.05)
-    synth.add_argument("--valid-fraction", type=float, default=0.03)
+    synth.add_argument("--test-fraction", type=float, default=0.05,
+                       help="share of texts held out for the test split (default 0.05)")
+    synth.add_argument("--valid-fraction", type=float, default=0.03,
+                       help="share of texts held out for the validation split (default 0.03)")
     synth.add_argument("--languages", default=None,
                        help="comma-separated sentence languages (default: all: "
                             "en,de,fr,es,it,pt,nl)")
@@ -79,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     aug.add_argument("manifests", nargs="+", help="jsonl files or directories")
     aug.add_argument("--out", required=True, help="output directory (audio/ and one .jsonl "
                                                   "per input manifest)")
-    aug.add_argument("--seed", type=int, default=0)
+    aug.add_argument("--seed", type=int, default=0,
+                     help="augmentation seed (with each row's id: the same copies again)")
     aug.add_argument("--prob", type=float, default=1.0, help="share of clips changed")
     aug.add_argument("--speed", default="1.0", help="comma-separated speed factors, one drawn "
                                                     "per clip (e.g. 0.9,1.0,1.1)")

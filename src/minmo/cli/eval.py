@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "meta.lst, or QA jsonl")
     parser.add_argument("--target-data", default=None,
                         help="fleurs: TSV of the target language (speech translation)")
-    parser.add_argument("--fleurs-task", default="asr", choices=("asr", "s2tt", "lid"))
+    parser.add_argument("--fleurs-task", default="asr", choices=("asr", "s2tt", "lid"),
+                        help="fleurs: speech recognition, speech translation (with "
+                        "--target-data) or language identification (default asr)")
     parser.add_argument("--split", default=None, help="manifest: keep rows of this split")
     parser.add_argument("--limit", type=int, default=None,
                         help="first N items (file order) of every task")
@@ -48,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"),
                         default="auto", help="speech decoder of the model (placeholder: tones, "
                         "fast; only for checking the plumbing)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

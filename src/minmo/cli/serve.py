@@ -21,17 +21,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="model directory (model.yaml + model.safetensors, or a training run) "
                    "or preset name (tiny, minmo-7b, ...); default: embedded minmo-small")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("MINMO_API_KEY"),
                    help="require this key (Authorization: Bearer KEY); env MINMO_API_KEY")
-    p.add_argument("--max-sessions", type=int, default=16)
-    p.add_argument("--max-message-bytes", type=int, default=2 * 1024 * 1024)
+    p.add_argument("--max-sessions", type=int, default=16,
+                   help="concurrent sessions; more are refused (default 16)")
+    p.add_argument("--max-message-bytes", type=int, default=2 * 1024 * 1024,
+                   help="largest WebSocket message a client may send (default 2 MiB)")
     p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds without client "
                    "events before a session is closed")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the engine (default: half the cores, at least 1)")
-    p.add_argument("--max-text-tokens", type=int, default=200)
-    p.add_argument("--max-speech-tokens", type=int, default=1500)
+    p.add_argument("--max-text-tokens", type=int, default=200,
+                   help="reply length limit in text tokens (default 200; a client's "
+                   "max_output_tokens can lower it)")
+    p.add_argument("--max-speech-tokens", type=int, default=1500,
+                   help="reply speech limit in speech tokens, 25 per second (default 1500)")
     p.add_argument("--temperature", type=float, default=0.0, help="text sampling (0: greedy)")
     p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder: token2wav (flow + HiFT) or placeholder tones")

@@ -23,10 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. flow.path=runs/flow.safetensors (repeatable)")
     tts.add_argument("--speaker-wav", help="16 kHz reference voice for the speaker embedding (else the assistant's fixed embedding)")
-    tts.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal", "non_causal"])
+    tts.add_argument("--mask", default="chunk", choices=["chunk", "chunk2", "full_causal", "non_causal"],
+                     help="flow attention mask (default chunk: what streaming uses)")
     tts.add_argument("--stream", action="store_true", help="decode through the streaming path (15-token steps)")
     tts.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
-    tts.add_argument("--device", default="cpu")
+    tts.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     tts.set_defaults(func=run_tts)
 
     tok = subparsers.add_parser("tokenize", help="fill speech_tokens into a manifest with the speech tokenizer",
@@ -38,10 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tok.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     tok.add_argument("--field", default="target_audio", choices=["target_audio", "audio"],
                      help="which audio to tokenise (default: the assistant's target_audio)")
-    tok.add_argument("--batch-size", type=int, default=16)
+    tok.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
     tok.add_argument("--allow-random", action="store_true",
                      help="run with random tokenizer weights when speech_tokenizer.path is unset (tests)")
-    tok.add_argument("--device", default="cpu")
+    tok.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     tok.set_defaults(func=run_tokenize)
 
 
