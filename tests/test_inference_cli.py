@@ -116,3 +116,23 @@ def test_modules_benchmark_runs_every_row_on_the_named_device():
             "silero VAD", "reply (one turn)"} <= modules
     assert all(r[2] > 0 for r in rows)
     assert modules_table(rows).count("\n") == len(rows) + 1
+
+
+def test_every_cli_option_explains_itself():
+    """`minmo ... --help` gives every option a line of help (what it does, its default)."""
+    import argparse
+
+    from minmo.cli.main import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, path + [name])
+            elif action.option_strings and not action.help and action.help != argparse.SUPPRESS:
+                missing.append(" ".join(path + action.option_strings[-1:]))
+
+    walk(build_parser(), ["minmo"])
+    assert not missing, f"options without help: {missing}"
