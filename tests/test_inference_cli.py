@@ -131,8 +131,8 @@ def test_every_cli_option_explains_itself():
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     walk(sub, path + [name])
-            elif action.option_strings and not action.help and action.help != argparse.SUPPRESS:
-                missing.append(" ".join(path + action.option_strings[-1:]))
+            elif not action.help:
+                missing.append(" ".join(path + (action.option_strings[-1:] or [action.dest])))
 
     walk(build_parser(), ["minmo"])
     assert not missing, f"options without help: {missing}"

@@ -64,7 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     check.add_argument("--max-bad", type=int, default=200, help="bad rows to list")
 
     imp = sub.add_parser("import", help="write a manifest for an existing corpus")
-    imp.add_argument("format", choices=["librispeech", "common_voice", "folder", "jsonl"])
+    imp.add_argument("format", choices=["librispeech", "common_voice", "folder", "jsonl"],
+                     help="the corpus layout: LibriSpeech split dir, Common Voice TSV, a folder "
+                     "of wav + txt pairs, or paper-style jsonl")
     imp.add_argument("source", help="LibriSpeech dir | Common Voice TSV | folder | jsonl file")
     imp.add_argument("--out", required=True, help="manifest to write (.jsonl)")
     imp.add_argument("--split", default=None, help="value of the rows' 'split' field")
