@@ -136,3 +136,15 @@ def test_every_cli_option_explains_itself():
 
     walk(build_parser(), ["minmo"])
     assert not missing, f"options without help: {missing}"
+
+
+def test_serve_on_a_busy_port_fails_at_once_with_the_fix(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["serve", "--model", "tiny", "--port", str(port)])
+    assert rc == 2
+    assert f"127.0.0.1:{port} is in use" in capsys.readouterr().err

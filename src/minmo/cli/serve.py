@@ -69,6 +69,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound (checked before the model loads, so a busy port
+    fails at once instead of after the load)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -79,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from minmo.serving.session import SessionLimits
     from minmo.serving.turns import TurnPolicy
 
+    if not _port_free(args.host, args.port):
+        print(f"minmo serve: error: {args.host}:{args.port} is in use (another server?); "
+              "choose another with --port", file=sys.stderr)
+        return 2
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
     rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder)
     if rt.info.warning:
