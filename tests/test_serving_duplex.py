@@ -556,3 +556,47 @@ def test_drafts_wait_for_the_silence_a_commit_keeps_and_at_least_100_ms(rt):
     assert not ready(60, td_ms=40) and not ready(99) and ready(100)  # 40 ms kept, 100 heard
     s.limits = dataclasses.replace(s.limits, draft_silence_ms=300)
     assert not ready(299) and ready(300)
+
+
+def _ticked_long_turn(rt, tmp, speculate):
+    """A turn cut by `max_turn_seconds` just after the user stops: the cut commits audio up to
+    its frame, not the VAD's last speech + 100 ms, so a draft (started at 100 ms of silence)
+    answers other audio than the commit."""
+    from minmo.serving.session import SessionLimits
+    from minmo.serving.turns import TurnPolicy
+
+    wave = speech_24k("Tell me about the sea.", tmp, tail=1.0)
+    voiced_end = np.nonzero(np.abs(wave) > 0.02)[0][-1] / 24000
+    limits = SessionLimits(turns=TurnPolicy.for_model(rt.model.cfg),
+                           max_turn_seconds=float(voiced_end) + 0.25)
+    gen = GenerationConfig(max_text_tokens=12, max_speech_tokens=45, transcribe_max_tokens=4)
+    engine = Engine(rt, EngineConfig(vocoder_thread=False, speculate=speculate), gen=gen,
+                    limits=limits)
+    events = []
+    ids = {"event_id", "item_id", "response_id", "previous_item_id", "item", "response", "session"}
+    engine.reserve()
+    engine.open(lambda ev: events.append((ev["type"], {k: v for k, v in ev.items()
+                                                       if k not in ids})))
+    engine.tick()
+    (s,) = engine.sessions.values()
+    pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+    for k in range(0, pcm.size, 960):
+        engine.submit(s.id, "audio", pcm[k:k + 960])
+        engine.tick()
+    for _ in range(500):
+        if "response.done" in [t for t, _ in events]:
+            break
+        engine.submit(s.id, "audio", np.zeros(960, np.int16))
+        engine.tick()
+    return events, dict(engine.metrics.counters)
+
+
+def test_a_commit_of_other_audio_drops_the_draft(rt, tmp):
+    """The draft is taken only when the commit takes exactly its audio: a turn cut at
+    `max_turn_seconds` during the silence drops it and answers the committed audio, the same
+    events as without speculation."""
+    plain, _ = _ticked_long_turn(rt, tmp, speculate=False)
+    drafted, counts = _ticked_long_turn(rt, tmp, speculate=True)
+    assert counts["drafts_started"] >= 1 and counts.get("drafts_taken", 0) == 0
+    assert drafted == plain
+    assert [t for t, _ in plain].count("response.created") == 1
