@@ -544,7 +544,7 @@ def test_drafts_wait_for_the_silence_a_commit_keeps_and_at_least_100_ms(rt):
     engine.open(lambda ev: None)
     engine.tick()
     (s,) = engine.sessions.values()
-    s.turn.open, s.turn_start, s.heard = True, 0, 16000
+    s.turn.open, s.turn_start, s.gate.last_speech_sample = True, 0, 16000
 
     def ready(silence_ms, td_ms=None):
         if td_ms is not None:

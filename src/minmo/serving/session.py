@@ -197,7 +197,6 @@ class RealtimeSession:
         self.speech_end_wall: float | None = None
         self.job: P.ResponseJob | None = None
         self.draft: Draft | None = None
-        self.heard = 0  # end of the VAD's last speech window (ahead of the frames' turn state)
         self.resp: dict[str, Any] = {}
         self.transcripts: list[tuple[P.ResponseJob, str]] = []
         self.playback = Playback()
@@ -243,6 +242,11 @@ class RealtimeSession:
         """Assistant audible at ``sample`` (default: now), by the playback clock."""
         at = self.clock if sample is None else sample
         return self.playback.audible(at, self.limits.echo_tail_ms * SR // 1000)
+
+    @property
+    def heard(self) -> int:
+        """End of the VAD's last speech window (ahead of the frames' turn state)."""
+        return self.gate.last_speech_sample
 
     def live_jobs(self) -> list[P.ResponseJob]:
         """The jobs to advance now: the reply, a draft that still wants steps, and the input
@@ -455,13 +459,11 @@ class RealtimeSession:
         if td is None:
             return
         self.gate.silence_ms = td.silence_duration_ms
-        events = self.gate.feed(prob, window_end, td.threshold, self.limits.echo_threshold,
-                                echo=self.speaking(window_end) or self.responding)
-        if any(kind == "speech" for kind, _ in events):
-            self.heard = window_end
-            if self.draft is not None and window_end > self.draft.heard:
-                self.drop_draft()  # the user goes on: the draft answers too little
-        self.vad_events += events
+        self.vad_events += self.gate.feed(prob, window_end, td.threshold,
+                                          self.limits.echo_threshold,
+                                          echo=self.speaking(window_end) or self.responding)
+        if self.draft is not None and self.heard > self.draft.heard:
+            self.drop_draft()  # the user goes on: the draft answers too little
 
     def on_frame(self, frame: DuplexFrame, hook: DecisionHook | None) -> None:
         """Turn-taking for one LLM frame (see module docstring)."""
