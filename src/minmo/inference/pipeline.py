@@ -318,19 +318,20 @@ class ResponseJob:
         """Stop now: no further events; the conversation keeps what was said so far."""
         if self.finished:
             return
-        self.text.cancel()
-        if self.voice is not None:
-            self.voice.cancel()
-        self.status = "cancelled"
+        self._stop("cancelled")
         self._close(rt)
 
     def discard(self) -> None:
         """Stop without a trace in the conversation: the caller rewinds it
         (:func:`rewind_chat`) to where it stood before this job started."""
+        self._stop("discarded")
+        self.finished = True
+
+    def _stop(self, status: str) -> None:
         self.text.cancel()
         if self.voice is not None:
             self.voice.cancel()
-        self.status, self.finished = "discarded", True
+        self.status = status
 
     def _mark(self, name: str) -> None:
         self.timings.setdefault(name, time.perf_counter() - self.t0)
