@@ -111,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
                                  predictor_stop=args.predictor_stop)
     if args.barge_in_ms is not None:
         turns = dataclasses.replace(turns, barge_in_ms=args.barge_in_ms)
+    limits = SessionLimits(turns=turns)
     engine = Engine(rt, EngineConfig(max_sessions=args.max_sessions, threads=threads,
                                      defer_listening_s=args.defer_listening,
                                      speculate=args.speculate),
-                    gen=gen, limits=SessionLimits(turns=turns)).start()
+                    gen=gen, limits=limits).start()
     app = create_app(engine, ServerConfig(api_key=args.api_key,
                                           max_message_bytes=args.max_message_bytes,
                                           idle_timeout_s=args.idle_timeout))
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
           f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'} ("
           + (f"answers after {turns.respond_silence_ms:.0f} ms of silence; " if trust else "")
           + f"barge-in: {barge}"
-          + ("; replies start at 100 ms of silence, speculatively" if args.speculate else "")
+          + (f"; replies start at {limits.draft_silence_ms} ms of silence, speculatively"
+             if args.speculate else "")
           + "); "
           f"page http://{args.host}:{args.port}/  realtime ws://{args.host}:{args.port}/v1/realtime"
           + ("  (API key required)" if args.api_key else ""), file=sys.stderr, flush=True)
