@@ -10,7 +10,8 @@ Definitions:
   trailing silence is streamed after it, in real time, and more silence until the reply is
   done: the microphone stays open, so the server keeps listening while it speaks);
 * *first audio*: the wall time the first ``response.output_audio.delta`` arrived; the
-  latency therefore includes the VAD's ``silence_duration_ms``;
+  latency therefore includes the silence the server waits for before it answers (the VAD
+  rule's ``silence_duration_ms``, or a trusted duplex predictor's shorter wait);
 * *real time*: every session got its reply, each audio chunk arrived before a player started
   at the first chunk would need it (underrun at most ``slack_s``), and the p95 latency stays
   conversational (at most ``max_p95_s``, 1.5 s: the server keeps up with the microphones).
