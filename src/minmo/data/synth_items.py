@@ -50,6 +50,7 @@ class ItemContext:
         mbrola: draw half the user speakers from MBROLA voices.
         flite: draw a third of the user speakers from flite voices (English).
         piper: draw half the user speakers from Piper voices (English).
+        kokoro: draw half the user speakers from Kokoro voices (English).
         texts: the lines of ``--text-file`` by split (:func:`texts_by_split`), for the
             ``text`` kind.
         text_language: language of those lines.
@@ -65,6 +66,7 @@ class ItemContext:
     mbrola: bool = False
     flite: bool = False
     piper: bool = False
+    kokoro: bool = False
     texts: dict[str, list[str]] | None = None
     text_language: str = "en"
 
@@ -116,7 +118,7 @@ def _save(ctx: ItemContext, suffix: str, wave: np.ndarray, rate: int) -> tuple[s
 
 def _user_speaker(ctx: ItemContext, language: str) -> Speaker:
     return random_speaker(ctx.rng, language, ctx.split, mbrola=ctx.mbrola, flite=ctx.flite,
-                          piper=ctx.piper)
+                          piper=ctx.piper, kokoro=ctx.kokoro)
 
 
 def user_level(rng: random.Random) -> float:
