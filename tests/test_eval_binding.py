@@ -58,6 +58,31 @@ def test_speech_to_text_returns_text(model: MinMoEvalModel) -> None:
     assert model.describe()["random_weights"] is True
 
 
+def test_ctc_weight_holds_asr_transcripts_to_the_frames(model: MinMoEvalModel,
+                                                       monkeypatch) -> None:
+    from minmo.inference.ctc_prefix import CtcPrefixScorer
+
+    chosen: list[int] = []
+    choose = CtcPrefixScorer.choose
+
+    def counting(self, logits, stop_ids):
+        chosen.append(choose(self, logits, stop_ids))
+        return chosen[-1]
+
+    monkeypatch.setattr(CtcPrefixScorer, "choose", counting)
+    item = EvalItem("x", "asr", None, "hello", "en")
+    greedy = model.speech_to_text("asr", speech(0.6), SR, item)
+    assert chosen == []  # off by default
+    joint = MinMoEvalModel(model.rt, "tiny", transcript_ctc_weight=0.0)
+    assert joint.speech_to_text("asr", speech(0.6), SR, item) == greedy  # 0 is off
+    joint.transcript_ctc_weight = 0.5
+    out = joint.speech_to_text("asr", speech(0.6), SR, item)
+    assert chosen and out == model.rt.decode(chosen)  # every token chosen by the scorer
+    chosen.clear()
+    joint.speech_to_text("lid", speech(0.6), SR, EvalItem("y", "lid", None, "English", "en"))
+    assert chosen == []  # only transcripts: other tasks' text is not what the frames say
+
+
 def test_spoken_reply_and_tts_respect_limits(model: MinMoEvalModel) -> None:
     item = EvalItem("q", "s2s_chat", None, "four", "en")
     reply = model.spoken_reply(speech(0.6), SR, item)

@@ -50,6 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"),
                         default="auto", help="speech decoder of the model (placeholder: tones, "
                         "fast; only for checking the plumbing)")
+    parser.add_argument("--ctc-weight", type=float, default=0.0,
+                        help="joint CTC/attention decoding of asr transcripts: the share of "
+                        "the input projector's CTC prefix score in each token's choice (0, "
+                        "the default: the LLM alone; docs/eval.md)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
               "independent judge: --asr-judge faster-whisper:tiny.en", file=sys.stderr)
     try:
         model = load_eval_model(args.model, args.device,
-                                max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder)
+                                max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder,
+                                transcript_ctc_weight=args.ctc_weight)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         if args.baseline == "cascade":
             from minmo.eval.model_binding import bind_cascade_baseline

@@ -88,9 +88,11 @@ class MinMoEvalModel:
     """:class:`~minmo.eval.adapters.EvalModel` over a MinMo runtime."""
 
     def __init__(self, runtime: Any, name: str, max_reply_seconds: float = 6.0,
-                 max_reply_text_tokens: int = 64, max_tts_seconds: float = 30.0):
+                 max_reply_text_tokens: int = 64, max_tts_seconds: float = 30.0,
+                 transcript_ctc_weight: float = 0.0):
         self.rt = runtime
         self.name = name
+        self.transcript_ctc_weight = transcript_ctc_weight  # joint CTC decoding of ``asr``
         self.max_reply_seconds = max_reply_seconds
         self.max_reply_text_tokens = max_reply_text_tokens
         self.max_tts_seconds = max_tts_seconds
@@ -149,21 +151,14 @@ class MinMoEvalModel:
 
     def speech_to_text(self, task: str, wave: np.ndarray, sample_rate: int,
                        item: EvalItem) -> str:
-        from minmo.inference.kv import KVStream
-        from minmo.inference.pipeline import GenerationConfig, ResponseJob, run_job
-        from minmo.inference.prompts import assistant_header_ids, system_ids, user_speech_ids
-        from minmo.inference.generate import TextStream
+        from minmo.inference.pipeline import GenerationConfig, new_transcription, run_job
 
         rt = self.rt
         wave = _to_16k(wave, sample_rate, rt.sample_rate_in)
-        speech = rt.encode_speech(wave)
-        before, after = user_speech_ids(rt.tok, task_instruction(task, item))
-        prompt = torch.cat([rt.embed_ids(system_ids(rt.tok, rt.model.cfg.system_prompt) + before),
-                            speech.to(rt.dtype),
-                            rt.embed_ids(after + assistant_header_ids(rt.tok))])
-        gen = GenerationConfig()
+        gen = GenerationConfig(transcribe_ctc_weight=self.transcript_ctc_weight)
         limit = TEXT_TOKEN_LIMITS.get(task, gen.transcribe_max_tokens)
-        job = ResponseJob(TextStream(KVStream(), prompt, limit), None, None, "transcript")
+        job = new_transcription(rt, rt.model.cfg.system_prompt, rt.encode_speech(wave), gen,
+                                task_instruction(task, item), limit)
         for _ in run_job(rt, job, gen):
             pass
         return job.emitted
@@ -332,7 +327,7 @@ class CascadeEvalModel(MinMoEvalModel):
 
 
 def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
-                     vocoder: str = "auto") -> EvalModel:
+                     vocoder: str = "auto", transcript_ctc_weight: float = 0.0) -> EvalModel:
     """Load ``spec`` (model directory, run directory or preset such as ``tiny``).
 
     Args:
@@ -340,12 +335,14 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
         device: torch device.
         max_reply_seconds: speech length limit of spoken replies.
         vocoder: speech decoder: ``auto``/``token2wav`` or ``placeholder``.
+        transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
 
     Raises:
         ModelUnavailableError: no loader in this build, or the model cannot be loaded.
     """
     return MinMoEvalModel(_load_runtime(spec, device, vocoder), spec,
-                          max_reply_seconds=max_reply_seconds)
+                          max_reply_seconds=max_reply_seconds,
+                          transcript_ctc_weight=transcript_ctc_weight)
 
 
 def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None) -> EvalModel:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from minmo.inference.ctc_prefix import CtcPrefixScorer
 from minmo.inference.kv import KVStream, grouped_forward
 from minmo.inference.runtime import MinMoRuntime
 
@@ -53,6 +54,7 @@ class TextStream:
     last_unfed: int | None = None
     finish_reason: str | None = None
     steps: int = 0
+    ctc: CtcPrefixScorer | None = None
 
     @property
     def done(self) -> bool:
@@ -97,7 +99,10 @@ def text_step(rt: MinMoRuntime, streams: list[TextStream]) -> list[TextStepOut]:
     outs = []
     for s, h, lg in zip(streams, last, logits):
         s.steps += 1
-        tok = sample_text(lg, s.temperature, s.top_p, s.generator)
+        if s.ctc is not None:
+            tok = s.ctc.choose(lg, rt.stop_ids)
+        else:
+            tok = sample_text(lg, s.temperature, s.top_p, s.generator)
         if tok in rt.stop_ids:
             s.finish_reason = "stop"
             s.last_unfed = None

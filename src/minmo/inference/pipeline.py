@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from minmo.inference.ctc_prefix import CtcPrefixScorer
 from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
 from minmo.inference.kv import KVStream, grouped_forward
 from minmo.inference.listen import ListenConfig, ListenState, new_listen_state
@@ -64,6 +65,8 @@ class GenerationConfig:
         fast_start: a reply's first speech chunk does not wait for scheduler ticks: its
             first ``n_sem + 1`` text tokens come in one :func:`step_jobs` call.
         transcribe_max_tokens: input-transcript length limit.
+        transcribe_ctc_weight: the CTC share of joint CTC/attention decoding of transcripts
+            (:mod:`minmo.inference.ctc_prefix`; 0: the LLM alone, greedy).
         seed: session generator seed (None: nondeterministic).
     """
 
@@ -75,6 +78,7 @@ class GenerationConfig:
     voice_steps: int = 15
     fast_start: bool = True
     transcribe_max_tokens: int = 96
+    transcribe_ctc_weight: float = 0.0
     seed: int | None = 0
 
 
@@ -386,6 +390,8 @@ def new_transcription(rt: MinMoRuntime, session_or_system: VoiceSession | str,
     prompt = torch.cat([rt.embed_ids(system_ids(rt.tok, system) + before), speech.to(rt.dtype),
                         rt.embed_ids(after + assistant_header_ids(rt.tok))])
     text = TextStream(KVStream(), prompt, max_tokens or gen.transcribe_max_tokens)
+    if gen.transcribe_ctc_weight > 0 and instruction == ASR_INSTRUCTION:
+        text.ctc = CtcPrefixScorer(rt.ctc_log_probs(speech), gen.transcribe_ctc_weight)
     return ResponseJob(text, None, None, "transcript")
 
 

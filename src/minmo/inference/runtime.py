@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from minmo.inference.vocoder import PlaceholderVocoder, SpeechDecoder
+from minmo.models import embedding_ctc
 from minmo.models.minmo import MinMo
 
 RANDOM_WEIGHTS_WARNING = "random weights — not a trained model"
@@ -87,6 +88,7 @@ class MinMoRuntime:
         self.stop_ids = frozenset(stop)
         self.sample_rate_in = model.cfg.frontend.sample_rate
         self.sample_rate_out = self.vocoder.sample_rate
+        self._ctc_vocabulary: torch.Tensor | None = None
 
     # ---- text side -------------------------------------------------------------------
 
@@ -101,6 +103,14 @@ class MinMoRuntime:
         return self.tok.decode(ids, skip_special_tokens=True)
 
     # ---- speech side -----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def ctc_log_probs(self, speech: torch.Tensor) -> torch.Tensor:
+        """``(F, H)`` speech embeddings -> ``(F, 1 + V)`` float32 CTC log-probabilities over
+        the LLM's vocabulary, on the CPU (``models/embedding_ctc.py``; class 0 blank)."""
+        if self._ctc_vocabulary is None:
+            self._ctc_vocabulary = self.model.ctc_vocabulary()
+        return embedding_ctc.ctc_log_probs(speech[None], self._ctc_vocabulary)[0].cpu()
 
     @property
     def llm_frame_seconds(self) -> float:
