@@ -499,23 +499,30 @@ def test_piper_voice_reads_espeak_ipa_in_the_voice_format(fake_piper):
     assert voice.phoneme_ids("ab,x") == [1, 0, 10, 0, 11, 0, 4, 0, 2]  # x: not in the voice
 
 
-def test_piper_speakers_follow_pitch_rate_and_seed(fake_piper):
-    import random
-
+def _onnx_voice_follows_pitch_and_rate(voice: str, native_rate: int, rate: int, gender: str):
+    """Checks shared by the ONNX engines (Piper, Kokoro): a higher pitch declares a higher
+    sample rate at the same length, the rate sets the length, emotions move both. Returns
+    ``say(emotion=None, **speaker_fields) -> (wave, sample_rate)`` for the voice."""
     text = "I left my umbrella on the train this morning."
 
     def say(emotion=None, **kw):
-        speaker = espeak.Speaker(**{"voice": "piper-joe", "variant": "", "pitch": 50,
-                                    "rate": espeak.PIPER_RATE, "language": "en",
-                                    "gender": "male", **kw})
+        speaker = espeak.Speaker(**{"voice": voice, "variant": "", "pitch": 50, "rate": rate,
+                                    "language": "en", "gender": gender, **kw})
         return espeak.synthesize(text, speaker, emotion)
 
     (mid, mid_rate), (high, high_rate) = say(), say(pitch=75)
-    assert mid_rate == FAKE_PIPER_RATE and high_rate == round(FAKE_PIPER_RATE * 2 ** 0.25)
+    assert mid_rate == native_rate and high_rate == round(native_rate * 2 ** 0.25)
     assert len(high) / high_rate == pytest.approx(len(mid) / mid_rate, rel=0.02)  # same length
     assert len(say(rate=130)[0]) == pytest.approx(len(say(rate=190)[0]) * 190 / 130, rel=0.02)
     assert say("happy")[1] > mid_rate > say("sad")[1]
+    return say
 
+
+def test_piper_speakers_follow_pitch_rate_and_seed(fake_piper):
+    import random
+
+    say = _onnx_voice_follows_pitch_and_rate("piper-joe", FAKE_PIPER_RATE, espeak.PIPER_RATE,
+                                             "male")
     espeak.reset_onnx_voices(5)
     first, second = say()[0], say()[0]
     espeak.reset_onnx_voices(5)
@@ -532,18 +539,26 @@ def test_piper_speakers_follow_pitch_rate_and_seed(fake_piper):
                 for i in range(50)])
 
 
-def test_piper_corpus_is_the_same_for_any_worker_count(tmp_path, fake_piper):
-    cfgs = [_cfg(tmp_path / f"w{n}", workers=n, piper=True, languages=["en"],
-                 kinds=["sentence"]) for n in (1, 2)]
+def _same_corpus_for_one_and_two_workers(tmp_path: Path, engine: str) -> tuple[set[str], set[str]]:
+    """An English corpus with ``engine`` on (``piper``, ``kokoro``), made by 1 and by 2
+    workers: the same bytes, the flag recorded. Returns the speaker ids of train/valid and
+    of test."""
+    cfgs = [_cfg(tmp_path / f"w{n}", workers=n, languages=["en"], kinds=["sentence"],
+                 **{engine: True}) for n in (1, 2)]
     for cfg in cfgs:
         synthesize_corpus(cfg, progress=False)
     one, two = (Path(c.out) for c in cfgs)
-    speakers = {r.get("speaker", "") for s in ("train", "valid") for r in _rows(one, s)}
-    assert any(s.startswith("piper-joe") for s in speakers)
-    assert not any(r["speaker"].startswith("piper-") for r in _rows(one, "test"))
     assert _digest(one) == _digest(two)
-    assert json.loads((one / "synth.json").read_text())["piper"] is True
-    assert "piper" not in _cfg(tmp_path / "plain").identity()  # older corpora stay resumable
+    assert json.loads((one / "synth.json").read_text())[engine] is True
+    assert engine not in _cfg(tmp_path / "plain").identity()  # older corpora stay resumable
+    seen = {r.get("speaker", "") for s in ("train", "valid") for r in _rows(one, s)}
+    return seen, {r["speaker"] for r in _rows(one, "test")}
+
+
+def test_piper_corpus_is_the_same_for_any_worker_count(tmp_path, fake_piper):
+    seen, test = _same_corpus_for_one_and_two_workers(tmp_path, "piper")
+    assert any(s.startswith("piper-joe") for s in seen)
+    assert not any(s.startswith("piper-") for s in test)
 
 
 def test_piper_missing_is_a_clear_error(tmp_path, monkeypatch):
@@ -633,20 +648,9 @@ def test_kokoro_speakers_blend_follow_pitch_rate_and_split(fake_kokoro):
     assert all((b[-1] > 0.5) == (g == "male") for (v, g), b in
                zip(espeak.KOKORO_VOICES["en"], blends.values()))
 
-    text = "I left my umbrella on the train this morning."
-
-    def say(emotion=None, **kw):
-        speaker = espeak.Speaker(**{"voice": "kokoro-06", "variant": "", "pitch": 50,
-                                    "rate": espeak.KOKORO_RATE, "language": "en",
-                                    "gender": "female", **kw})
-        return espeak.synthesize(text, speaker, emotion)
-
-    (mid, mid_rate), (high, high_rate) = say(), say(pitch=75)
-    assert mid_rate == espeak.KOKORO_SAMPLE_RATE
-    assert high_rate == round(espeak.KOKORO_SAMPLE_RATE * 2 ** 0.25)
-    assert len(high) / high_rate == pytest.approx(len(mid) / mid_rate, rel=0.02)  # same length
-    assert len(say(rate=130)[0]) == pytest.approx(len(say(rate=190)[0]) * 190 / 130, rel=0.02)
-    assert say("happy")[1] > mid_rate > say("sad")[1]
+    say = _onnx_voice_follows_pitch_and_rate("kokoro-06", espeak.KOKORO_SAMPLE_RATE,
+                                             espeak.KOKORO_RATE, "female")
+    mid = say()[0]
     assert np.array_equal(say()[0], mid)  # no noise: the same audio every time
     other = say(voice="kokoro-07")[0]
     assert np.abs(other).max() != pytest.approx(np.abs(mid).max(), rel=1e-3)
@@ -664,18 +668,11 @@ def test_kokoro_speakers_blend_follow_pitch_rate_and_split(fake_kokoro):
 
 
 def test_kokoro_corpus_is_the_same_for_any_worker_count(tmp_path, fake_kokoro):
-    cfgs = [_cfg(tmp_path / f"w{n}", workers=n, kokoro=True, languages=["en"],
-                 kinds=["sentence"]) for n in (1, 2)]
-    for cfg in cfgs:
-        synthesize_corpus(cfg, progress=False)
-    one, two = (Path(c.out) for c in cfgs)
-    speakers = {r.get("speaker", "") for s in ("train", "valid") for r in _rows(one, s)}
-    assert any(s.startswith("kokoro-") for s in speakers)
-    test_voices = {r["speaker"].rsplit("-p", 1)[0] for r in _rows(one, "test")}
-    assert not {v for v in test_voices if v.startswith("kokoro-")} - espeak.TEST_KOKORO_VOICES
-    assert _digest(one) == _digest(two)
-    assert json.loads((one / "synth.json").read_text())["kokoro"] is True
-    assert "kokoro" not in _cfg(tmp_path / "plain").identity()  # older corpora stay resumable
+    seen, test = _same_corpus_for_one_and_two_workers(tmp_path, "kokoro")
+    assert any(s.startswith("kokoro-") for s in seen)
+    test_voices = {s.rsplit("-p", 1)[0] for s in test if s.startswith("kokoro-")}
+    assert test_voices and not test_voices - espeak.TEST_KOKORO_VOICES
+    assert not {s.rsplit("-p", 1)[0] for s in seen} & espeak.TEST_KOKORO_VOICES
 
 
 def test_kokoro_model_is_joined_once_from_its_parts_and_checked(tmp_path, monkeypatch):
