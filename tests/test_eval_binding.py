@@ -78,6 +78,8 @@ def test_ctc_weight_holds_asr_transcripts_to_the_frames(model: MinMoEvalModel,
     joint.transcript_ctc_weight = 0.5
     out = joint.speech_to_text("asr", speech(0.6), SR, item)
     assert chosen and out == model.rt.decode(chosen)  # every token chosen by the scorer
+    assert joint.describe()["transcript_ctc_weight"] == 0.5  # results.json says so
+    assert "transcript_ctc_weight" not in model.describe()
     chosen.clear()
     joint.speech_to_text("lid", speech(0.6), SR, EvalItem("y", "lid", None, "English", "en"))
     assert chosen == []  # only transcripts: other tasks' text is not what the frames say

@@ -144,8 +144,12 @@ class MinMoEvalModel:
         return embedder.embed_features(speaker_features(audio)).numpy()
 
     def describe(self) -> dict[str, Any]:
-        """Provenance for ``results.json`` (random weights, placeholder vocoder, ...)."""
-        return self.rt.info.to_dict()
+        """Provenance for ``results.json`` (random weights, placeholder vocoder, joint CTC
+        decoding of transcripts when on, ...)."""
+        info = self.rt.info.to_dict()
+        if self.transcript_ctc_weight > 0:
+            info["transcript_ctc_weight"] = self.transcript_ctc_weight
+        return info
 
     # ---- speech in, text out -------------------------------------------------------------
 
