@@ -99,7 +99,8 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
-        for option in ("mbrola", "flite", "piper", "kokoro"):  # corpora made before it existed stay resumable
+        # an engine left off is not recorded: corpora made before it existed stay resumable
+        for option in ("mbrola", "flite", "piper", "kokoro"):
             if not d[option]:
                 d.pop(option)
         if d["kinds"] is None:
