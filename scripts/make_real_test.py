@@ -15,6 +15,13 @@ Without ``--sdist`` the source release is fetched with pip (``pip download --no-
 pocketsphinx==5.1.1``; PyPI only, 34 MB); nothing from it is kept but the clips and their
 transcripts. Output: ``DIR/asr.jsonl`` (rows of task ``asr``, split ``test``) and
 ``DIR/audio/*.wav``.
+
+``--alsa`` adds a second set, ``DIR/alsa.jsonl``: the eight channel names a woman says in the
+recordings Debian's ``alsa-utils`` carries for ``speaker-test`` ("Front left.", "Rear
+center.", ...; 48 kHz, resampled to 16 kHz), fetched with ``apt-get download alsa-utils``
+(or ``--alsa-deb``). Two-word phrases with no context: the kind of short utterance an
+assistant hears, and the one a model that leans on its text prior gets most wrong. It is kept
+apart from ``asr.jsonl`` so that figures on the eleven clips stay comparable.
 """
 
 from __future__ import annotations
@@ -92,19 +99,64 @@ def clips(sdist: Path) -> list[tuple[str, str, str, np.ndarray]]:
 
 def make_real_test(out: Path, sdist: Path) -> list[dict]:
     """Write ``out/audio/*.wav`` and ``out/asr.jsonl`` from the tarball; return the rows."""
+    return write_rows(out, "asr.jsonl", clips(sdist))
+
+
+def alsa_clips(deb: Path) -> list[tuple[str, str, str, np.ndarray]]:
+    """``[(name, speaker, transcript, wave)]`` from an ``alsa-utils`` package: each
+    ``usr/share/sounds/alsa/<Place>_<Side>.wav`` but the noise, its name as the transcript,
+    at 16 kHz."""
+    import soundfile as sf
+
+    from minmo.audio.io import resample
+
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                          check=True).stdout
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            match = re.fullmatch(r"\./usr/share/sounds/alsa/([A-Za-z]+_[A-Za-z]+)\.wav",
+                                 member.name)
+            if not match:
+                continue
+            handle = tar.extractfile(member)
+            wave, rate = sf.read(io.BytesIO(handle.read()), dtype="float32", always_2d=True)
+            stem = match.group(1)
+            out.append((f"alsa-{stem.lower().replace('_', '-')}", "alsa-speaker",
+                        stem.replace("_", " ").lower(), resample(wave.mean(axis=1), rate, RATE)))
+    if not out:
+        raise ValueError(f"{deb}: no usr/share/sounds/alsa/*_*.wav recordings in it")
+    return out
+
+
+def write_rows(out: Path, manifest: str, clips_: list[tuple[str, str, str, np.ndarray]]
+               ) -> list[dict]:
+    """Write each clip to ``out/audio/real-<name>.wav`` and the rows to ``out/<manifest>``."""
     from minmo.audio.io import save_audio
 
     rows = []
-    for name, speaker, text, wave in clips(sdist):
+    for name, speaker, text, wave in clips_:
         save_audio(out / "audio" / f"real-{name}.wav", wave, RATE)
         rows.append({"id": f"real-{name}-asr", "task": "asr", "split": "test",
                      "audio": f"audio/real-{name}.wav",
                      "duration": round(wave.shape[-1] / RATE, 3), "sample_rate": RATE,
                      "text": written(text), "language": "en", "speaker": speaker})
-    with open(out / "asr.jsonl", "w", encoding="utf-8") as f:
+    with open(out / manifest, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return rows
+
+
+def download_alsa(into: Path) -> Path:
+    """Debian's ``alsa-utils`` package, fetched by apt into ``into`` (kept for a rerun)."""
+    into.mkdir(parents=True, exist_ok=True)
+    found = sorted(into.glob("alsa-utils_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", "alsa-utils"], cwd=into, check=True)
+        found = sorted(into.glob("alsa-utils_*.deb"))
+    if not found:
+        raise SystemExit(f"apt-get did not leave an alsa-utils package in {into}")
+    return found[-1]
 
 
 def download(into: Path) -> Path:
@@ -125,13 +177,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdist", type=Path, default=None,
                         help=f"a local {PACKAGE.replace('==', '-')}.tar.gz (default: pip "
                              "downloads it into OUT/download)")
+    parser.add_argument("--alsa", action="store_true",
+                        help="also write alsa.jsonl: the eight channel names of Debian's "
+                             "alsa-utils speaker-test recordings (apt-get downloads the "
+                             "package into OUT/download)")
+    parser.add_argument("--alsa-deb", type=Path, default=None,
+                        help="a local alsa-utils_*.deb for --alsa")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     sdist = args.sdist or download(args.out / "download")
-    rows = make_real_test(args.out, sdist)
-    seconds = sum(r["duration"] for r in rows)
-    speakers = len({r["speaker"] for r in rows})
-    print(f"{args.out / 'asr.jsonl'}: {len(rows)} clips, {seconds:.1f} s, {speakers} speakers")
+    sets = {"asr.jsonl": make_real_test(args.out, sdist)}
+    if args.alsa or args.alsa_deb:
+        deb = args.alsa_deb or download_alsa(args.out / "download")
+        sets["alsa.jsonl"] = write_rows(args.out, "alsa.jsonl", alsa_clips(deb))
+    for manifest, rows in sets.items():
+        seconds = sum(r["duration"] for r in rows)
+        speakers = len({r["speaker"] for r in rows})
+        print(f"{args.out / manifest}: {len(rows)} clips, {seconds:.1f} s, {speakers} speakers")
     return 0
 
 

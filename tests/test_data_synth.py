@@ -393,39 +393,48 @@ def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
         synthesize_corpus(cfg, progress=False)
 
 
-def test_real_test_reads_the_recordings_and_transcripts_of_a_pocketsphinx_source_release(tmp_path):
+def _wav_bytes(rng: np.random.Generator, seconds: float, rate: int = 16000) -> bytes:
     import io
-    import tarfile
 
-    rng = np.random.default_rng(0)
-    root = "pocketsphinx-9.9"
+    buf = io.BytesIO()
+    sf.write(buf, rng.uniform(-0.1, 0.1, int(seconds * rate)).astype(np.float32), rate,
+             format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _pocketsphinx_members(rng: np.random.Generator) -> dict[str, bytes]:
+    """The test files of a small fake pocketsphinx source release, by path under test/."""
     members: dict[str, bytes] = {}
-
-    def wav(seconds: float, rate: int = 16000) -> bytes:
-        buf = io.BytesIO()
-        sf.write(buf, rng.uniform(-0.1, 0.1, int(seconds * rate)).astype(np.float32), rate,
-                 format="WAV", subtype="PCM_16")
-        return buf.getvalue()
-
     for stem, text in [("book-0870", "and mister smith came home"), ("book-0880", "he was not")]:
-        members[f"data/librivox/{stem}.wav"] = wav(1.5)
+        members[f"data/librivox/{stem}.wav"] = _wav_bytes(rng, 1.5)
         members[f"data/librivox/{stem}.txt"] = f"{text}\n".encode()
         members[f"data/librivox/{stem}.lab"] = b"ignored"
-    members["data/cards/001.wav"] = wav(0.5)
-    members["data/cards/002.wav"] = wav(0.75)
+    members["data/cards/001.wav"] = _wav_bytes(rng, 0.5)
+    members["data/cards/002.wav"] = _wav_bytes(rng, 0.75)
     members["data/cards/cards.transcription"] = (
         b"<s> ten of clubs  </s> (001)\n<s> five five  </s> (002)\n")
     members["data/goforward.raw"] = (rng.uniform(-0.1, 0.1, 8000) * 32767).astype("<i2").tobytes()
+    return members
+
+
+def _pack_sdist(tmp_path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    root = "pocketsphinx-9.9"
     sdist = tmp_path / f"{root}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for rel, data in members.items():
+            info = tarfile.TarInfo(f"{root}/test/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return sdist
 
-    def pack() -> None:
-        with tarfile.open(sdist, "w:gz") as tar:
-            for rel, data in members.items():
-                info = tarfile.TarInfo(f"{root}/test/{rel}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
-    pack()
+def test_real_test_reads_the_recordings_and_transcripts_of_a_pocketsphinx_source_release(tmp_path):
+    rng = np.random.default_rng(0)
+    members = _pocketsphinx_members(rng)
+    sdist = _pack_sdist(tmp_path, members)
 
     script = _script("make_real_test")
     rows = script.make_real_test(tmp_path / "out", sdist)
@@ -442,12 +451,56 @@ def test_real_test_reads_the_recordings_and_transcripts_of_a_pocketsphinx_source
     report = check_manifests([tmp_path / "out" / "asr.jsonl"])
     assert report.bad == [] and report.counts == {"asr": 5}
 
-    members["data/cards/001.wav"] = wav(0.5, rate=8000)  # a clip at another rate is refused
-    pack()
+    members["data/cards/001.wav"] = _wav_bytes(rng, 0.5, rate=8000)  # another rate: refused
+    _pack_sdist(tmp_path, members)
     with pytest.raises(ValueError, match="16000 Hz"):
         script.make_real_test(tmp_path / "again", sdist)
 
 
+def test_real_test_adds_the_alsa_speaker_test_recordings_of_a_debian_package(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("needs dpkg-deb (Debian)")
+    rng = np.random.default_rng(1)
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: alsa-utils\nVersion: 9.9\nArchitecture: all\nMaintainer: t <t@t>\n"
+        "Description: test\n")
+    sounds = root / "usr" / "share" / "sounds" / "alsa"
+    sounds.mkdir(parents=True)
+    for stem, seconds in [("Rear_Center", 0.9), ("Front_Left", 1.2), ("Noise", 1.0)]:
+        sf.write(sounds / f"{stem}.wav", rng.uniform(-0.1, 0.1, int(seconds * 48000)), 48000,
+                 subtype="PCM_16")
+    (sounds / "README").write_text("not a clip")
+    deb = tmp_path / "alsa-utils_9.9_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)],
+                   check=True, capture_output=True)
+
+    script = _script("make_real_test")
+    assert script.main(["--out", str(tmp_path / "out"), "--sdist",
+                        str(_pack_sdist(tmp_path, _pocketsphinx_members(rng))),
+                        "--alsa-deb", str(deb)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "alsa.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["text"], r["speaker"], r["duration"]) for r in rows] == [
+        ("real-alsa-front-left-asr", "Front left.", "alsa-speaker", 1.2),
+        ("real-alsa-rear-center-asr", "Rear center.", "alsa-speaker", 0.9)]  # no Noise
+    wave, rate = sf.read(tmp_path / "out" / rows[0]["audio"])
+    assert rate == 16000 and len(wave) == 19200
+    report = check_manifests([tmp_path / "out" / "alsa.jsonl", tmp_path / "out" / "asr.jsonl"])
+    assert report.bad == [] and report.counts == {"asr": 7}  # the eleven-clip set apart
+
+    for wav in sounds.glob("*_*.wav"):
+        wav.unlink()
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)],
+                   check=True, capture_output=True)
+    with pytest.raises(ValueError, match="no usr/share/sounds/alsa"):
+        script.alsa_clips(deb)
+
+
+FAKE_PIPER_RATE = 22050
 FAKE_PIPER_RATE = 22050
 
 
