@@ -62,8 +62,8 @@ class CtcPrefixScorer:
         for t in range(1, xc.shape[0]):
             r_n[t] = torch.logaddexp(r_n[t - 1], phi[t - 1]) + xc[t]
             r_b[t] = torch.logaddexp(r_b[t - 1], r_n[t - 1]) + self.x[t, 0]
-        start = xc[0] if self.last is None else torch.full_like(xc[0], NEG)
-        psi = torch.logsumexp(torch.cat([start[None], phi[:-1] + xc[1:]]), 0)
+        # c at frame 0 (only after the empty prefix: r_n[0]), or first at frame t >= 1
+        psi = torch.logsumexp(torch.cat([r_n[:1], phi[:-1] + xc[1:]]), 0)
         return psi, r_n, r_b
 
     def choose(self, logits: torch.Tensor, stop_ids: set[int] | frozenset[int]) -> int:
