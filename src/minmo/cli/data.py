@@ -61,6 +61,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.add_argument("--no-check", action="store_true", help="skip the final manifest check")
 
+    text = sub.add_parser(
+        "assistant-text", help="write sentences people say to a voice assistant",
+        description="Random expansions of Home Assistant's intent templates (devices, lights, "
+        "timers, media, lists, weather, time; pip install -e '.[text]'), one per line, for "
+        "'minmo data synth --text-file'. The same --seed gives the same sentences.")
+    text.add_argument("--out", required=True, help="text file to write")
+    text.add_argument("--count", type=int, default=5000, help="distinct sentences (default "
+                                                              "%(default)s)")
+    text.add_argument("--seed", type=int, default=0, help="draw seed (default 0)")
+    text.add_argument("--language", default="en", help="template language (default en)")
+    text.add_argument("--exclude", nargs="*", default=[],
+                      help="manifests (.jsonl, their 'text') or text files whose sentences "
+                           "are never written, e.g. test sets")
+
     check = sub.add_parser("check", help="validate manifests: counts, hours, bad rows")
     check.add_argument("manifests", nargs="+", help="jsonl files or directories")
     check.add_argument("--sample-rate", type=int, default=None,
@@ -114,14 +128,16 @@ def run(args: argparse.Namespace) -> int:
     action = getattr(args, "data_command", None)
     if action == "synth":
         return _synth(args)
+    if action == "assistant-text":
+        return _assistant_text(args)
     if action == "check":
         return _check(args)
     if action == "import":
         return _import(args)
     if action == "augment":
         return _augment(args)
-    print("usage: minmo data {synth,check,import,augment} ... (see minmo data --help)",
-          file=sys.stderr)
+    print("usage: minmo data {synth,assistant-text,check,import,augment} ... "
+          "(see minmo data --help)", file=sys.stderr)
     return 2
 
 
@@ -158,6 +174,26 @@ def _synth(args: argparse.Namespace) -> int:
     for bad in report.bad[:20]:
         print(f"  {bad}")
     return 0 if not report.bad else 1
+
+
+def _assistant_text(args: argparse.Namespace) -> int:
+    import json
+
+    from minmo.data.assistant_text import assistant_sentences
+
+    exclude = []
+    for path in args.exclude:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        if path.endswith(".jsonl"):
+            exclude += [json.loads(line).get("text", "") for line in lines if line.strip()]
+        else:
+            exclude += lines
+    sentences = assistant_sentences(args.count, seed=args.seed, language=args.language,
+                                    exclude=exclude)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+    print(f"wrote {len(sentences)} sentences to {args.out}")
+    return 0 if len(sentences) == args.count else 1
 
 
 def _check(args: argparse.Namespace) -> int:
