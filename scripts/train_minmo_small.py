@@ -31,9 +31,11 @@ vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the packag
 ``--stages`` and go into the export with the new ones, and the export keeps the package's
 ``model.yaml``, flow, vocoder and notes (``--speech``, ``--model-set``, ``--note`` change them).
 
-On CPU the frozen LLM runs in bfloat16 (``--llm-dtype bf16``, default on CPU: about 2x
-faster matmuls with AVX512-BF16); trained tensors (projector, LoRA) stay float32, and so do
-the optimizer states. ``--threads`` sets torch's intra-op threads (default 1 on CPU: on a
+On a CPU with bfloat16 instructions (AVX512-BF16 or AMX) the frozen LLM runs in bfloat16
+(``--llm-dtype auto``: about 2x faster matmuls there); on others, such as AVX2-only AMD EPYC
+cores, bfloat16 matmuls are emulated and one training step was 16x *slower* than in float32
+(0.06 against 1.0 examples/s, 2026-12-06), so ``auto`` picks float32 there and on CUDA.
+Trained tensors (projector, LoRA) stay float32, and so do the optimizer states. ``--threads`` sets torch's intra-op threads (default 1 on CPU: on a
 machine whose cores are shared with other jobs, 2 OpenMP threads made one training step
 3.5x *slower* than 1, because every parallel region waits for a descheduled thread). ``RUN/recipe.json`` records every stage's config, steps, loss and wall
 time. Full description and measured figures: ``docs/minmo_small.md``.
@@ -248,6 +250,21 @@ def cast_frozen_llm(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return count
 
 
+def default_llm_dtype(cuda: bool, cpuinfo: str | None = None) -> str:
+    """``--llm-dtype auto``: ``bf16`` only on a CPU whose flags (``/proc/cpuinfo``, or
+    ``cpuinfo``) include native bfloat16 (``avx512_bf16``, ``amx_bf16``); ``fp32`` on CUDA
+    (bf16 autocast is the loop's own there) and on every other CPU."""
+    if cuda:
+        return "fp32"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags = set(cpuinfo.split())
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
 def build_stage_model(base: Path, earlier: list[Path], uses_lora: bool, llm_dtype: str,
                       seed: int, init: dict[str, torch.Tensor] | None = None
                       ) -> tuple[torch.nn.Module, Any]:
@@ -458,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="[STAGE:]KEY=VALUE", help="config override, e.g. "
                         "s2t_sft:optim.max_steps=200 or data.batch_size=4")
     parser.add_argument("--llm-dtype", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="dtype of the frozen LLM while training (auto: bf16 on CPU)")
+                        help="dtype of the frozen LLM while training (auto: bf16 on a CPU with "
+                             "AVX512-BF16 or AMX, else fp32)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: 1 on CPU, torch's default on CUDA)")
     parser.add_argument("--export", type=Path, default=None,
@@ -509,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     if args.threads > 0 or not cuda:
         torch.set_num_threads(args.threads or 1)
-    llm_dtype = ("fp32" if cuda else "bf16") if args.llm_dtype == "auto" else args.llm_dtype
+    llm_dtype = default_llm_dtype(cuda) if args.llm_dtype == "auto" else args.llm_dtype
     speech = speech_config(args.speech.resolve()) if args.speech else None
     if speech is None and any(s in SPEECH_STAGES for s in stages):
         log("no --speech run: the speech stages read speech_tokens from the manifests as they are")

@@ -431,3 +431,16 @@ def test_shipped_package_fits_the_minmo_small_model():
     folded, rest = fold_lora(base_like, tensors, meta["lora_scaling"], "shipped")
     assert rest and all(k in shapes and tuple(v.shape) == tuple(shapes[k]) for k, v in rest.items())
     assert len(tensors) - len(rest) == 2 * 4 * cfg.llm.num_layers  # A and B on q/k/v/o
+
+
+def test_auto_llm_dtype_is_bf16_only_where_the_cpu_has_it():
+    """bf16 matmuls are emulated (16x slower than fp32, measured) on CPUs without native
+    bfloat16: ``--llm-dtype auto`` must not pick it there."""
+    script = _script()
+    epyc = "flags\t\t: fpu sse2 avx avx2 fma bmi2 sha_ni\n"
+    sapphire = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    skylake = "flags\t\t: fpu avx2 avx512f avx512bw avx512vl\n"
+    assert script.default_llm_dtype(False, epyc) == "fp32"
+    assert script.default_llm_dtype(False, skylake) == "fp32"
+    assert script.default_llm_dtype(False, sapphire) == "bf16"
+    assert script.default_llm_dtype(True, sapphire) == "fp32"
