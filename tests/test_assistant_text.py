@@ -91,7 +91,9 @@ def test_cli_writes_the_sentences_and_honours_exclude(tmp_path):
 
     test_set = tmp_path / "test.jsonl"
     first = at.assistant_sentences(5, seed=1)
-    test_set.write_text("".join(json.dumps({"text": s}) + "\n" for s in first[:2]))
+    test_set.write_text("".join(
+        json.dumps({"id": f"t{i}", "task": "asr", "audio": "a.wav", "text": s}) + "\n"
+        for i, s in enumerate(first[:2])))
     out = tmp_path / "a.txt"
     assert main(["assistant-text", "--out", str(out), "--count", "30", "--seed", "1",
                  "--exclude", str(test_set)]) == 0

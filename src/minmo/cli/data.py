@@ -177,17 +177,19 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _assistant_text(args: argparse.Namespace) -> int:
-    import json
-
     from minmo.data.assistant_text import assistant_sentences
+    from minmo.data.manifest import read_manifest
+    from minmo.data.synth_items import text_sentences
 
     exclude = []
     for path in args.exclude:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
         if path.endswith(".jsonl"):
-            exclude += [json.loads(line).get("text", "") for line in lines if line.strip()]
-        else:
-            exclude += lines
+            scan = read_manifest(path)
+            if scan.bad:
+                raise ValueError(f"--exclude {path}: {scan.bad[0]}")
+            exclude += [row.text for row in scan.rows]
+        else:  # read as 'minmo data synth --text-file' reads it
+            exclude += text_sentences(Path(path).read_text(encoding="utf-8").splitlines())
     sentences = assistant_sentences(args.count, seed=args.seed, language=args.language,
                                     exclude=exclude)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
