@@ -1,19 +1,22 @@
 """Importers on tiny fixtures written here: LibriSpeech, Common Voice TSV, wav+txt folder,
-paper-style jsonl; and the ``minmo data import|check`` commands on them."""
+paper-style jsonl, an Asterisk sound set (wav and G.722); and the ``minmo data import|check``
+commands on them."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from minmo.audio.io import save_audio
+from minmo.audio.io import audio_info, load_audio, save_audio
 from minmo.cli import data as data_cli
 from minmo.data.check import check_manifests
-from minmo.data.importers import (import_chat_jsonl, import_common_voice, import_folder,
-                                  import_librispeech)
+from minmo.data.importers import (asterisk_written, import_asterisk, import_chat_jsonl,
+                                  import_common_voice, import_folder, import_librispeech,
+                                  read_asterisk_transcripts)
 from minmo.data.manifest import read_manifest
 
 
@@ -116,3 +119,132 @@ def test_check_cli_exit_codes(tmp_path, capsys):
     bad.write_text(json.dumps({"id": "2", "task": "asr", "audio": "b.wav", "text": "x"}) + "\n")
     assert data_cli.main(["check", str(bad)]) == 1
     assert "bad.jsonl:1 (id 2): missing_file" in capsys.readouterr().out
+
+
+# A transcript file in the layout of Debian's asterisk-core-sounds-en (core-sounds-en.txt.gz).
+ASTERISK_TRANSCRIPTS = """; Core Asterisk Sounds in English
+
+activated: Activated.
+beep: [this is a simple beep tone]
+digits/5: five
+dictate/both_help: press * to toggle pause, press # to enter a new dictation filename
+letters/at: at [@]
+silence/1: (1 second of silence)
+vm-intro: Please leave your message after the tone.  When done hang up. (simple tone sound plays)
+no-audio: This prompt has no recording.
+"""
+
+
+@pytest.mark.parametrize("text, written", [
+    ("Activated.", "Activated."),
+    ("five", "Five."),
+    ("press * to toggle pause, press # to enter a name",
+     "Press star to toggle pause, press pound to enter a name."),
+    ("at [@]", "At."),
+    ("Press ...", "Press."),
+    ("... for ...", "For."),
+    ("Is this right?", "Is this right?"),
+    ("IAX (note: does not say \"2\")", "IAX."),
+    ("3D audio enabled", "3D audio enabled."),
+    ("[ascending tones]", None),
+    ("(10 seconds of silence)", None),
+])
+def test_asterisk_written(text, written):
+    assert asterisk_written(text) == written
+
+
+def _asterisk_set(root: Path, suffix: str) -> Path:
+    voice = root / "sounds" / "en_US_f_Allison"
+    for name, secs in (("activated", 0.6), ("beep", 0.2), ("digits/5", 0.4),
+                       ("dictate/both_help", 1.5), ("letters/at", 0.3), ("silence/1", 1.0),
+                       ("vm-intro", 2.0)):
+        path = voice / f"{name}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".wav":
+            save_audio(path, _wave(secs, 8000), 8000)
+        else:
+            _write_g722(path, _wave(secs))
+    return voice
+
+
+def _write_g722(path: Path, wave: np.ndarray) -> None:
+    av = pytest.importorskip("av")
+    pcm = np.round(wave * 32767).astype(np.int16).reshape(1, -1)
+    with av.open(str(path), "w", format="g722") as container:
+        stream = container.add_stream("g722", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+def test_asterisk_transcripts_file(tmp_path):
+    gz = tmp_path / "core-sounds-en.txt.gz"
+    gz.write_bytes(gzip.compress(ASTERISK_TRANSCRIPTS.encode()))
+    texts = read_asterisk_transcripts(gz)
+    assert texts == {
+        "activated": "Activated.", "digits/5": "Five.",
+        "dictate/both_help": "Press star to toggle pause, press pound to enter a new dictation "
+                             "filename.",
+        "letters/at": "At.", "vm-intro": "Please leave your message after the tone. When done "
+                                         "hang up.",
+        "no-audio": "This prompt has no recording."}
+    plain = tmp_path / "core-sounds-en.txt"
+    plain.write_text(ASTERISK_TRANSCRIPTS)
+    assert read_asterisk_transcripts(plain) == texts
+    with pytest.raises(FileNotFoundError, match="transcript file"):
+        read_asterisk_transcripts(tmp_path / "missing.txt")
+
+
+def test_asterisk_wav_set(tmp_path):
+    voice = _asterisk_set(tmp_path, ".wav")
+    (voice / "core-sounds-en.txt").write_text(ASTERISK_TRANSCRIPTS)
+    rows, problems = import_asterisk(voice, voice / "core-sounds-en.txt", split="train")
+    by_id = {r.id: r for r in rows}
+    assert sorted(by_id) == ["asterisk-Allison-activated", "asterisk-Allison-dictate-both_help",
+                             "asterisk-Allison-digits-5", "asterisk-Allison-letters-at",
+                             "asterisk-Allison-vm-intro"]
+    five = by_id["asterisk-Allison-digits-5"]
+    assert five.text == "Five." and five.task == "asr" and five.split == "train"
+    assert five.speaker == "asterisk-Allison" and five.gender == "female"
+    assert five.language == "en" and five.duration == pytest.approx(0.4)
+    assert five.audio == str((voice / "digits" / "5.wav").resolve())  # 8 kHz, read in place
+    assert len(problems) == 1 and "no-audio" in problems[0]
+
+    # the CLI finds the transcripts beside the prompts and writes a manifest the checker passes
+    out = tmp_path / "ast" / "asr.jsonl"
+    assert data_cli.main(["import", "asterisk", str(voice), "--out", str(out)]) == 0
+    assert [r.text for r in read_manifest(out).rows] == [r.text for r in rows]
+    assert check_manifests([out]).bad == []
+
+
+def test_asterisk_g722_set_is_decoded(tmp_path, capsys):
+    voice = _asterisk_set(tmp_path, ".g722")
+    transcripts = tmp_path / "core-sounds-en.txt.gz"
+    transcripts.write_bytes(gzip.compress(ASTERISK_TRANSCRIPTS.encode()))
+    with pytest.raises(ValueError, match="audio_dir"):
+        import_asterisk(voice, transcripts)
+    out = tmp_path / "ast" / "asr.jsonl"
+    assert data_cli.main(["import", "asterisk", str(voice), "--transcripts", str(transcripts),
+                          "--out", str(out)]) == 0
+    assert "wrote 5 rows" in capsys.readouterr().out
+    rows = read_manifest(out).rows
+    decoded = tmp_path / "ast" / "asr_audio" / "dictate" / "both_help.wav"
+    assert decoded.is_file()
+    row = next(r for r in rows if r.id == "asterisk-Allison-dictate-both_help")
+    assert Path(row.audio).resolve() == decoded.resolve()
+    assert row.duration == pytest.approx(1.5, abs=0.01)
+    wave = load_audio(decoded, sample_rate=None)
+    assert audio_info(decoded).sample_rate == 16000
+    # G.722 is lossy: the 220 Hz tone comes back, not the exact samples
+    spectrum = np.abs(np.fft.rfft(wave))
+    assert np.argmax(spectrum) * 16000 / len(wave) == pytest.approx(220, abs=2)
+
+
+def test_asterisk_transcripts_must_be_found(tmp_path, capsys):
+    voice = _asterisk_set(tmp_path, ".wav")
+    assert data_cli.main(["import", "asterisk", str(voice), "--out",
+                          str(tmp_path / "a.jsonl")]) != 0
+    err = capsys.readouterr().err
+    assert "no core-sounds-en.txt[.gz]" in err and "pass --transcripts" in err

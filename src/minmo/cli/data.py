@@ -82,16 +82,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     check.add_argument("--max-bad", type=int, default=200, help="bad rows to list")
 
     imp = sub.add_parser("import", help="write a manifest for an existing corpus")
-    imp.add_argument("format", choices=["librispeech", "common_voice", "folder", "jsonl"],
+    imp.add_argument("format", choices=["librispeech", "common_voice", "folder", "jsonl",
+                                        "asterisk"],
                      help="the corpus layout: LibriSpeech split dir, Common Voice TSV, a folder "
-                     "of wav + txt pairs, or paper-style jsonl")
-    imp.add_argument("source", help="LibriSpeech dir | Common Voice TSV | folder | jsonl file")
+                     "of wav + txt pairs, paper-style jsonl, or an Asterisk PBX sound set (one "
+                     "recorded voice; docs/data.md)")
+    imp.add_argument("source", help="LibriSpeech dir | Common Voice TSV | folder | jsonl file | "
+                                    "Asterisk voice folder (e.g. /usr/share/asterisk/sounds/"
+                                    "en_US_f_Allison)")
     imp.add_argument("--out", required=True, help="manifest to write (.jsonl)")
     imp.add_argument("--split", default=None, help="value of the rows' 'split' field")
     imp.add_argument("--language", default=None, help="language code (librispeech, folder)")
     imp.add_argument("--clips", default=None, help="Common Voice clips dir (default: "
                                                    "<tsv dir>/clips)")
     imp.add_argument("--task", default="asr", help="task of imported jsonl rows")
+    imp.add_argument("--transcripts", default=None,
+                     help="asterisk: the sound set's core-sounds-<lang>.txt[.gz] (default: "
+                     "/usr/share/doc/asterisk-core-sounds-<lang>/ or the voice folder)")
+    imp.add_argument("--audio-dir", default=None,
+                     help="asterisk: where .g722 prompts are decoded to wav (default: "
+                     "<out without .jsonl>_audio/)")
     aug = sub.add_parser(
         "augment", help="write copies of a manifest's clips through rooms, noise and microphones",
         description="Augmented copies of the speech-input rows of manifests: the acoustic chain "
@@ -217,6 +227,12 @@ def _import(args: argparse.Namespace) -> int:
     elif args.format == "folder":
         rows, problems = importers.import_folder(args.source, language=args.language,
                                                  split=args.split)
+    elif args.format == "asterisk":
+        out = Path(args.out)
+        rows, problems = importers.import_asterisk(
+            args.source, args.transcripts or _asterisk_transcripts(Path(args.source)),
+            audio_dir=args.audio_dir or out.with_name(out.stem + "_audio"), split=args.split,
+            language=args.language)
     else:
         rows, problems = importers.import_chat_jsonl(args.source, task=args.task,
                                                      split=args.split)
@@ -228,6 +244,19 @@ def _import(args: argparse.Namespace) -> int:
     if len(problems) > 50:
         print(f"  ... and {len(problems) - 50} more")
     return 0 if n else 1
+
+
+def _asterisk_transcripts(voice_dir: Path) -> Path:
+    """Where Debian (or a copy beside the prompts) keeps a sound set's transcript file."""
+    lang = voice_dir.resolve().name.split("_")[0]
+    names = [f"core-sounds-{lang}.txt", f"core-sounds-{lang}.txt.gz"]
+    for folder in (voice_dir, Path(f"/usr/share/doc/asterisk-core-sounds-{lang}")):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(
+        f"no {names[0]}[.gz] in {voice_dir} or /usr/share/doc/asterisk-core-sounds-{lang}; "
+        f"pass --transcripts (it is in Debian's asterisk-core-sounds-{lang} package)")
 
 
 def _floats(text: str, name: str) -> list[float]:

@@ -7,7 +7,10 @@
 * :func:`import_folder` — any folder of audio files, each with a same-named ``.txt`` beside it;
 * :func:`import_chat_jsonl` — paper-style jsonl: chat ``messages`` with the user turn holding
   ``<|startofspeech|>!path<|endofspeech|>`` (FunAudioLLM style), or SenseVoice-style rows
-  (``source``, ``target``, ``text_language``, ``emo_target``, ``event_target``).
+  (``source``, ``target``, ``text_language``, ``emo_target``, ``event_target``);
+* :func:`import_asterisk` — the recorded prompts of an Asterisk PBX sound set (Debian's
+  ``asterisk-core-sounds-en-g722`` or ``-wav``: one real voice, ~25 minutes of short prompts,
+  digits, letters and the spelling alphabet) with its ``core-sounds-<lang>.txt`` transcripts.
 
 Every importer returns ``(rows, problems)``: problems (a missing transcript, an unreadable
 file) are reported, never fatal. Durations come from the audio headers.
@@ -16,6 +19,7 @@ file) are reported, never fatal. Durations come from the audio headers.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import re
@@ -183,11 +187,125 @@ def import_chat_jsonl(path: str | Path, task: str = "asr",
     return rows, problems
 
 
+# Asterisk sound sets live in folders named <lang>_<REGION>_<f|m>_<Speaker> (en_US_f_Allison).
+_ASTERISK_VOICE_RE = re.compile(r"^(?P<lang>[a-z]{2,3})_[A-Z]{2}_(?P<gender>[fm])_(?P<name>\w+)$")
+# Notes on what is not said: "[ascending tones]", "at [@]", "(10 seconds of silence)",
+# "IAX (note: does not say "2")".
+_BRACKETED_RE = re.compile(r"\[[^\]]*\]|\([^)]*\)")
+# Keypad keys as the voice says them ("press * to toggle pause": "press star ...").
+_KEYPAD_WORDS = {"#": "pound", "*": "star"}
+
+
+def asterisk_written(text: str) -> str | None:
+    """One Asterisk transcript as a written sentence, or None when it is not speech.
+
+    The transcript files mix styles ("Call waiting.", "press 0 for help", "at [@]"); rows
+    here are sentences as the rest of minmo's text is: bracketed and parenthesised notes
+    (tones, symbols, silences) dropped, the keypad's ``#`` / ``*`` as the words the voice
+    says, ellipses of prompt fragments ("... for ...") removed, then a capital and a
+    closing full stop.
+    """
+    text = _BRACKETED_RE.sub(" ", text)
+    text = re.sub(r"(?<!\S)[#*](?!\S)", lambda m: _KEYPAD_WORDS[m.group(0)], text)
+    text = " ".join(text.replace("...", " ").split()).strip(" ,;")
+    if not any(ch.isalnum() for ch in text):
+        return None
+    if text[-1] not in ".?!":
+        text += "."
+    return text[0].upper() + text[1:]
+
+
+def read_asterisk_transcripts(path: str | Path) -> dict[str, str]:
+    """``name: text`` lines of an Asterisk ``core-sounds-<lang>.txt`` (plain or ``.gz``).
+
+    Returns ``{name: written sentence}`` (names as in the file: ``digits/5``, ``vm-login``);
+    comments (``;``) and entries that are not speech (``[ascending tones]``) are left out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: Asterisk transcript file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().splitlines()
+    out = {}
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        name, sep, text = line.partition(":")
+        written = asterisk_written(text) if sep else None
+        if written:
+            out[name.strip()] = written
+    return out
+
+
+def _decode_g722(src: Path, dst: Path) -> None:
+    """Decode a raw G.722 file (16 kHz wideband) to a 16-bit wav with PyAV."""
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError("reading .g722 sound files needs PyAV: pip install av "
+                           "(or the .wav sound set, 8 kHz)") from None
+    import numpy as np
+    import soundfile as sf
+
+    with av.open(str(src), format="g722") as container:
+        rate = container.streams.audio[0].rate
+        chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(dst), wave, rate, subtype="PCM_16")
+
+
+def import_asterisk(sounds_dir: str | Path, transcripts: str | Path,
+                    audio_dir: str | Path | None = None, split: str | None = None,
+                    language: str | None = None) -> tuple[list[ManifestRow], list[str]]:
+    """Rows ``asr`` for the prompts of an Asterisk sound set that its transcripts name.
+
+    Args:
+        sounds_dir: the voice's folder (``/usr/share/asterisk/sounds/en_US_f_Allison``),
+            holding ``<name>.wav`` (8 kHz) or ``<name>.g722`` (16 kHz) files.
+        transcripts: its ``core-sounds-<lang>.txt`` (or ``.txt.gz``).
+        audio_dir: where ``.g722`` prompts are decoded to ``.wav`` (needed only for those).
+        split: value of the rows' ``split`` field.
+        language: language code (default: the folder name's, e.g. ``en``).
+    """
+    sounds_dir = Path(sounds_dir)
+    if not sounds_dir.is_dir():
+        raise FileNotFoundError(f"{sounds_dir}: Asterisk sounds folder not found")
+    texts = read_asterisk_transcripts(transcripts)
+    voice = _ASTERISK_VOICE_RE.match(sounds_dir.resolve().name)
+    speaker = f"asterisk-{voice['name']}" if voice else f"asterisk-{sounds_dir.resolve().name}"
+    gender = {"f": "female", "m": "male"}[voice["gender"]] if voice else None
+    language = language or (voice["lang"] if voice else None)
+    rows, problems = [], []
+    for name, text in sorted(texts.items()):
+        wav, g722 = sounds_dir / f"{name}.wav", sounds_dir / f"{name}.g722"
+        if wav.is_file():
+            audio = wav
+        elif g722.is_file():
+            if audio_dir is None:
+                raise ValueError(f"{g722}: .g722 prompts are decoded to wav files; give "
+                                 "audio_dir (--audio-dir)")
+            audio = Path(audio_dir) / f"{name}.wav"
+            if not audio.is_file():
+                _decode_g722(g722, audio)
+        else:
+            problems.append(f"{sounds_dir}: no {name}.wav or {name}.g722 for '{text}'")
+            continue
+        row = _row_with_audio(f"{speaker}-{name.replace('/', '-')}", "asr", audio, problems,
+                              text=text, language=language, speaker=speaker, gender=gender,
+                              split=split)
+        if row:
+            rows.append(row)
+    return rows, problems
+
+
 IMPORTERS: dict[str, Callable[..., tuple[list[ManifestRow], list[str]]]] = {
     "librispeech": import_librispeech,
     "common_voice": import_common_voice,
     "folder": import_folder,
     "jsonl": import_chat_jsonl,
+    "asterisk": import_asterisk,
 }
 
 
