@@ -242,6 +242,17 @@ def test_asterisk_g722_set_is_decoded(tmp_path, capsys):
     assert np.argmax(spectrum) * 16000 / len(wave) == pytest.approx(220, abs=2)
 
 
+def test_asterisk_undecodable_prompt_is_a_problem(tmp_path):
+    voice = _asterisk_set(tmp_path, ".g722")
+    (voice / "activated.g722").unlink()
+    (voice / "activated.g722").write_bytes(b"")  # an empty file: nothing to decode
+    (voice / "core-sounds-en.txt").write_text(ASTERISK_TRANSCRIPTS)
+    rows, problems = import_asterisk(voice, voice / "core-sounds-en.txt",
+                                     audio_dir=tmp_path / "decoded")
+    assert "asterisk-Allison-activated" not in {r.id for r in rows} and len(rows) == 4
+    assert any("activated.g722" in p and "G.722" in p for p in problems)
+
+
 def test_asterisk_transcripts_must_be_found(tmp_path, capsys):
     voice = _asterisk_set(tmp_path, ".wav")
     assert data_cli.main(["import", "asterisk", str(voice), "--out",

@@ -92,7 +92,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                     "en_US_f_Allison)")
     imp.add_argument("--out", required=True, help="manifest to write (.jsonl)")
     imp.add_argument("--split", default=None, help="value of the rows' 'split' field")
-    imp.add_argument("--language", default=None, help="language code (librispeech, folder)")
+    imp.add_argument("--language", default=None, help="language code (librispeech, folder; asterisk: "
+                     "default from the voice folder's name)")
     imp.add_argument("--clips", default=None, help="Common Voice clips dir (default: "
                                                    "<tsv dir>/clips)")
     imp.add_argument("--task", default="asr", help="task of imported jsonl rows")

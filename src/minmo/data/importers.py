@@ -26,7 +26,9 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from minmo.audio.io import AudioError, audio_info
+import numpy as np
+
+from minmo.audio.io import AudioError, audio_info, save_audio
 from minmo.data.manifest import TASKS, ManifestRow, write_manifest
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
@@ -239,21 +241,26 @@ def read_asterisk_transcripts(path: str | Path) -> dict[str, str]:
 
 
 def _decode_g722(src: Path, dst: Path) -> None:
-    """Decode a raw G.722 file (16 kHz wideband) to a 16-bit wav with PyAV."""
+    """Decode a raw G.722 file (16 kHz wideband) to a 16-bit wav with PyAV.
+
+    Raises:
+        RuntimeError: PyAV is not installed.
+        AudioError: the file does not decode.
+    """
     try:
         import av
     except ImportError:
         raise RuntimeError("reading .g722 sound files needs PyAV: pip install av "
                            "(or the .wav sound set, 8 kHz)") from None
-    import numpy as np
-    import soundfile as sf
-
-    with av.open(str(src), format="g722") as container:
-        rate = container.streams.audio[0].rate
-        chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(dst), wave, rate, subtype="PCM_16")
+    try:
+        with av.open(str(src), format="g722") as container:
+            rate = container.streams.audio[0].rate
+            chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+    except av.FFmpegError as exc:
+        raise AudioError(f"{src}: not a decodable G.722 file ({exc})") from None
+    if not chunks:
+        raise AudioError(f"{src}: no G.722 audio in it")
+    save_audio(dst, np.concatenate(chunks).astype(np.float32) / 32768.0, rate)
 
 
 def import_asterisk(sounds_dir: str | Path, transcripts: str | Path,
@@ -288,7 +295,11 @@ def import_asterisk(sounds_dir: str | Path, transcripts: str | Path,
                                  "audio_dir (--audio-dir)")
             audio = Path(audio_dir) / f"{name}.wav"
             if not audio.is_file():
-                _decode_g722(g722, audio)
+                try:
+                    _decode_g722(g722, audio)
+                except AudioError as exc:
+                    problems.append(str(exc))
+                    continue
         else:
             problems.append(f"{sounds_dir}: no {name}.wav or {name}.g722 for '{text}'")
             continue
