@@ -92,8 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                     "en_US_f_Allison)")
     imp.add_argument("--out", required=True, help="manifest to write (.jsonl)")
     imp.add_argument("--split", default=None, help="value of the rows' 'split' field")
-    imp.add_argument("--language", default=None, help="language code (librispeech, folder; asterisk: "
-                     "default from the voice folder's name)")
+    imp.add_argument("--language", default=None,
+                     help="language code (librispeech, folder; asterisk: default from the "
+                     "voice folder's name)")
     imp.add_argument("--clips", default=None, help="Common Voice clips dir (default: "
                                                    "<tsv dir>/clips)")
     imp.add_argument("--task", default="asr", help="task of imported jsonl rows")
@@ -231,7 +232,7 @@ def _import(args: argparse.Namespace) -> int:
     elif args.format == "asterisk":
         out = Path(args.out)
         rows, problems = importers.import_asterisk(
-            args.source, args.transcripts or _asterisk_transcripts(Path(args.source)),
+            args.source, args.transcripts,
             audio_dir=args.audio_dir or out.with_name(out.stem + "_audio"), split=args.split,
             language=args.language)
     else:
@@ -245,19 +246,6 @@ def _import(args: argparse.Namespace) -> int:
     if len(problems) > 50:
         print(f"  ... and {len(problems) - 50} more")
     return 0 if n else 1
-
-
-def _asterisk_transcripts(voice_dir: Path) -> Path:
-    """Where Debian (or a copy beside the prompts) keeps a sound set's transcript file."""
-    lang = voice_dir.resolve().name.split("_")[0]
-    names = [f"core-sounds-{lang}.txt", f"core-sounds-{lang}.txt.gz"]
-    for folder in (voice_dir, Path(f"/usr/share/doc/asterisk-core-sounds-{lang}")):
-        for name in names:
-            if (folder / name).is_file():
-                return folder / name
-    raise FileNotFoundError(
-        f"no {names[0]}[.gz] in {voice_dir} or /usr/share/doc/asterisk-core-sounds-{lang}; "
-        f"pass --transcripts (it is in Debian's asterisk-core-sounds-{lang} package)")
 
 
 def _floats(text: str, name: str) -> list[float]:

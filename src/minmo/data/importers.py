@@ -263,7 +263,21 @@ def _decode_g722(src: Path, dst: Path) -> None:
     save_audio(dst, np.concatenate(chunks).astype(np.float32) / 32768.0, rate)
 
 
-def import_asterisk(sounds_dir: str | Path, transcripts: str | Path,
+def find_asterisk_transcripts(sounds_dir: Path, language: str) -> Path:
+    """Where a sound set's ``core-sounds-<lang>.txt[.gz]`` is: beside the prompts or where
+    Debian's ``asterisk-core-sounds-<lang>`` package puts it."""
+    names = [f"core-sounds-{language}.txt", f"core-sounds-{language}.txt.gz"]
+    debian = Path(f"/usr/share/doc/asterisk-core-sounds-{language}")
+    for folder in (sounds_dir, debian):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(
+        f"no {names[0]}[.gz] in {sounds_dir} or {debian}; pass --transcripts (it is in "
+        f"Debian's asterisk-core-sounds-{language} package)")
+
+
+def import_asterisk(sounds_dir: str | Path, transcripts: str | Path | None = None,
                     audio_dir: str | Path | None = None, split: str | None = None,
                     language: str | None = None) -> tuple[list[ManifestRow], list[str]]:
     """Rows ``asr`` for the prompts of an Asterisk sound set that its transcripts name.
@@ -271,7 +285,8 @@ def import_asterisk(sounds_dir: str | Path, transcripts: str | Path,
     Args:
         sounds_dir: the voice's folder (``/usr/share/asterisk/sounds/en_US_f_Allison``),
             holding ``<name>.wav`` (8 kHz) or ``<name>.g722`` (16 kHz) files.
-        transcripts: its ``core-sounds-<lang>.txt`` (or ``.txt.gz``).
+        transcripts: its ``core-sounds-<lang>.txt`` (or ``.txt.gz``); default: found by
+            :func:`find_asterisk_transcripts`.
         audio_dir: where ``.g722`` prompts are decoded to ``.wav`` (needed only for those).
         split: value of the rows' ``split`` field.
         language: language code (default: the folder name's, e.g. ``en``).
@@ -279,11 +294,13 @@ def import_asterisk(sounds_dir: str | Path, transcripts: str | Path,
     sounds_dir = Path(sounds_dir)
     if not sounds_dir.is_dir():
         raise FileNotFoundError(f"{sounds_dir}: Asterisk sounds folder not found")
-    texts = read_asterisk_transcripts(transcripts)
-    voice = _ASTERISK_VOICE_RE.match(sounds_dir.resolve().name)
-    speaker = f"asterisk-{voice['name']}" if voice else f"asterisk-{sounds_dir.resolve().name}"
+    folder = sounds_dir.resolve().name
+    voice = _ASTERISK_VOICE_RE.match(folder)
+    speaker = f"asterisk-{voice['name'] if voice else folder}"
     gender = {"f": "female", "m": "male"}[voice["gender"]] if voice else None
     language = language or (voice["lang"] if voice else None)
+    texts = read_asterisk_transcripts(
+        transcripts or find_asterisk_transcripts(sounds_dir, language or folder.split("_")[0]))
     rows, problems = [], []
     for name, text in sorted(texts.items()):
         wav, g722 = sounds_dir / f"{name}.wav", sounds_dir / f"{name}.g722"
