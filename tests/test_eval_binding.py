@@ -100,6 +100,28 @@ def test_spoken_reply_and_tts_respect_limits(model: MinMoEvalModel) -> None:
     assert wave.size <= 2 * 0.6 * rate
 
 
+def test_tts_text_given_reads_exactly_the_text(model: MinMoEvalModel,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from minmo.inference import pipeline
+
+    jobs = []
+
+    def spy(*args, **kwargs):
+        jobs.append(start_reply(*args, **kwargs))
+        return jobs[-1]
+
+    start_reply = pipeline.start_reply
+    monkeypatch.setattr(pipeline, "start_reply", spy)
+    model.synthesize("hi there", "en", None, None, None)
+    assert jobs[-1].emitted != "hi there"  # the random LLM writes its own words
+    monkeypatch.setattr(model, "tts_text", "given")
+    wave, _ = model.synthesize("hi there", "en", None, None, None)
+    assert jobs[-1].emitted == "hi there" and wave.size > 0
+    assert model.describe()["tts_text"] == "given"
+    with pytest.raises(ValueError, match="tts_text"):
+        MinMoEvalModel(model.rt, "tiny", tts_text="forced")
+
+
 def test_duplex_trace_on_the_llm_frame_grid(model: MinMoEvalModel, tmp_path: Path) -> None:
     labels = np.zeros(150, dtype=np.int8)
     speaking = np.zeros(150, dtype=np.uint8)

@@ -207,6 +207,30 @@ def test_reply_streams_text_tokens_and_audio(rt):
     assert [it.role for it in sess.chat.items] == ["user", "assistant", "user", "assistant"]
 
 
+def test_a_reply_given_its_text_speaks_as_the_generated_one(rt):
+    """``say``: the LLM is fed the given words (teacher forcing) instead of choosing them; fed
+    the words it would have chosen, its semantic vectors, and so the speech, are the same."""
+    gen = P.GenerationConfig(max_text_tokens=8, max_speech_tokens=40, seed=0)
+
+    def speak(say):
+        sess = P.new_session(rt, P.SessionConfig(generation=gen))
+        P.add_user_text(rt, sess, "Read this aloud.")
+        job = P.start_reply(rt, sess, say=say)
+        tokens = [t for ev in P.run_job(rt, job, gen) if isinstance(ev, P.SpeechTokens)
+                  for t in ev.tokens]
+        return job, tokens, sess
+
+    free, free_tokens, _ = speak(None)
+    words = rt.decode(free.text.ids)
+    assert rt.tok.encode(words) == free.text.ids  # the words name the same tokens
+    said, said_tokens, sess = speak(words)
+    assert said.text.ids == free.text.ids and said.text.finish_reason == "stop"
+    assert said_tokens == free_tokens and len(said_tokens) == 40
+    assert sess.chat.items[-1].text == words
+    other, _, sess = speak("hello there")
+    assert other.emitted == "hello there" and sess.chat.items[-1].text == "hello there"
+
+
 def test_context_budget_drops_oldest_turns(rt):
     cfg = P.SessionConfig(max_context_tokens=90,
                           generation=P.GenerationConfig(max_text_tokens=6, max_speech_tokens=5))

@@ -40,3 +40,16 @@ def test_tokenize_without_weights_names_the_fix(tmp_path, capsys):
     manifest.write_text(json.dumps({"id": "x", "task": "tts", "text": "a", "speech_tokens": [1]}) + "\n")
     assert main(["tokenize", str(manifest)]) == 1
     assert "speech_tokenizer.path" in capsys.readouterr().err
+
+
+def test_tts_reads_a_text_aloud_with_the_whole_model(tmp_path, capsys):
+    out = tmp_path / "said.wav"
+    assert main(["tts", "--text", "Hi.", "--model", "tiny", "--out", str(out)]) == 0
+    audio, rate = sf.read(out)
+    assert rate == 24000
+    assert len(audio) == 2 * 25 * 960  # random weights never stop: the 2 s floor of the cap
+    assert "random" in capsys.readouterr().err.lower()  # the random-weights warning
+    assert main(["tts", "--text", "Hi.", "--model", "tiny"]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert main(["tts", "--out", str(out)]) == 1
+    assert "either --text" in capsys.readouterr().err

@@ -54,6 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="joint CTC/attention decoding of asr transcripts: the share of "
                         "the input projector's CTC prefix score in each token's choice (0, "
                         "the default: the LLM alone; docs/eval.md)")
+    parser.add_argument("--tts-text", choices=("generated", "given"), default="generated",
+                        help="read-aloud tasks (tts, instruct_tts): speak the words the LLM "
+                        "writes after the instruction (generated, the default: the whole "
+                        "system, as the paper measures it) or feed it the text to read "
+                        "(given: the speech generation alone)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_eval_model(args.model, args.device,
                                 max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder,
-                                transcript_ctc_weight=args.ctc_weight)
+                                transcript_ctc_weight=args.ctc_weight,
+                                tts_text=args.tts_text)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         if args.baseline == "cascade":
             from minmo.eval.model_binding import bind_cascade_baseline

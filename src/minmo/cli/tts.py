@@ -1,6 +1,8 @@
-"""``minmo tts`` (speech tokens in a manifest -> wav files) and ``minmo tokenize`` (fill
-``speech_tokens`` into a manifest with the speech tokenizer).
+"""``minmo tts`` (a text read aloud by the whole model, or speech tokens in a manifest ->
+wav files) and ``minmo tokenize`` (fill ``speech_tokens`` into a manifest with the speech
+tokenizer).
 
+    minmo tts --text "The kitchen light is on." --out light.wav      # the default model
     minmo tokenize data/train/tts.jsonl --model tiny --set speech_tokenizer.path=runs/tok.safetensors
     minmo tts data/train/tts.jsonl --out-dir out/wavs --model tiny \
         --set flow.path=runs/flow.safetensors --set vocoder.path=runs/hift.safetensors
@@ -14,12 +16,21 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``tts`` and ``tokenize``."""
-    tts = subparsers.add_parser("tts", help="speech tokens of a manifest -> 24 kHz wav files (token2wav)",
-                                description="Synthesise every row that has speech_tokens with flow matching + "
-                                "HiFT, offline or streaming in 15-token chunks, and write <id>.wav files.")
-    tts.add_argument("manifest", help="jsonl manifest whose rows carry speech_tokens")
-    tts.add_argument("--out-dir", required=True, help="folder for the wav files")
-    tts.add_argument("--model", default="tiny", help="model preset or YAML (flow/vocoder/speaker sections)")
+    tts = subparsers.add_parser("tts", help="read a text aloud (--text), or speech tokens of a manifest "
+                                "-> 24 kHz wav files (token2wav)",
+                                description="With --text: the model reads the text aloud in the assistant's "
+                                "voice (the LLM is fed the words, the voice LM speaks them, token2wav renders "
+                                "them) and writes --out. With a manifest: synthesise every row that has "
+                                "speech_tokens with flow matching + HiFT, offline or streaming in 15-token "
+                                "chunks, and write <id>.wav files to --out-dir.")
+    tts.add_argument("manifest", nargs="?", help="jsonl manifest whose rows carry speech_tokens")
+    tts.add_argument("--text", help="text to read aloud with the whole model (instead of a manifest)")
+    tts.add_argument("--out", help="with --text: the .wav to write")
+    tts.add_argument("--out-dir", help="with a manifest: folder for the wav files")
+    tts.add_argument("--model", default=None, help="with --text: model directory or preset (default: the "
+                     "embedded minmo-small); with a manifest: preset or YAML with flow/vocoder/speaker "
+                     "sections (default tiny)")
+    tts.add_argument("--seed", type=int, default=0, help="with --text: sampling seed of the voice LM")
     tts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. flow.path=runs/flow.safetensors (repeatable)")
     tts.add_argument("--speaker-wav", help="16 kHz reference voice for the speaker embedding (else the assistant's fixed embedding)")
@@ -66,6 +77,46 @@ def _speaker_embedding(cfg, speaker_wav: str | None, device: str):
 
 
 def run_tts(args: argparse.Namespace) -> int:
+    """Dispatch: ``--text`` (read aloud) or a manifest of speech tokens."""
+    if (args.text is None) == (args.manifest is None):
+        raise ValueError("minmo tts: give either --text TEXT (read aloud) or a MANIFEST of speech tokens")
+    if args.text is not None:
+        if not args.out:
+            raise ValueError("minmo tts --text: give --out FILE.wav")
+        return run_read_aloud(args)
+    if not args.out_dir:
+        raise ValueError("minmo tts MANIFEST: give --out-dir FOLDER")
+    return run_tokens(args)
+
+
+def run_read_aloud(args: argparse.Namespace) -> int:
+    """The model reads ``--text`` aloud: the LLM is fed the words (``say``), the voice LM and
+    token2wav speak them; the wave goes to ``--out``."""
+    import sys
+
+    import numpy as np
+
+    from minmo.audio.io import save_audio
+    from minmo.eval.model_binding import read_aloud_token_cap, tts_instruction
+    from minmo.inference import pipeline as P
+    from minmo.inference.loading import load_runtime
+
+    if args.set:
+        raise ValueError("minmo tts --text: --set applies to manifests only; choose the model with --model")
+    rt = load_runtime(args.model, seed=args.seed, device=args.device)
+    if rt.info.warning:
+        print(f"minmo tts: WARNING: {rt.info.warning}", file=sys.stderr)
+    gen = P.GenerationConfig(seed=args.seed, max_speech_tokens=read_aloud_token_cap(args.text, "en"))
+    session = P.new_session(rt, P.SessionConfig(generation=gen))
+    events = P.respond(rt, session, text=tts_instruction(args.text, None, None), say=args.text)
+    chunks = [ev.samples for ev in events if isinstance(ev, P.AudioChunk)]
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    save_audio(args.out, wave, rt.sample_rate_out)
+    print(f"minmo tts: {wave.size / rt.sample_rate_out:.2f} s of speech -> {args.out}")
+    return 0
+
+
+def run_tokens(args: argparse.Namespace) -> int:
     """Synthesise the rows' speech tokens; report written / skipped rows."""
     import soundfile as sf
     import torch
@@ -75,7 +126,7 @@ def run_tts(args: argparse.Namespace) -> int:
     from minmo.data.manifest import read_manifest
     from minmo.inference.token2wav import build_token2wav
 
-    cfg = load_model_config(args.model, args.set)
+    cfg = load_model_config(args.model or "tiny", args.set)
     scan = read_manifest(args.manifest)
     rows = [r for r in scan.rows if r.speech_tokens]
     skipped = len(scan.rows) - len(rows)

@@ -178,7 +178,8 @@ def make_judge(spec: str, model: Any, device: str = "cpu") -> TranscriberJudge |
 
 
 def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
-                    vocoder: str = "auto", transcript_ctc_weight: float = 0.0) -> EvalModel:
+                    vocoder: str = "auto", transcript_ctc_weight: float = 0.0,
+                    tts_text: str = "generated") -> EvalModel:
     """Bind ``--model`` (a checkpoint directory or a config preset) to an adapter.
 
     Args:
@@ -187,6 +188,8 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
         max_reply_seconds: speech length limit of spoken replies.
         vocoder: speech decoder (``auto``/``token2wav`` or ``placeholder``).
         transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
+        tts_text: read-aloud tasks speak the words the LLM writes (``generated``) or the
+            given text (``given``).
 
     Raises:
         ModelUnavailableError: the inference API this needs is not in this build, or the
@@ -195,4 +198,4 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
     from minmo.eval.model_binding import bind_minmo_model
 
     return bind_minmo_model(spec, device, max_reply_seconds=max_reply_seconds, vocoder=vocoder,
-                            transcript_ctc_weight=transcript_ctc_weight)
+                            transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text)

@@ -84,15 +84,31 @@ def _to_16k(wave: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
     return resample(np.asarray(wave, dtype=np.float32), sample_rate, target)
 
 
+def read_aloud_token_cap(text: str, language: str, max_seconds: float = 30.0) -> int:
+    """Speech-token limit of ``text`` read aloud (:data:`TTS_MIN_SYLLABLES_PER_SECOND`)."""
+    from minmo.eval.prosody import count_syllables
+
+    seconds = max(2.0, count_syllables(text, language) / TTS_MIN_SYLLABLES_PER_SECOND)
+    return int(min(seconds, max_seconds) * SPEECH_TOKENS_PER_SECOND)
+
+
+TTS_TEXT_MODES = ("generated", "given")
+"""Read-aloud replies (``tts``, ``instruct_tts``): the words the LLM writes after the
+instruction, or the given text fed to it (``minmo eval --tts-text``)."""
+
+
 class MinMoEvalModel:
     """:class:`~minmo.eval.adapters.EvalModel` over a MinMo runtime."""
 
     def __init__(self, runtime: Any, name: str, max_reply_seconds: float = 6.0,
                  max_reply_text_tokens: int = 64, max_tts_seconds: float = 30.0,
-                 transcript_ctc_weight: float = 0.0):
+                 transcript_ctc_weight: float = 0.0, tts_text: str = "generated"):
+        if tts_text not in TTS_TEXT_MODES:
+            raise ValueError(f"tts_text {tts_text!r}: expected one of {TTS_TEXT_MODES}")
         self.rt = runtime
         self.name = name
         self.transcript_ctc_weight = transcript_ctc_weight  # joint CTC decoding of ``asr``
+        self.tts_text = tts_text  # read-aloud replies: words the LLM writes, or the given ones
         self.max_reply_seconds = max_reply_seconds
         self.max_reply_text_tokens = max_reply_text_tokens
         self.max_tts_seconds = max_tts_seconds
@@ -149,6 +165,7 @@ class MinMoEvalModel:
         info = self.rt.info.to_dict()
         if self.transcript_ctc_weight > 0:
             info["transcript_ctc_weight"] = self.transcript_ctc_weight
+        info["tts_text"] = self.tts_text
         return info
 
     # ---- speech in, text out -------------------------------------------------------------
@@ -189,15 +206,13 @@ class MinMoEvalModel:
                    prompt: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int]:
         from minmo.inference.pipeline import AudioChunk, respond
 
-        from minmo.eval.prosody import count_syllables
-
         rt = self.rt
         text_tokens = len(rt.tok.encode(text))
-        seconds = max(2.0, count_syllables(text, language) / TTS_MIN_SYLLABLES_PER_SECOND)
-        speech_cap = int(min(seconds, self.max_tts_seconds) * SPEECH_TOKENS_PER_SECOND)
+        speech_cap = read_aloud_token_cap(text, language, self.max_tts_seconds)
         session = self._session(text_tokens + 16, speech_cap)
+        say = text if self.tts_text == "given" else None
         chunks = [ev.samples for ev in respond(rt, session, text=tts_instruction(
-            text, style, instruction), audio=True) if isinstance(ev, AudioChunk)]
+            text, style, instruction), audio=True, say=say) if isinstance(ev, AudioChunk)]
         wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         return wave, rt.sample_rate_out
 
@@ -331,7 +346,8 @@ class CascadeEvalModel(MinMoEvalModel):
 
 
 def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
-                     vocoder: str = "auto", transcript_ctc_weight: float = 0.0) -> EvalModel:
+                     vocoder: str = "auto", transcript_ctc_weight: float = 0.0,
+                     tts_text: str = "generated") -> EvalModel:
     """Load ``spec`` (model directory, run directory or preset such as ``tiny``).
 
     Args:
@@ -340,13 +356,15 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
         max_reply_seconds: speech length limit of spoken replies.
         vocoder: speech decoder: ``auto``/``token2wav`` or ``placeholder``.
         transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
+        tts_text: read-aloud tasks: ``generated`` (the LLM writes the words it speaks, as
+            the paper's system does) or ``given`` (it is fed the text: the speech alone).
 
     Raises:
         ModelUnavailableError: no loader in this build, or the model cannot be loaded.
     """
     return MinMoEvalModel(_load_runtime(spec, device, vocoder), spec,
                           max_reply_seconds=max_reply_seconds,
-                          transcript_ctc_weight=transcript_ctc_weight)
+                          transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text)
 
 
 def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None) -> EvalModel:

@@ -41,6 +41,9 @@ class TextStream:
             cancelled); the conversation must feed it before its closing tokens.
         finish_reason: ``"stop"`` (``<|im_end|>``), ``"length"``, ``"cancelled"`` or None.
         hidden_first_at: number of forward steps done (for latency stats).
+        forced: the reply's tokens, given (a text read aloud): each step feeds the next one
+            instead of sampling (teacher forcing, as training does), so the semantic vectors
+            are those of exactly this text; then the stream stops. None: generate.
     """
 
     kv: KVStream
@@ -55,6 +58,7 @@ class TextStream:
     finish_reason: str | None = None
     steps: int = 0
     ctc: CtcPrefixScorer | None = None
+    forced: list[int] | None = None
 
     @property
     def done(self) -> bool:
@@ -99,7 +103,9 @@ def text_step(rt: MinMoRuntime, streams: list[TextStream]) -> list[TextStepOut]:
     outs = []
     for s, h, lg in zip(streams, last, logits):
         s.steps += 1
-        if s.ctc is not None:
+        if s.forced is not None:
+            tok = s.forced[len(s.ids)] if len(s.ids) < len(s.forced) else min(rt.stop_ids)
+        elif s.ctc is not None:
             tok = s.ctc.choose(lg, rt.stop_ids)
         else:
             tok = sample_text(lg, s.temperature, s.top_p, s.generator)

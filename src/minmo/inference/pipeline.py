@@ -356,16 +356,21 @@ class ResponseJob:
 
 
 def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
-                gen: GenerationConfig | None = None) -> ResponseJob:
-    """Begin a reply to the conversation so far (pending items are fed with its prompt)."""
+                gen: GenerationConfig | None = None, say: str | None = None) -> ResponseJob:
+    """Begin a reply to the conversation so far (pending items are fed with its prompt).
+
+    ``say``: the reply's text, given instead of generated (read aloud): the LLM is fed it
+    token by token for its hidden states, and the voice LM speaks exactly these words."""
     gen = gen or session.cfg.generation
-    _fit(rt, session, len(assistant_header_ids(rt.tok)) + gen.max_text_tokens + 2)
+    forced = rt.tok.encode(say) if say is not None else None
+    max_text = len(forced) + 1 if forced is not None else gen.max_text_tokens
+    _fit(rt, session, len(assistant_header_ids(rt.tok)) + max_text + 2)
     chat = session.chat
     header = rt.embed_ids(assistant_header_ids(rt.tok))
     prompt = torch.cat([*chat.pending, header])
     chat.pending = []
-    text = TextStream(chat.kv, prompt, gen.max_text_tokens, semantic=audio,
-                      temperature=gen.temperature, top_p=gen.top_p, generator=session.generator)
+    text = TextStream(chat.kv, prompt, max_text, semantic=audio, temperature=gen.temperature,
+                      top_p=gen.top_p, generator=session.generator, forced=forced)
     voice = None
     if audio:
         voice = VoiceStream(max_tokens=gen.max_speech_tokens, greedy=gen.voice_greedy,
@@ -552,13 +557,15 @@ def run_job(rt: MinMoRuntime, job: ResponseJob, gen: GenerationConfig | None = N
 
 
 def respond(rt: MinMoRuntime, session: VoiceSession, wave: np.ndarray | None = None,
-            text: str | None = None, audio: bool = True) -> Iterator[JobEvent]:
-    """One user turn (speech ``wave`` at 16 kHz, or ``text``) and the streamed reply."""
+            text: str | None = None, audio: bool = True,
+            say: str | None = None) -> Iterator[JobEvent]:
+    """One user turn (speech ``wave`` at 16 kHz, or ``text``) and the streamed reply
+    (``say``: its given text, see :func:`start_reply`)."""
     if wave is not None:
         add_user_speech(rt, session, rt.encode_speech(wave))
     elif text is not None:
         add_user_text(rt, session, text)
-    job = start_reply(rt, session, audio=audio)
+    job = start_reply(rt, session, audio=audio, say=say)
     yield from run_job(rt, job, session.cfg.generation)
 
 
