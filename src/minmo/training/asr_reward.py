@@ -1,0 +1,150 @@
+"""Speech targets by an ASR reward: the voice LM's own best takes (rejection sampling).
+
+CosyVoice 2 and MinMo tune the speech generator with an ASR reward: speech that a
+recogniser reads back as the intended words is preferred. This module is its simplest form.
+For a row with a spoken reply (``tts``: the text read aloud; ``s2s_chat``: the spoken answer
+to the user's speech) the model speaks the reply ``K`` times: take 0 with the model's own
+decoding (what ``minmo eval``, ``minmo chat`` and the server say), takes ``1..K-1`` sampled
+from the ``top_k`` likeliest speech tokens (session seeds ``1..K-1``). A judge transcribes
+each take, and the take with the fewest word errors against the reply text becomes the row's
+``speech_tokens`` when its WER is at most a bound (0 by default: every word heard). Training
+the voice LM on such rows (stage ``s2s``) needs no speech tokenizer: the tokens are the
+model's own, in the codebook its flow was trained on.
+
+A take counts only if the LLM wrote the row's reply text (:data:`REPLY_FIELD`; compared after
+the WER normaliser), so the tokens speak the words the training row feeds the voice LM. The
+reply text is greedy, so when take 0 writes another text the other takes are not spoken.
+
+``scripts/judged_speech_targets.py`` runs it over manifests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+REPLY_FIELD = {"tts": "text", "s2s_chat": "target"}
+"""Task -> the manifest field holding the reply text a take must speak."""
+
+DEFAULT_TOP_K = 25
+"""Takes ``1..K-1`` sample from this many likeliest speech tokens (CosyVoice 2's value)."""
+
+
+class Judge(Protocol):
+    """What :func:`judge_row` needs of an ASR judge (``minmo.eval.adapters.make_judge``)."""
+
+    def transcribe(self, wave: np.ndarray, sample_rate: int, language: str) -> str: ...
+
+
+@dataclass
+class Take:
+    """One spoken reply: the session seed, its text, speech tokens and what the judge heard."""
+
+    seed: int
+    text: str
+    tokens: list[int]
+    heard: str
+    wer: float
+
+
+def take_wer(reference: str, heard: str, language: str = "en") -> float:
+    """Word error rate of one take (normalised words; an empty reference counts one word)."""
+    from minmo.eval.metrics import utterance_edits
+
+    edits = utterance_edits(reference, heard, language)
+    return edits.errors / max(1, edits.reference_length)
+
+
+def same_text(text: str, reference: str, language: str = "en") -> bool:
+    """Whether the LLM wrote the reference text (after the WER normaliser)."""
+    from minmo.eval.normalize import normalize_for_language
+
+    return normalize_for_language(text, language) == normalize_for_language(reference, language)
+
+
+def best_take(reference: str, takes: list[Take], max_wer: float,
+              language: str = "en") -> Take | None:
+    """The take with the lowest WER whose text is ``reference`` and whose WER is at most
+    ``max_wer``; the lowest seed wins ties. None when no take qualifies."""
+    fit = [t for t in takes if t.tokens and same_text(t.text, reference, language)
+           and t.wer <= max_wer]
+    return min(fit, key=lambda t: (t.wer, t.seed)) if fit else None
+
+
+def speak(rt: Any, row: dict[str, Any], base: Path, seed: int, max_seconds: float,
+          top_k: int | None = None) -> tuple[str, list[int], np.ndarray]:
+    """One take of the row's reply: ``(text, speech tokens, wave at rt.sample_rate_out)``.
+
+    ``base``: the manifest's folder (row audio paths are relative to it); ``top_k``
+    overrides the voice LM's for this take (None: the model's own decoding)."""
+    from minmo.audio.io import load_audio
+    from minmo.eval.model_binding import tts_instruction
+    from minmo.inference.pipeline import (AudioChunk, GenerationConfig, SessionConfig,
+                                          SpeechTokens, TextDelta, new_session, respond)
+
+    gen = GenerationConfig(max_speech_tokens=int(max_seconds * 25), seed=seed)
+    session = new_session(rt, SessionConfig(generation=gen))
+    if row["task"] == "tts":
+        events = respond(rt, session, text=tts_instruction(row["text"], row.get("style"),
+                                                           row.get("instruction")))
+    else:
+        events = respond(rt, session, wave=load_audio(str(base / row["audio"]),
+                                                      rt.sample_rate_in))
+    voice_cfg = rt.model.voice_lm.cfg
+    kept_top_k = voice_cfg.top_k
+    voice_cfg.top_k = kept_top_k if top_k is None else top_k
+    try:
+        events = list(events)  # the generator runs here, under this take's top_k
+    finally:
+        voice_cfg.top_k = kept_top_k
+    text = "".join(ev.text for ev in events if isinstance(ev, TextDelta)).strip()
+    tokens = [t for ev in events if isinstance(ev, SpeechTokens) for t in ev.tokens]
+    chunks = [ev.samples for ev in events if isinstance(ev, AudioChunk)]
+    return text, tokens, np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def judge_row(rt: Any, judge: Judge, row: dict[str, Any], base: Path, samples: int,
+              max_wer: float = 0.0, top_k: int = DEFAULT_TOP_K,
+              max_seconds: float = 12.0) -> tuple[list[Take], Take | None]:
+    """Speak the row's reply up to ``samples`` times, judge each take: ``(takes, best)``."""
+    reference = row[REPLY_FIELD[row["task"]]]
+    language = row.get("language") or "en"
+    takes = []
+    for seed in range(samples):
+        text, tokens, wave = speak(rt, row, base, seed, max_seconds, None if seed == 0 else top_k)
+        heard = judge.transcribe(wave, rt.sample_rate_out, language) if wave.size else ""
+        takes.append(Take(seed, text, tokens, heard, take_wer(reference, heard, language)))
+        if seed == 0 and not same_text(text, reference, language):
+            break  # the reply text is greedy: every other take would write it again
+    return takes, best_take(reference, takes, max_wer, language)
+
+
+def read_reply_rows(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """``(manifest folder, row)`` for each row of a task in :data:`REPLY_FIELD`, shuffled
+    with seed 0 (so the first N are a sample of every manifest)."""
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            rows += [(path.parent, row) for row in map(json.loads, filter(str.strip, f))
+                     if row.get("task") in REPLY_FIELD]
+    return [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+
+
+def target_row(row: dict[str, Any], base: Path, take: Take) -> dict[str, Any]:
+    """The training row of a kept take: the row, its audio paths made absolute, and
+    ``speech_tokens``."""
+    fixed = {k: str((base / v).resolve()) if k in ("audio", "target_audio") and v else v
+             for k, v in row.items()}
+    return {**fixed, "speech_tokens": take.tokens}
+
+
+def report_row(row: dict[str, Any], takes: list[Take], best: Take | None) -> dict[str, Any]:
+    """What the report keeps of a row: every take's text, transcript, WER, token count."""
+    return {"id": row["id"], "task": row["task"], "reference": row[REPLY_FIELD[row["task"]]],
+            "kept_seed": best.seed if best else None,
+            "takes": [{**{k: v for k, v in asdict(t).items() if k != "tokens"},
+                       "wer": round(t.wer, 4), "tokens": len(t.tokens)} for t in takes]}
