@@ -5,9 +5,10 @@
         --samples 3 [--max-wer 0] [--limit N] [--shard 0/2] --out OUT.tokens.jsonl
 
 Rejection sampling with an ASR reward (``minmo.training.asr_reward``): the package speaks each
-``tts`` / ``s2s_chat`` row's reply ``K`` times (take 0 as it always speaks, the others
-sampled), Whisper tiny.en (the ``eval`` extra) transcribes each take, and the best take
-becomes the row's ``speech_tokens`` when its WER is at most ``--max-wer``. Then train the
+``tts`` row's text / ``s2s_chat`` row's answer ``K`` times (take 0 as it always speaks, the
+others sampled), Whisper tiny.en (the ``eval`` extra) transcribes each take, and the best take
+becomes the row's ``speech_tokens`` when its WER is at most ``--max-wer`` (against the
+reference answer, or with ``--own-answers`` against the answer the model wrote). Then train the
 voice LM on ``OUT``:
 
     python scripts/train_minmo_small.py --out RUN --stages s2s --init-package PKG \\
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the best take only if its WER is at most this (a fraction)")
     p.add_argument("--asr-judge", default="faster-whisper:tiny.en",
                    help="faster-whisper:DIR, faster-whisper:tiny.en (the installed copy) or self")
+    p.add_argument("--own-answers", action="store_true",
+                   help="s2s_chat: judge takes against the answer the model wrote and keep it "
+                        "as the row's target (on-policy for the voice LM), not only rows it "
+                        "answered as the reference does")
     p.add_argument("--max-seconds", type=float, default=12.0, help="speech length cap per take")
     p.add_argument("--limit", type=int, help="the first N (shuffled) rows only, before sharding")
     p.add_argument("--shard", default="0/1", help="i/n: this process speaks rows i, i+n, ...")
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "a", encoding="utf-8") as out, open(report, "a", encoding="utf-8") as rep:
         for base, row in tqdm(todo, disable=args.no_progress, unit="row"):
             takes, best = judge_row(model.rt, judge, row, base, args.samples, args.max_wer,
-                                    args.top_k, args.max_seconds)
+                                    args.top_k, args.max_seconds, args.own_answers)
             if best is not None:
                 kept += 1
                 out.write(json.dumps(target_row(row, base, best)) + "\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from minmo.training.asr_reward import (Take, best_take, judge_row, read_reply_rows, same_text,
-                                       speak, take_wer)
+                                       speak, take_wer, target_row)
 from minmo.training.toydata import write_toy_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +80,25 @@ def test_judge_row_stops_when_the_reply_text_is_another(rt, toy):
     judge = ScriptedJudge(row["target"], {0, 1, 2})
     takes, best = judge_row(rt, judge, row, base, samples=3, max_seconds=2.0)
     assert len(takes) == 1 and best is None and judge.calls == 1
+
+
+def test_own_answers_judges_the_answer_the_model_wrote(rt, toy):
+    base, row = toy["s2s"].parent, dict(read_reply_rows([toy["s2s"]])[0][1])
+    said = speak(rt, row, base, 0, 2.0)[0]
+    row["target"] = "A reply the random model never writes."
+    takes, best = judge_row(rt, ScriptedJudge(said, {1}), row, base, samples=3, max_seconds=2.0,
+                            own_answers=True)
+    assert len(takes) == 3 and best is takes[1] and best.text == said
+    assert target_row(row, base, best)["target"] == said
+
+
+def test_a_tts_take_speaks_the_given_text(rt, toy):
+    base, row = toy["tts"].parent, read_reply_rows([toy["tts"]])[0][1]
+    takes, best = judge_row(rt, ScriptedJudge(row["text"], {0}), row, base, samples=2,
+                            max_seconds=2.0)
+    assert [t.text for t in takes] == [row["text"]] * 2 and best is takes[0]
+    kept = target_row(row, base, best)
+    assert kept["text"] == row["text"] and kept["speech_tokens"] == takes[0].tokens
 
 
 def test_script_writes_report_and_resumes(toy, tmp_path, capsys):

@@ -11,9 +11,13 @@ each take, and the take with the fewest word errors against the reply text becom
 the voice LM on such rows (stage ``s2s``) needs no speech tokenizer: the tokens are the
 model's own, in the codebook its flow was trained on.
 
-A take counts only if the LLM wrote the row's reply text (:data:`REPLY_FIELD`; compared after
-the WER normaliser), so the tokens speak the words the training row feeds the voice LM. The
-reply text is greedy, so when take 0 writes another text the other takes are not spoken.
+A ``tts`` row's text is given to the LLM (``start_reply(..., say=TEXT)``), so its takes speak
+exactly it. For ``s2s_chat`` the LLM writes its answer (greedy, the same in every take), and
+a take counts only if that answer is the row's reference (:data:`REPLY_FIELD`, compared after
+the WER normaliser; when it is not, the other takes are not spoken) -- unless
+``own_answers``: then every take is judged against the model's own answer, which becomes the
+kept row's ``target``. That is on-policy for the voice LM, which at inference speaks
+whatever the LLM answered, right or wrong; the row is then no longer a QA reference.
 
 ``scripts/judged_speech_targets.py`` runs it over manifests.
 """
@@ -77,7 +81,8 @@ def best_take(reference: str, takes: list[Take], max_wer: float,
 
 def speak(rt: Any, row: dict[str, Any], base: Path, seed: int, max_seconds: float,
           top_k: int | None = None) -> tuple[str, list[int], np.ndarray]:
-    """One take of the row's reply: ``(text, speech tokens, wave at rt.sample_rate_out)``.
+    """One take of the row's reply: ``(text, speech tokens, wave at rt.sample_rate_out)``;
+    a ``tts`` row's text is given, an ``s2s_chat`` row's answer is written by the LLM.
 
     ``base``: the manifest's folder (row audio paths are relative to it); ``top_k``
     overrides the voice LM's for this take (None: the model's own decoding)."""
@@ -90,7 +95,8 @@ def speak(rt: Any, row: dict[str, Any], base: Path, seed: int, max_seconds: floa
     session = new_session(rt, SessionConfig(generation=gen))
     if row["task"] == "tts":
         events = respond(rt, session, text=tts_instruction(row["text"], row.get("style"),
-                                                           row.get("instruction")))
+                                                           row.get("instruction")),
+                         say=row["text"])
     else:
         events = respond(rt, session, wave=load_audio(str(base / row["audio"]),
                                                       rt.sample_rate_in))
@@ -108,14 +114,17 @@ def speak(rt: Any, row: dict[str, Any], base: Path, seed: int, max_seconds: floa
 
 
 def judge_row(rt: Any, judge: Judge, row: dict[str, Any], base: Path, samples: int,
-              max_wer: float = 0.0, top_k: int = DEFAULT_TOP_K,
-              max_seconds: float = 12.0) -> tuple[list[Take], Take | None]:
-    """Speak the row's reply up to ``samples`` times, judge each take: ``(takes, best)``."""
+              max_wer: float = 0.0, top_k: int = DEFAULT_TOP_K, max_seconds: float = 12.0,
+              own_answers: bool = False) -> tuple[list[Take], Take | None]:
+    """Speak the row's reply up to ``samples`` times, judge each take: ``(takes, best)``.
+    With ``own_answers`` an ``s2s_chat`` take is judged against the answer the LLM wrote."""
     reference = row[REPLY_FIELD[row["task"]]]
     language = row.get("language") or "en"
     takes = []
     for seed in range(samples):
         text, tokens, wave = speak(rt, row, base, seed, max_seconds, None if seed == 0 else top_k)
+        if own_answers and row["task"] == "s2s_chat":
+            reference = text
         heard = judge.transcribe(wave, rt.sample_rate_out, language) if wave.size else ""
         takes.append(Take(seed, text, tokens, heard, take_wer(reference, heard, language)))
         if seed == 0 and not same_text(text, reference, language):
@@ -135,10 +144,14 @@ def read_reply_rows(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def target_row(row: dict[str, Any], base: Path, take: Take) -> dict[str, Any]:
-    """The training row of a kept take: the row, its audio paths made absolute, and
-    ``speech_tokens``."""
+    """The training row of a kept take: the row, its audio paths made absolute, its
+    ``speech_tokens`` and, for ``s2s_chat``, the answer as the LLM wrote it (the reference's
+    words, perhaps spelt otherwise, or with ``own_answers`` its own), whose states the
+    tokens were spoken from."""
     fixed = {k: str((base / v).resolve()) if k in ("audio", "target_audio") and v else v
              for k, v in row.items()}
+    if row["task"] == "s2s_chat":
+        fixed["target"] = take.text
     return {**fixed, "speech_tokens": take.tokens}
 
 
