@@ -1,6 +1,6 @@
 """Speech targets by an ASR reward: the voice LM's own best takes (rejection sampling).
 
-CosyVoice 2 and MinMo tune the speech generator with an ASR reward: speech that a
+CosyVoice 2 tunes its speech token LM with an ASR reward: speech that a
 recogniser reads back as the intended words is preferred. This module is its simplest form.
 For a row with a spoken reply (``tts``: the text read aloud; ``s2s_chat``: the spoken answer
 to the user's speech) the model speaks the reply ``K`` times: take 0 with the model's own
