@@ -41,6 +41,8 @@ def test_best_take_lowest_wer_within_bound_and_right_text():
 class ScriptedJudge:
     """Hears the row's reply on the takes listed in ``right`` (by call order), else noise."""
 
+    name = "scripted"
+
     def __init__(self, reference: str, right: set[int]):
         self.reference, self.right, self.calls = reference, right, 0
 

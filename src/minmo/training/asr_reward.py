@@ -27,21 +27,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
+
+from minmo.eval.adapters import TranscriberJudge
 
 REPLY_FIELD = {"tts": "text", "s2s_chat": "target"}
 """Task -> the manifest field holding the reply text a take must speak."""
 
 DEFAULT_TOP_K = 25
 """Takes ``1..K-1`` sample from this many likeliest speech tokens (CosyVoice 2's value)."""
-
-
-class Judge(Protocol):
-    """What :func:`judge_row` needs of an ASR judge (``minmo.eval.adapters.make_judge``)."""
-
-    def transcribe(self, wave: np.ndarray, sample_rate: int, language: str) -> str: ...
 
 
 @dataclass
@@ -113,7 +109,7 @@ def speak(rt: Any, row: dict[str, Any], base: Path, seed: int, max_seconds: floa
     return text, tokens, np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
-def judge_row(rt: Any, judge: Judge, row: dict[str, Any], base: Path, samples: int,
+def judge_row(rt: Any, judge: TranscriberJudge, row: dict[str, Any], base: Path, samples: int,
               max_wer: float = 0.0, top_k: int = DEFAULT_TOP_K, max_seconds: float = 12.0,
               own_answers: bool = False) -> tuple[list[Take], Take | None]:
     """Speak the row's reply up to ``samples`` times, judge each take: ``(takes, best)``.
