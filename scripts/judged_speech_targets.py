@@ -16,7 +16,7 @@ voice LM on ``OUT``:
 
 (no speech tokenizer needed: the tokens are the package's own). Rows are shuffled with seed
 0 before ``--limit``; rows already in the report (``OUT`` with ``.report.jsonl`` in place of
-``.tokens.jsonl``, every take's transcript and WER) are skipped, so a stopped run resumes and a
+``.tokens.jsonl``, every take's tokens, transcript and WER) are skipped, so a stopped run resumes and a
 larger ``--limit`` extends it. ``--shard i/n`` in ``n`` processes splits the rows;
 concatenate the outputs.
 """

@@ -117,6 +117,10 @@ def test_script_writes_report_and_resumes(toy, tmp_path, capsys):
     assert all(1 <= len(r["takes"]) <= 2 for r in report)
     kept = [json.loads(line) for line in open(out)]
     assert len(kept) == sum(r["kept_seed"] is not None for r in report)
+    assert all(t["tokens"] and set(t) >= {"seed", "text", "heard", "wer"}
+               for r in report for t in r["takes"])  # every take's tokens, failed ones too
+    kept_takes = {r["id"]: r["takes"][r["kept_seed"]] for r in report if r["kept_seed"] is not None}
+    assert all(row["speech_tokens"] == kept_takes[row["id"]]["tokens"] for row in kept)
     assert script.main(args) == 0
     assert "0 rows to speak (3 done)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="tokens.jsonl"):

@@ -152,8 +152,8 @@ def target_row(row: dict[str, Any], base: Path, take: Take) -> dict[str, Any]:
 
 
 def report_row(row: dict[str, Any], takes: list[Take], best: Take | None) -> dict[str, Any]:
-    """What the report keeps of a row: every take's text, transcript, WER, token count."""
+    """What the report keeps of a row: every take's seed, text, transcript, WER and speech
+    tokens, the failed takes' too (the pairs a preference objective would train on)."""
     return {"id": row["id"], "task": row["task"], "reference": row[REPLY_FIELD[row["task"]]],
             "kept_seed": best.seed if best else None,
-            "takes": [{**{k: v for k, v in asdict(t).items() if k != "tokens"},
-                       "wer": round(t.wer, 4), "tokens": len(t.tokens)} for t in takes]}
+            "takes": [{**asdict(t), "wer": round(t.wer, 4)} for t in takes]}
