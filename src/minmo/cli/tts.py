@@ -94,8 +94,6 @@ def run_read_aloud(args: argparse.Namespace) -> int:
     token2wav speak them; the wave goes to ``--out``."""
     import sys
 
-    import numpy as np
-
     from minmo.audio.io import save_audio
     from minmo.eval.model_binding import read_aloud_token_cap, tts_instruction
     from minmo.inference import pipeline as P
@@ -108,11 +106,9 @@ def run_read_aloud(args: argparse.Namespace) -> int:
         print(f"minmo tts: WARNING: {rt.info.warning}", file=sys.stderr)
     gen = P.GenerationConfig(seed=args.seed, max_speech_tokens=read_aloud_token_cap(args.text, "en"))
     session = P.new_session(rt, P.SessionConfig(generation=gen))
-    events = P.respond(rt, session, text=tts_instruction(args.text, None, None), say=args.text)
-    chunks = [ev.samples for ev in events if isinstance(ev, P.AudioChunk)]
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    save_audio(args.out, wave, rt.sample_rate_out)
-    print(f"minmo tts: {wave.size / rt.sample_rate_out:.2f} s of speech -> {args.out}")
+    said = P.reply(rt, None, session, text=tts_instruction(args.text, None, None), say=args.text)
+    save_audio(args.out, said.wave, said.sample_rate)
+    print(f"minmo tts: {said.wave.size / said.sample_rate:.2f} s of speech -> {args.out}")
     return 0
 
 

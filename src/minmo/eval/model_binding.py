@@ -204,17 +204,15 @@ class MinMoEvalModel:
 
     def synthesize(self, text: str, language: str, style: str | None, instruction: str | None,
                    prompt: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int]:
-        from minmo.inference.pipeline import AudioChunk, respond
+        from minmo.inference.pipeline import reply
 
         rt = self.rt
         text_tokens = len(rt.tok.encode(text))
         speech_cap = read_aloud_token_cap(text, language, self.max_tts_seconds)
         session = self._session(text_tokens + 16, speech_cap)
-        say = text if self.tts_text == "given" else None
-        chunks = [ev.samples for ev in respond(rt, session, text=tts_instruction(
-            text, style, instruction), audio=True, say=say) if isinstance(ev, AudioChunk)]
-        wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        return wave, rt.sample_rate_out
+        said = reply(rt, None, session, text=tts_instruction(text, style, instruction),
+                     say=text if self.tts_text == "given" else None)
+        return said.wave, said.sample_rate
 
     # ---- full duplex ---------------------------------------------------------------------
 

@@ -610,19 +610,25 @@ class Reply:
     timings: dict[str, float]
 
 
-def reply(rt: MinMoRuntime, wave: np.ndarray, session: VoiceSession | None = None,
-          with_transcript: bool = True, audio: bool = True) -> Reply:
-    """One spoken turn offline: transcript (optional), reply text and reply speech."""
+def reply(rt: MinMoRuntime, wave: np.ndarray | None, session: VoiceSession | None = None,
+          with_transcript: bool = True, audio: bool = True, text: str | None = None,
+          say: str | None = None) -> Reply:
+    """One turn offline: the user's speech ``wave`` (16 kHz; its transcript optional) or
+    typed ``text``, then the reply text (``say``: given, see :func:`start_reply`) and the
+    reply speech."""
     session = session or new_session(rt)
-    speech = rt.encode_speech(wave)
     transcript = None
-    if with_transcript:
-        tjob = new_transcription(rt, session, speech, session.cfg.generation)
-        for _ in run_job(rt, tjob, session.cfg.generation):
-            pass
-        transcript = tjob.emitted
-    add_user_speech(rt, session, speech, transcript)
-    job = start_reply(rt, session, audio=audio)
+    if wave is not None:
+        speech = rt.encode_speech(wave)
+        if with_transcript:
+            tjob = new_transcription(rt, session, speech, session.cfg.generation)
+            for _ in run_job(rt, tjob, session.cfg.generation):
+                pass
+            transcript = tjob.emitted
+        add_user_speech(rt, session, speech, transcript)
+    elif text is not None:
+        add_user_text(rt, session, text)
+    job = start_reply(rt, session, audio=audio, say=say)
     chunks, tokens = [], []
     for ev in run_job(rt, job, session.cfg.generation):
         if isinstance(ev, AudioChunk):

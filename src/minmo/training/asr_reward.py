@@ -83,30 +83,25 @@ def speak(rt: Any, row: dict[str, Any], base: Path, seed: int, max_seconds: floa
     ``base``: the manifest's folder (row audio paths are relative to it); ``top_k``
     overrides the voice LM's for this take (None: the model's own decoding)."""
     from minmo.audio.io import load_audio
-    from minmo.eval.model_binding import tts_instruction
-    from minmo.inference.pipeline import (AudioChunk, GenerationConfig, SessionConfig,
-                                          SpeechTokens, TextDelta, new_session, respond)
+    from minmo.eval.model_binding import SPEECH_TOKENS_PER_SECOND, tts_instruction
+    from minmo.inference.pipeline import GenerationConfig, SessionConfig, new_session, reply
 
-    gen = GenerationConfig(max_speech_tokens=int(max_seconds * 25), seed=seed)
+    gen = GenerationConfig(max_speech_tokens=int(max_seconds * SPEECH_TOKENS_PER_SECOND),
+                           seed=seed)
     session = new_session(rt, SessionConfig(generation=gen))
-    if row["task"] == "tts":
-        events = respond(rt, session, text=tts_instruction(row["text"], row.get("style"),
-                                                           row.get("instruction")),
-                         say=row["text"])
-    else:
-        events = respond(rt, session, wave=load_audio(str(base / row["audio"]),
-                                                      rt.sample_rate_in))
     voice_cfg = rt.model.voice_lm.cfg
     kept_top_k = voice_cfg.top_k
     voice_cfg.top_k = kept_top_k if top_k is None else top_k
     try:
-        events = list(events)  # the generator runs here, under this take's top_k
+        if row["task"] == "tts":
+            said = reply(rt, None, session, say=row["text"], text=tts_instruction(
+                row["text"], row.get("style"), row.get("instruction")))
+        else:
+            said = reply(rt, load_audio(str(base / row["audio"]), rt.sample_rate_in), session,
+                         with_transcript=False)
     finally:
         voice_cfg.top_k = kept_top_k
-    text = "".join(ev.text for ev in events if isinstance(ev, TextDelta)).strip()
-    tokens = [t for ev in events if isinstance(ev, SpeechTokens) for t in ev.tokens]
-    chunks = [ev.samples for ev in events if isinstance(ev, AudioChunk)]
-    return text, tokens, np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return said.text.strip(), said.speech_tokens, said.wave
 
 
 def judge_row(rt: Any, judge: TranscriberJudge, row: dict[str, Any], base: Path, samples: int,
