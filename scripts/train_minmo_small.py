@@ -22,7 +22,8 @@
    packages on first use.
 
 The speech-output stages (``t2s_projector``, ``t2s_full``, ``s2s``) learn the assistant
-voice's speech tokens. ``--speech SPEECH_RUN`` names a ``scripts/train_speech_tiny.py`` run
+voice's speech tokens; the optional ``s2s_dpo`` tunes the voice LM on preference pairs of its
+own takes (``scripts/judged_speech_targets.py --pairs``). ``--speech SPEECH_RUN`` names a ``scripts/train_speech_tiny.py`` run
 (its ``trained.yaml``): its tokenizer fills ``speech_tokens`` into ``<manifest>.tokens.jsonl``
 beside each of their manifests (``minmo tokenize``, once), and the export carries its flow and
 vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the package speaks.
@@ -56,9 +57,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_PLACEHOLDER = "data/synth-en"
-RECIPE = ("s2t_ctc", "s2t_prealign", "s2t_fullalign", "s2t_sft", "t2s_projector", "t2s_full", "s2s", "duplex")
+RECIPE = ("s2t_ctc", "s2t_prealign", "s2t_fullalign", "s2t_sft", "t2s_projector", "t2s_full", "s2s",
+          "s2s_dpo", "duplex")
 """Every stage of the recipe, in the order they chain."""
-SPEECH_STAGES = ("t2s_projector", "t2s_full", "s2s")
+SPEECH_STAGES = ("t2s_projector", "t2s_full", "s2s", "s2s_dpo")
 """Stages whose targets are the assistant voice's speech tokens."""
 DEFAULT_STAGES = ("s2t_prealign", "s2t_sft")
 """Stages run by default: speech in, text out. The speech-output stages wait for the speech

@@ -105,6 +105,18 @@ def test_all_rows_bad_is_one_line(tmp_path, capsys):
     assert "all_bad.jsonl" in err and "minmo data check" in err
 
 
+def test_rows_all_bad_when_read_is_one_line_not_a_hang(tmp_path, capsys, corpus):
+    """Rows that pass loading but whose audio is gone when read: a whole epoch without one
+    good batch stops the run with the one-line error (it used to loop forever)."""
+    row = json.loads(corpus["asr"].read_text().splitlines()[0])
+    rows = [row | {"id": f"gone-{i}", "audio": str(tmp_path / f"gone{i}.wav")} for i in range(3)]
+    manifest = tmp_path / "gone.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    err = _one_line_error(capsys, train_main([CONFIG, f"data.train=[{manifest}]",
+                                              *_fast(tmp_path / "o")]))
+    assert "every row is bad" in err
+
+
 def test_console_script_exit_code_and_single_line(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("stage: s2t_prealign\nseed: not-a-number\n")

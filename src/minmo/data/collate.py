@@ -12,6 +12,9 @@ Keys (``B`` examples, right-padded):
 ``speech_tokens``         (B, S) long      target speech tokens, ``-100`` padded (if any row
                                            has them)
 ``speech_token_lens``     (B,) long
+``rejected_speech_tokens`` (B, S') long    a preference row's dispreferred speech (stage
+                                           ``s2s_dpo``), ``-100`` padded (if any row has it)
+``rejected_speech_token_lens`` (B,) long
 ``duplex_labels``         (B, T10) long    per-10-ms decisions, ``-100`` padded (if any
                                            duplex row)
 ``assistant_speaking``    (B, T10) float
@@ -150,9 +153,11 @@ class Collator:
             batch["feats"] = out
         batch["feat_lens"] = feat_lens
 
-        if any(ex.row.speech_tokens for ex in examples):
-            batch["speech_tokens"], batch["speech_token_lens"] = _pad_1d(
-                [ex.row.speech_tokens or [] for ex in examples], IGNORE_INDEX, torch.long)
+        for key, lens in (("speech_tokens", "speech_token_lens"),
+                          ("rejected_speech_tokens", "rejected_speech_token_lens")):
+            if any(getattr(ex.row, key) for ex in examples):
+                batch[key], batch[lens] = _pad_1d(
+                    [getattr(ex.row, key) or [] for ex in examples], IGNORE_INDEX, torch.long)
         if any(ex.duplex_labels is not None for ex in examples):
             empty = np.zeros(0)
             batch["duplex_labels"], _ = _pad_1d(

@@ -87,6 +87,7 @@ class ManifestRow:
     target_audio: str | None = None
     target_duration: float | None = None
     speech_tokens: list[int] | None = None
+    rejected_speech_tokens: list[int] | None = None
     labels: str | None = None
     turns: list[dict[str, Any]] | None = None
     split: str | None = None
@@ -197,13 +198,14 @@ def parse_row(obj: Any, base_dir: str | Path) -> ManifestRow:
             if not isinstance(obj[key], list) or not all(isinstance(w, str) for w in obj[key]):
                 raise RowError("missing_field", f"'{key}' must be a list of strings")
             kwargs[key] = list(obj[key])
-    if obj.get("speech_tokens") is not None:
-        toks = obj["speech_tokens"]
-        if not isinstance(toks, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in toks
-        ):
-            raise RowError("missing_field", "'speech_tokens' must be a list of integers")
-        kwargs["speech_tokens"] = toks
+    for key in ("speech_tokens", "rejected_speech_tokens"):
+        if obj.get(key) is not None:
+            toks = obj[key]
+            if not isinstance(toks, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in toks
+            ):
+                raise RowError("missing_field", f"'{key}' must be a list of integers")
+            kwargs[key] = toks
     if obj.get("turns") is not None:
         if not isinstance(obj["turns"], list):
             raise RowError("missing_field", "'turns' must be a list")

@@ -4,7 +4,8 @@ Dataflow (one direction)::
 
     feats -> encoder -> input projector -> [spliced into ChatML embeddings] -> LLM -> hidden
     hidden -> LM head                          (text CE:    speech-to-text stages)
-    hidden + token embedding -> output projector -> voice token LM   (speech CE: t2s, s2s)
+    hidden + token embedding -> output projector -> voice token LM   (speech CE: t2s, s2s;
+                                                                      speech_dpo: s2s_dpo)
     hidden of speech frames + speaking flag -> duplex predictor       (duplex CE)
     input projector output vs the LLM's token embeddings              (ctc: alignment aid)
 """
@@ -23,10 +24,10 @@ from minmo.models import embedding_ctc
 from minmo.models.duplex import DuplexPredictor, pool_flags, pool_labels
 from minmo.models.llm import LLM, TextTokenizer
 from minmo.models.projector import InputProjector, OutputProjector
-from minmo.models.voice_lm import VoiceTokenLM
+from minmo.models.voice_lm import VoiceTokenLM, dpo_loss
 
 IGNORE = -100
-LOSSES = ("text", "speech", "duplex", "ctc")
+LOSSES = ("text", "speech", "speech_dpo", "duplex", "ctc")
 GROUPS = ("encoder", "input_projector", "llm", "llm_lora", "output_projector", "voice_lm", "duplex")
 
 
@@ -36,6 +37,19 @@ class LossOutput:
 
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SpeechPreference:
+    """What the ``speech_dpo`` loss compares against: frozen copies of the output projector
+    and voice LM as a preference stage began (the DPO reference), its ``beta`` and the weight
+    of a plain cross-entropy term on the preferred speech (``sft_weight``, 0: none). Held by
+    :class:`MinMo` as a plain attribute, so it is neither trained nor saved."""
+
+    output_projector: nn.Module
+    voice_lm: VoiceTokenLM
+    beta: float = 0.1
+    sft_weight: float = 0.0
 
 
 @dataclass
@@ -80,6 +94,7 @@ class MinMo(nn.Module):
         self.duplex = DuplexPredictor(cfg.duplex, llm.hidden_size)
         self.tokenizer = tokenizer
         self.frontend = frontend
+        self.speech_preference: SpeechPreference | None = None
 
     # ---- structure -------------------------------------------------------------------
 
@@ -94,6 +109,16 @@ class MinMo(nn.Module):
         for n, p in self.llm.named_parameters():
             groups["llm_lora" if n in lora else "llm"][f"llm.{n}"] = p
         return groups
+
+    def set_speech_reference(self, beta: float = 0.1, sft_weight: float = 0.0) -> SpeechPreference:
+        """Freeze a copy of the output projector and voice LM as they are now: the reference
+        of the ``speech_dpo`` loss (stage ``s2s_dpo`` calls this after loading ``init``)."""
+        import copy
+
+        frozen = [copy.deepcopy(m).eval().requires_grad_(False)
+                  for m in (self.output_projector, self.voice_lm)]
+        self.speech_preference = SpeechPreference(*frozen, beta=beta, sft_weight=sft_weight)
+        return self.speech_preference
 
     def enable_lora(self) -> None:
         """Add LoRA adapters to the LLM (stages that train ``llm_lora``)."""
@@ -204,14 +229,17 @@ class MinMo(nn.Module):
             pairs.append((hidden[b, p - 1], self.llm.embed(x.ids[b, p])))
         return pairs
 
-    def semantic_vectors(self, hidden: torch.Tensor, x: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Semantic vectors of the response tokens: output projector of (hidden state that
-        produced token ``y_t``, embedding of ``y_t``); see :meth:`semantic_inputs`.
+    def semantic_vectors(self, hidden: torch.Tensor, x: SplicedInputs,
+                         projector: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semantic vectors of the response tokens: output projector (``projector``, default
+        the model's own) of (hidden state that produced token ``y_t``, embedding of ``y_t``);
+        see :meth:`semantic_inputs`.
 
         Returns:
             ``(B, Ls, D_v)`` padded vectors and ``(B,)`` lengths.
         """
-        rows = [self.output_projector(h, e) for h, e in self.semantic_inputs(hidden, x)]
+        projector = projector or self.output_projector
+        rows = [projector(h, e) for h, e in self.semantic_inputs(hidden, x)]
         lens = torch.tensor([r.shape[0] for r in rows], device=hidden.device)
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lens
 
@@ -221,6 +249,43 @@ class MinMo(nn.Module):
         sem, sem_lens = self.semantic_vectors(hidden, x)
         loss, m = self.voice_lm(sem, sem_lens, batch["speech_tokens"], batch["speech_token_lens"])
         return loss, {"speech_loss": loss.item(), **m}
+
+    def _speech_dpo_loss(self, hidden: torch.Tensor, x: SplicedInputs, batch: dict[str, Any]
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+        """DPO of the voice LM (and output projector) on preference pairs: each row's
+        ``speech_tokens`` (preferred) and ``rejected_speech_tokens`` speak the same reply, and
+        the loss raises the first's likelihood relative to the frozen reference more than the
+        second's (:func:`minmo.models.voice_lm.dpo_loss`; CosyVoice 2 tunes its LM this way
+        with an ASR reward)."""
+        pref = self.speech_preference
+        if pref is None:
+            raise RuntimeError("speech_dpo loss needs a reference: call "
+                               "MinMo.set_speech_reference() (stage s2s_dpo does)")
+        for key in ("speech_tokens", "rejected_speech_tokens"):
+            if key not in batch:
+                raise KeyError(f"speech_dpo loss needs '{key}' in the batch (preference rows: "
+                               "docs/training.md)")
+        pref.output_projector.to(hidden.device)
+        pref.voice_lm.to(hidden.device)
+        sem, lens = self.semantic_vectors(hidden, x)
+        pairs = [(batch["speech_tokens"], batch["speech_token_lens"]),
+                 (batch["rejected_speech_tokens"], batch["rejected_speech_token_lens"])]
+        (chosen, n_chosen), (rejected, _) = [self.voice_lm.sequence_logprobs(sem, lens, *p)
+                                             for p in pairs]
+        with torch.no_grad():
+            ref_sem, _ = self.semantic_vectors(hidden, x, pref.output_projector)
+            ref_chosen, ref_rejected = [pref.voice_lm.sequence_logprobs(ref_sem, lens, *p)[0]
+                                        for p in pairs]
+        loss, margins = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, pref.beta)
+        metrics = {"dpo_loss": loss.item(), "dpo_acc": (margins > 0).float().mean().item(),
+                   "dpo_margin": margins.mean().item(),
+                   "chosen_gain": (chosen - ref_chosen).mean().item(),
+                   "rejected_gain": (rejected - ref_rejected).mean().item()}
+        if pref.sft_weight > 0:
+            nll = -(chosen / n_chosen.clamp(min=1)).mean()
+            loss = loss + pref.sft_weight * nll
+            metrics["chosen_nll"] = nll.item()
+        return loss, metrics
 
     def _duplex_loss(self, hidden: torch.Tensor, x: SplicedInputs, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         if "duplex_labels" not in batch:
@@ -284,7 +349,7 @@ class MinMo(nn.Module):
 
         Args:
             batch: collated tensors.
-            losses: subset of ``("text", "speech", "duplex", "ctc")``; ``("ctc",)`` alone
+            losses: subset of ``("text", "speech", "speech_dpo", "duplex", "ctc")``; ``("ctc",)`` alone
                 runs no LLM (it scores the input projector's output only).
 
         Returns:
@@ -312,7 +377,8 @@ class MinMo(nn.Module):
             loss, m = self._ctc_loss(speech, speech_lens, batch)
             terms.append(loss)
             metrics.update(m)
-        for name, fn in (("text", self._text_loss), ("speech", self._speech_loss), ("duplex", self._duplex_loss)):
+        for name, fn in (("text", self._text_loss), ("speech", self._speech_loss),
+                         ("speech_dpo", self._speech_dpo_loss), ("duplex", self._duplex_loss)):
             if name in losses:
                 loss, m = fn(hidden, x) if name == "text" else fn(hidden, x, batch)
                 terms.append(loss)

@@ -112,14 +112,14 @@ class VoiceTokenLM(nn.Module):
         targets += [IGNORE] * (ls - i) + speech[j:].tolist() + [self.eos_id]
         return torch.cat(parts, dim=0), torch.tensor(targets, device=semantic.device)
 
-    def forward(
+    def teacher_forced(
         self,
         semantic: torch.Tensor,
         semantic_lens: torch.Tensor,
         speech: torch.Tensor,
         speech_lens: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Speech-token cross entropy with teacher forcing.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the interleaved sequences (:meth:`build_sequence`) and their targets.
 
         Args:
             semantic: ``(B, Ls, D)`` semantic vectors (padded).
@@ -128,7 +128,7 @@ class VoiceTokenLM(nn.Module):
             speech_lens: ``(B,)``.
 
         Returns:
-            mean loss over target positions and metrics (``speech_acc``).
+            float32 logits ``(B, L, V)`` and targets ``(B, L)`` (``-100``: no loss, padding).
         """
         seqs, tgts = [], []
         for b in range(semantic.shape[0]):
@@ -140,12 +140,47 @@ class VoiceTokenLM(nn.Module):
         targets = nn.utils.rnn.pad_sequence(tgts, batch_first=True, padding_value=IGNORE)
         mask = (torch.arange(inputs.shape[1], device=lens.device)[None] < lens[:, None]).long()
         hidden = self.body(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-        logits = self.decoder(hidden).float()
+        return self.decoder(hidden).float(), targets
+
+    def forward(
+        self,
+        semantic: torch.Tensor,
+        semantic_lens: torch.Tensor,
+        speech: torch.Tensor,
+        speech_lens: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Speech-token cross entropy with teacher forcing (arguments as
+        :meth:`teacher_forced`).
+
+        Returns:
+            mean loss over target positions and metrics (``speech_acc``).
+        """
+        logits, targets = self.teacher_forced(semantic, semantic_lens, speech, speech_lens)
         loss = F.cross_entropy(logits.reshape(-1, self.vocab), targets.reshape(-1), ignore_index=IGNORE)
         with torch.no_grad():
             valid = targets != IGNORE
             acc = (logits.argmax(-1)[valid] == targets[valid]).float().mean().item() if valid.any() else 0.0
         return loss, {"speech_acc": acc}
+
+    def sequence_logprobs(
+        self,
+        semantic: torch.Tensor,
+        semantic_lens: torch.Tensor,
+        speech: torch.Tensor,
+        speech_lens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of each example's whole speech continuation (its speech tokens,
+        the ``FILL`` marks and ``EOS``) given its semantic vectors: what a preference
+        objective compares (arguments as :meth:`teacher_forced`).
+
+        Returns:
+            ``(B,)`` summed log-probabilities and ``(B,)`` the number of target positions.
+        """
+        logits, targets = self.teacher_forced(semantic, semantic_lens, speech, speech_lens)
+        valid = targets != IGNORE
+        picked = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0)[..., None])[..., 0]
+        return (picked * valid).sum(1), valid.sum(1)
+
 
     # ---- streaming generation --------------------------------------------------------
 
@@ -240,3 +275,17 @@ class VoiceTokenLM(nn.Module):
             state.finished = True
         state.pending = pend
         return produced, state
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+             reference_chosen: torch.Tensor, reference_rejected: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct preference optimisation (Rafailov et al., 2023) over ``(B,)`` sequence
+    log-probabilities: ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``, averaged.
+
+    Returns:
+        the loss and the ``(B,)`` margins ``beta * (...)`` (positive: the pair is ordered
+        as preferred).
+    """
+    margins = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+    return -F.logsigmoid(margins).mean(), margins

@@ -19,6 +19,11 @@ the WER normaliser; when it is not, the other takes are not spoken) -- unless
 kept row's ``target``. That is on-policy for the voice LM, which at inference speaks
 whatever the LLM answered, right or wrong; the row is then no longer a QA reference.
 
+The takes a judge told apart also make preference pairs (:func:`preference_pair`): the best
+take as ``speech_tokens``, a take heard with at least ``min_gap`` more word errors as
+``rejected_speech_tokens``, both speaking the same reply; stage ``s2s_dpo`` trains the voice
+LM on them with DPO, CosyVoice 2's form of ASR-reward tuning.
+
 ``scripts/judged_speech_targets.py`` runs it over manifests.
 """
 
@@ -144,6 +149,33 @@ def target_row(row: dict[str, Any], base: Path, take: Take) -> dict[str, Any]:
     if row["task"] == "s2s_chat":
         fixed["target"] = take.text
     return {**fixed, "speech_tokens": take.tokens}
+
+
+def preference_pair(takes: list[Take], min_gap: float = 0.2) -> tuple[Take, Take] | None:
+    """``(preferred, rejected)`` among one row's takes: the take with the lowest WER (lowest
+    seed on ties) and the one with the highest (highest seed on ties), when they speak the
+    same text and their WERs differ by at least ``min_gap``; None otherwise."""
+    spoken = [t for t in takes if t.tokens]
+    if len(spoken) < 2:
+        return None
+    best = min(spoken, key=lambda t: (t.wer, t.seed))
+    worst = max(spoken, key=lambda t: (t.wer, t.seed))
+    if worst.wer - best.wer < min_gap or worst.text != best.text:
+        return None
+    return best, worst
+
+
+def pair_row(row: dict[str, Any], base: Path, preferred: Take, rejected: Take) -> dict[str, Any]:
+    """The training row of a preference pair (stage ``s2s_dpo``): :func:`target_row` of the
+    preferred take with the rejected take's ``rejected_speech_tokens``."""
+    return {**target_row(row, base, preferred), "rejected_speech_tokens": rejected.tokens}
+
+
+def report_takes(entry: dict[str, Any]) -> list[Take]:
+    """The takes of one report row (:func:`report_row`). A take whose report kept only a
+    token count (reports written before the tokens were kept) has no tokens."""
+    return [Take(t["seed"], t["text"], t["tokens"] if isinstance(t["tokens"], list) else [],
+                 t["heard"], t["wer"]) for t in entry["takes"]]
 
 
 def report_row(row: dict[str, Any], takes: list[Take], best: Take | None) -> dict[str, Any]:

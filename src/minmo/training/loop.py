@@ -246,15 +246,26 @@ def micro_batches(stream: Iterator[tuple[Any, DataPosition]], count: int, info: 
                   last_good: list[Any]) -> tuple[list[tuple[Any, float]], DataPosition]:
     """Take ``count`` micro-batches; a ``None`` batch (all rows bad) becomes a zero-weight
     placeholder (the previous good batch) so every rank runs the same collectives. Alone, a
-    ``None`` batch is simply skipped."""
+    ``None`` batch is simply skipped, unless a whole epoch passes without a good one.
+
+    Raises:
+        TrainingError: every row is bad (no good batch for a whole epoch).
+    """
     out: list[tuple[Any, float]] = []
     position = DataPosition()
+    bad_since: int | None = None  # epoch of the first of the bad batches in a row
     while len(out) < count:
         batch, position = next(stream)
         if batch is not None:
             last_good[:] = [batch]
             out.append((batch, 1.0))
-        elif info.distributed:
+            bad_since = None
+        elif not info.distributed:
+            bad_since = position.epoch if bad_since is None else bad_since
+            if position.epoch > bad_since + 1:
+                raise TrainingError("no usable row in a whole epoch: every row is bad; fix the "
+                                    "manifest rows reported above")
+        else:
             if not last_good:
                 raise TrainingError("every row of this process's first batch is bad; fix the "
                                     "manifest rows reported above")
@@ -392,6 +403,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         trainable_names = set(apply_stage(model, stage))
     except ValueError as exc:
         raise ConfigError(f"stage '{stage.name}': {exc}") from None
+    if stage.prepare is not None:
+        stage.prepare(model, cfg)
     carried = {k: v for k, v in carried.items() if k not in trainable_names}
 
     resume_path = find_resume(cfg, info)

@@ -38,12 +38,16 @@ STAGE_TASKS: dict[str, tuple[str, ...]] = {
     "t2s_projector": ("tts", "instruct_tts"),
     "t2s_full": ("tts", "instruct_tts"),
     "s2s": ("s2s_chat",),
+    "s2s_dpo": ("s2s_chat", "tts", "instruct_tts"),
     "duplex": ("duplex",),
 }
 """Manifest tasks each MinMo stage trains on; rows of other tasks are left out (not bad)."""
 
-SPEECH_TOKEN_STAGES = ("t2s_projector", "t2s_full", "s2s")
+SPEECH_TOKEN_STAGES = ("t2s_projector", "t2s_full", "s2s", "s2s_dpo")
 """Stages whose loss reads ``speech_tokens``."""
+
+PREFERENCE_STAGES = ("s2s_dpo",)
+"""Stages whose rows are preference pairs: ``rejected_speech_tokens`` beside ``speech_tokens``."""
 
 
 def stage_tasks(cfg: TrainConfig) -> tuple[str, ...] | None:
@@ -153,7 +157,8 @@ def check_manifests(cfg: TrainConfig) -> None:
 def drop_rows_without_speech_tokens(loader: Any, stage: str, manifests: list[str],
                                     key: str = "data.train") -> Any:
     """In a speech stage (:data:`SPEECH_TOKEN_STAGES`), move the rows without
-    ``speech_tokens`` from ``loader.dataset.rows`` to its bad rows (kind
+    ``speech_tokens`` (in a :data:`PREFERENCE_STAGES` stage, also those without
+    ``rejected_speech_tokens``) from ``loader.dataset.rows`` to its bad rows (kind
     :data:`MISSING_SPEECH_TOKENS`, message naming ``minmo tokenize`` and the manifest) and
     rebuild the batch sampler with the same settings over the rows left.
 
@@ -174,20 +179,28 @@ def drop_rows_without_speech_tokens(loader: Any, stage: str, manifests: list[str
     from minmo.data.sampler import DynamicBatchSampler
 
     dataset = loader.dataset
-    if stage not in SPEECH_TOKEN_STAGES or all(row.speech_tokens for row in dataset.rows):
+    pairs = stage in PREFERENCE_STAGES
+
+    def usable(row: Any) -> bool:
+        return bool(row.speech_tokens) and (not pairs or bool(row.rejected_speech_tokens))
+
+    if stage not in SPEECH_TOKEN_STAGES or all(map(usable, dataset.rows)):
         return loader
-    kept = [row for row in dataset.rows if row.speech_tokens]
+    kept = [row for row in dataset.rows if usable(row)]
+    fill = ("make preference rows with `scripts/judged_speech_targets.py --pairs`" if pairs
+            else "fill them with `minmo tokenize MANIFEST`")
+    wanted = "'speech_tokens' and 'rejected_speech_tokens'" if pairs else "'speech_tokens'"
     if not kept:
         raise TrainingError(f"stage '{stage}' trains on speech tokens, but no row of "
-                            f"{', '.join(map(str, manifests))} ({key}) has 'speech_tokens': "
-                            "fill them with `minmo tokenize MANIFEST`")
+                            f"{', '.join(map(str, manifests))} ({key}) has {wanted}: {fill}")
     for row in dataset.rows:
-        if not row.speech_tokens:
+        if not usable(row):
             source, _, line = str(row.meta.get("_source", "?:0")).rpartition(":")
+            fix = fill if pairs else f"fill them with `minmo tokenize {source}`"
             dataset.bad.append(BadRow(
                 source, int(line or 0), row.id, MISSING_SPEECH_TOKENS,
-                f"stage '{stage}' trains on speech tokens and this row has none: fill them "
-                f"with `minmo tokenize {source}` or remove the row"))
+                f"stage '{stage}' trains on {wanted} and this row lacks them: {fix} or remove "
+                "the row"))
     dataset.rows = kept
     old = loader.sampler
     sampler = DynamicBatchSampler(

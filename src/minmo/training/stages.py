@@ -14,7 +14,10 @@ discriminator and a generator optimizer) bring their own hooks:
   "discriminator": ...}`` (each gets its own warmup+cosine scheduler, and all are saved in
   checkpoints by name);
 - ``step(ctx: StepContext) -> StepOutput``: the update itself; use
-  ``ctx.accumulate(is_last)``, ``ctx.autocast()`` and ``ctx.clip_and_step(name)``.
+  ``ctx.accumulate(is_last)``, ``ctx.autocast()`` and ``ctx.clip_and_step(name)``;
+- ``prepare(model, train_cfg)``: runs once the ``init`` weights are loaded and before a
+  resumed checkpoint's, e.g. ``s2s_dpo`` freezing its reference (so a resumed run compares
+  against the same weights as a fresh one).
 
 Register a new stage with :func:`register_stage`; ``minmo train`` then accepts its name.
 """
@@ -30,7 +33,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from torch import nn
 
-from minmo.config import OptimConfig, TrainConfig
+from minmo.config import ConfigError, OptimConfig, TrainConfig
 
 GROUPS = ("encoder", "input_projector", "llm", "llm_lora", "output_projector", "voice_lm",
           "duplex")
@@ -181,6 +184,8 @@ class Stage:
         build_valid_data: for a stage with its own ``build_data``: ``cfg -> (examples,
             collate)`` over ``data.valid`` (``None``: such a stage does not validate).
         valid_losses: losses of the validation pass (default: ``losses``).
+        prepare: optional ``(model, cfg) -> None`` run after ``init`` is loaded, before a
+            resumed checkpoint is (see module docstring).
     """
 
     name: str
@@ -194,6 +199,7 @@ class Stage:
     build_optimizers: Callable[[nn.Module, OptimConfig], dict[str, torch.optim.Optimizer]] | None = None
     build_valid_data: Callable[[TrainConfig], tuple[list[Any], Callable[[list[Any]], Any]]] | None = None
     valid_losses: tuple[str, ...] = ()
+    prepare: Callable[[nn.Module, TrainConfig], None] | None = None
 
     @property
     def uses_lora(self) -> bool:
@@ -227,6 +233,35 @@ def get_stage(name: str) -> Stage:
     return STAGES[name]
 
 
+DPO_OPTIONS = {"beta": 0.1, "sft_weight": 0.0}
+"""``stage_options`` of ``s2s_dpo`` and their defaults: the DPO temperature ``beta`` and the
+weight of a cross-entropy term on the preferred speech."""
+
+
+def prepare_speech_preference(model: nn.Module, cfg: TrainConfig) -> None:
+    """``s2s_dpo``: check its ``stage_options`` and freeze the model's output projector and
+    voice LM as the DPO reference (``MinMo.set_speech_reference``): the weights the stage
+    starts from (``init``, or the model handed to ``train``), never a resumed checkpoint's.
+
+    Raises:
+        ConfigError: an unknown option, ``beta <= 0`` or ``sft_weight < 0``.
+    """
+    unknown = sorted(set(cfg.stage_options) - set(DPO_OPTIONS))
+    if unknown:
+        raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage '{cfg.stage}' "
+                          f"(known: {', '.join(DPO_OPTIONS)})")
+    opts = {**DPO_OPTIONS, **cfg.stage_options}
+    try:
+        beta, sft_weight = float(opts["beta"]), float(opts["sft_weight"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"stage_options: beta and sft_weight must be numbers, got "
+                          f"{opts['beta']!r} and {opts['sft_weight']!r}") from None
+    if not beta > 0 or not sft_weight >= 0:
+        raise ConfigError(f"stage_options: beta must be > 0 and sft_weight >= 0, got {beta} and "
+                          f"{sft_weight}")
+    model.set_speech_reference(beta, sft_weight)
+
+
 for _stage in (
     Stage("s2t_ctc", ("input_projector",), ("ctc",),
           "speech-to-text CTC alignment (an aid before pre-alignment, not in the paper): the "
@@ -247,6 +282,10 @@ for _stage in (
     Stage("s2s", ("output_projector", "voice_lm"), ("speech",),
           "speech-to-speech alignment: output projector + voice token LM",
           needs=("speech_tokens",)),
+    Stage("s2s_dpo", ("output_projector", "voice_lm"), ("speech_dpo",),
+          "speech-output preference tuning (CosyVoice 2's DPO with an ASR reward): output "
+          "projector + voice token LM on preferred / rejected speech of the same reply",
+          needs=("speech_tokens", "rejected_speech_tokens"), prepare=prepare_speech_preference),
     Stage("duplex", ("duplex",), ("duplex",),
           "duplex interaction alignment: only the duplex predictor",
           needs=("duplex_labels",)),
