@@ -66,15 +66,17 @@ def speak_and_judge(args: argparse.Namespace, todo: list, report: Path) -> None:
 def write_pairs(report: Path, rows: list, path: Path, min_gap: float) -> int:
     """Preference pairs of every report row whose takes a judge told apart
     (``asr_reward.preference_pair``) -> ``path`` (rewritten); returns their number."""
-    from minmo.training.asr_reward import pair_row, preference_pair, report_takes
+    from minmo.training.asr_reward import pair_row, report_takes, row_pair
 
     by_id = {row["id"]: (base, row) for base, row in rows}
     pairs = 0
     with open(report, encoding="utf-8") as f, open(path, "w", encoding="utf-8") as out:
         for entry in map(json.loads, filter(str.strip, f)):
-            pair = preference_pair(report_takes(entry), min_gap)
-            if pair is not None and entry["id"] in by_id:
-                base, row = by_id[entry["id"]]
+            if entry["id"] not in by_id:
+                continue
+            base, row = by_id[entry["id"]]
+            pair = row_pair(row, report_takes(entry), min_gap)
+            if pair is not None:
                 pairs += 1
                 out.write(json.dumps(pair_row(row, base, *pair)) + "\n")
     return pairs

@@ -70,6 +70,8 @@ def test_preference_pair_best_against_worst_with_a_gap():
     assert preference_pair([_take(0, 0.0), _take(1, 1.0, tokens=())]) is None  # nothing spoken
     assert preference_pair([_take(0, 0.0), _take(1, 1.0, text="It is 8.")]) is None
     assert preference_pair([_take(0, 0.0)]) is None
+    assert preference_pair(takes, text="It is 7.") is not None
+    assert preference_pair(takes, text="It is 8.") is None  # a tts row's takes speak its text
     row = {"id": "r", "task": "s2s_chat", "audio": "a.wav", "target": "7.", "text": "q"}
     made = pair_row(row, Path("/data"), takes[2], takes[3])
     assert made["speech_tokens"] == [1, 2] and made["rejected_speech_tokens"] == [1, 2]
@@ -153,6 +155,7 @@ def test_script_writes_pairs_from_its_report(tmp_path, capsys):
                      {"seed": 1, "text": row["text"], "tokens": [4, 5], "heard": "", "wer": 0.1 + i}]
             f.write(json.dumps({"id": row["id"], "task": "tts", "reference": row["text"],
                                 "kept_seed": 0, "takes": takes}) + "\n")
+        f.write(json.dumps({"id": rows[0][1]["id"] + "x", "task": "tts", "takes": []}) + "\n")
     out = tmp_path / "pairs.tokens.jsonl"
     assert script.main(["--model", "tiny", "--data", str(toy["tts"]), "--limit", "2",
                         "--out", str(tmp_path / "kept.tokens.jsonl"), "--pairs", str(out),

@@ -151,11 +151,13 @@ def target_row(row: dict[str, Any], base: Path, take: Take) -> dict[str, Any]:
     return {**fixed, "speech_tokens": take.tokens}
 
 
-def preference_pair(takes: list[Take], min_gap: float = 0.2) -> tuple[Take, Take] | None:
+def preference_pair(takes: list[Take], min_gap: float = 0.2,
+                    text: str | None = None) -> tuple[Take, Take] | None:
     """``(preferred, rejected)`` among one row's takes: the take with the lowest WER (lowest
     seed on ties) and the one with the highest (highest seed on ties), when they speak the
-    same text and their WERs differ by at least ``min_gap``; None otherwise."""
-    spoken = [t for t in takes if t.tokens]
+    same text (``text`` exactly, when given) and their WERs differ by at least ``min_gap``;
+    None otherwise."""
+    spoken = [t for t in takes if t.tokens and (text is None or t.text == text.strip())]
     if len(spoken) < 2:
         return None
     best = min(spoken, key=lambda t: (t.wer, t.seed))
@@ -163,6 +165,14 @@ def preference_pair(takes: list[Take], min_gap: float = 0.2) -> tuple[Take, Take
     if worst.wer - best.wer < min_gap or worst.text != best.text:
         return None
     return best, worst
+
+
+def row_pair(row: dict[str, Any], takes: list[Take], min_gap: float = 0.2
+             ) -> tuple[Take, Take] | None:
+    """:func:`preference_pair` of a manifest row's takes. A ``tts`` row trains on its own
+    ``text`` (the LLM is fed it), so only takes that spoke exactly it pair; an ``s2s_chat``
+    row trains on the answer its takes spoke (:func:`target_row`)."""
+    return preference_pair(takes, min_gap, row["text"] if row["task"] == "tts" else None)
 
 
 def pair_row(row: dict[str, Any], base: Path, preferred: Take, rejected: Take) -> dict[str, Any]:
