@@ -238,7 +238,7 @@ class MinMo(nn.Module):
         Returns:
             ``(B, Ls, D_v)`` padded vectors and ``(B,)`` lengths.
         """
-        projector = projector or self.output_projector
+        projector = self.output_projector if projector is None else projector
         rows = [projector(h, e) for h, e in self.semantic_inputs(hidden, x)]
         lens = torch.tensor([r.shape[0] for r in rows], device=hidden.device)
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lens
