@@ -26,7 +26,10 @@ voice's speech tokens; the optional ``s2s_dpo`` tunes the voice LM on preference
 own takes (``scripts/judged_speech_targets.py --pairs``). ``--speech SPEECH_RUN`` names a ``scripts/train_speech_tiny.py`` run
 (its ``trained.yaml``): its tokenizer fills ``speech_tokens`` into ``<manifest>.tokens.jsonl``
 beside each of their manifests (``minmo tokenize``, once), and the export carries its flow and
-vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the package speaks.
+vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the package speaks, and
+the tokenizer's trained tensors (``speech_tokenizer.safetensors``, float32), so a later run
+from the package (``--init-package``, no ``--speech``) tokenises new manifests with the same
+tokenizer and the voice LM can be retrained without the speech run.
 ``--init-package DIR`` continues from an exported package (e.g. the shipped
 ``src/minmo/assets/models/minmo-small``): its trained tensors stand for the stages before
 ``--stages`` and go into the export with the new ones, and the export keeps the package's
@@ -186,10 +189,11 @@ def speech_config(speech_run: Path) -> Any:
     return cfg
 
 
-def ensure_tokens(manifests: list[str], speech_run: Path) -> None:
-    """Fill ``speech_tokens`` (the speech run's tokenizer) into each speech-stage manifest's
-    ``.tokens.jsonl`` copy, unless it exists (then it is reused, and said: delete it to
-    tokenise with another speech run)."""
+def ensure_tokens(manifests: list[str], tokenizer_model: str) -> None:
+    """Fill ``speech_tokens`` (the tokenizer of ``tokenizer_model``: a speech run's
+    ``trained.yaml`` or a package that carries ``speech_tokenizer.safetensors``) into each
+    speech-stage manifest's ``.tokens.jsonl`` copy, unless it exists (then it is reused, and
+    said: delete it to tokenise with another tokenizer)."""
     for tokens in manifests:
         source = Path(tokens.removesuffix(".tokens.jsonl") + ".jsonl")
         if Path(tokens).is_file():
@@ -197,20 +201,28 @@ def ensure_tokens(manifests: list[str], speech_run: Path) -> None:
             continue
         log(f"tokenising {source} -> {tokens}")
         cmd = [sys.executable, "-m", "minmo.cli.main", "tokenize", str(source), "--out", tokens,
-               "--model", str(speech_run / "trained.yaml")]
+               "--model", tokenizer_model]
         if subprocess.run(cmd).returncode != 0:
             raise SystemExit(f"train_minmo_small: tokenising {source} failed (command: "
                              f"{' '.join(cmd)})")
 
 
+SPEECH_PARTS = ("flow", "vocoder", "speech_tokenizer")
+"""What a package carries of the speech run (``<part>.safetensors``)."""
+
+
 def speech_parts(cfg: Any) -> dict[str, dict[str, torch.Tensor]]:
     """The flow and the vocoder's generator of a speech run (``speech_config``), as the
-    package's ``flow.safetensors`` / ``vocoder.safetensors`` (the runtime's token2wav)."""
+    package's ``flow.safetensors`` / ``vocoder.safetensors`` (the runtime's token2wav), and
+    its tokenizer's trained tensors (``speech_tokenizer.safetensors``: the voice LM can be
+    retrained on the same tokens from the package alone, e.g. after a speech-to-text update
+    moved the LLM states it reads)."""
     from minmo.checkpoints import load_tensors
 
     vocoder = load_tensors(cfg.vocoder.path)
     return {"flow": load_tensors(cfg.flow.path),
-            "vocoder": {k: v for k, v in vocoder.items() if not k.startswith("discriminator.")}}
+            "vocoder": {k: v for k, v in vocoder.items() if not k.startswith("discriminator.")},
+            "speech_tokenizer": load_tensors(cfg.speech_tokenizer.path)}
 
 
 # --------------------------------------------------------------------------------------
@@ -398,7 +410,7 @@ def export(run: Path, stage_runs: list[Path], out: Path, records: list[dict],
     elif init_dir is not None:
         from minmo.checkpoints import load_tensors
 
-        parts = {name: load_tensors(init_dir / f"{name}.safetensors") for name in ("flow", "vocoder")
+        parts = {name: load_tensors(init_dir / f"{name}.safetensors") for name in SPEECH_PARTS
                  if (init_dir / f"{name}.safetensors").is_file()} or None
     if not notes and init_meta:
         notes = init_meta.get("notes")
@@ -486,12 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-package", type=Path, default=None,
                         help="an exported package (e.g. src/minmo/assets/models/minmo-small) "
                         "whose trained tensors stand for the stages before --stages; the "
-                        "export then holds them too")
+                        "export then holds them too (and its speech output; a speech "
+                        "tokenizer it carries fills the speech stages' tokens when --speech "
+                        "is not given)")
     parser.add_argument("--speech", type=Path, default=None,
                         help="a scripts/train_speech_tiny.py run (its trained.yaml): its "
                         "tokenizer fills speech_tokens into the speech stages' manifests "
                         "(<name>.tokens.jsonl beside them) and the export carries its flow "
-                        "and vocoder as the package's speech output")
+                        "and vocoder as the package's speech output, and the tokenizer beside "
+                        "them")
     parser.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
                         help="a caveat users must see with the exported model (CLI warning, "
                         "page banner), e.g. how intelligible its speech is; repeatable")
@@ -531,13 +546,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads or 1)
     llm_dtype = default_llm_dtype(cuda) if args.llm_dtype == "auto" else args.llm_dtype
     speech = speech_config(args.speech.resolve()) if args.speech else None
-    if speech is None and any(s in SPEECH_STAGES for s in stages):
-        log("no --speech run: the speech stages read speech_tokens from the manifests as they are")
+    # where the speech stages' tokens come from: the speech run, else a package's tokenizer
+    tokenizer_model = str(args.speech.resolve() / "trained.yaml") if speech is not None else None
+    if (speech is None and args.init_package
+            and (args.init_package / "speech_tokenizer.safetensors").is_file()):
+        tokenizer_model = str(args.init_package.resolve())
+    if tokenizer_model is None and any(s in SPEECH_STAGES for s in stages):
+        log("no --speech run and no tokenizer in --init-package: the speech stages read "
+            "speech_tokens from the manifests as they are")
     from minmo.config import ConfigError
 
     try:
-        configs = {s: stage_config(s, run, corpus, args.overrides, tokenised=speech is not None)
-                   for s in stages}
+        configs = {s: stage_config(s, run, corpus, args.overrides,
+                                   tokenised=tokenizer_model is not None) for s in stages}
     except ConfigError as exc:  # a bad --set or recipe YAML: say which, no traceback
         raise SystemExit(f"train_minmo_small: {exc}") from None
     if args.dry_run:
@@ -549,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     base = ensure_base(run)
     ensure_corpus(corpus, args.hours)
-    if speech is not None:
+    if tokenizer_model is not None:
         ensure_tokens([m for s in stages if s in SPEECH_STAGES for m in configs[s].data.train],
-                      args.speech.resolve())
+                      tokenizer_model)
     init, init_meta = None, None
     if args.init_package:
         from minmo.checkpoints import load_tensors

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -355,9 +356,32 @@ def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path
     assert again["notes"] == ["speech is half intelligible"]
     assert again["training"]["speech"] == meta["training"]["speech"]
     assert load_model_config(tmp_path / "out2" / "model.yaml") == cfg
-    for part in ("flow", "vocoder"):
+    for part in ("flow", "vocoder", "speech_tokenizer"):
         had, has = (load_tensors(d / f"{part}.safetensors") for d in (out, tmp_path / "out2"))
         assert had.keys() == has.keys() and all(torch.equal(had[k], has[k]) for k in had), part
+
+    # the package carries the speech run's tokenizer, in float32: a speech stage continuing
+    # it without --speech tokenises new manifests with it, to the speech run's own tokens
+    tokenizer = load_tensors(speech / "tokenizer.safetensors")
+    carried = load_tensors(out / "speech_tokenizer.safetensors")
+    assert carried.keys() == tokenizer.keys()
+    assert all(v.dtype == torch.float32 and torch.equal(v, tokenizer[k]) for k, v in carried.items())
+    fresh = tmp_path / "corpus2"
+    fresh.mkdir()
+    for name in ("train", "audio"):
+        if (corpus / name).is_dir():
+            shutil.copytree(corpus / name, fresh / name,
+                            ignore=shutil.ignore_patterns("*.tokens.jsonl"))
+    argv = ["--out", str(tmp_path / "run3"), "--corpus", str(fresh), "--stages", "t2s_full",
+            "--init-package", str(tmp_path / "out2")] + [f"--set={s}" for s in sets]
+    (tmp_path / "run3").mkdir()
+    (tmp_path / "run3" / "base").symlink_to(base)
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again_rows = [json.loads(x) for x in (fresh / "train" / "tts.tokens.jsonl").read_text().splitlines()]
+    assert [r["speech_tokens"] for r in again_rows] == [r["speech_tokens"] for r in rows]
 
 
 # --------------------------------------------------------------------------------------

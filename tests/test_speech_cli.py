@@ -53,3 +53,36 @@ def test_tts_reads_a_text_aloud_with_the_whole_model(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert main(["tts", "--out", str(out)]) == 1
     assert "either --text" in capsys.readouterr().err
+
+
+def test_tokenize_with_a_package_uses_the_tokenizer_it_carries(tmp_path, capsys):
+    """``--model DIR``: a package's ``model.yaml`` and its ``speech_tokenizer.safetensors``
+    give the same tokens as the tokenizer file named directly."""
+    import torch
+
+    from minmo.checkpoints import save_tensors
+    from minmo.config import load_model_config, save_yaml
+    from minmo.models.speech_tokenizer import SpeechTokenizer
+
+    sr = 16000
+    t = np.arange(int(0.8 * sr)) / sr
+    sf.write(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 180 * t), sr)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "u1", "task": "tts", "text": "hi",
+                                    "target_audio": "a.wav"}) + "\n")
+    package = tmp_path / "pkg"
+    package.mkdir()
+    cfg = load_model_config("tiny")
+    save_yaml(cfg, package / "model.yaml")
+    assert main(["tokenize", str(manifest), "--model", str(package)]) == 1
+    assert "carries no speech tokenizer" in capsys.readouterr().err
+    torch.manual_seed(4)
+    save_tensors(SpeechTokenizer(cfg.speech_tokenizer).state_dict(),
+                 package / "speech_tokenizer.safetensors")
+    tokens = {}
+    for name, args in (("package", ["--model", str(package)]),
+                       ("file", ["--set", f"speech_tokenizer.path={package}/speech_tokenizer.safetensors"])):
+        out = tmp_path / f"{name}.tokens.jsonl"
+        assert main(["tokenize", str(manifest), "--out", str(out), *args]) == 0
+        tokens[name] = json.loads(out.read_text())["speech_tokens"]
+    assert len(tokens["package"]) == 20 and tokens["package"] == tokens["file"]

@@ -13,6 +13,9 @@ their PyPI packages): its package directory holds only what the recipe trained::
     README.md             how it was trained and what it scores
     flow.safetensors      (optional) the speech output: flow matching and HiFT generator,
     vocoder.safetensors   loaded by the runtime's token2wav (inference/loading.py)
+    speech_tokenizer.safetensors  (optional) the trained tensors of the speech tokenizer whose
+                          tokens the flow and voice LM learnt: not used at run time, but
+                          what retraining the voice LM needs (``minmo tokenize --model DIR``)
 
 :func:`load_overlay_model` builds the model from ``model.yaml``, loads the base weights (for
 ``base: minmo-small`` the directory ``scripts/prepare_minmo_small.py`` writes, made once in
@@ -49,6 +52,10 @@ META_FILE = "overlay.json"
 FORMAT = "minmo-overlay"
 VERSION = 1
 BASES = ("minmo-small",)
+FULL_PRECISION_PARTS = ("speech_tokenizer",)
+"""Parts written in float32 whatever the package's dtype: the tokenizer's FSQ rounds each
+projection to -1, 0 or 1, and float16 weights would move values near a boundary to another
+code, so its tokens would no longer be those the flow and voice LM learnt."""
 """Base models an overlay may name; each is rebuilt from local packages by :func:`base_dir`."""
 GROUP_PREFIXES = {
     "encoder": "encoder.", "input_projector": "input_projector.", "llm": "llm.",
@@ -97,7 +104,8 @@ def write_overlay(out_dir: str | Path, cfg: Any, tensors: dict[str, torch.Tensor
             into the model's float32).
         parts: whole modules outside the MinMo state dict, each written as
             ``<name>.safetensors`` in ``dtype`` (``flow``, ``vocoder``: the speech output the
-            runtime's token2wav loads from the package directory).
+            runtime's token2wav loads from the package directory; ``speech_tokenizer``, in
+            float32: :data:`FULL_PRECISION_PARTS`).
         notes: plain-language caveats users must see (e.g. how intelligible the speech
             output is); the runtime adds them to the model's warning (CLI, page banner).
 
@@ -129,7 +137,8 @@ def write_overlay(out_dir: str | Path, cfg: Any, tensors: dict[str, torch.Tensor
         save_tensors({k: v.to(dtype) for k, v in tensors.items()}, tmp / OVERLAY_FILE,
                      metadata={"format": "pt", "producer": "minmo overlay"})
         for name, part in (parts or {}).items():
-            save_tensors({k: v.to(dtype) for k, v in part.items()}, tmp / f"{name}.safetensors",
+            kept = torch.float32 if name in FULL_PRECISION_PARTS else dtype
+            save_tensors({k: v.to(kept) for k, v in part.items()}, tmp / f"{name}.safetensors",
                          metadata={"format": "pt", "producer": "minmo overlay"})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if readme is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                 "speech tokens, in batches, and write the manifest with speech_tokens set.")
     tok.add_argument("manifest", help="jsonl manifest")
     tok.add_argument("--out", help="output manifest (default: <manifest stem>.tokens.jsonl beside it)")
-    tok.add_argument("--model", default="tiny", help="model preset or YAML (speech_tokenizer section)")
+    tok.add_argument("--model", default="tiny",
+                     help="model preset or YAML (speech_tokenizer section), or a package "
+                          "directory carrying speech_tokenizer.safetensors (e.g. one "
+                          "scripts/train_minmo_small.py exported with --speech)")
     tok.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     tok.add_argument("--field", default="target_audio", choices=["target_audio", "audio"],
                      help="which audio to tokenise (default: the assistant's target_audio)")
@@ -144,17 +148,44 @@ def run_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def tokenizer_config(model: str, overrides: list[str]) -> Any:
+    """The model config whose ``speech_tokenizer`` section ``minmo tokenize`` builds: a preset
+    or YAML as given, or a package directory's ``model.yaml`` with the tokenizer weights it
+    carries (``speech_tokenizer.safetensors``) unless ``--set speech_tokenizer.path`` names
+    others.
+
+    Raises:
+        ConfigError: a package directory without ``model.yaml`` or tokenizer weights.
+    """
+    from minmo.config import ConfigError, load_model_config
+
+    package = Path(model)
+    if not package.is_dir():
+        return load_model_config(model, overrides)
+    if not (package / "model.yaml").is_file():
+        raise ConfigError(f"--model {model}: a directory without model.yaml (give a package "
+                          "directory, a model YAML or a preset name)")
+    cfg = load_model_config(package / "model.yaml", overrides)
+    weights = package / "speech_tokenizer.safetensors"
+    if not cfg.speech_tokenizer.path:
+        if not weights.is_file():
+            raise ConfigError(f"--model {model}: the package carries no speech tokenizer "
+                              f"({weights.name}); give the speech run's trained.yaml, or "
+                              "--set speech_tokenizer.path=FILE")
+        cfg.speech_tokenizer.path = str(weights)
+    return cfg
+
+
 def run_tokenize(args: argparse.Namespace) -> int:
     """Tokenise the manifest's audio in batches; rows whose audio is missing are reported."""
     import torch
     from tqdm import tqdm
 
     from minmo.audio.io import AudioError, load_audio
-    from minmo.config import load_model_config
     from minmo.data.manifest import read_manifest, tokens_manifest_path, write_manifest
     from minmo.models.speech_tokenizer import SpeechTokenizer, build_speech_tokenizer
 
-    cfg = load_model_config(args.model, args.set)
+    cfg = tokenizer_config(args.model, args.set)
     model = build_speech_tokenizer(cfg.speech_tokenizer, allow_random=args.allow_random)
     if isinstance(model, SpeechTokenizer):
         model = model.to(args.device)
