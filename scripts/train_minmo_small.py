@@ -23,14 +23,14 @@
 
 The speech-output stages (``t2s_projector``, ``t2s_full``, ``s2s``) learn the assistant
 voice's speech tokens; the optional ``s2s_dpo`` tunes the voice LM on preference pairs of its
-own takes (``scripts/judged_speech_targets.py --pairs``). ``--speech SPEECH_RUN`` names a ``scripts/train_speech_tiny.py`` run
-(its ``trained.yaml``): its tokenizer fills ``speech_tokens`` into ``<manifest>.tokens.jsonl``
-beside each of their manifests (``minmo tokenize``, once), and the export carries its flow and
-vocoder generator (``flow.safetensors``, ``vocoder.safetensors``), so the package speaks, and
-the tokenizer's trained tensors (``speech_tokenizer.safetensors``, float32), so a later run
-from the package (``--init-package``, no ``--speech``) tokenises new manifests with the same
-tokenizer and the voice LM can be retrained without the speech run.
-``--init-package DIR`` continues from an exported package (e.g. the shipped
+own takes (``scripts/judged_speech_targets.py --pairs``). ``--speech SPEECH_RUN`` names a
+``scripts/train_speech_tiny.py`` run (its ``trained.yaml``): its tokenizer fills
+``speech_tokens`` into ``<manifest>.tokens.jsonl`` beside each of their manifests (``minmo
+tokenize``, once), and the export carries its flow and vocoder generator
+(``flow.safetensors``, ``vocoder.safetensors``), so the package speaks, and the tokenizer's
+trained tensors (``speech_tokenizer.safetensors``, float32), so a later run from the package
+(``--init-package``, no ``--speech``) tokenises new manifests with the same tokenizer and the
+voice LM can be retrained without the speech run. ``--init-package DIR`` continues from an exported package (e.g. the shipped
 ``src/minmo/assets/models/minmo-small``): its trained tensors stand for the stages before
 ``--stages`` and go into the export with the new ones, and the export keeps the package's
 ``model.yaml``, flow, vocoder and notes (``--speech``, ``--model-set``, ``--note`` change them).
