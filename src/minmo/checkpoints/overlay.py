@@ -52,11 +52,11 @@ META_FILE = "overlay.json"
 FORMAT = "minmo-overlay"
 VERSION = 1
 BASES = ("minmo-small",)
+"""Base models an overlay may name; each is rebuilt from local packages by :func:`base_dir`."""
 FULL_PRECISION_PARTS = ("speech_tokenizer",)
 """Parts written in float32 whatever the package's dtype: the tokenizer's FSQ rounds each
 projection to -1, 0 or 1, and float16 weights would move values near a boundary to another
 code, so its tokens would no longer be those the flow and voice LM learnt."""
-"""Base models an overlay may name; each is rebuilt from local packages by :func:`base_dir`."""
 GROUP_PREFIXES = {
     "encoder": "encoder.", "input_projector": "input_projector.", "llm": "llm.",
     "output_projector": "output_projector.", "voice_lm": "voice_lm.", "duplex": "duplex.",
