@@ -43,11 +43,18 @@ STAGE_TASKS: dict[str, tuple[str, ...]] = {
 }
 """Manifest tasks each MinMo stage trains on; rows of other tasks are left out (not bad)."""
 
-SPEECH_TOKEN_STAGES = ("t2s_projector", "t2s_full", "s2s", "s2s_dpo")
-"""Stages whose loss reads ``speech_tokens``."""
+TOKEN_FIELDS = ("speech_tokens", "rejected_speech_tokens")
+"""Row fields of speech tokens; a stage's ``Stage.needs`` says which its loss reads."""
 
-PREFERENCE_STAGES = ("s2s_dpo",)
-"""Stages whose rows are preference pairs: ``rejected_speech_tokens`` beside ``speech_tokens``."""
+
+def token_fields(stage: str) -> tuple[str, ...]:
+    """The fields of :data:`TOKEN_FIELDS` that ``stage``'s loss reads (``()``: none, or an
+    unregistered stage): ``speech_tokens`` for the speech stages, and
+    ``rejected_speech_tokens`` too for a preference stage (``s2s_dpo``)."""
+    from minmo.training.stages import STAGES
+
+    needs = STAGES[stage].needs if stage in STAGES else ()
+    return tuple(k for k in TOKEN_FIELDS if k in needs)
 
 
 def stage_tasks(cfg: TrainConfig) -> tuple[str, ...] | None:
@@ -64,7 +71,7 @@ def stage_tasks(cfg: TrainConfig) -> tuple[str, ...] | None:
     unknown = sorted(set(cfg.data.tasks) - set(TASKS))
     if unknown:
         raise ConfigError(f"data.tasks: unknown task(s) {unknown} (tasks: {', '.join(TASKS)})")
-    if cfg.stage in SPEECH_TOKEN_STAGES:
+    if token_fields(cfg.stage):
         allowed = SPEECH_OUTPUT_TASKS
     else:
         allowed = frozenset(STAGE_TASKS.get(cfg.stage, TASKS))
@@ -156,9 +163,9 @@ def check_manifests(cfg: TrainConfig) -> None:
 
 def drop_rows_without_speech_tokens(loader: Any, stage: str, manifests: list[str],
                                     key: str = "data.train") -> Any:
-    """In a speech stage (:data:`SPEECH_TOKEN_STAGES`), move the rows without
-    ``speech_tokens`` (in a :data:`PREFERENCE_STAGES` stage, also those without
-    ``rejected_speech_tokens``) from ``loader.dataset.rows`` to its bad rows (kind
+    """In a speech stage, move the rows without the token fields its loss reads
+    (:func:`token_fields`: ``speech_tokens``, and ``rejected_speech_tokens`` in ``s2s_dpo``)
+    from ``loader.dataset.rows`` to its bad rows (kind
     :data:`MISSING_SPEECH_TOKENS`, message naming ``minmo tokenize`` and the manifest) and
     rebuild the batch sampler with the same settings over the rows left.
 
@@ -179,12 +186,13 @@ def drop_rows_without_speech_tokens(loader: Any, stage: str, manifests: list[str
     from minmo.data.sampler import DynamicBatchSampler
 
     dataset = loader.dataset
-    pairs = stage in PREFERENCE_STAGES
+    fields = token_fields(stage)
+    pairs = "rejected_speech_tokens" in fields
 
     def usable(row: Any) -> bool:
-        return bool(row.speech_tokens) and (not pairs or bool(row.rejected_speech_tokens))
+        return all(getattr(row, key) for key in fields)
 
-    if stage not in SPEECH_TOKEN_STAGES or all(map(usable, dataset.rows)):
+    if not fields or all(map(usable, dataset.rows)):
         return loader
     kept = [row for row in dataset.rows if usable(row)]
     fill = ("make preference rows with `scripts/judged_speech_targets.py --pairs`" if pairs

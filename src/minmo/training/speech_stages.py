@@ -71,7 +71,7 @@ from minmo.models.vocoder import VocoderGAN
 from minmo.training.data_source import IndexedBatchSource, ListDataset
 from minmo.training.optim import build_adamw
 from minmo.training.stages import (Stage, StepContext, StepOutput, accumulate_losses, register_stage,
-                                   standard_step)
+                                   stage_options, standard_step)
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +273,7 @@ def _tokenizer_config(cfg: TrainConfig) -> SpeechTokenizerConfig:
 
 
 def _options(cfg: TrainConfig) -> dict[str, Any]:
-    unknown = set(cfg.stage_options) - _OPTIONS[cfg.stage]
-    if unknown:
-        raise ConfigError(f"stage_options: unknown key(s) {sorted(unknown)} for stage "
-                          f"'{cfg.stage}' (known: {sorted(_OPTIONS[cfg.stage]) or 'none'})")
-    return cfg.stage_options
+    return stage_options(cfg, _OPTIONS[cfg.stage])
 
 
 def _items(cfg: TrainConfig, paths: list[str], key: str, rates: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -233,6 +233,19 @@ def get_stage(name: str) -> Stage:
     return STAGES[name]
 
 
+def stage_options(cfg: TrainConfig, known: set[str] | dict[str, Any]) -> dict[str, Any]:
+    """``cfg.stage_options``, checked against the keys the stage ``known`` reads.
+
+    Raises:
+        ConfigError: an unknown key (the message lists the known ones).
+    """
+    unknown = set(cfg.stage_options) - set(known)
+    if unknown:
+        raise ConfigError(f"stage_options: unknown key(s) {sorted(unknown)} for stage "
+                          f"'{cfg.stage}' (known: {sorted(known) or 'none'})")
+    return cfg.stage_options
+
+
 DPO_OPTIONS = {"beta": 0.1, "sft_weight": 0.0}
 """``stage_options`` of ``s2s_dpo`` and their defaults: the DPO temperature ``beta`` and the
 weight of a cross-entropy term on the preferred speech."""
@@ -246,11 +259,7 @@ def prepare_speech_preference(model: nn.Module, cfg: TrainConfig) -> None:
     Raises:
         ConfigError: an unknown option, ``beta <= 0`` or ``sft_weight < 0``.
     """
-    unknown = sorted(set(cfg.stage_options) - set(DPO_OPTIONS))
-    if unknown:
-        raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage '{cfg.stage}' "
-                          f"(known: {', '.join(DPO_OPTIONS)})")
-    opts = {**DPO_OPTIONS, **cfg.stage_options}
+    opts = {**DPO_OPTIONS, **stage_options(cfg, DPO_OPTIONS)}
     try:
         beta, sft_weight = float(opts["beta"]), float(opts["sft_weight"])
     except (TypeError, ValueError):
