@@ -372,7 +372,7 @@ def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
     text = tmp_path / "open.txt"
     text.write_text("\n".join(lines + ["", lines[0]]) + "\n")  # blank and repeated lines
     assert "text" not in {p.kind for p in plan_shards(_cfg(tmp_path / "none"))}
-    with pytest.raises(SynthError, match="needs --text-file"):
+    with pytest.raises(SynthError, match="need --text-file"):
         plan_shards(_cfg(tmp_path / "x", kinds=["text"]))
     with pytest.raises(SynthError, match="no sentence for split"):
         few = tmp_path / "few.txt"
@@ -387,6 +387,22 @@ def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
     assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}
     assert all(r["speaker"].split("+")[-1].split("-")[0] in TEST_VARIANTS
                for r in rows["test"] if not r["speaker"].startswith("mb-"))
+    # text_tts: the same sentences read by the assistant voice, only when named
+    assert "text_tts" not in {p.kind for p in plan_shards(_cfg(tmp_path / "n2", text_file=str(text)))}
+    with pytest.raises(SynthError, match="need --text-file"):
+        plan_shards(_cfg(tmp_path / "z", kinds=["text_tts"]))
+    tts_cfg = _cfg(tmp_path / "t", kinds=["text_tts"], text_file=str(text))
+    synthesize_corpus(tts_cfg, progress=False)
+    tts = {split: [json.loads(x) for x in (tmp_path / "t" / split / "tts.jsonl").read_text().splitlines()]
+           for split in ("train", "test")}
+    assert tts["train"] and tts["test"]
+    for split, rs in tts.items():
+        for r in rs:
+            assert r["text"] in lines and r["speaker"] == "assistant" and "audio" not in r
+            info = sf.info(tmp_path / "t" / split / r["target_audio"])
+            assert info.samplerate == 24000 and abs(info.duration - r["target_duration"]) < 0.01
+    assert not {r["text"] for r in tts["train"]} & {r["text"] for r in tts["test"]}
+    assert not {r["text"] for r in tts["train"]} & {r["text"] for r in rows["test"]}
     # the text's content fixes the corpus: another text in the same folder is refused
     text.write_text("\n".join(reversed(lines)) + "\n")
     with pytest.raises(SynthError, match="text_file"):

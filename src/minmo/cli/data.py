@@ -50,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--kinds", default=None,
                        help="comma-separated item kinds to make (default: all: sentence,"
                             "emotion,event,qa,tts,instruct_tts,duplex, and text with "
-                            "--text-file); they share --hours")
+                            "--text-file; text_tts, the file's sentences read by the "
+                            "assistant voice, only when named); they share --hours")
     synth.add_argument("--text-file", default=None,
                        help="UTF-8 file of sentences, one per line (# lines skipped): adds "
                             "the kind 'text' (asr rows of them in user voices; each sentence "

@@ -35,8 +35,8 @@ from tqdm import tqdm
 from minmo.data.espeak import (EspeakError, check_espeak, missing_flite, missing_mbrola_voices,
                                missing_kokoro, missing_piper, reset_onnx_voices)
 from minmo.data.manifest import TASKS
-from minmo.data.synth_items import (DEFAULT_KINDS, ITEM_KINDS, KIND_SHARE, AudioCheckError,
-                                    ItemContext, texts_by_split)
+from minmo.data.synth_items import (DEFAULT_KINDS, ITEM_KINDS, KIND_SHARE, TEXT_KINDS,
+                                    AudioCheckError, ItemContext, texts_by_split)
 from minmo.data.text_corpus import SENTENCE_LANGUAGES
 
 SPLITS = ("train", "valid", "test")
@@ -74,7 +74,8 @@ class SynthConfig:
             ``KIND_SHARE`` proportions (e.g. ``["duplex"]``: dialogues only).
         text_file: a UTF-8 file of sentences, one per line (``#`` lines are comments): adds
             the kind ``text`` (``asr`` rows of these sentences in user voices; each sentence
-            in one split, by a hash).
+            in one split, by a hash); the kind ``text_tts`` (``tts`` rows of them read by
+            the assistant voice) is made when named in ``kinds``.
         text_language: language of ``text_file``'s sentences (a voice language code).
     """
 
@@ -147,7 +148,7 @@ def plan_shards(cfg: SynthConfig) -> list[ShardPlan]:
     unknown = sorted(set(kinds) - set(KIND_SHARE))
     if unknown or not kinds:
         raise SynthError(f"unknown item kinds {unknown or kinds}: choose from {', '.join(KIND_SHARE)}")
-    if "text" in kinds:
+    if set(kinds) & set(TEXT_KINDS):
         _texts(cfg)  # refuse a missing file or an empty split before any work
     norm = sum(KIND_SHARE[k] for k in kinds)
     plans = []
@@ -168,7 +169,8 @@ def _texts(cfg: SynthConfig) -> dict[str, list[str]]:
     from minmo.data.espeak import LANGUAGE_VOICES
 
     if not cfg.text_file:
-        raise SynthError("the item kind 'text' needs --text-file FILE (one sentence per line)")
+        raise SynthError(f"the item kinds {' and '.join(TEXT_KINDS)} need --text-file FILE "
+                         "(one sentence per line)")
     if cfg.text_language not in LANGUAGE_VOICES:
         raise SynthError(f"--text-language {cfg.text_language}: no voices; choose from "
                          f"{', '.join(LANGUAGE_VOICES)}")
@@ -200,7 +202,7 @@ def run_shard(cfg: SynthConfig, plan: ShardPlan) -> ShardResult:
     gen = ITEM_KINDS[plan.kind]
     if cfg.piper or cfg.kokoro:  # noise then follows the shard, not the process making it
         reset_onnx_voices(_item_seed(cfg.seed + 2, plan.shard_id))
-    texts = _texts(cfg) if plan.kind == "text" else None
+    texts = _texts(cfg) if plan.kind in TEXT_KINDS else None
     rows: list[dict] = []
     failures: list[str] = []
     seconds, index, consecutive_fail = 0.0, 0, 0

@@ -204,6 +204,19 @@ def item_text(ctx: ItemContext) -> tuple[list[dict], float]:
                   language=ctx.text_language, **_speaker_fields(sp))], dur
 
 
+def item_text_tts(ctx: ItemContext) -> tuple[list[dict], float]:
+    """A sentence of the user's text file read by the assistant voice: row tts.
+
+    The speech output's counterpart of :func:`item_text`: a voice LM trained only on the
+    phrase table reads only its sentences aloud."""
+    if not ctx.texts or not ctx.texts.get(ctx.split):
+        raise ValueError(f"{ctx.item_id}: the text_tts kind needs sentences of split {ctx.split}")
+    text = ctx.rng.choice(ctx.texts[ctx.split])
+    rel, dur = _save(ctx, ".wav", speak(text, ASSISTANT, TARGET_RATE, -20.0), TARGET_RATE)
+    return [_base(ctx, "tts", text=text, language=ctx.text_language, target_audio=rel,
+                  target_duration=dur, speaker="assistant")], dur
+
+
 def item_emotion(ctx: ItemContext) -> tuple[list[dict], float]:
     """A sentence spoken with an emotion or whispered: row ser."""
     lang = _pick_language(ctx)
@@ -343,13 +356,17 @@ ITEM_KINDS = {
     "instruct_tts": item_instruct_tts,
     "duplex": item_duplex,
     "text": item_text,
+    "text_tts": item_text_tts,
 }
 """Item kind -> generator."""
 
 KIND_SHARE = {
     "sentence": 0.28, "emotion": 0.08, "event": 0.08, "qa": 0.20, "tts": 0.08,
-    "instruct_tts": 0.08, "duplex": 0.20, "text": 0.28,
+    "instruct_tts": 0.08, "duplex": 0.20, "text": 0.28, "text_tts": 0.14,
 }
 """Fraction of the requested hours that each item kind produces (of the kinds made)."""
-DEFAULT_KINDS = tuple(k for k in KIND_SHARE if k != "text")
-"""Kinds made when none are named; ``text`` joins them when a text file is given."""
+TEXT_KINDS = ("text", "text_tts")
+"""Kinds made of ``--text-file``'s sentences."""
+DEFAULT_KINDS = tuple(k for k in KIND_SHARE if k not in TEXT_KINDS)
+"""Kinds made when none are named; ``text`` joins them when a text file is given (``text_tts``
+only when named, so a corpus made before it existed resumes unchanged)."""
