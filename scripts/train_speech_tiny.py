@@ -25,7 +25,8 @@ or ``flow_spk`` (from ``flow_anneal``, every voice, the other voices with their 
 embedding from the ``speaker`` run, lr 3e-4; off by default: 45 minutes of it did not help
 held-out speakers either, docs/speech_generation.md); ``vocoder_rec`` (reconstruction terms
 only, lr 2e-3) then ``vocoder`` (from it, the GAN step with generator and discriminator at lr
-2e-4; assistant voice); ``vocoder_ft`` (from ``vocoder``, or ``vocoder_rec`` when the GAN
+2e-4; assistant voice; off by default: 35 GAN minutes made copy-synthesis worse, measured in
+docs/speech_generation.md, and the shipped chain has none); ``vocoder_ft`` (from ``vocoder``, or ``vocoder_rec`` when the GAN
 phase has no budget: the reconstruction terms with the last flow phase's mels of each
 utterance's tokens as the generator's input, lr 5e-4, so the vocoder learns to render the
 flow's output rather than real mels; it needs the tokenizer and the flow, so its stage
@@ -43,7 +44,9 @@ frozen Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``; its tokens k
 of the unseen voices' words), ``--tokenizer tiny`` trains it from scratch; ``--flow-voices
 all`` trains the flow on every voice (worse, measured); ``--stages tokenizer_eval`` measures
 the tokenizer's own CTC WER on the whole test split per voice group
-(``<out>/tokenizer_report.json``).
+(``<out>/tokenizer_report.json``). ``--flow-init FILE`` starts the flow phase from
+earlier flow weights of the same shapes (e.g. a package's ``flow.safetensors``) when the
+tokenizer is retrained: the new codes are relearnt, the estimator carries over.
 """
 
 from __future__ import annotations
@@ -217,7 +220,7 @@ def save_sample(path: Path, wave24: torch.Tensor, mel: torch.Tensor, title: str)
 
 
 PHASES = {"tokenizer": 35.0, "flow": 65.0, "flow_anneal": 25.0, "flow_all": 0.0, "vocoder_rec": 56.25,
-          "vocoder": 48.75, "vocoder_ft": 30.0, "speaker": 20.0, "flow_spk": 0.0}
+          "vocoder": 0.0, "vocoder_ft": 30.0, "speaker": 20.0, "flow_spk": 0.0}
 """Phase -> default wall-clock budget in minutes (``--minutes PHASE=MIN ...`` changes some)."""
 
 STAGE_PHASES = {"tokenizer": ("tokenizer",), "flow": ("flow", "flow_anneal"), "flow_all": ("flow_all",),
@@ -256,6 +259,11 @@ def main() -> None:
                     help="the flow's prior_loss_weight (MSE of its encoder's mu against the mel; 1.0 "
                          "brings back more words through a vocoder trained on real mels, no more after "
                          "vocoder_ft: measured, docs/speech_generation.md)")
+    ap.add_argument("--flow-init", default=None, metavar="FILE",
+                    help="start the flow phase from these flow weights (a .safetensors of the same "
+                         "shapes, e.g. a package's flow.safetensors) instead of random: a tokenizer "
+                         "retrained the same way gives other codes, but the estimator that turns the "
+                         "encoder's output into mels carries over")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--sample-prefix", default=None,
@@ -292,7 +300,7 @@ def main() -> None:
         if phase == "tokenizer":
             run(phase, "speech_tokenizer", lr=2e-3, batch=8)
         elif phase == "flow":
-            run(phase, "flow", lr=1e-3, voices=args.flow_voices, **flow())
+            run(phase, "flow", lr=1e-3, voices=args.flow_voices, init=args.flow_init, **flow())
         elif phase == "flow_anneal":
             run(phase, "flow", lr=3e-4, voices=args.flow_voices, init=after("flow"), **flow())
         elif phase == "flow_all":

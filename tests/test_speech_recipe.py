@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
 
 from minmo.config import load_model_config
 
@@ -56,9 +58,15 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     script = _script()
     data, out, samples = _corpus(tmp_path / "data"), tmp_path / "run", tmp_path / "samples"
     minutes = [f"{phase}=1e-6" for phase in script.PHASES]  # each phase stops after one step
+    # --flow-init: the flow phase starts from given weights (here a flow of another seed)
+    torch.manual_seed(123)
+    shapes = load_model_config(script.write_model_config(tmp_path, "tiny", 0.5))
+    start = {k: v.clone() for k, v in script.ChunkFlowMatching(shapes.flow).state_dict().items()}
+    save_file(start, tmp_path / "flow_init.safetensors")
     monkeypatch.setattr(sys, "argv", ["train_speech_tiny.py", "--data", str(data), "--out", str(out),
                                       "--tokenizer", "tiny", "--samples", str(samples), "--eval-limit", "2",
-                                      "--flow-prior", "0.5", "--minutes", *minutes])
+                                      "--flow-prior", "0.5", "--flow-init", str(tmp_path / "flow_init.safetensors"),
+                                      "--minutes", *minutes])
     monkeypatch.setattr(script, "make_recogniser", lambda: None)  # the CTC judge only: no Whisper here
     script.main()
     for phase in script.PHASES:
@@ -68,6 +76,9 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     assert all("ctc_round_trip" in row for row in report["rows"]) and len(report["rows"]) == 4
     assert set(report["summary"]["trained"]) == set(script.PHASES)
     assert all(p["steps"] == 1 for p in report["summary"]["trained"].values())
+    flow_step1 = load_file(next((out / "flow" / "checkpoints").iterdir()) / "trainable.safetensors")
+    assert flow_step1.keys() == start.keys()
+    assert max((flow_step1[k] - start[k]).abs().max().item() for k in start) < 1e-3  # one warm-up step away
     trained = load_model_config(out / "trained.yaml")
     assert "vocoder_ft" in trained.vocoder.path and "flow_spk" in trained.flow.path
     assert trained.flow.prior_loss_weight == 0.5
