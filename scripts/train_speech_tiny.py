@@ -44,9 +44,10 @@ frozen Whisper tiny.en encoder (``speech_tokenizer.kind: whisper``; its tokens k
 of the unseen voices' words), ``--tokenizer tiny`` trains it from scratch; ``--flow-voices
 all`` trains the flow on every voice (worse, measured); ``--stages tokenizer_eval`` measures
 the tokenizer's own CTC WER on the whole test split per voice group
-(``<out>/tokenizer_report.json``). ``--flow-init FILE`` starts the flow phase from
-earlier flow weights of the same shapes (e.g. a package's ``flow.safetensors``) when the
-tokenizer is retrained: the new codes are relearnt, the estimator carries over.
+(``<out>/tokenizer_report.json``). ``--init PHASE=FILE`` starts a phase from given weights,
+e.g. ``flow=PKG/flow.safetensors vocoder_ft=PKG/vocoder.safetensors`` when the tokenizer is
+retrained beside a trained chain: the flow relearns the new codes, its estimator and the
+vocoder carry over.
 """
 
 from __future__ import annotations
@@ -240,6 +241,19 @@ def budgets(pairs: list[str]) -> dict[str, float]:
     return out
 
 
+def phase_files(pairs: list[str]) -> dict[str, str]:
+    """``--init PHASE=FILE ...`` -> ``{phase: file}`` (each file must exist)."""
+    out = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if name not in PHASES or not path:
+            raise SystemExit(f"--init {pair}: give PHASE=FILE with PHASE one of {', '.join(PHASES)}")
+        if not Path(path).is_file():
+            raise SystemExit(f"--init {pair}: {path} is not a file")
+        out[name] = path
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/s2", help="corpus of `minmo data synth` (train/, valid/, test/)")
@@ -259,11 +273,11 @@ def main() -> None:
                     help="the flow's prior_loss_weight (MSE of its encoder's mu against the mel; 1.0 "
                          "brings back more words through a vocoder trained on real mels, no more after "
                          "vocoder_ft: measured, docs/speech_generation.md)")
-    ap.add_argument("--flow-init", default=None, metavar="FILE",
-                    help="start the flow phase from these flow weights (a .safetensors of the same "
-                         "shapes, e.g. a package's flow.safetensors) instead of random: a tokenizer "
-                         "retrained the same way gives other codes, but the estimator that turns the "
-                         "encoder's output into mels carries over")
+    ap.add_argument("--init", nargs="*", default=[], metavar="PHASE=FILE",
+                    help="start a phase from these weights (a .safetensors with tensors of the phase's "
+                         "model, e.g. a package's flow.safetensors for flow, its vocoder.safetensors "
+                         "for vocoder_ft) instead of random or the earlier phase's; a phase that has "
+                         "a checkpoint resumes from it")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--sample-prefix", default=None,
@@ -272,6 +286,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.minutes = budgets(args.minutes)
+    args.init = phase_files(args.init)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -283,15 +298,18 @@ def main() -> None:
     minutes = args.minutes
     final_flow = next((f for f in ("flow_spk", "flow_all") if minutes[f] > 0), "flow_anneal")
 
-    def run(phase: str, stage: str, **kw) -> None:
-        run_stage(stage, out / phase, data, model, minutes[phase], **kw)
-
     def after(run_dir: str) -> str:
         """The latest checkpoint of an earlier phase (which must have run)."""
         ckpt = latest_checkpoint(out / run_dir)
         if ckpt is None:
             raise SystemExit(f"{out / run_dir}: no checkpoint; run the stage of phase '{run_dir}' first")
         return str(ckpt)
+
+    def run(phase: str, stage: str, start: str | None = None, **kw) -> None:
+        """``phase`` as ``stage``, from ``--init``'s weights for it, else from the latest
+        checkpoint of phase ``start``, else from random weights."""
+        init = args.init.get(phase) or (after(start) if start else None)
+        run_stage(stage, out / phase, data, model, minutes[phase], init=init, **kw)
 
     phases = [p for st in args.stages for p in STAGE_PHASES.get(st, ()) if minutes[p] > 0]
     flow = lambda: dict(tokenizer=after("tokenizer"), max_tokens=100, batch=8)  # noqa: E731
@@ -300,16 +318,16 @@ def main() -> None:
         if phase == "tokenizer":
             run(phase, "speech_tokenizer", lr=2e-3, batch=8)
         elif phase == "flow":
-            run(phase, "flow", lr=1e-3, voices=args.flow_voices, init=args.flow_init, **flow())
+            run(phase, "flow", lr=1e-3, voices=args.flow_voices, **flow())
         elif phase == "flow_anneal":
-            run(phase, "flow", lr=3e-4, voices=args.flow_voices, init=after("flow"), **flow())
+            run(phase, "flow", "flow", lr=3e-4, voices=args.flow_voices, **flow())
         elif phase == "flow_all":
-            run(phase, "flow", lr=3e-4, voices="all", init=after("flow_anneal"), **flow())
+            run(phase, "flow", "flow_anneal", lr=3e-4, voices="all", **flow())
         elif phase == "speaker":
             run(phase, "speaker", lr=2e-3, batch=32, seconds=2.0, speaker_pattern=SPEAKER_PATTERN)
         elif phase == "flow_spk":
-            run(phase, "flow", lr=3e-4, voices="all", init=after("flow_anneal"),
-                speaker_encoder=after("speaker"), **flow())
+            run(phase, "flow", "flow_anneal", lr=3e-4, voices="all", speaker_encoder=after("speaker"),
+                **flow())
         else:
             # reconstruction terms (mel + multi-resolution STFT + F0) first, then the GAN step at
             # a 10x lower generator lr, started from the reconstruction run's weights; last, the
@@ -318,11 +336,10 @@ def main() -> None:
             if phase == "vocoder_rec":
                 run(phase, "vocoder", lr=2e-3, reconstruction_steps=10**9, **voc)
             elif phase == "vocoder":
-                run(phase, "vocoder", lr=2e-4, init=after("vocoder_rec"), reconstruction_steps=0,
-                    disc_lr=2e-4, **voc)
+                run(phase, "vocoder", "vocoder_rec", lr=2e-4, reconstruction_steps=0, disc_lr=2e-4, **voc)
             else:
-                run(phase, "vocoder", lr=5e-4, init=after(last_vocoder()), reconstruction_steps=10**9,
-                    flow=after(final_flow), tokenizer=after("tokenizer"), **voc)
+                run(phase, "vocoder", None if phase in args.init else last_vocoder(), lr=5e-4,
+                    reconstruction_steps=10**9, flow=after(final_flow), tokenizer=after("tokenizer"), **voc)
     if "tokenizer_eval" in args.stages:
         tokenizer_ctc_report(out, data, load_model_config(model))
     if "eval" in args.stages:

@@ -58,15 +58,15 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     script = _script()
     data, out, samples = _corpus(tmp_path / "data"), tmp_path / "run", tmp_path / "samples"
     minutes = [f"{phase}=1e-6" for phase in script.PHASES]  # each phase stops after one step
-    # --flow-init: the flow phase starts from given weights (here a flow of another seed)
+    # --init flow=FILE: the flow phase starts from given weights (here a flow of another seed)
     torch.manual_seed(123)
     shapes = load_model_config(script.write_model_config(tmp_path, "tiny", 0.5))
     start = {k: v.clone() for k, v in script.ChunkFlowMatching(shapes.flow).state_dict().items()}
     save_file(start, tmp_path / "flow_init.safetensors")
     monkeypatch.setattr(sys, "argv", ["train_speech_tiny.py", "--data", str(data), "--out", str(out),
                                       "--tokenizer", "tiny", "--samples", str(samples), "--eval-limit", "2",
-                                      "--flow-prior", "0.5", "--flow-init", str(tmp_path / "flow_init.safetensors"),
-                                      "--minutes", *minutes])
+                                      "--flow-prior", "0.5", "--minutes", *minutes,
+                                      "--init", f"flow={tmp_path / 'flow_init.safetensors'}"])
     monkeypatch.setattr(script, "make_recogniser", lambda: None)  # the CTC judge only: no Whisper here
     script.main()
     for phase in script.PHASES:
@@ -101,7 +101,17 @@ def test_vocoder_ft_needs_its_inputs(tmp_path, monkeypatch):
     """Run alone before the flow exists, ``vocoder_ft`` stops with a clear message."""
     script = _script()
     data = _corpus(tmp_path / "data")
-    monkeypatch.setattr(sys, "argv", ["train_speech_tiny.py", "--data", str(data), "--out", str(tmp_path / "run"),
-                                      "--tokenizer", "tiny", "--stages", "vocoder_ft"])
+    argv = ["train_speech_tiny.py", "--data", str(data), "--out", str(tmp_path / "run"), "--tokenizer", "tiny",
+            "--stages", "vocoder_ft"]
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match="no checkpoint; run the stage"):
         script.main()
+    # --init names a phase and an existing file; given weights do not replace the flow's mels
+    weights = tmp_path / "vocoder.safetensors"
+    save_file({"x": torch.zeros(1)}, weights)
+    for pair, message in ((f"vocoder_ft={tmp_path / 'none.safetensors'}", "is not a file"),
+                          (f"vocoderft={weights}", "PHASE one of"), ("vocoder_ft=", "PHASE one of"),
+                          (f"vocoder_ft={weights}", "run the stage of phase 'flow_anneal' first")):
+        monkeypatch.setattr(sys, "argv", [*argv, "--init", pair])
+        with pytest.raises(SystemExit, match=message):
+            script.main()
