@@ -26,8 +26,8 @@ embedding from the ``speaker`` run, lr 3e-4; off by default: 45 minutes of it di
 held-out speakers either, docs/speech_generation.md); ``vocoder_rec`` (reconstruction terms
 only, lr 2e-3) then ``vocoder`` (from it, the GAN step with generator and discriminator at lr
 2e-4; assistant voice; off by default: 35 GAN minutes made copy-synthesis worse, measured in
-docs/speech_generation.md, and the shipped chain has none); ``vocoder_ft`` (from ``vocoder``, or ``vocoder_rec`` when the GAN
-phase has no budget: the reconstruction terms with the last flow phase's mels of each
+docs/speech_generation.md, and the shipped chain has none); ``vocoder_ft`` (from ``vocoder``,
+or ``vocoder_rec`` when the GAN phase has no checkpoint: the reconstruction terms with the last flow phase's mels of each
 utterance's tokens as the generator's input, lr 5e-4, so the vocoder learns to render the
 flow's output rather than real mels; it needs the tokenizer and the flow, so its stage
 ``vocoder_ft`` runs after theirs); ``speaker`` (speaker classification, every voice, one
