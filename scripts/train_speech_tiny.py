@@ -230,27 +230,29 @@ STAGE_PHASES = {"tokenizer": ("tokenizer",), "flow": ("flow", "flow_anneal"), "f
 """``--stages`` name -> the phases it runs, in order."""
 
 
-def budgets(pairs: list[str]) -> dict[str, float]:
-    """``PHASES`` with the ``PHASE=MIN`` overrides of ``--minutes``."""
-    out = dict(PHASES)
+def phase_values(pairs: list[str], flag: str, what: str) -> dict[str, str]:
+    """``FLAG PHASE=VALUE ...`` -> ``{phase: value}``; a pair without a known phase or a
+    value stops with the usage (``PHASE=<what>``)."""
+    out = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
         if name not in PHASES or not value:
-            raise SystemExit(f"--minutes {pair}: give PHASE=MINUTES with PHASE one of {', '.join(PHASES)}")
-        out[name] = float(value)
+            raise SystemExit(f"{flag} {pair}: give PHASE={what} with PHASE one of {', '.join(PHASES)}")
+        out[name] = value
     return out
+
+
+def budgets(pairs: list[str]) -> dict[str, float]:
+    """``PHASES`` with the ``PHASE=MIN`` overrides of ``--minutes``."""
+    return {**PHASES, **{k: float(v) for k, v in phase_values(pairs, "--minutes", "MINUTES").items()}}
 
 
 def phase_files(pairs: list[str]) -> dict[str, str]:
     """``--init PHASE=FILE ...`` -> ``{phase: file}`` (each file must exist)."""
-    out = {}
-    for pair in pairs:
-        name, _, path = pair.partition("=")
-        if name not in PHASES or not path:
-            raise SystemExit(f"--init {pair}: give PHASE=FILE with PHASE one of {', '.join(PHASES)}")
+    out = phase_values(pairs, "--init", "FILE")
+    for name, path in out.items():
         if not Path(path).is_file():
-            raise SystemExit(f"--init {pair}: {path} is not a file")
-        out[name] = path
+            raise SystemExit(f"--init {name}={path}: {path} is not a file")
     return out
 
 
@@ -338,8 +340,8 @@ def main() -> None:
             elif phase == "vocoder":
                 run(phase, "vocoder", "vocoder_rec", lr=2e-4, reconstruction_steps=0, disc_lr=2e-4, **voc)
             else:
-                run(phase, "vocoder", None if phase in args.init else last_vocoder(), lr=5e-4,
-                    reconstruction_steps=10**9, flow=after(final_flow), tokenizer=after("tokenizer"), **voc)
+                run(phase, "vocoder", last_vocoder(), lr=5e-4, reconstruction_steps=10**9,
+                    flow=after(final_flow), tokenizer=after("tokenizer"), **voc)
     if "tokenizer_eval" in args.stages:
         tokenizer_ctc_report(out, data, load_model_config(model))
     if "eval" in args.stages:

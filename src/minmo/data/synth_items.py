@@ -190,14 +190,26 @@ def texts_by_split(lines: list[str], test_fraction: float = 0.05,
     return out
 
 
+def _file_sentence(ctx: ItemContext, kind: str) -> str:
+    """A sentence of ``--text-file`` from this item's split (for the item kind ``kind``)."""
+    if not ctx.texts or not ctx.texts.get(ctx.split):
+        raise ValueError(f"{ctx.item_id}: the {kind} kind needs sentences of split {ctx.split}")
+    return ctx.rng.choice(ctx.texts[ctx.split])
+
+
+def _assistant_reads(ctx: ItemContext, text: str, language: str = "en") -> tuple[list[dict], float]:
+    """The assistant voice reading ``text``: row tts."""
+    rel, dur = _save(ctx, ".wav", speak(text, ASSISTANT, TARGET_RATE, -20.0), TARGET_RATE)
+    return [_base(ctx, "tts", text=text, language=language, target_audio=rel,
+                  target_duration=dur, speaker="assistant")], dur
+
+
 def item_text(ctx: ItemContext) -> tuple[list[dict], float]:
     """A sentence of the user's text file (``--text-file``) in a user voice: row asr.
 
     The phrase table's sentences are a closed set a model can learn by heart; open text is
     what teaches it to hear words rather than recognise sentences."""
-    if not ctx.texts or not ctx.texts.get(ctx.split):
-        raise ValueError(f"{ctx.item_id}: the text kind needs sentences of split {ctx.split}")
-    text = ctx.rng.choice(ctx.texts[ctx.split])
+    text = _file_sentence(ctx, "text")
     sp = _user_speaker(ctx, ctx.text_language)
     rel, dur = _save(ctx, ".wav", speak(text, sp, USER_RATE, _user_level(ctx)), USER_RATE)
     return [_base(ctx, "asr", audio=rel, duration=dur, sample_rate=USER_RATE, text=text,
@@ -209,12 +221,7 @@ def item_text_tts(ctx: ItemContext) -> tuple[list[dict], float]:
 
     The speech output's counterpart of :func:`item_text`: a voice LM trained only on the
     phrase table reads only its sentences aloud."""
-    if not ctx.texts or not ctx.texts.get(ctx.split):
-        raise ValueError(f"{ctx.item_id}: the text_tts kind needs sentences of split {ctx.split}")
-    text = ctx.rng.choice(ctx.texts[ctx.split])
-    rel, dur = _save(ctx, ".wav", speak(text, ASSISTANT, TARGET_RATE, -20.0), TARGET_RATE)
-    return [_base(ctx, "tts", text=text, language=ctx.text_language, target_audio=rel,
-                  target_duration=dur, speaker="assistant")], dur
+    return _assistant_reads(ctx, _file_sentence(ctx, "text_tts"), ctx.text_language)
 
 
 def item_emotion(ctx: ItemContext) -> tuple[list[dict], float]:
@@ -301,11 +308,7 @@ def _assistant_text(ctx: ItemContext) -> str:
 
 def item_tts(ctx: ItemContext) -> tuple[list[dict], float]:
     """The assistant voice reading an English text: row tts."""
-    text = _assistant_text(ctx)
-    rel, dur = _save(ctx, ".wav", speak(text, ASSISTANT, TARGET_RATE, -20.0), TARGET_RATE)
-    row = _base(ctx, "tts", text=text, language="en", target_audio=rel, target_duration=dur,
-                speaker="assistant")
-    return [row], dur
+    return _assistant_reads(ctx, _assistant_text(ctx))
 
 
 def item_instruct_tts(ctx: ItemContext) -> tuple[list[dict], float]:
