@@ -281,6 +281,11 @@ def main() -> None:
                          "for vocoder_ft) instead of random or the earlier phase's; a phase that has "
                          "a checkpoint resumes from it")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
+    ap.add_argument("--ctc-judge", type=Path, default=None, metavar="FILE",
+                    help="eval: another speech tokenizer of the same shape (a run's checkpoint "
+                         "directory or a package's speech_tokenizer.safetensors) whose CTC also "
+                         "reads the real audio and the round trip (wer_judge_*), so chains with "
+                         "different tokenizers are compared by one judge")
     ap.add_argument("--samples", default="docs/samples")
     ap.add_argument("--sample-prefix", default=None,
                     help="sample file names: PREFIX_<k>_{real,roundtrip}.{wav,png} (default: speech_<tokenizer>)")
@@ -289,6 +294,8 @@ def main() -> None:
     args = ap.parse_args()
     args.minutes = budgets(args.minutes)
     args.init = phase_files(args.init)
+    if args.ctc_judge is not None and not args.ctc_judge.exists():
+        ap.error(f"--ctc-judge {args.ctc_judge}: no such file or directory")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -365,8 +372,11 @@ def main() -> None:
             log(f"speaker encoder on held-out speakers: {extra['speaker_encoder']}")
             if final_flow == "flow_spk":  # held-out speakers also in their own voice, from another utterance
                 prompts = own_voice_embeddings(groups["other"], test)
+        judge = load_tokenizer(args.ctc_judge, cfg.speech_tokenizer) if args.ctc_judge else None
+        if judge is not None:
+            extra["ctc_judge"] = str(args.ctc_judge)
         evaluate(tok, flow, vocoder, groups, assistant_speaker(), out, Path(args.samples),
-                 args, prompts, extra, encoder)
+                 args, prompts, extra, encoder, judge)
 
 
 SPEAKER_PATTERN = r"(.+)-s\d+"
@@ -403,6 +413,7 @@ def own_voice_embeddings(items: list[dict], pool: list[dict]) -> dict[str, tuple
 
 
 WER_COLUMNS = {"ctc_on_real": "wer_ctc_on_real_audio", "ctc_round_trip": "wer_ctc_round_trip",
+               "judge_on_real": "wer_judge_on_real_audio", "judge_round_trip": "wer_judge_round_trip",
                "asr_real": "wer_asr_real",
                "asr_vocoder_copy": "wer_asr_vocoder_copy", "asr_round_trip": "wer_asr_round_trip",
                "asr_round_trip_own_voice": "wer_asr_round_trip_own_voice"}
@@ -456,12 +467,12 @@ def wer_summary(rows: list[dict]) -> dict:
 
 
 def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, prompts=None,
-             extra: dict | None = None, encoder=None) -> None:
+             extra: dict | None = None, encoder=None, judge=None) -> None:
     """Round-trip WER per voice group (each utterance tokenised on its own; the flow
     conditioned on the assistant's embedding ``spk``, and, for the utterances in ``prompts``
     (:func:`own_voice_embeddings`), also on their own speaker's); with a speaker ``encoder``,
-    the cosine between the embeddings of each resynthesis and of the real utterance; samples
-    of the first utterances."""
+    the cosine between the embeddings of each resynthesis and of the real utterance; with a
+    ``judge`` (another tokenizer), its CTC transcripts too; samples of the first utterances."""
     from minmo.inference.token2wav import Token2Wav
 
     samples.mkdir(parents=True, exist_ok=True)
@@ -484,6 +495,9 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
                 row = {"id": it["id"], "voice": voice, "speaker": it["voice"], "ref": it["text"],
                        "ctc_on_real": ctc_transcript(tok, it["w16"]),
                        "ctc_round_trip": ctc_transcript(tok, torch.from_numpy(resynth16))}
+                if judge is not None:
+                    row["judge_on_real"] = ctc_transcript(judge, it["w16"])
+                    row["judge_round_trip"] = ctc_transcript(judge, torch.from_numpy(resynth16))
                 if recognise:
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))

@@ -85,6 +85,19 @@ def test_every_phase_runs_in_order_and_the_evaluation_reports(tmp_path, monkeypa
     assert "prior_loss" in json.loads((out / "flow" / "metrics.jsonl").read_text().splitlines()[0])
     assert sorted(p.name for p in samples.glob("*.png"))[:2] == ["speech_tiny_0_real.png", "speech_tiny_0_roundtrip.png"]
 
+    # --ctc-judge: another tokenizer's CTC reads the same audio; judged by the run's own
+    # tokenizer, its columns repeat the run's CTC columns word for word
+    monkeypatch.setattr(sys, "argv", ["train_speech_tiny.py", "--data", str(data), "--out", str(out),
+                                      "--tokenizer", "tiny", "--samples", str(samples), "--eval-limit", "2",
+                                      "--flow-prior", "0.5", "--minutes", *minutes, "--stages", "eval",
+                                      "--ctc-judge", str(script.latest_checkpoint(out / "tokenizer"))])
+    script.main()
+    judged = json.loads((out / "report.json").read_text())
+    assert judged["summary"]["ctc_judge"].endswith(script.latest_checkpoint(out / "tokenizer").name)
+    for row in judged["rows"]:
+        assert (row["judge_on_real"], row["judge_round_trip"]) == (row["ctc_on_real"], row["ctc_round_trip"])
+    assert judged["summary"]["assistant"]["wer_judge_round_trip"] == judged["summary"]["assistant"]["wer_ctc_round_trip"]
+
     # the inference sweep reads the same runs
     spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "speech_inference_sweep.py")
     sweep = importlib.util.module_from_spec(spec)
