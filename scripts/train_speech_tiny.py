@@ -281,7 +281,7 @@ def main() -> None:
                          "for vocoder_ft) instead of random or the earlier phase's; a phase that has "
                          "a checkpoint resumes from it")
     ap.add_argument("--eval-limit", type=int, default=30, help="test utterances per voice group")
-    ap.add_argument("--ctc-judge", type=Path, default=None, metavar="FILE",
+    ap.add_argument("--ctc-judge", type=Path, default=None, metavar="TOKENIZER",
                     help="eval: another speech tokenizer of the same shape (a run's checkpoint "
                          "directory or a package's speech_tokenizer.safetensors) whose CTC also "
                          "reads the real audio and the round trip (wer_judge_*), so chains with "
