@@ -372,8 +372,9 @@ def main() -> None:
             log(f"speaker encoder on held-out speakers: {extra['speaker_encoder']}")
             if final_flow == "flow_spk":  # held-out speakers also in their own voice, from another utterance
                 prompts = own_voice_embeddings(groups["other"], test)
-        judge = load_tokenizer(args.ctc_judge, cfg.speech_tokenizer) if args.ctc_judge else None
-        if judge is not None:
+        judge = None
+        if args.ctc_judge:
+            judge = load_tokenizer(args.ctc_judge, cfg.speech_tokenizer)
             extra["ctc_judge"] = str(args.ctc_judge)
         evaluate(tok, flow, vocoder, groups, assistant_speaker(), out, Path(args.samples),
                  args, prompts, extra, encoder, judge)
@@ -492,12 +493,11 @@ def evaluate(tok, flow, vocoder, groups, spk, out: Path, samples: Path, args, pr
                 copy, _ = vocoder(it["mel"][None])
                 resynth, mel = t2w.synthesize(it["tokens"][None], spk)
                 resynth16 = resample(resynth[0].numpy(), 24000, 16000)
-                row = {"id": it["id"], "voice": voice, "speaker": it["voice"], "ref": it["text"],
-                       "ctc_on_real": ctc_transcript(tok, it["w16"]),
-                       "ctc_round_trip": ctc_transcript(tok, torch.from_numpy(resynth16))}
-                if judge is not None:
-                    row["judge_on_real"] = ctc_transcript(judge, it["w16"])
-                    row["judge_round_trip"] = ctc_transcript(judge, torch.from_numpy(resynth16))
+                row = {"id": it["id"], "voice": voice, "speaker": it["voice"], "ref": it["text"]}
+                for name, reader in (("ctc", tok), ("judge", judge)):
+                    if reader is not None:
+                        row[f"{name}_on_real"] = ctc_transcript(reader, it["w16"])
+                        row[f"{name}_round_trip"] = ctc_transcript(reader, torch.from_numpy(resynth16))
                 if recognise:
                     row["asr_real"] = recognise(it["w16"].numpy())
                     row["asr_vocoder_copy"] = recognise(resample(copy[0].numpy(), 24000, 16000))
