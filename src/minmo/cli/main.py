@@ -9,7 +9,8 @@ import os
 import sys
 
 # sub-command modules, in the order --help lists them
-COMMANDS = ("serve", "chat", "data", "train", "tokenize", "tts", "eval", "bench", "convert", "info")
+COMMANDS = ("serve", "chat", "data", "train", "tokenize", "tts", "eval", "compare", "bench",
+            "convert", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

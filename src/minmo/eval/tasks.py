@@ -126,8 +126,8 @@ def evaluate_asr(ctx: GroupContext) -> GroupOutcome:
     unit = metrics.error_unit(language).upper()
     out.rows.append(_row(ctx, ctx.task, unit, edits.rate * 100, "%", False, len(hyps), details,
                          runner))
-    out.predictions = [{"id": i.id, "reference": i.reference, "hypothesis": h}
-                       for i, h in zip(ctx.items, hyps)]
+    out.predictions = [{"id": i.id, "reference": i.reference, "hypothesis": h,
+                        "language": language} for i, h in zip(ctx.items, hyps)]
     return out
 
 
@@ -142,8 +142,8 @@ def evaluate_s2tt(ctx: GroupContext) -> GroupOutcome:
     score = metrics.corpus_bleu(hyps, [i.reference for i in ctx.items], target)
     out.rows.append(_row(ctx, "s2tt", "BLEU", score.score, "BLEU", True, len(hyps),
                          score.as_dict(), runner))
-    out.predictions = [{"id": i.id, "reference": i.reference, "hypothesis": h}
-                       for i, h in zip(ctx.items, hyps)]
+    out.predictions = [{"id": i.id, "reference": i.reference, "hypothesis": h,
+                        "target_language": target} for i, h in zip(ctx.items, hyps)]
     return out
 
 
@@ -212,7 +212,7 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
         heard.append(transcript)
         text_correct.append(metrics.answer_is_correct(reply.text, _answers(item)))
         out.predictions.append({"id": item.id, "answers": _answers(item), "reply_text": reply.text,
-                                "heard": transcript})
+                                "heard": transcript, "language": item.language or "en"})
     correct = [metrics.answer_is_correct(h, _answers(i)) for i, h in zip(ctx.items, heard)]
     for pred, c in zip(out.predictions, correct):
         pred["correct"] = c
@@ -271,7 +271,8 @@ def evaluate_tts(ctx: GroupContext) -> GroupOutcome:
                 ctx.model.speaker_embedding(load_audio(voice, rate), rate)), None)
             if sim is not None:
                 sims.append(sim)
-        out.predictions.append({"id": item.id, "text": item.reference, "heard": text})
+        out.predictions.append({"id": item.id, "text": item.reference, "heard": text,
+                                "language": language})
     edits = metrics.corpus_edits([i.reference for i in ctx.items], hyps, language)
     unit = "CER" if uses_cer(language) else "WER"
     out.rows.append(_row(ctx, "tts", unit, edits.rate * 100, "%", False, len(hyps),
