@@ -212,7 +212,7 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
         heard.append(transcript)
         text_correct.append(metrics.answer_is_correct(reply.text, _answers(item)))
         out.predictions.append({"id": item.id, "answers": _answers(item), "reply_text": reply.text,
-                                "heard": transcript, "language": item.language or "en"})
+                                "heard": transcript, "language": ctx.items[0].language or "en"})
     correct = [metrics.answer_is_correct(h, _answers(i)) for i, h in zip(ctx.items, heard)]
     for pred, c in zip(out.predictions, correct):
         pred["correct"] = c
