@@ -53,6 +53,8 @@ def test_lora_adapters_save_load_roundtrip(tmp_path):
     assert lora and all("lora_" in n for n in lora)
     for p in lora.values():
         torch.nn.init.normal_(p)
+    # the key check needs no tensors (no FSDP gather) and names what peft saves
+    assert llm.lora_keys() == set(llm.lora_state_dict()) and len(llm.lora_keys()) == len(lora)
     llm.save_lora(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     emb = torch.randn(1, 5, 64)

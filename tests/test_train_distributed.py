@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -80,13 +81,21 @@ def one_process(corpus, tmp_path_factory):
 def _torchrun(corpus, out, mode):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "minmo.cli.train", CONFIG, *_overrides(corpus, out, 1), f"distributed={mode}"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"done: steps={STEPS}" in proc.stdout
-    assert f"distributed: {mode} over 2 processes (gloo)" in proc.stderr
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        # torchrun starts each worker in its own session: SIGTERM lets torchrun stop them (a
+        # SIGKILL would leave them running, holding the pipes, and this test waiting forever)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"torchrun {mode} did not finish in 300 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"done: steps={STEPS}" in stdout
+    assert f"distributed: {mode} over 2 processes (gloo)" in stderr
     state = json.loads((ckpt.checkpoint_dir(out, STEPS) / ckpt.STATE_FILE).read_text())
     assert state["world_size"] == 2
 

@@ -261,6 +261,16 @@ class LLM(nn.Module):
         sd = get_peft_model_state_dict(self.model)
         return {f"base_model.model.{k}": v for k, v in sd.items()}
 
+    def lora_keys(self) -> set[str]:
+        """The keys of :meth:`lora_state_dict`, from peft but without its tensors: peft
+        (>= 0.22) gathers sharded (FSDP2) tensors in ``get_peft_model_state_dict``, a
+        collective that must not run on one rank alone, as a checkpoint writer does."""
+        from peft import get_peft_model_state_dict
+
+        names = {k: torch.empty(0) for k in self.model.state_dict(keep_vars=True)}
+        return {f"base_model.model.{k}"
+                for k in get_peft_model_state_dict(self.model, state_dict=names)}
+
     def save_lora(self, directory: str | Path,
                   tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write ``adapter_model.safetensors`` + ``adapter_config.json`` (peft layout).
@@ -277,10 +287,10 @@ class LLM(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        expected = self.lora_state_dict()
+        expected = self.lora_keys()
         if tensors is None:
-            tensors = expected
-        elif set(tensors) != set(expected):
+            tensors = self.lora_state_dict()
+        elif set(tensors) != expected:
             missing = sorted(set(expected) - set(tensors))
             unexpected = sorted(set(tensors) - set(expected))
             raise KeyError(f"{directory}: LoRA keys differ from peft's: missing {missing[:5]}, "
@@ -313,7 +323,7 @@ class LLM(nn.Module):
         tensors = load_file(str(path))
         prefix = "base_model.model."
         stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
-        expected = set(self.lora_state_dict())
+        expected = self.lora_keys()
         got = {prefix + k for k in stripped}
         if expected != got:
             missing, unexpected = sorted(expected - got), sorted(got - expected)

@@ -316,7 +316,7 @@ def _lora_writer(raw: nn.Module, info: DistInfo, trainable: dict[str, torch.Tens
     ``save_lora`` gets the gathered tensors: the trained ones (``trainable``) or, when the
     stage keeps LoRA frozen, those taken from ``init`` (``carried``); peft key =
     ``base_model.model.`` + the name inside the transformers model with the adapter name
-    (``.default``) removed (``save_lora`` checks them against ``lora_state_dict()``)."""
+    (``.default``) removed (``save_lora`` checks them against ``lora_keys()``)."""
     llm = getattr(raw, "llm", None)
     if llm is None or not getattr(llm, "lora_enabled", False):
         return None
