@@ -14,8 +14,16 @@ training row uses (espeak-ng variants of the test split and, with ``--mbrola`` /
 the held-out MBROLA / flite voice), drawn with ``--seed``: the same arguments give the same
 clips.
 
-Output: ``DIR/asr.jsonl`` (manifest rows of task ``asr``, split ``test``) and
-``DIR/audio/*.wav`` (16 kHz).
+The same sentences are the open read-aloud test: ``DIR/tts.jsonl`` asks the model to say each
+one (the assistant voice's own reading is the row's ``target_audio``, as in the corpus' ``tts``
+rows), for the TTS round trip on text outside the corpus:
+
+    .venv/bin/minmo eval --model M --suite manifest --data DIR/tts.jsonl --tasks tts \
+        --tts-text given --asr-judge faster-whisper:tiny.en --out EVAL
+
+Output: ``DIR/asr.jsonl`` (manifest rows of task ``asr``, split ``test``), ``DIR/tts.jsonl``
+(one row of task ``tts`` per sentence), ``DIR/audio/*.wav`` (16 kHz user speech, 24 kHz
+assistant readings).
 """
 
 from __future__ import annotations
@@ -40,15 +48,22 @@ def read_sentences(path: Path) -> list[str]:
 
 def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrola: bool = False,
                    seed: int = 0, flite: bool = False) -> list[dict]:
-    """Speak every sentence ``per_sentence`` times with held-out voices; write the clips and
-    ``out/asr.jsonl``. Returns the manifest rows."""
+    """Speak every sentence ``per_sentence`` times with held-out voices and once in the
+    assistant voice; write the clips, ``out/asr.jsonl`` and ``out/tts.jsonl``. Returns the
+    ``asr`` rows."""
     from minmo.audio.io import save_audio
-    from minmo.data.espeak import random_speaker
-    from minmo.data.synth_items import USER_RATE, speak, user_level
+    from minmo.data.espeak import ASSISTANT, random_speaker
+    from minmo.data.synth_items import TARGET_RATE, USER_RATE, speak, user_level
 
     rng = random.Random(seed)
-    rows = []
+    rows, reads = [], []
     for i, text in enumerate(sentences):
+        wave = speak(text, ASSISTANT, TARGET_RATE, -20.0)  # the corpus' assistant level
+        save_audio(out / "audio" / f"open-{i:03d}-tts.wav", wave, TARGET_RATE)
+        reads.append({"id": f"open-{i:03d}-tts", "task": "tts", "split": "test", "text": text,
+                      "language": "en", "target_audio": f"audio/open-{i:03d}-tts.wav",
+                      "target_duration": round(wave.shape[-1] / TARGET_RATE, 3),
+                      "speaker": "assistant"})
         for k in range(per_sentence):
             speaker = random_speaker(rng, "en", "test", mbrola=mbrola, flite=flite)
             wave = speak(text, speaker, USER_RATE, rms_db=user_level(rng))
@@ -59,7 +74,9 @@ def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrol
                          "duration": round(wave.shape[-1] / USER_RATE, 3),
                          "sample_rate": USER_RATE, "text": text, "language": "en",
                          "speaker": speaker.id, "gender": speaker.gender})
-    (out / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for name, manifest in (("asr", rows), ("tts", reads)):
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest),
+                                           encoding="utf-8")
     return rows
 
 
@@ -93,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                           args.flite)
     hours = sum(r["duration"] for r in rows) / 3600
     print(f"make_open_test: {len(rows)} clips ({hours * 60:.1f} min) of {len(sentences)} "
-          f"sentences -> {args.out / 'asr.jsonl'}")
+          f"sentences -> {args.out / 'asr.jsonl'}; read aloud -> {args.out / 'tts.jsonl'}")
     return 0
 
 

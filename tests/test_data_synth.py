@@ -360,8 +360,14 @@ def test_open_test_sentences_lie_outside_the_corpus_and_use_held_out_voices(tmp_
     for r in rows:
         wave, rate = sf.read(tmp_path / "a" / r["audio"])
         assert rate == 16000 and abs(len(wave) / rate - r["duration"]) < 1e-3
-    report = check_manifests([tmp_path / "a" / "asr.jsonl"])
-    assert report.bad == [] and report.counts == {"asr": 6}
+    report = check_manifests([tmp_path / "a" / "asr.jsonl", tmp_path / "a" / "tts.jsonl"])
+    assert report.bad == [] and report.counts == {"asr": 6, "tts": 3}
+    reads = [json.loads(line) for line in (tmp_path / "a" / "tts.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in reads] == sentences[:3]  # the open read-aloud test
+    assert all(r["speaker"] == "assistant" for r in reads)
+    for r in reads:
+        wave, rate = sf.read(tmp_path / "a" / r["target_audio"])
+        assert rate == 24000 and abs(len(wave) / rate - r["target_duration"]) < 1e-3
 
 
 def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
