@@ -93,6 +93,31 @@ def test_reply_wer_leaves_out_empty_replies_as_the_eval_does(tmp_path: Path) -> 
     assert by_name["S2S accuracy"].a == pytest.approx(100 / 3)
 
 
+def test_runs_heard_by_different_judges_are_flagged(tmp_path: Path) -> None:
+    def judged(name, judge):
+        return read_predictions(write_run(tmp_path / name, [
+            dict(r, **({"judge": judge} if judge else {})) for r in tts_rows(TEXTS, TEXTS)]))
+
+    greedy = judged("a", "faster-whisper:tiny.en (greedy)")
+    assert compare_runs(greedy, judged("b", "faster-whisper:tiny.en (greedy)"),
+                        samples=10).judges_differ == []
+    mixed = compare_runs(greedy, judged("c", "self (minmo-small)"), samples=10)
+    assert mixed.judges_differ == ["tts (synth): A by faster-whisper:tiny.en (greedy), "
+                                   "B by self (minmo-small)"]
+    assert "warning: the runs' ASR judges differ" in format_comparison(mixed)
+    old = compare_runs(judged("d", None), greedy, samples=10)  # predictions of older runs
+    assert len(old.judges_differ) == 1 and "unrecorded judge" in old.judges_differ[0]
+    assert old.as_dict()["judges_differ"] == old.judges_differ
+    # the eval writes the judge into every judged prediction
+    read = read_suite(SuiteSpec("synth-test", str(build_suite(tmp_path / "corpus"))))
+    model = ScriptedModel()
+    out = run_evaluation([SystemUnderTest("minmo", model, adapters.SelfJudge(model))], read,
+                         "scripted", "synth-test", RunSettings(k=10, show_progress=False))
+    heard = [p for p in out.predictions if "heard" in p]
+    assert {p["task"] for p in heard} == {"tts", "s2s_chat"}
+    assert {p["judge"] for p in heard} == {f"self ({model.name})"}
+
+
 def test_runs_of_different_test_sets_are_refused(tmp_path: Path) -> None:
     a = read_predictions(write_run(tmp_path / "a", tts_rows(TEXTS, TEXTS)))
     other = ["switch off the fan"] + TEXTS[1:]

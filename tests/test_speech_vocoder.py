@@ -174,4 +174,4 @@ def test_multi_resolution_stft_loss():
     loss, metrics = gan.reconstruction_loss(batch)
     loss.backward()
     assert metrics["stft"] > 0 and all(p.grad is not None for p in gan.generator.conv_post.parameters())
-    assert float(loss) > 45.0 * metrics["mel_l1"] + 19.0 * metrics["stft"]
+    assert loss.item() > 45.0 * metrics["mel_l1"] + 19.0 * metrics["stft"]

@@ -134,7 +134,7 @@ class FasterWhisperJudge:
     from run to run and two runs' WER differed by judge noise alone.
     """
 
-    def __init__(self, model_dir: str, device: str = "cpu"):
+    def __init__(self, model_dir: str, device: str = "cpu", label: str | None = None):
         try:
             from faster_whisper import WhisperModel
         except ImportError:
@@ -143,7 +143,9 @@ class FasterWhisperJudge:
                 "pip install faster-whisper (or use --asr-judge self)"
             ) from None
         self.model = WhisperModel(model_dir, device=device, compute_type="int8")
-        self.name = f"faster-whisper ({model_dir})"
+        # the name goes into results and predictions: ``label`` (the --asr-judge spec) keeps it
+        # the same across machines whose installed copy lies at other paths
+        self.name = f"{label or 'faster-whisper:' + model_dir} (greedy)"
 
     def transcribe(self, wave: np.ndarray, sample_rate: int, language: str) -> str:
         from minmo.audio.io import resample
@@ -177,7 +179,7 @@ def make_judge(spec: str, model: Any, device: str = "cpu") -> TranscriberJudge |
     if spec == "self":
         return SelfJudge(model) if "speech_to_text" in model.capabilities() else None
     if spec.startswith("faster-whisper:"):
-        return FasterWhisperJudge(judge_model_dir(spec.split(":", 1)[1]), device)
+        return FasterWhisperJudge(judge_model_dir(spec.split(":", 1)[1]), device, label=spec)
     raise ValueError(f"--asr-judge {spec!r}: expected self, none, faster-whisper:DIR or "
                      f"faster-whisper:{PACKAGED_WHISPER}")
 

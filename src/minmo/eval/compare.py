@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,17 +72,20 @@ class PairedMetric:
 
 @dataclass
 class Comparison:
-    """Every compared metric, and the items that only one run has."""
+    """Every compared metric, the items that only one run has, and the groups whose speech
+    the two runs' ASR judges heard differently (``judges_differ``: then a judged metric's
+    B - A is the judges' difference as well as the models')."""
 
     metrics: list[PairedMetric]
     only_a: int
     only_b: int
     samples: int
     seed: int
+    judges_differ: list[str] = dataclass_field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "seed": self.seed, "only_a": self.only_a,
-                "only_b": self.only_b,
+                "only_b": self.only_b, "judges_differ": self.judges_differ,
                 "metrics": [{**asdict(m), "verdict": m.verdict} for m in self.metrics]}
 
 
@@ -182,9 +186,13 @@ def compare_runs(a: dict[Key, dict[str, Any]], b: dict[Key, dict[str, Any]], *,
         groups.setdefault(key[:3], []).append(key)
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
-    out = []
+    out, judges_differ = [], []
     for (system, task, dataset), keys in sorted(groups.items()):
         first = a[keys[0]]
+        if "heard" in first:
+            judge_a, judge_b = _judges(a, keys), _judges(b, keys)
+            if judge_a != judge_b:
+                judges_differ.append(f"{task} ({dataset}): A by {judge_a}, B by {judge_b}")
         lang = first.get("target_language" if task == "s2tt" else "language") or language
         draws = rng.integers(0, len(keys), size=(samples, len(keys)))
         for name, higher, read in _metric_views(task, first, lang):
@@ -207,7 +215,15 @@ def compare_runs(a: dict[Key, dict[str, Any]], b: dict[Key, dict[str, Any]], *,
             out.append(PairedMetric(system, task, dataset, name, higher, len(keys), score_a,
                                     score_b, score_b - score_a, float(low), float(high),
                                     confidence, *wins))
-    return Comparison(out, len(set(a) - set(b)), len(set(b) - set(a)), samples, seed)
+    return Comparison(out, len(set(a) - set(b)), len(set(b) - set(a)), samples, seed,
+                      judges_differ)
+
+
+def _judges(run: dict[Key, dict[str, Any]], keys: list[Key]) -> str:
+    """The ASR judge(s) that heard a group's speech, as its predictions record them."""
+    names = sorted({run[k].get("judge") or "an unrecorded judge (a run before judges were "
+                    "recorded; faster-whisper then sampled)" for k in keys})
+    return " and ".join(names)
 
 
 def _ratio(series: _Series, draws: np.ndarray | None = None) -> Any:
@@ -247,4 +263,7 @@ def format_comparison(result: Comparison, label_a: str = "A", label_b: str = "B"
                  f"{result.seed}" + (f"; not compared: {result.only_a} item(s) only in A, "
                                      f"{result.only_b} only in B"
                                      if result.only_a or result.only_b else ""))
+    for note in result.judges_differ:
+        lines.append(f"warning: the runs' ASR judges differ, so B - A here is partly the "
+                     f"judges': {note}")
     return "\n".join(lines)

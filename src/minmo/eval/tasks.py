@@ -212,7 +212,8 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
         heard.append(transcript)
         text_correct.append(metrics.answer_is_correct(reply.text, _answers(item)))
         out.predictions.append({"id": item.id, "answers": _answers(item), "reply_text": reply.text,
-                                "heard": transcript, "language": ctx.items[0].language or "en"})
+                                "heard": transcript, "judge": ctx.judge.name,
+                                "language": ctx.items[0].language or "en"})
     correct = [metrics.answer_is_correct(h, _answers(i)) for i, h in zip(ctx.items, heard)]
     for pred, c in zip(out.predictions, correct):
         pred["correct"] = c
@@ -272,7 +273,7 @@ def evaluate_tts(ctx: GroupContext) -> GroupOutcome:
             if sim is not None:
                 sims.append(sim)
         out.predictions.append({"id": item.id, "text": item.reference, "heard": text,
-                                "language": language})
+                                "judge": ctx.judge.name, "language": language})
     edits = metrics.corpus_edits([i.reference for i in ctx.items], hyps, language)
     unit = "CER" if uses_cer(language) else "WER"
     out.rows.append(_row(ctx, "tts", unit, edits.rate * 100, "%", False, len(hyps),
