@@ -12,8 +12,7 @@ is its confidence interval. A difference whose interval spans 0 is not shown by 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from dataclasses import field as dataclass_field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,7 +80,7 @@ class Comparison:
     only_b: int
     samples: int
     seed: int
-    judges_differ: list[str] = dataclass_field(default_factory=list)
+    judges_differ: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "seed": self.seed, "only_a": self.only_a,
@@ -176,10 +175,10 @@ def compare_runs(a: dict[Key, dict[str, Any]], b: dict[Key, dict[str, Any]], *,
     if not common:
         raise ValueError("the two runs share no item (system, task, test set, id)")
     for key in common:
-        for field in ("reference", "text"):
-            if a[key].get(field) != b[key].get(field):
-                raise ValueError(f"item {key[3]!r} ({key[1]}, {key[2]}): the runs' {field}s "
-                                 f"differ ({a[key].get(field)!r} / {b[key].get(field)!r}): "
+        for column in ("reference", "text"):
+            if a[key].get(column) != b[key].get(column):
+                raise ValueError(f"item {key[3]!r} ({key[1]}, {key[2]}): the runs' {column}s "
+                                 f"differ ({a[key].get(column)!r} / {b[key].get(column)!r}): "
                                  "not the same test set")
     groups: dict[tuple[str, str, str], list[Key]] = {}
     for key in common:
