@@ -148,3 +148,16 @@ def test_serve_on_a_busy_port_fails_at_once_with_the_fix(capsys):
         rc = main(["serve", "--model", "tiny", "--port", str(port)])
     assert rc == 2
     assert f"127.0.0.1:{port} is in use" in capsys.readouterr().err
+
+
+def test_version_names_the_libraries_that_decide_results(capsys):
+    import peft
+    import transformers
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the line
+    assert out.startswith("minmo 0.1.0 (python ")
+    assert f"torch {torch.__version__}" in out and f"peft {peft.__version__}" in out
+    assert f"transformers {transformers.__version__}" in out

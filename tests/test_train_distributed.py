@@ -98,6 +98,7 @@ def _torchrun(corpus, out, mode):
     assert f"distributed: {mode} over 2 processes (gloo)" in stderr
     state = json.loads((ckpt.checkpoint_dir(out, STEPS) / ckpt.STATE_FILE).read_text())
     assert state["world_size"] == 2
+    assert state["versions"]["torch"] == torch.__version__  # what made the checkpoint
 
 
 def _assert_same_run(two, one):

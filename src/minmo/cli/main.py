@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from minmo import __version__
+    from minmo import library_versions
 
-    return f"minmo {__version__}"
+    versions = library_versions()
+    rest = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "minmo")
+    return f"minmo {versions['minmo']} ({rest})"
 
 
 def main(argv: list[str] | None = None) -> int:

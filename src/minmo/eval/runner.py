@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from minmo import library_versions
 from minmo.eval import readers
 from minmo.eval.adapters import TranscriberJudge
 from minmo.eval.latency import aggregate_latencies
@@ -172,7 +173,7 @@ def run_evaluation(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings={"limit": settings.limit, "tasks": settings.tasks or "all", "k": settings.k,
                   "asr_judge": settings.asr_judge, "sample_rate": settings.sample_rate,
-                  "systems": [s.name for s in systems]},
+                  "systems": [s.name for s in systems], "versions": library_versions()},
         problems=list(read.problems),
     )
     for system in systems:

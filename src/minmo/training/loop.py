@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from minmo import library_versions
 from minmo.checkpoints import CheckpointError, check_keys
 from minmo.config import ConfigError, TrainConfig, load_model_config
 from minmo.training import checkpointing as ckpt
@@ -297,7 +298,8 @@ def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.
             step=step, position=position, trainable=trainable, full=full,
             optimizers=optim_states,
             schedulers={name: s.state_dict() for name, s in schedulers.items()},
-            rng=rng, state={**extra_state, "world_size": info.world_size}, configs=configs,
+            rng=rng, state={**extra_state, "world_size": info.world_size,
+                            "versions": library_versions()}, configs=configs,
             carried=carried or None,
         )
         path = ckpt.write_checkpoint(cfg.output_dir, payload, lora_writer=_lora_writer(raw, info, trainable, carried))
