@@ -283,7 +283,11 @@ def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert (out / "results.json").is_file() and (out / "report.md").is_file()
     assert (out / "predictions.jsonl").is_file()
     assert len(list(out.glob("*.png"))) >= 3
-    assert "## Full duplex" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Full duplex" in report
+    import torch
+
+    assert "Versions: minmo 0.1.0, python " in report and f"torch {torch.__version__}" in report
     # spoken replies judged by the model itself: said, with the independent judge to use
     assert "--asr-judge faster-whisper:tiny.en" in capsys.readouterr().err
     assert main(["eval", "--model", "scripted", "--suite", "synth-test", "--data", str(root),

@@ -103,9 +103,14 @@ def render_markdown(results: EvalResults, plot_files: list[Path]) -> str:
             if info.get("warning"):
                 lines.append(f"\n> **Warning:** {info['warning']}")
             lines.append("")
-    plain = {k: v for k, v in results.settings.items() if not k.startswith("model_info")}
+    plain = {k: v for k, v in results.settings.items()
+             if not k.startswith("model_info") and k != "versions"}
     if plain:
         lines.append("Settings: " + ", ".join(f"{k} = `{v}`" for k, v in plain.items()))
+        lines.append("")
+    if results.settings.get("versions"):
+        lines.append("Versions: " + ", ".join(
+            f"{k} {v}" for k, v in results.settings["versions"].items()))
         lines.append("")
     lines += ["Units: error rates and accuracies in %, BLEU 0–100, F1 0–1, latencies in ms. "
               "↓ lower is better, ↑ higher is better. The paper column gives MinMo's published "
