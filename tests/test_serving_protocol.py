@@ -228,6 +228,7 @@ def test_session_limit_and_oversize_frames(rt):
     assert upd["session"]["instructions"] == "Be brief."
     assert again["type"] == "session.created"
     assert health["status"] == "ok" and health["model"]["random_weights"] is True
+    assert health["versions"]["torch"] == torch.__version__
     assert "minmo_sessions" in metrics and 'stage="first_audio"' in metrics
 
 

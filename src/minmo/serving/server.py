@@ -36,6 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
+from minmo import library_versions
 from minmo.serving import protocol as R
 from minmo.serving.engine import Engine, SessionLimitReached
 from minmo.serving.session import CLOSE_EVENT
@@ -72,6 +73,7 @@ def create_app(engine: Engine, cfg: ServerConfig | None = None) -> FastAPI:
     cfg = cfg or ServerConfig()
     app = FastAPI(title="minmo", docs_url=None, redoc_url=None)
     app.state.engine, app.state.cfg = engine, cfg
+    versions = library_versions()
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
 
@@ -88,7 +90,8 @@ def create_app(engine: Engine, cfg: ServerConfig | None = None) -> FastAPI:
                              "sessions": engine.session_count,
                              "max_sessions": engine.cfg.max_sessions,
                              "model": engine.rt.info.to_dict(),
-                             "engine_error": repr(engine.error) if engine.error else None})
+                             "engine_error": repr(engine.error) if engine.error else None,
+                             "versions": versions})
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
