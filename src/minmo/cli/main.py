@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="MinMo voice LLM: serve a full-duplex voice assistant, train the four "
         "alignment stages, evaluate, benchmark, convert checkpoints.",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_PrintVersion, nargs=0,
+                        help="show minmo's version and those of the libraries that decide "
+                        "results, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     seen = set()
     for name in COMMANDS:
@@ -38,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
             if sub.choices[added].get_default("func") is None and hasattr(module, "run"):
                 sub.choices[added].set_defaults(func=module.run)
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``, which reads the library versions only when asked (not at every start)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())
+        parser.exit()
 
 
 def _version() -> str:
