@@ -199,6 +199,7 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
                                        len(ctx.items)))
         return out
     runner = _Runner(ctx, out)
+    language = ctx.items[0].language or "en"  # the group's: reply WER is scored in it
     heard, text_correct = [], []
     for item in ctx.items:
         reply: SpokenReply = runner.call(item, lambda item=item: ctx.model.spoken_reply(
@@ -213,7 +214,7 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
         text_correct.append(metrics.answer_is_correct(reply.text, _answers(item)))
         out.predictions.append({"id": item.id, "answers": _answers(item), "reply_text": reply.text,
                                 "heard": transcript, "judge": ctx.judge.name,
-                                "language": ctx.items[0].language or "en"})
+                                "language": language})
     correct = [metrics.answer_is_correct(h, _answers(i)) for i, h in zip(ctx.items, heard)]
     for pred, c in zip(out.predictions, correct):
         pred["correct"] = c
@@ -224,7 +225,6 @@ def evaluate_s2s_chat(ctx: GroupContext) -> GroupOutcome:
     # how intelligibly the model says what it wrote, whether or not the answer is right
     spoken = [(p["reply_text"], p["heard"]) for p in out.predictions if p["reply_text"].strip()]
     if spoken:
-        language = ctx.items[0].language or "en"
         edits = metrics.corpus_edits([t for t, _ in spoken], [h for _, h in spoken], language)
         unit = "CER" if uses_cer(language) else "WER"
         out.rows.append(_row(ctx, "spoken_qa_s2s", f"reply speech {unit}", edits.rate * 100, "%",
