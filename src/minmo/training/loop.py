@@ -380,19 +380,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, source: BatchSource 
 
 def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
            source: BatchSource | None, model_cfg: Any, t0: float) -> TrainResult:
-    try:
-        stage = with_aux_losses(get_stage(cfg.stage), cfg.aux_losses)
-    except KeyError as exc:
-        raise ConfigError(f"stage: {exc.args[0]}") from None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if cfg.optim.grad_accum < 1 or cfg.optim.max_steps < 1:
-        raise ConfigError("optim.grad_accum and optim.max_steps must be >= 1")
-    if stage.build_data is None and source is None:
-        from minmo.training.manifest_data import check_manifests
-
-        check_manifests(cfg)
-    check_valid_config(cfg)
+    stage = _checked_stage(cfg, needs_manifests=source is None)
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -400,24 +388,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     ckpt.seed_everything(cfg.seed)  # same initial weights on every rank
     if model is None:
         model, model_cfg = build_stage_model(cfg, stage)
-    carried = load_init_weights(model, cfg.init) if cfg.init else {}
-    try:
-        trainable_names = set(apply_stage(model, stage))
-    except ValueError as exc:
-        raise ConfigError(f"stage '{stage.name}': {exc}") from None
-    if stage.prepare is not None:
-        stage.prepare(model, cfg)
-    carried = {k: v for k, v in carried.items() if k not in trainable_names}
-
-    resume_path = find_resume(cfg, info)
-    resume = ckpt.read_checkpoint(resume_path) if resume_path else None
-    if resume is not None:
-        saved_stage = resume.state.get("stage")
-        if saved_stage not in (None, stage.name):
-            raise CheckpointError(f"{resume.path}: written by stage '{saved_stage}', this run is "
-                                  f"'{stage.name}'; use init= to start a new stage from it, or "
-                                  "another output_dir")
-        ckpt.load_trainable(model, resume.trainable, str(resume.path / ckpt.TRAINABLE_FILE))
+    carried = _prepare_model(model, stage, cfg)
+    resume = _resume_checkpoint(cfg, info, stage, model)
 
     model.train()
     wrapped = wrap_model(model, info)
@@ -426,26 +398,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         log.info("distributed: %s over %d processes (%s)", info.mode, info.world_size,
                  "nccl" if info.device.type == "cuda" else "gloo")
     optimizers, schedulers = build_optimizers(stage, raw, cfg)
-    step, position = 0, DataPosition()
-    if resume is not None:
-        for name, opt in optimizers.items():
-            if name not in resume.optimizers:
-                raise CheckpointError(f"{resume.path / ckpt.OPTIMIZER_FILE}: no state for "
-                                      f"optimizer '{name}'")
-            load_optimizer_state(wrapped, opt, resume.optimizers[name])
-        for name, sched in schedulers.items():
-            sched.load_state_dict(resume.schedulers[name])
-        step, position = resume.step, resume.position
-        if info.rank < len(resume.rng):
-            ckpt.restore_rng(resume.rng[info.rank])
-        else:
-            log.warning("resuming with more processes than saved; RNG of rank %d reseeded",
-                        info.rank)
-            ckpt.seed_everything(cfg.seed + info.rank + 7919 * step)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume.path, step,
-                 position.epoch, position.index)
-    else:
-        ckpt.seed_everything(cfg.seed + info.rank)
+    step, position = _restore_training_state(resume, wrapped, optimizers, schedulers, cfg, info)
 
     if source is None:
         source = build_data(stage, cfg, raw, info)
@@ -473,7 +426,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     losses: list[float] = []
     final_loss = float(resume.state.get("loss", math.nan)) if resume else math.nan
     prior_bad = set(resume.state.get("bad_rows", [])) if resume else set()
-    window_examples, window_t = 0.0, time.perf_counter()
+    throughput = _Throughput()
     checked_keys = False
     bar = _progress(cfg, info, step)
     spent = float(resume.state.get("train_seconds", 0.0)) if resume else 0.0  # earlier invocations
@@ -493,30 +446,29 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         out: StepOutput = stage.step(ctx)
         step += 1
         out_of_time = deadline is not None and _past(deadline, info)
+        last_step = step == cfg.optim.max_steps or out_of_time
         loss, metric_means, examples = _reduce_step(out, info)
         final_loss = loss
         losses.append(loss)
-        window_examples += examples
+        throughput.add(examples)
         validate = valid_set is not None and (should_validate(cfg, step) or out_of_time)
         if validate:
             valid = evaluate(raw, stage, valid_set, info, autocast, micro[0][0], to_device,
                              valid_reported)
-            window_t += valid["valid_seconds"]  # examples_per_s counts training time only
+            throughput.exclude(valid["valid_seconds"])  # examples_per_s counts training only
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", **({"valid_loss": f"{valid['valid_loss']:.4f}"}
                                                if valid else {}))
-        if step % max(1, cfg.log_every) == 0 or step == cfg.optim.max_steps or validate or out_of_time:
-            skipped = len(_global_bad_rows(source, info, prior_bad))
-            now = time.perf_counter()
+        if step % max(1, cfg.log_every) == 0 or last_step or validate:
             record = {"step": step, "loss": loss, "lr": lr,
                       **out.grad_norms, **metric_means,
-                      "examples_per_s": window_examples / max(now - window_t, 1e-9),
-                      "skipped_rows": skipped, "epoch": position.epoch,
-                      "skipped_update": out.skipped_update, **(valid if validate else {})}
-            window_examples, window_t = 0.0, now
+                      "examples_per_s": throughput.rate(),
+                      "skipped_rows": len(_global_bad_rows(source, info, prior_bad)),
+                      "epoch": position.epoch, "skipped_update": out.skipped_update,
+                      **(valid if validate else {})}
             if metrics is not None:
                 metrics.write(record)
-        if step % max(1, cfg.save_every) == 0 or step == cfg.optim.max_steps or out_of_time:
+        if step % max(1, cfg.save_every) == 0 or last_step:
             bad = _global_bad_rows(source, info, prior_bad)
             extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
                      "bad_rows": sorted(bad), "train_seconds": spent + time.perf_counter() - loop_start}
@@ -527,12 +479,116 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     if out_of_time and info.is_main:
         log.info("max_minutes=%g of training spent at step %d: checkpoint saved, stopping "
                  "(raise max_minutes and run again to continue)", cfg.max_minutes, step)
-    skipped = len(_global_bad_rows(source, info, prior_bad))
-    result = TrainResult(steps=step, final_loss=final_loss, skipped_rows=skipped,
-                         seconds=time.perf_counter() - t0, output_dir=out_dir,
-                         resumed_from=resume.path if resume else None, losses=losses,
-                         valid=valid)
-    return result
+    return TrainResult(steps=step, final_loss=final_loss,
+                       skipped_rows=len(_global_bad_rows(source, info, prior_bad)),
+                       seconds=time.perf_counter() - t0, output_dir=out_dir,
+                       resumed_from=resume.path if resume else None, losses=losses, valid=valid)
+
+
+def _checked_stage(cfg: TrainConfig, needs_manifests: bool) -> Stage:
+    """The stage ``cfg`` names (with its auxiliary losses), after the checks that need no
+    model: stage name, step counts, manifests (when the stage reads ``cfg.data``) and the
+    validation settings."""
+    try:
+        stage = with_aux_losses(get_stage(cfg.stage), cfg.aux_losses)
+    except KeyError as exc:
+        raise ConfigError(f"stage: {exc.args[0]}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.optim.grad_accum < 1 or cfg.optim.max_steps < 1:
+        raise ConfigError("optim.grad_accum and optim.max_steps must be >= 1")
+    if stage.build_data is None and needs_manifests:
+        from minmo.training.manifest_data import check_manifests
+
+        check_manifests(cfg)
+    check_valid_config(cfg)
+    return stage
+
+
+def _prepare_model(model: nn.Module, stage: Stage, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Load ``cfg.init``, apply the stage's freeze matrix and its own preparation.
+
+    Returns:
+        The frozen tensors taken from ``init`` (:func:`load_init_weights`), which every
+        checkpoint of this run carries on to the next stage.
+    """
+    carried = load_init_weights(model, cfg.init) if cfg.init else {}
+    try:
+        trainable_names = set(apply_stage(model, stage))
+    except ValueError as exc:
+        raise ConfigError(f"stage '{stage.name}': {exc}") from None
+    if stage.prepare is not None:
+        stage.prepare(model, cfg)
+    return {k: v for k, v in carried.items() if k not in trainable_names}
+
+
+def _resume_checkpoint(cfg: TrainConfig, info: DistInfo, stage: Stage,
+                       model: nn.Module) -> ckpt.ResumeState | None:
+    """The checkpoint this run resumes from (:func:`find_resume`), its trainable tensors
+    loaded into the (not yet wrapped) ``model``; ``None`` for a fresh run."""
+    resume_path = find_resume(cfg, info)
+    if resume_path is None:
+        return None
+    resume = ckpt.read_checkpoint(resume_path)
+    saved_stage = resume.state.get("stage")
+    if saved_stage not in (None, stage.name):
+        raise CheckpointError(f"{resume.path}: written by stage '{saved_stage}', this run is "
+                              f"'{stage.name}'; use init= to start a new stage from it, or "
+                              "another output_dir")
+    ckpt.load_trainable(model, resume.trainable, str(resume.path / ckpt.TRAINABLE_FILE))
+    return resume
+
+
+def _restore_training_state(resume: ckpt.ResumeState | None, wrapped: nn.Module,
+                            optimizers: dict[str, torch.optim.Optimizer],
+                            schedulers: dict[str, Any], cfg: TrainConfig,
+                            info: DistInfo) -> tuple[int, DataPosition]:
+    """Optimizer and scheduler states, this rank's RNG and the data position of ``resume``;
+    a fresh run seeds each rank apart instead.
+
+    Returns:
+        (optimizer steps done, where the data stream continues).
+    """
+    if resume is None:
+        ckpt.seed_everything(cfg.seed + info.rank)
+        return 0, DataPosition()
+    for name, opt in optimizers.items():
+        if name not in resume.optimizers:
+            raise CheckpointError(f"{resume.path / ckpt.OPTIMIZER_FILE}: no state for "
+                                  f"optimizer '{name}'")
+        load_optimizer_state(wrapped, opt, resume.optimizers[name])
+    for name, sched in schedulers.items():
+        sched.load_state_dict(resume.schedulers[name])
+    if info.rank < len(resume.rng):
+        ckpt.restore_rng(resume.rng[info.rank])
+    else:
+        log.warning("resuming with more processes than saved; RNG of rank %d reseeded",
+                    info.rank)
+        ckpt.seed_everything(cfg.seed + info.rank + 7919 * resume.step)
+    log.info("resumed from %s at step %d (epoch %d, batch %d)", resume.path, resume.step,
+             resume.position.epoch, resume.position.index)
+    return resume.step, resume.position
+
+
+class _Throughput:
+    """Training examples per second since the last metrics line, with validation passes
+    left out of the time."""
+
+    def __init__(self) -> None:
+        self.examples, self.since = 0.0, time.perf_counter()
+
+    def add(self, examples: float) -> None:
+        self.examples += examples
+
+    def exclude(self, seconds: float) -> None:
+        self.since += seconds
+
+    def rate(self) -> float:
+        """The rate since the last call (or since this meter was made); starts a new window."""
+        now = time.perf_counter()
+        rate = self.examples / max(now - self.since, 1e-9)
+        self.examples, self.since = 0.0, now
+        return rate
 
 
 def _past(deadline: float, info: DistInfo) -> bool:
