@@ -106,14 +106,16 @@ def create_app(engine: Engine, cfg: ServerConfig | None = None) -> FastAPI:
     return app
 
 
-async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) -> None:
+async def _admit(ws: WebSocket, engine: Engine, cfg: ServerConfig) -> bool:
+    """Check the API key and reserve a session; accept the WebSocket (with the ``realtime``
+    subprotocol when offered) and return True, or answer the refusal and return False."""
     if cfg.api_key is not None:
         key = _offered_key(ws)
         if key is None or not hmac.compare_digest(key.encode(), cfg.api_key.encode()):
             await ws.send_denial_response(JSONResponse(
                 {"error": {"type": "invalid_request_error", "code": "invalid_api_key",
                            "message": "missing or wrong API key"}}, status_code=401))
-            return
+            return False
     offered = ws.scope.get("subprotocols", [])
     subprotocol = "realtime" if "realtime" in offered else None
     try:
@@ -123,8 +125,14 @@ async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) ->
         err = R.ProtocolError(str(exc), "session_limit_reached", error_type="server_error")
         await ws.send_text(json.dumps(R.error_event(err)))
         await ws.close(code=1013, reason="session limit reached")
-        return
+        return False
     await ws.accept(subprotocol=subprotocol)
+    return True
+
+
+async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) -> None:
+    if not await _admit(ws, engine, cfg):
+        return
     loop = asyncio.get_running_loop()
     out: asyncio.Queue[tuple[dict, bool] | None] = asyncio.Queue()
     opened: asyncio.Future = loop.create_future()
@@ -196,13 +204,7 @@ async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) ->
                 if ev["type"] == "input_audio_buffer.append":
                     eid = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
                     pcm = R.decode_pcm16(ev.get("audio"), eid)
-                    while (submitted - session.applied_audio) / R.WIRE_RATE \
-                            + session.pending_samples / 16000 > cfg.max_backlog_seconds:
-                        drained.clear()
-                        try:
-                            await asyncio.wait_for(drained.wait(), timeout=1.0)
-                        except asyncio.TimeoutError:
-                            pass
+                    await _backlog_below(cfg.max_backlog_seconds, session, submitted, drained)
                     submitted += pcm.size
                     engine.submit(session.id, "audio", pcm)
                 else:
@@ -218,6 +220,21 @@ async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) ->
         try:
             await writer_task
         except (asyncio.CancelledError, Exception):
+            pass
+
+
+async def _backlog_below(limit_s: float, session: Any, submitted: int,
+                         drained: asyncio.Event) -> None:
+    """Wait until the audio this connection has submitted but the engine not yet applied,
+    plus what the session holds unprocessed, is at most ``limit_s`` seconds (the engine sets
+    ``drained`` as it catches up; checked at least once a second). This is the back-pressure
+    that keeps a client sending faster than real time from growing the server's memory."""
+    while (submitted - session.applied_audio) / R.WIRE_RATE \
+            + session.pending_samples / 16000 > limit_s:
+        drained.clear()
+        try:
+            await asyncio.wait_for(drained.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
             pass
 
 
