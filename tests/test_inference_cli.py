@@ -62,7 +62,8 @@ def test_minmo_chat_writes_reply_speech(tmp_path, capsys):
     sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
     out = tmp_path / "out.wav"
     rc = main(["chat", str(tmp_path / "in.wav"), "--out", str(out), "--json", "--vocoder",
-               "placeholder", "--max-text-tokens", "5", "--max-speech-tokens", "30", "--threads", "1"])
+               "placeholder", "--max-text-tokens", "5", "--max-speech-tokens", "30", "--threads", "1",
+               "--no-vad"])  # a tone: no speech, answered anyway
     captured = capsys.readouterr()
     assert rc == 0
     assert "WARNING" in captured.err and "random weights" in captured.err
@@ -77,8 +78,30 @@ def test_minmo_chat_errors_name_the_path(tmp_path, capsys):
     rc = main(["chat", str(tmp_path / "missing.wav")])
     assert rc == 1 and "missing.wav" in capsys.readouterr().err
     sf.write(tmp_path / "in.wav", np.zeros(1600, np.float32), 16000)
-    rc = main(["chat", str(tmp_path / "in.wav"), "--model", str(tmp_path / "nodir")])
+    rc = main(["chat", str(tmp_path / "in.wav"), "--model", str(tmp_path / "nodir"), "--no-vad"])
     assert rc == 1 and "nodir" in capsys.readouterr().err
+
+
+def test_minmo_chat_refuses_input_without_speech(tmp_path, capsys):
+    """Silence or a tone is not a turn: the server's VAD would never start one, and a model
+    asked anyway invents words ("Unsure of what to do." from 2 s of silence)."""
+    import shutil
+    import subprocess
+
+    from minmo.audio.io import load_audio
+    from minmo.cli.chat import heard_speech
+
+    t = np.arange(32000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    assert not heard_speech(np.zeros(32000, np.float32)) and not heard_speech(tone)
+    sf.write(tmp_path / "silence.wav", np.zeros(32000, np.float32), 16000)
+    rc = main(["chat", str(tmp_path / "silence.wav"), "--vocoder", "placeholder"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no speech heard in" in err and "--no-vad" in err
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
+    subprocess.run(["espeak-ng", "-w", str(tmp_path / "said.wav"), "what time is it"], check=True)
+    assert heard_speech(load_audio(tmp_path / "said.wav", 16000))
 
 
 def test_bench_writes_only_its_section(tmp_path):

@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,12 +35,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder: the model's token2wav (auto), or placeholder tones "
                    "(fast; only for checking the plumbing)")
+    p.add_argument("--no-vad", action="store_true",
+                   help="answer even when the voice activity detector hears no speech in the "
+                   "input (by default such an input is refused, as the server would never "
+                   "take it as a turn)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: half the cores, at least 1)")
     p.set_defaults(func=run)
     return p
+
+
+def heard_speech(wave: np.ndarray) -> bool:
+    """Whether silero-vad (the server's detector) hears speech anywhere in a 16 kHz
+    ``wave``: some 32 ms window reaches the threshold at which the server starts a turn."""
+    from minmo.serving.vad import SileroVAD, VADGate, stream_probs
+
+    probs = stream_probs(SileroVAD.from_package(), wave)
+    return bool(probs.size) and float(probs.max()) >= VADGate.threshold
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // 2))
     wave = load_audio(args.input, 16000)
+    if not args.no_vad and not heard_speech(wave):
+        print(f"minmo chat: error: no speech heard in {args.input} (silero-vad: no 32 ms window "
+              "reaches the server's turn threshold); the server would not take it as a turn. "
+              "Pass --no-vad to answer it anyway", file=sys.stderr)
+        return 1
     rt = load_runtime(args.model, seed=args.seed, device=args.device, vocoder=args.vocoder)
     if rt.info.warning:
         print(f"minmo chat: WARNING: {rt.info.warning}", file=sys.stderr)
