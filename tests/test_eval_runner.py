@@ -346,3 +346,32 @@ def test_whisper_judge_reads_the_same_audio_the_same_way(tmp_path) -> None:
     backwards = wave[::-1].copy()  # speech-like, but no words: the fallback's hard case
     reads = {judge.transcribe(backwards, rate, "en") for _ in range(4)}
     assert len(reads) == 1 and reads.pop()
+
+
+def test_baselines_are_a_checked_comma_list() -> None:
+    import argparse
+
+    from minmo.cli.eval import _baselines
+
+    assert _baselines("none") == []
+    assert _baselines("text, cascade,text") == ["text", "cascade"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown baseline oracle"):
+        _baselines("cascade,oracle")
+
+
+def test_only_a_file_named_for_llama_questions_is_reported_as_the_papers_set(tmp_path) -> None:
+    from minmo.eval.paper import format_paper_cell
+    from minmo.eval.runner import qa_dataset_name
+
+    audio = tmp_path / "q.wav"
+    sf.write(audio, np.zeros(1600, np.float32), 16000)
+    row = json.dumps({"id": "q", "audio": str(audio), "answer": "Paris"}) + "\n"
+    for name, dataset in (("llama_questions.jsonl", "llama-questions"),
+                          ("open_qa.jsonl", "open_qa")):
+        (tmp_path / name).write_text(row)
+        read = read_suite(SuiteSpec("llama-questions", str(tmp_path / name)))
+        assert {i.dataset for i in read.items} == {dataset}
+        assert {i.task for i in read.items} == {"s2t_chat", "s2s_chat"}
+    assert qa_dataset_name(Path("llama-questions/test.jsonl")) == "llama-questions"
+    assert format_paper_cell("spoken_qa_s2t", "S2T accuracy", "llama-questions") == "78.90 (same set)"
+    assert "same set" not in format_paper_cell("spoken_qa_s2t", "S2T accuracy", "open_qa")

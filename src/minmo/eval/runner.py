@@ -84,9 +84,21 @@ def read_suite(spec: SuiteSpec) -> ReadResult:
         return readers.read_fleurs(spec.data, target_tsv=spec.target_data, task=spec.fleurs_task)
     if spec.name == "seed-tts":
         return readers.read_seed_tts(spec.data)
-    result = readers.read_qa_jsonl(spec.data)
+    result = readers.read_qa_jsonl(spec.data, dataset=qa_dataset_name(Path(spec.data)))
     spoken = [replace(item, task="s2s_chat") for item in result.items]
     return ReadResult(result.items + spoken, result.problems)
+
+
+def qa_dataset_name(path: Path) -> str:
+    """The report name of a Llama-Questions-style file: ``llama-questions`` (the paper's set,
+    whose published number is then shown as *same set*) only when the file or its folder is
+    named for it (``llama_questions.jsonl``, ``llama-questions/test.jsonl``); any other file
+    in that layout is named by its stem, so a set of one's own is never reported as the
+    paper's."""
+    for name in (path.stem, path.parent.name):
+        if "llama" in name.lower() and "question" in name.lower():
+            return "llama-questions"
+    return path.stem
 
 
 def make_groups(items: Iterable[EvalItem], limit: int | None = None,
