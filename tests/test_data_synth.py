@@ -370,6 +370,32 @@ def test_open_test_sentences_lie_outside_the_corpus_and_use_held_out_voices(tmp_
         assert rate == 24000 and abs(len(wave) / rate - r["target_duration"]) < 1e-3
 
 
+def test_open_questions_lie_outside_the_corpus_and_read_as_llama_questions(tmp_path):
+    from minmo.data.qa import qa_pairs
+    from minmo.eval.readers import read_qa_jsonl
+
+    script = _script("make_open_test")
+    questions = script.read_questions(script.DEFAULT_QUESTIONS)
+    assert len(questions) == 40 and len({q for q, _ in questions}) == 40
+    corpus = {" ".join(p.question.lower().split()) for p in qa_pairs()}
+    assert not corpus & {" ".join(q.lower().split()) for q, _ in questions}
+    sentences = script.read_sentences(script.DEFAULT_SENTENCES)[:2]
+    rows = script.make_open_test(tmp_path / "a", sentences, per_sentence=2, seed=5,
+                                 questions=questions[:3])
+    # the questions come after the sentences: the sentences' clips are what they were
+    assert rows == script.make_open_test(tmp_path / "b", sentences, per_sentence=2, seed=5)
+    read = read_qa_jsonl(tmp_path / "a" / "open_qa.jsonl")
+    assert read.problems == []
+    assert [i.extra["question"] for i in read.items] == [q for q, _ in questions[:3] for _ in range(2)]
+    assert [i.extra["answers"] for i in read.items] == [a for _, a in questions[:3] for _ in range(2)]
+    asked = [json.loads(line) for line in (tmp_path / "a" / "open_qa.jsonl").read_text().splitlines()]
+    assert all(r["speaker"].split("+")[1].split("-")[0] in TEST_VARIANTS for r in asked)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("# comment\nWhat is the capital of Peru?\n")
+    with pytest.raises(ValueError, match="bad.txt:2: expected"):
+        script.read_questions(bad)
+
+
 def test_text_file_kind_speaks_open_sentences_each_in_one_split(tmp_path):
     from minmo.data.synth import plan_shards
 

@@ -151,6 +151,30 @@ def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:
     assert cascade.supports_task("s2t_chat") and not cascade.supports_task("asr")
 
 
+def test_text_baseline_types_the_question(model: MinMoEvalModel) -> None:
+    from minmo.inference.pipeline import TextDelta, respond
+
+    typed = bind_cascade_baseline("tiny", shared=model, kind="text")
+    assert typed.rt is model.rt
+    item = EvalItem("q", "s2t_chat", None, "Paris", "en",
+                    extra={"question": "What is the capital of France?"})
+    session = model._session(model.max_reply_text_tokens, 0)
+    expected = "".join(ev.text for ev in respond(model.rt, session, text=item.extra["question"],
+                                                 audio=False) if isinstance(ev, TextDelta))
+    # the question's words, whatever the audio: a tone and silence get the same reply
+    assert typed.speech_to_text("s2t_chat", speech(0.6), SR, item) == expected
+    assert typed.speech_to_text("s2t_chat", np.zeros(SR // 2, np.float32), SR, item) == expected
+    manifest_row = EvalItem("r", "s2t_chat", None, "Paris", "en",
+                            extra={"text": "What is the capital of France?"})
+    assert typed.speech_to_text("s2t_chat", speech(0.6), SR, manifest_row) == expected
+    reply = typed.spoken_reply(speech(0.6), SR, item)
+    assert reply.text == expected and "asr" not in reply.timings_ms
+    with pytest.raises(ValueError, match="no question text"):
+        typed.speech_to_text("s2t_chat", speech(0.6), SR, EvalItem("n", "s2t_chat", None, "x", "en"))
+    with pytest.raises(ValueError, match="baseline 'oracle'"):
+        bind_cascade_baseline("tiny", shared=model, kind="oracle")
+
+
 def test_unloadable_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="cannot load model"):
         bind_minmo_model(str(tmp_path / "no_such_model"))

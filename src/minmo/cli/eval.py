@@ -8,6 +8,19 @@ import sys
 from pathlib import Path
 
 
+BASELINES = ("cascade", "text")
+
+
+def _baselines(value: str) -> list[str]:
+    """``--baseline``: ``none`` or a comma-separated subset of :data:`BASELINES`, in order."""
+    kinds = [] if value.strip() == "none" else [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline {', '.join(unknown)}: use none or "
+                                         f"a comma-separated list of {', '.join(BASELINES)}")
+    return list(dict.fromkeys(kinds))
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the main CLI."""
     from minmo.eval.runner import SUITES
@@ -43,8 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "faster-whisper:tiny.en (the installed Whisper tiny.en; needs "
                              "pip install -e '.[eval]'); Whisper decodes greedily, so the same "
                              "audio always reads the same")
-    parser.add_argument("--baseline", default="none", choices=("none", "cascade"),
-                        help="also evaluate the cascade (ASR -> same LLM -> TTS) baseline")
+    parser.add_argument("--baseline", default=[], type=_baselines,
+                        help="also evaluate baselines on spoken QA, comma-separated: cascade "
+                             "(the model's own transcript typed to the same LLM, then its voice) "
+                             "and text (the question's own text typed: what the LLM knows when "
+                             "it hears every word); none (default)")
     parser.add_argument("--max-reply-seconds", type=float, default=6.0,
                         help="speech length limit of spoken replies (bounds the time a model "
                         "that never stops can take)")
@@ -99,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
                                 transcript_ctc_weight=args.ctc_weight,
                                 tts_text=args.tts_text)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
-        if args.baseline == "cascade":
+        for kind in args.baseline:
             from minmo.eval.model_binding import bind_cascade_baseline
 
-            cascade = bind_cascade_baseline(args.model, args.device, shared=model)
-            systems.append(SystemUnderTest("cascade", cascade, systems[0].judge))
+            baseline = bind_cascade_baseline(args.model, args.device, shared=model, kind=kind)
+            systems.append(SystemUnderTest(kind, baseline, systems[0].judge))
     except ModelUnavailableError as exc:
         print(f"minmo eval: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ server does, one item at a time:
   from the dialogue's reference (the recorded assistant channel).
 
 :class:`CascadeEvalModel` is the baseline: the same runtime's ASR pass, then the transcript
-as a typed user turn to the same LLM (and voice LM for speech).
+as a typed user turn to the same LLM (and voice LM for speech). :class:`TypedQuestionEvalModel`
+is the ceiling: the question's own text typed to the same LLM, what spoken QA would score if
+the model heard every word.
 """
 
 from __future__ import annotations
@@ -295,6 +297,9 @@ class CascadeEvalModel(MinMoEvalModel):
     cascade is scored on ``s2t_chat`` and ``s2s_chat``.
     """
 
+    transcribes = True
+    """Whether the question passes through the ASR pass (its time is reported as ``asr``)."""
+
     def capabilities(self) -> frozenset[str]:
         return frozenset({"speech_to_text", "spoken_reply"})
 
@@ -307,6 +312,10 @@ class CascadeEvalModel(MinMoEvalModel):
 
         return transcribe(self.rt, _to_16k(wave, sample_rate, self.rt.sample_rate_in))
 
+    def _user_text(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> str:
+        """The words typed to the LLM for a spoken question: here, its transcript."""
+        return self._transcript(wave, sample_rate)
+
     def speech_to_text(self, task: str, wave: np.ndarray, sample_rate: int,
                        item: EvalItem) -> str:
         from minmo.inference.pipeline import TextDelta, respond
@@ -314,22 +323,22 @@ class CascadeEvalModel(MinMoEvalModel):
         if task == "asr":  # used as the ASR judge
             return self._transcript(wave, sample_rate)
         if task != "s2t_chat":
-            raise ValueError(f"the cascade baseline is compared on spoken QA only, not {task}")
+            raise ValueError(f"{self.name} is compared on spoken QA only, not {task}")
         session = self._session(self.max_reply_text_tokens, 0)
-        transcript = self._transcript(wave, sample_rate)
-        return "".join(ev.text for ev in respond(self.rt, session, text=transcript, audio=False)
+        question = self._user_text(wave, sample_rate, item)
+        return "".join(ev.text for ev in respond(self.rt, session, text=question, audio=False)
                        if isinstance(ev, TextDelta))
 
     def spoken_reply(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> SpokenReply:
         from minmo.inference.pipeline import AudioChunk, TextDelta, respond
 
         started = time.perf_counter()
-        transcript = self._transcript(wave, sample_rate)
+        question = self._user_text(wave, sample_rate, item)
         asr_s = time.perf_counter() - started
         session = self._session(self.max_reply_text_tokens,
                                 int(self.max_reply_seconds * SPEECH_TOKENS_PER_SECOND))
         text, chunks, first_audio = [], [], None
-        for ev in respond(self.rt, session, text=transcript, audio=True):
+        for ev in respond(self.rt, session, text=question, audio=True):
             if isinstance(ev, TextDelta):
                 text.append(ev.text)
             elif isinstance(ev, AudioChunk):
@@ -337,10 +346,26 @@ class CascadeEvalModel(MinMoEvalModel):
                 if first_audio is None:
                     first_audio = time.perf_counter() - started
         wave_out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        timings = {"asr": 1000.0 * asr_s}
+        timings = {"asr": 1000.0 * asr_s} if self.transcribes else {}
         if first_audio is not None:
             timings["end_to_end"] = 1000.0 * first_audio
         return SpokenReply("".join(text), wave_out, self.rt.sample_rate_out, timings)
+
+
+class TypedQuestionEvalModel(CascadeEvalModel):
+    """Ceiling: the question's own text (the row's ``question``, or its transcript ``text``)
+    typed to the same LLM, and answered as the cascade answers. Spoken QA cannot score above
+    what the LLM knows when it reads the words; the gap between this and the aligned model
+    is what hearing loses."""
+
+    transcribes = False
+
+    def _user_text(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> str:
+        question = item.extra.get("question") or item.extra.get("text")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"item {item.id}: no question text (a 'question' field, or the "
+                             "manifest row's 'text') to type")
+        return question
 
 
 def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
@@ -365,15 +390,22 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
                           transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text)
 
 
-def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None) -> EvalModel:
-    """The cascade baseline over the same model (see :class:`CascadeEvalModel`).
+def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None,
+                          kind: str = "cascade") -> EvalModel:
+    """A baseline over the same model: ``cascade`` (:class:`CascadeEvalModel`) or ``text``
+    (:class:`TypedQuestionEvalModel`).
 
     Args:
         spec: as for :func:`bind_minmo_model`.
         device: torch device.
         shared: an already bound :class:`MinMoEvalModel` whose runtime to reuse.
+        kind: ``cascade`` or ``text``.
     """
+    classes = {"cascade": CascadeEvalModel, "text": TypedQuestionEvalModel}
+    if kind not in classes:
+        raise ValueError(f"baseline {kind!r}: one of {', '.join(classes)}")
+    cls = classes[kind]
     if isinstance(shared, MinMoEvalModel):
-        return CascadeEvalModel(shared.rt, f"cascade({spec})", shared.max_reply_seconds,
-                                shared.max_reply_text_tokens, shared.max_tts_seconds)
-    return CascadeEvalModel(_load_runtime(spec, device), f"cascade({spec})")
+        return cls(shared.rt, f"{kind}({spec})", shared.max_reply_seconds,
+                   shared.max_reply_text_tokens, shared.max_tts_seconds)
+    return cls(_load_runtime(spec, device), f"{kind}({spec})")
