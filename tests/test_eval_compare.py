@@ -114,6 +114,10 @@ def test_runs_heard_by_different_judges_are_flagged(tmp_path: Path) -> None:
     out = run_evaluation([SystemUnderTest("minmo", model, adapters.SelfJudge(model))], read,
                          "scripted", "synth-test", RunSettings(k=10, show_progress=False))
     assert out.results.settings["versions"]["minmo"] == "0.1.0"  # results name their libraries
+    # and the thread count: sampled speech tokens differ with it (summation order)
+    import torch
+
+    assert out.results.settings["torch_threads"] == torch.get_num_threads()
     heard = [p for p in out.predictions if "heard" in p]
     assert {p["task"] for p in heard} == {"tts", "s2s_chat"}
     assert {p["judge"] for p in heard} == {f"self ({model.name})"}

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from minmo import library_versions
@@ -185,7 +186,8 @@ def run_evaluation(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings={"limit": settings.limit, "tasks": settings.tasks or "all", "k": settings.k,
                   "asr_judge": settings.asr_judge, "sample_rate": settings.sample_rate,
-                  "systems": [s.name for s in systems], "versions": library_versions()},
+                  "systems": [s.name for s in systems], "torch_threads": torch.get_num_threads(),
+                  "versions": library_versions()},
         problems=list(read.problems),
     )
     for system in systems:
