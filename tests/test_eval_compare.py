@@ -147,6 +147,19 @@ def test_cli_prints_the_table_and_writes_json(tmp_path: Path, capsys) -> None:
     assert "10 item(s) only in A, 0 only in B" in printed
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["metrics"][0]["verdict"] == "B better" and saved["only_a"] == 10
+    assert "different settings" not in printed and saved["settings_differ"] == []
+    # runs made with other thread counts or library versions are flagged
+    settings = {"torch_threads": 1, "versions": {"torch": "2.13.0", "peft": "0.21.2"}}
+    (a / "results.json").write_text(json.dumps({"settings": settings}))
+    (b / "results.json").write_text(json.dumps({"settings": {
+        "torch_threads": 2, "versions": {"torch": "2.13.0", "peft": "0.22.0"}}}))
+    assert main(["compare", str(a), str(b), "--samples", "300"]) == 0
+    printed = capsys.readouterr().out
+    assert ("warning: the runs were made with different settings" in printed
+            and "torch threads: A 1, B 2; peft: A 0.21.2, B 0.22.0" in printed)
+    (b / "results.json").write_text(json.dumps({"settings": settings}))
+    assert main(["compare", str(a), str(b), "--samples", "300"]) == 0
+    assert "different settings" not in capsys.readouterr().out
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert "no predictions.jsonl" in capsys.readouterr().err
     assert format_comparison(compare_runs(read_predictions(a), read_predictions(a),

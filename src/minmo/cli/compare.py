@@ -37,12 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run ``minmo compare``; prints a markdown table."""
-    from minmo.eval.compare import compare_runs, format_comparison, read_predictions
+    from minmo.eval.compare import (compare_runs, format_comparison, read_predictions,
+                                    read_settings, settings_differences)
 
     try:
         a, b = read_predictions(args.run_a), read_predictions(args.run_b)
         result = compare_runs(a, b, samples=args.samples, seed=args.seed,
                               confidence=args.confidence, language=args.language)
+        result.settings_differ = settings_differences(read_settings(args.run_a),
+                                                      read_settings(args.run_b))
     except (FileNotFoundError, ValueError) as exc:
         print(f"minmo compare: error: {exc}", file=sys.stderr)
         return 2

@@ -81,10 +81,12 @@ class Comparison:
     samples: int
     seed: int
     judges_differ: list[str] = field(default_factory=list)
+    settings_differ: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "seed": self.seed, "only_a": self.only_a,
                 "only_b": self.only_b, "judges_differ": self.judges_differ,
+                "settings_differ": self.settings_differ,
                 "metrics": [{**asdict(m), "verdict": m.verdict} for m in self.metrics]}
 
 
@@ -108,6 +110,30 @@ def read_predictions(path: str | Path) -> dict[Key, dict[str, Any]]:
                 raise ValueError(f"{path}:{line_no}: prediction without {exc}") from None
             rows[key] = p
     return rows
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """A run's ``settings`` from the ``results.json`` beside its predictions (empty when the
+    run has none, e.g. a bare predictions file)."""
+    path = Path(path)
+    results = (path if path.is_dir() else path.parent) / "results.json"
+    if not results.is_file():
+        return {}
+    return json.loads(results.read_text(encoding="utf-8")).get("settings", {})
+
+
+def settings_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between two runs' settings that moves figures by itself: torch's thread
+    count (sampled speech tokens are drawn from sums whose order it changes) and the library
+    versions. Settings that only one run recorded are not compared."""
+    notes = []
+    if "torch_threads" in a and "torch_threads" in b and a["torch_threads"] != b["torch_threads"]:
+        notes.append(f"torch threads: A {a['torch_threads']}, B {b['torch_threads']}")
+    va, vb = a.get("versions") or {}, b.get("versions") or {}
+    for name in sorted(set(va) & set(vb)):
+        if va[name] != vb[name]:
+            notes.append(f"{name}: A {va[name]}, B {vb[name]}")
+    return notes
 
 
 def _edit_series(pairs: list[tuple[str, str] | None], language: str) -> _Series:
@@ -265,4 +291,8 @@ def format_comparison(result: Comparison, label_a: str = "A", label_b: str = "B"
     for note in result.judges_differ:
         lines.append(f"warning: the runs' ASR judges differ, so B - A here is partly the "
                      f"judges': {note}")
+    if result.settings_differ:
+        lines.append("warning: the runs were made with different settings, which alone can "
+                     "move figures (spoken ones most: their speech tokens are sampled): "
+                     + "; ".join(result.settings_differ))
     return "\n".join(lines)
