@@ -290,10 +290,16 @@ def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert "Versions: minmo 0.1.0, python " in report and f"torch {torch.__version__}" in report
     # spoken replies judged by the model itself: said, with the independent judge to use
     assert "--asr-judge faster-whisper:tiny.en" in capsys.readouterr().err
-    assert main(["eval", "--model", "scripted", "--suite", "synth-test", "--data", str(root),
-                 "--limit", "5", "--tasks", "asr", "--out", str(tmp_path / "asr"),
-                 "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["eval", "--model", "scripted", "--suite", "synth-test", "--data", str(root),
+                     "--limit", "5", "--tasks", "asr", "--out", str(tmp_path / "asr"),
+                     "--no-progress", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert "own recogniser" not in capsys.readouterr().err
+    saved = json.loads((tmp_path / "asr" / "results.json").read_text())
+    assert saved["settings"]["torch_threads"] == 1
 
 
 def test_cli_refuses_to_print_numbers_without_a_model(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -77,6 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "system, as the paper measures it) or feed it the text to read "
                         "(given: the speech generation alone)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own). Spoken figures depend on "
+                             "it (sampled speech tokens): compare runs made with the same count; "
+                             "results.json records it")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -103,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
                          f"{read.problems[0] if read.problems else 'empty'})")
     print(f"minmo eval: {len(read.items)} items from suite {args.suite}"
           + (f" ({len(read.problems)} rows skipped)" if read.problems else ""), file=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     speaks = SPEECH_OUTPUT_TASKS & set(tasks or SPEECH_OUTPUT_TASKS)
     if args.asr_judge == "self" and any(item.task in speaks for item in read.items):
