@@ -16,7 +16,7 @@ from minmo.eval.adapters import ModelUnavailableError
 from minmo.eval.latency import PAPER_STAGE_MS
 from minmo.eval.model_binding import (
     MinMoEvalModel,
-    bind_cascade_baseline,
+    bind_baseline,
     bind_minmo_model,
     task_instruction,
     tts_instruction,
@@ -146,7 +146,7 @@ def test_duplex_trace_on_the_llm_frame_grid(model: MinMoEvalModel, tmp_path: Pat
 
 
 def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:
-    cascade = bind_cascade_baseline("tiny", shared=model)
+    cascade = bind_baseline("tiny", shared=model)
     assert cascade.rt is model.rt
     assert cascade.supports_task("s2t_chat") and not cascade.supports_task("asr")
 
@@ -154,7 +154,7 @@ def test_cascade_shares_the_runtime(model: MinMoEvalModel) -> None:
 def test_text_baseline_types_the_question(model: MinMoEvalModel) -> None:
     from minmo.inference.pipeline import TextDelta, respond
 
-    typed = bind_cascade_baseline("tiny", shared=model, kind="text")
+    typed = bind_baseline("tiny", shared=model, kind="text")
     assert typed.rt is model.rt
     item = EvalItem("q", "s2t_chat", None, "Paris", "en",
                     extra={"question": "What is the capital of France?"})
@@ -172,7 +172,7 @@ def test_text_baseline_types_the_question(model: MinMoEvalModel) -> None:
     with pytest.raises(ValueError, match="no question text"):
         typed.speech_to_text("s2t_chat", speech(0.6), SR, EvalItem("n", "s2t_chat", None, "x", "en"))
     with pytest.raises(ValueError, match="baseline 'oracle'"):
-        bind_cascade_baseline("tiny", shared=model, kind="oracle")
+        bind_baseline("tiny", shared=model, kind="oracle")
 
 
 def test_unloadable_model_is_refused(tmp_path: Path) -> None:

@@ -49,11 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def heard_speech(wave: np.ndarray) -> bool:
     """Whether silero-vad (the server's detector) hears speech anywhere in a 16 kHz
-    ``wave``: some 32 ms window reaches the threshold at which the server starts a turn."""
-    from minmo.serving.vad import SileroVAD, VADGate, stream_probs
+    ``wave``: some 32 ms window reaches the threshold at which the server starts a turn (its
+    default ``server_vad`` turn detection)."""
+    from minmo.serving.protocol import TurnDetection
+    from minmo.serving.vad import SileroVAD, stream_probs
 
     probs = stream_probs(SileroVAD.from_package(), wave)
-    return bool(probs.size) and float(probs.max()) >= VADGate.threshold
+    return bool(probs.size) and float(probs.max()) >= TurnDetection.threshold
 
 
 def run(args: argparse.Namespace) -> int:

@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
                                 tts_text=args.tts_text)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         for kind in args.baseline:
-            from minmo.eval.model_binding import bind_cascade_baseline
+            from minmo.eval.model_binding import bind_baseline
 
-            baseline = bind_cascade_baseline(args.model, args.device, shared=model, kind=kind)
+            baseline = bind_baseline(args.model, args.device, shared=model, kind=kind)
             systems.append(SystemUnderTest(kind, baseline, systems[0].judge))
     except ModelUnavailableError as exc:
         print(f"minmo eval: {exc}", file=sys.stderr)

@@ -390,7 +390,7 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
                           transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text)
 
 
-def bind_cascade_baseline(spec: str, device: str = "cpu", shared: Any = None,
+def bind_baseline(spec: str, device: str = "cpu", shared: Any = None,
                           kind: str = "cascade") -> EvalModel:
     """A baseline over the same model: ``cascade`` (:class:`CascadeEvalModel`) or ``text``
     (:class:`TypedQuestionEvalModel`).
