@@ -459,17 +459,19 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", **({"valid_loss": f"{valid['valid_loss']:.4f}"}
                                                if valid else {}))
-        if step % max(1, cfg.log_every) == 0 or last_step or validate:
+        log_now = step % max(1, cfg.log_every) == 0 or last_step or validate
+        save_now = step % max(1, cfg.save_every) == 0 or last_step
+        # one gather of the bad rows for the line and the checkpoint of a step (collective)
+        bad = _global_bad_rows(source, info, prior_bad) if log_now or save_now else set()
+        if log_now:
             record = {"step": step, "loss": loss, "lr": lr,
                       **out.grad_norms, **metric_means,
-                      "examples_per_s": throughput.rate(),
-                      "skipped_rows": len(_global_bad_rows(source, info, prior_bad)),
+                      "examples_per_s": throughput.rate(), "skipped_rows": len(bad),
                       "epoch": position.epoch, "skipped_update": out.skipped_update,
                       **(valid if validate else {})}
             if metrics is not None:
                 metrics.write(record)
-        if step % max(1, cfg.save_every) == 0 or last_step:
-            bad = _global_bad_rows(source, info, prior_bad)
+        if save_now:
             extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
                      "bad_rows": sorted(bad), "train_seconds": spent + time.perf_counter() - loop_start}
             save_checkpoint(cfg, info, wrapped, raw, optimizers, schedulers, step, position,
