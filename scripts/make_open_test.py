@@ -43,6 +43,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SENTENCES = REPO / "scripts" / "open_sentences_en.txt"
@@ -84,6 +85,15 @@ def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrol
     from minmo.data.synth_items import TARGET_RATE, USER_RATE, speak, user_level
 
     rng = random.Random(seed)
+
+    def say(text: str, name: str) -> tuple[Any, float]:
+        """``text`` in the next held-out voice at a drawn level, as ``audio/{name}.wav``:
+        (the speaker, seconds)."""
+        speaker = random_speaker(rng, "en", "test", mbrola=mbrola, flite=flite)
+        wave = speak(text, speaker, USER_RATE, rms_db=user_level(rng))
+        save_audio(out / "audio" / f"{name}.wav", wave, USER_RATE)
+        return speaker, round(wave.shape[-1] / USER_RATE, 3)
+
     rows, reads = [], []
     for i, text in enumerate(sentences):
         wave = speak(text, ASSISTANT, TARGET_RATE, -20.0)  # the corpus' assistant level
@@ -93,22 +103,17 @@ def make_open_test(out: Path, sentences: list[str], per_sentence: int = 2, mbrol
                       "target_duration": round(wave.shape[-1] / TARGET_RATE, 3),
                       "speaker": "assistant"})
         for k in range(per_sentence):
-            speaker = random_speaker(rng, "en", "test", mbrola=mbrola, flite=flite)
-            wave = speak(text, speaker, USER_RATE, rms_db=user_level(rng))
             name = f"open-{i:03d}-{k}"
-            save_audio(out / "audio" / f"{name}.wav", wave, USER_RATE)
+            speaker, seconds = say(text, name)
             rows.append({"id": f"{name}-asr", "task": "asr", "split": "test",
-                         "audio": f"audio/{name}.wav",
-                         "duration": round(wave.shape[-1] / USER_RATE, 3),
+                         "audio": f"audio/{name}.wav", "duration": seconds,
                          "sample_rate": USER_RATE, "text": text, "language": "en",
                          "speaker": speaker.id, "gender": speaker.gender})
     asked = []  # after the sentences, so the sentences' voices stay what they were
     for i, (question, answers) in enumerate(questions):
         for k in range(per_sentence):
-            speaker = random_speaker(rng, "en", "test", mbrola=mbrola, flite=flite)
-            wave = speak(question, speaker, USER_RATE, rms_db=user_level(rng))
             name = f"question-{i:03d}-{k}"
-            save_audio(out / "audio" / f"{name}.wav", wave, USER_RATE)
+            speaker, _ = say(question, name)
             asked.append({"id": name, "audio": f"audio/{name}.wav", "question": question,
                           "answers": answers, "language": "en", "speaker": speaker.id})
     for name, manifest in (("asr", rows), ("tts", reads), ("open_qa", asked)):
