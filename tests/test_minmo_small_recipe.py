@@ -420,6 +420,61 @@ def test_default_model_selects_the_embedded_overlay(monkeypatch, tmp_path):
                        proj["input_projector.out.weight"].half().float())
 
 
+def test_training_starts_from_a_package_and_its_run_loads_as_that_model(tmp_path, monkeypatch):
+    """``minmo train ... init=PACKAGE``: the package's own model.yaml, its base weights and
+    trained tensors (LoRA continued as adapters); with lr 0 the run's model equals the
+    package's, and it speaks with the package's flow."""
+    from minmo.config import DataConfig, OptimConfig
+    from minmo.inference.loading import load_runtime
+    from minmo.models.flow import ChunkFlowMatching
+    from minmo.training import checkpointing as ckpt
+    from minmo.training.loop import train
+    from minmo.training.toydata import write_toy_corpus
+
+    base, model = _tiny_base(tmp_path / "base", seed=7)  # not what the loop's seed builds
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "minmo-small-base").symlink_to(base)
+    monkeypatch.setenv("MINMO_CACHE", str(cache))
+    model.enable_lora()
+    torch.manual_seed(1)
+    trained = {}
+    for name, value in model.state_dict().items():
+        if "lora_" in name or not name.startswith(("encoder.", "llm.")):
+            trained[name] = value + 0.01 * torch.randn_like(value) if value.is_floating_point() else value
+    flow = ChunkFlowMatching(model.cfg.flow).state_dict()
+    package = write_overlay(tmp_path / "pkg", model.cfg, trained, dtype=torch.float32,
+                            parts={"flow": flow})
+    expected, _ = load_overlay_model(package)
+    corpus = write_toy_corpus(tmp_path / "data", num_examples=2)
+    run = tmp_path / "run"
+    train(TrainConfig(stage="s2t_sft", model="minmo-7b", init=str(package), output_dir=str(run),
+                      progress=False, save_full_weights=True,
+                      data=DataConfig(train=[str(corpus["asr"])], batch_size=2, num_workers=0),
+                      optim=OptimConfig(lr=0.0, warmup_steps=1, max_steps=1)))
+    step = ckpt.latest_checkpoint(run)
+    assert not (step / ckpt.CARRIED_FILE).exists()  # model.safetensors holds it all
+    lora = load_tensors(step / ckpt.TRAINABLE_FILE)
+    for name, value in trained.items():
+        if "lora_" in name:
+            assert torch.equal(lora[name], value), name
+    runtime = load_runtime(str(run))
+    got, want = runtime.model.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-6), name
+    assert runtime.model.cfg.flow.path == str((package / "flow.safetensors").resolve())
+
+
+def test_package_names_resolve_to_directories_or_the_shipped_package(tmp_path):
+    from minmo.checkpoints.overlay import package_dir
+
+    assert package_dir(tmp_path) is None and package_dir(tmp_path / "none") is None
+    if SHIPPED.is_dir():
+        assert package_dir("minmo-small") == SHIPPED
+        assert package_dir(SHIPPED) == SHIPPED
+
+
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="no minmo-small package shipped yet")
 def test_shipped_package_fits_the_minmo_small_model():
     meta = read_meta(SHIPPED)

@@ -92,8 +92,18 @@ def test_rows_with_missing_audio_are_skipped_and_counted(tmp_path, capsys, caplo
     assert any("gone-at-load" in w and "gone1.wav" in w and "minmo data check" in w
                for w in warnings), warnings
     assert any("gone-at-read" in w and "gone2.wav" in w for w in warnings), warnings
+    # no init: the frozen parts stay random, and the warning says how to start from weights
+    assert any("init is not set" in w and "llm" in w and "init=minmo-small" in w
+               for w in warnings), warnings
     metrics = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["skipped_rows"] == 2
+
+
+def test_init_that_is_nothing_names_what_init_takes(tmp_path, capsys, corpus):
+    rc = train_main([CONFIG, f"data.train=[{corpus['asr']}]", *_fast(tmp_path / "o"),
+                     f"init={tmp_path / 'nowhere'}"])
+    err = _one_line_error(capsys, rc)
+    assert "nowhere" in err and "overlay.json" in err and "minmo-small" in err
 
 
 def test_all_rows_bad_is_one_line(tmp_path, capsys):

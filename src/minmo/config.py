@@ -451,9 +451,10 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check ``value`` against type ``tp`` and convert (int -> float, dict -> dataclass)."""
 
     def fail() -> typing.NoReturn:
+        hint = " (an empty list is [])" if value is None and typing.get_origin(tp) is list else ""
         raise ConfigError(
             f"{source}: key '{key}' expects {_type_name(tp)}, got "
-            f"{type(value).__name__} {value!r}"
+            f"{type(value).__name__} {value!r}{hint}"
         )
 
     origin = typing.get_origin(tp)

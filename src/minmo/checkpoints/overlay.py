@@ -53,6 +53,10 @@ FORMAT = "minmo-overlay"
 VERSION = 1
 BASES = ("minmo-small",)
 """Base models an overlay may name; each is rebuilt from local packages by :func:`base_dir`."""
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
+"""Where the packages shipped inside minmo lie (``<name>/``), e.g. the default minmo-small."""
+SPEECH_PARTS = ("flow", "vocoder")
+"""The speech output's weight files a package may carry (``<part>.safetensors``)."""
 FULL_PRECISION_PARTS = ("speech_tokenizer",)
 """Parts written in float32 whatever the package's dtype: the tokenizer's FSQ rounds each
 projection to -1, 0 or 1, and float16 weights would move values near a boundary to another
@@ -68,6 +72,16 @@ def is_overlay_dir(path: str | Path) -> bool:
     """True when ``path`` holds an overlay package (``overlay.json`` + ``model.yaml``)."""
     path = Path(path)
     return (path / META_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def package_dir(spec: str | Path) -> Path | None:
+    """The overlay package ``spec`` names: a directory holding one, or the name of a package
+    shipped inside minmo (``minmo-small``) when no such path exists; ``None`` otherwise."""
+    path = Path(spec)
+    if path.is_dir():
+        return path if is_overlay_dir(path) else None
+    embedded = EMBEDDED_DIR / str(spec)
+    return embedded if not path.exists() and is_overlay_dir(embedded) else None
 
 
 def tensor_group(name: str) -> str:
@@ -197,6 +211,50 @@ def base_dir(base: str, log: Callable[[str], None] = print) -> Path:
     write_minmo_checkpoint(out, load_model_config(base), parts, name=base, log=log,
                            sources={"whisper_ct2": str(whisper), "llm_gguf": str(gguf)})
     return out
+
+
+def package_model_config(directory: str | Path) -> Any:
+    """The package's :class:`~minmo.config.ModelConfig` (``model.yaml``), its speech output
+    pointed at the package's own ``flow``/``vocoder`` files, so that a model saved with this
+    config (a training run started from the package) speaks with them too."""
+    import dataclasses
+
+    from minmo.config import load_model_config
+
+    directory = Path(directory).resolve()
+    cfg = load_model_config(directory / CONFIG_FILE)
+    for part in SPEECH_PARTS:
+        weights = directory / f"{part}.safetensors"
+        if weights.is_file() and not getattr(cfg, part).path:
+            setattr(cfg, part, dataclasses.replace(getattr(cfg, part), path=str(weights)))
+    return cfg
+
+
+def package_tensors(directory: str | Path, lora_scaling: float | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """Every tensor the package's model starts from, for training on: its base weights with
+    the overlay's trained tensors on top, LoRA kept as adapter tensors (not folded), so a
+    stage that trains ``llm_lora`` continues them.
+
+    Args:
+        directory: the overlay package.
+        lora_scaling: the training model's ``alpha / r``; must equal the package's, since
+            its adapters were trained at that scale.
+
+    Raises:
+        CheckpointError: the LoRA scalings differ, or the package or its base is unreadable.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    overlay = load_tensors(directory / OVERLAY_FILE)
+    scaling = float(meta["lora_scaling"])
+    if (lora_scaling is not None and any(_LORA.match(k) for k in overlay)
+            and abs(scaling - lora_scaling) > 1e-9):
+        raise CheckpointError(f"{directory / META_FILE}: LoRA trained at scaling {scaling:g}, "
+                              f"the model's llm.lora gives {lora_scaling:g} (alpha / r)")
+    tensors = load_tensors(base_dir(meta["base"], log=log) / "model.safetensors")
+    tensors.update(overlay)
+    return tensors
 
 
 def fold_lora(base: dict[str, torch.Tensor], overlay: dict[str, torch.Tensor],

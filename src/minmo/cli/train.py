@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 
 from minmo.checkpoints import CheckpointError
 from minmo.config import ConfigError, load_train_config
@@ -21,8 +22,16 @@ HELP = ("train one stage (MinMo: s2t_prealign, s2t_fullalign, s2t_sft, t2s_proje
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``train`` on the ``minmo`` command line."""
-    p = subparsers.add_parser("train", help=HELP, description=HELP + ". Resumes automatically "
-                              "from the latest checkpoint in output_dir.")
+    p = subparsers.add_parser(
+        "train", help=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(HELP + ". Resumes automatically from the latest checkpoint "
+                                  "in output_dir.", 88),
+        epilog="fine-tune the shipped model on your own recordings (docs/training.md):\n"
+               "  minmo data import folder my_clips/ --out my.jsonl --language en\n"
+               "  minmo train configs/train/s2t_sft.yaml init=minmo-small data.train=[my.jsonl] "
+               "data.valid=[] \\\n"
+               "      save_full_weights=true output_dir=runs/my_sft\n"
+               "  minmo chat my_clips/a.wav --model runs/my_sft")
     p.add_argument("config", help="train YAML (e.g. configs/train/s2t_prealign.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. optim.max_steps=100 data.train=[a.jsonl]")

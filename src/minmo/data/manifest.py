@@ -105,8 +105,8 @@ class ManifestRow:
             if f.name == "meta":
                 continue
             value = getattr(self, f.name)
-            if value is None or (f.name == "offset" and value == 0.0):
-                continue
+            if value is None or value == f.default and f.name in ("offset", "target"):
+                continue  # the defaults a reader fills in (no window, the implied answer)
             if f.name in ("audio", "target_audio", "labels") and base_dir is not None:
                 value = relative_path(value, base_dir)
             out[f.name] = value

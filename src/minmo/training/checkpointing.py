@@ -4,7 +4,8 @@ One checkpoint is one directory ``<output_dir>/checkpoints/step_<8 digits>/``::
 
     trainable.safetensors   trainable tensors, names as in model.named_parameters()
     carried.safetensors     frozen tensors this run took from its ``init`` (earlier stages'
-                            results), so that a later stage's init gets them too
+                            results), so that a later stage's init gets them too (not
+                            written beside model.safetensors, which holds them)
     model.safetensors       every tensor, LoRA merged into the base weights, so it loads
                             into a plain model (only with save_full_weights)
     optimizer.pt            {optimizer name: full optimizer state keyed by parameter name}
@@ -22,6 +23,7 @@ tensors are full (gathered), so any number of processes can resume from it.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -35,9 +37,11 @@ from torch import nn
 
 from minmo.checkpoints import CheckpointError, atomic_directory, check_keys, load_tensors, save_tensors
 from minmo.checkpoints.io import is_temporary
+from minmo.checkpoints.overlay import package_dir, package_tensors
 from minmo.config import save_yaml
 from minmo.training.data_source import DataPosition
 
+log = logging.getLogger(__name__)
 CHECKPOINT_SUBDIR = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
 CARRIED_FILE = "carried.safetensors"
@@ -184,7 +188,7 @@ def write_checkpoint(output_dir: str | Path, payload: CheckpointPayload,
     final = checkpoint_dir(output_dir, payload.step)
     with atomic_directory(final) as tmp:
         save_tensors(payload.trainable, tmp / TRAINABLE_FILE, metadata={"format": "pt"})
-        if payload.carried:
+        if payload.carried and payload.full is None:  # init_tensors reads the full file first
             save_tensors(payload.carried, tmp / CARRIED_FILE, metadata={"format": "pt"})
         if payload.full is not None:
             save_tensors(payload.full, tmp / FULL_FILE, metadata={"format": "pt"})
@@ -295,18 +299,29 @@ def merge_lora(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torc
     return out
 
 
-def init_tensors(path: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
+def init_tensors(path: str | Path, lora_scaling: float | None = None
+                 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """Weights to start a stage from: a checkpoint (or run) directory's full weights when it
     has them (LoRA merged in), else its carried + trainable tensors (everything earlier
-    stages trained); or a single ``.safetensors`` file.
+    stages trained); a single ``.safetensors`` file; or an overlay package (a directory, or
+    ``minmo-small`` for the shipped one): its base weights with its trained tensors on top
+    (:func:`~minmo.checkpoints.overlay.package_tensors`, LoRA checked against
+    ``lora_scaling``).
 
     Returns:
         (the file or directory read, ``{name: tensor}``).
     """
+    package = package_dir(path)
+    if package is not None:
+        return package, package_tensors(package, lora_scaling, log=log.info)
     path = Path(path)
     if path.suffix == ".safetensors":
         return path, load_tensors(path)
-    ckpt = resolve_checkpoint(path)
+    try:
+        ckpt = resolve_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; init also takes a .safetensors file or a model package "
+                              "(a directory with overlay.json, or minmo-small)") from None
     if (ckpt / FULL_FILE).is_file():
         return ckpt / FULL_FILE, load_tensors(ckpt / FULL_FILE)
     tensors = load_tensors(ckpt / CARRIED_FILE) if (ckpt / CARRIED_FILE).is_file() else {}

@@ -167,36 +167,69 @@ def build_stage_model(cfg: TrainConfig, stage: Stage) -> tuple[nn.Module, Any]:
     """
     if stage.build_model is not None:
         return stage.build_model(cfg), None
+    from minmo.checkpoints.overlay import package_dir, package_model_config
     from minmo.models.builders import build_model
 
-    model_cfg = load_model_config(cfg.model)
+    package = package_dir(cfg.init) if cfg.init else None
+    if package is not None:  # the package's own model, whatever `model` says
+        model_cfg = package_model_config(package)
+        log.info("model: %s's model.yaml (init is that package; model=%s is not used)",
+                 package, cfg.model)
+    else:
+        model_cfg = load_model_config(cfg.model)
     return build_model(model_cfg), model_cfg
 
 
+def _frozen_groups(model: nn.Module, stage: Stage) -> list[str]:
+    """The model's parameter groups that ``stage`` does not train."""
+    return [g for g, params in model.param_groups().items() if params and g not in stage.trains]
+
+
+def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path
+             ) -> dict[str, torch.Tensor]:
+    """Copy ``tensors`` (any subset of the model's, names checked) into ``model``; returns
+    those that differ from what it held."""
+    targets = model.state_dict(keep_vars=True)
+    check_keys({k: v.shape for k, v in targets.items()}, {k: v.shape for k, v in tensors.items()},
+               str(source), allow_missing=True)
+    changed = {}
+    with torch.no_grad():
+        for k, v in tensors.items():
+            v = v.to(dtype=targets[k].dtype)
+            if not torch.equal(targets[k].detach().cpu(), v):
+                changed[k] = v
+            targets[k].copy_(v)
+    return changed
+
+
+def _lora_scaling(model: nn.Module) -> float | None:
+    """``alpha / r`` of a MinMo's LLM adapters; ``None`` for a model without an LLM."""
+    lora = getattr(getattr(getattr(model, "cfg", None), "llm", None), "lora", None)
+    return lora.alpha / lora.r if lora is not None else None
+
+
 def load_init_weights(model: nn.Module, path: str) -> dict[str, torch.Tensor]:
-    """Load ``cfg.init`` (a previous stage's checkpoint or run directory, or a
-    ``.safetensors`` file) into ``model``; the file may hold any subset of the model's
-    tensors. LoRA tensors in it make the model add its adapters first (kept frozen unless
-    the stage trains them).
+    """Load ``cfg.init`` (a previous stage's checkpoint or run directory, a ``.safetensors``
+    file, or a model package such as ``minmo-small``: :func:`ckpt.init_tensors`) into
+    ``model``; it may hold any subset of the model's tensors. LoRA tensors in it make the
+    model add its adapters first (kept frozen unless the stage trains them).
 
     Returns:
         The loaded tensors that differ from what the model was built with: the weights this
         run *carries* from earlier stages (written to every checkpoint, so that the next
         stage's ``init`` gets them too).
     """
-    source, tensors = ckpt.init_tensors(path)
+    source, tensors = ckpt.init_tensors(path, _lora_scaling(model))
+    carried: dict[str, torch.Tensor] = {}
+    rest = dict(tensors)
     if any("lora_" in k for k in tensors) and hasattr(model, "enable_lora"):
+        # plain names of the weights the adapters wrap (a package's base weights) load
+        # before the adapters rename them (``q_proj.weight`` -> ``q_proj.base_layer.weight``)
+        plain = model.state_dict()
+        carried.update(_copy_in(model, {k: rest.pop(k) for k in list(rest) if k in plain},
+                                source))
         model.enable_lora()
-    targets = model.state_dict(keep_vars=True)
-    check_keys({k: v.shape for k, v in targets.items()}, {k: v.shape for k, v in tensors.items()},
-               str(source), allow_missing=True)
-    carried = {}
-    with torch.no_grad():
-        for k, v in tensors.items():
-            v = v.to(dtype=targets[k].dtype)
-            if not torch.equal(targets[k].detach().cpu(), v):
-                carried[k] = v
-            targets[k].copy_(v)
+    carried.update(_copy_in(model, rest, source))
     log.info("init: loaded %d tensors from %s (%d differ from the built model)", len(tensors),
              source, len(carried))
     return carried
@@ -388,6 +421,11 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     ckpt.seed_everything(cfg.seed)  # same initial weights on every rank
     if model is None:
         model, model_cfg = build_stage_model(cfg, stage)
+        if not cfg.init and stage.build_model is None and info.is_main:
+            log.warning("init is not set: every part starts from random weights, and the "
+                        "parts this stage freezes (%s) stay so; start from a model package "
+                        "(init=minmo-small), a converted checkpoint (minmo convert) or an "
+                        "earlier stage's run", ", ".join(_frozen_groups(model, stage)))
     carried = _prepare_model(model, stage, cfg)
     resume = _resume_checkpoint(cfg, info, stage, model)
 
