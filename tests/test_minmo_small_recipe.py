@@ -466,6 +466,21 @@ def test_training_starts_from_a_package_and_its_run_loads_as_that_model(tmp_path
     assert runtime.model.cfg.flow.path == str((package / "flow.safetensors").resolve())
 
 
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="no minmo-small package shipped yet")
+def test_info_on_the_shipped_name_counts_the_shipped_model(capsys):
+    """``minmo info minmo-small`` describes the package users run (its model.yaml: the speech
+    output of its speech run), not the preset it was prepared from."""
+    from minmo.cli.main import main
+
+    assert main(["info", "minmo-small"]) == 0
+    out = capsys.readouterr().out
+    assert f"the model package {SHIPPED}" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for part in ("flow", "vocoder"):
+        shipped = load_tensors(SHIPPED / f"{part}.safetensors")
+        assert int(rows[part][1]) == sum(t.numel() for t in shipped.values()), part
+
+
 def test_package_names_resolve_to_directories_or_the_shipped_package(tmp_path):
     from minmo.checkpoints.overlay import package_dir
 

@@ -23,9 +23,11 @@ PAPER_PARAMS = {
 }
 
 
-def _speech_modules(cfg) -> dict[str, nn.Module]:
+def _speech_modules(cfg, encoder: nn.Module | None = None) -> dict[str, nn.Module]:
     """The speech-output parts outside the MinMo graph, built on the meta device (ONNX parts,
-    run by onnxruntime, have no PyTorch parameters and are left out)."""
+    run by onnxruntime, have no PyTorch parameters and are left out). A tokenizer on a
+    frozen Whisper encoder (``kind: whisper``) is counted with it: the voice ``encoder``'s
+    shape when that is Whisper's too and no other Whisper is named, else the named one."""
     from dataclasses import replace
 
     from minmo.models.flow import ChunkFlowMatching
@@ -35,8 +37,15 @@ def _speech_modules(cfg) -> dict[str, nn.Module]:
 
     modules = {}
     with torch.device("meta"):
-        if cfg.speech_tokenizer.kind != "onnx":
-            modules["speech_tokenizer"] = SpeechTokenizer(cfg.speech_tokenizer)
+        tok = cfg.speech_tokenizer
+        if (tok.kind == "whisper" and encoder is not None and cfg.encoder.kind == "whisper"
+                and not tok.whisper_path):
+            modules["speech_tokenizer"] = SpeechTokenizer(tok, whisper=encoder)
+        elif tok.kind == "whisper":
+            with torch.device("cpu"):  # reads the named Whisper's weights
+                modules["speech_tokenizer"] = SpeechTokenizer(tok)
+        elif tok.kind != "onnx":
+            modules["speech_tokenizer"] = SpeechTokenizer(tok)
         modules |= {"flow": ChunkFlowMatching(cfg.flow), "vocoder": HiFTVocoder(cfg.vocoder)}
         if cfg.speaker.kind != "onnx":  # the embedding network; the classification head is training-only
             modules["speaker"] = SpeakerEncoder(replace(cfg.speaker, num_speakers=0))
@@ -50,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Build a model config on the meta device (no memory) and print parameter "
         "counts per module, next to the paper's, and what each training stage trains.",
     )
-    p.add_argument("config", help="model preset name (tiny, minmo-7b, ...) or model YAML path")
+    p.add_argument("config", help="model preset name (tiny, minmo-7b, ...), model YAML path, or "
+                   "model package (minmo-small: the shipped one; a directory with overlay.json)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=run)
     return p
@@ -69,12 +79,18 @@ def count(params: dict[str, nn.Parameter] | list[nn.Parameter]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from minmo.checkpoints.overlay import CONFIG_FILE, package_dir
     from minmo.config import load_model_config
     from minmo.models.builders import build_model
     from minmo.training.stages import STAGES, apply_stage
 
     start = time.perf_counter()
-    cfg = load_model_config(args.config, args.overrides)
+    package = package_dir(args.config)  # a model package, e.g. the shipped minmo-small
+    cfg = load_model_config(package / CONFIG_FILE if package is not None else args.config,
+                            args.overrides)
+    if package is not None:
+        print(f"{args.config}: the model package {package} (its {CONFIG_FILE}; the preset "
+              f"file is configs/model/{cfg.name}.yaml)")
     with torch.device("meta"):
         model = build_model(cfg)
     groups = model.param_groups()
@@ -90,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<18}{n:>14}{_fmt(n):>9}{_fmt(paper) if paper else '':>10}{ratio:>8}")
     print(f"{'total':<18}{total:>14}{_fmt(total):>9}\n")
     print(f"{'speech output':<18}{'params':>14}")
-    for name, module in _speech_modules(cfg).items():
+    for name, module in _speech_modules(cfg, model.encoder).items():
         n = count(list(module.parameters()))
         print(f"{name:<18}{n:>14}{_fmt(n):>9}")
     print()
