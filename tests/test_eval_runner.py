@@ -302,6 +302,23 @@ def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert saved["settings"]["torch_threads"] == 1
 
 
+def test_cli_says_the_models_warning_before_its_numbers(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A model with random weights (or a weak one) is said on the console, as by chat."""
+    from minmo.cli.main import main
+
+    root = build_suite(tmp_path / "corpus")
+
+    class Untrained(ScriptedModel):
+        def describe(self) -> dict:
+            return {"name": "tiny", "warning": "random weights — not a trained model"}
+
+    monkeypatch.setattr(adapters, "load_eval_model", lambda spec, device="cpu", **options: Untrained())
+    assert main(["eval", "--model", "tiny", "--suite", "synth-test", "--data", str(root),
+                 "--limit", "2", "--tasks", "asr", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert "minmo eval: WARNING: random weights — not a trained model" in capsys.readouterr().err
+
+
 def test_cli_refuses_to_print_numbers_without_a_model(tmp_path: Path, monkeypatch, capsys) -> None:
     from minmo.cli.main import main
 

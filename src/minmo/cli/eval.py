@@ -32,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(tables in the paper's layout, the paper's numbers beside ours), predictions.jsonl "
         "and PNG plots into --out. How every number is computed: docs/eval.md.",
     )
-    parser.add_argument("--model", required=True,
-                        help="checkpoint directory or model preset (e.g. tiny)")
+    parser.add_argument("--model", default="minmo-small",
+                        help="model directory, package or training run, or preset (tiny, ...); "
+                        "default: the embedded minmo-small")
     parser.add_argument("--suite", required=True, choices=SUITES, help="what to evaluate on")
     parser.add_argument("--data", default=None,
                         help="suite files: synth corpus dir (synth-test; default data/synth), "
@@ -131,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     except ModelUnavailableError as exc:
         print(f"minmo eval: {exc}", file=sys.stderr)
         return 2
+    describe = getattr(model, "describe", None)
+    warning = describe().get("warning") if describe is not None else None
+    if warning:  # random weights or a weak model: said here as by chat, serve and tts
+        print(f"minmo eval: WARNING: {warning}", file=sys.stderr)
     settings = RunSettings(
         limit=args.limit, tasks=tasks,
         k=args.k, asr_judge=args.asr_judge, show_progress=not args.no_progress,
