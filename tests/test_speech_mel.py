@@ -69,3 +69,17 @@ def test_f0_unvoiced_for_noise_and_silence():
     torch.manual_seed(0)
     assert (estimate_f0(torch.randn(24000) * 0.1) == 0).float().mean() > 0.9
     assert (estimate_f0(torch.zeros(2, 24000)) == 0).all()
+
+
+def test_yin_finds_the_period_and_refuses_frames_too_short():
+    """The one YIN both F0 estimates use: a 100-sample period is found to a fraction of a
+    sample; frames shorter than window + tau_max are refused, not read past their end."""
+    from minmo.audio.pitch import yin
+
+    n = torch.arange(800, dtype=torch.float64)
+    frames = torch.stack([torch.sin(2 * torch.pi * n / 100.0), torch.zeros(800, dtype=torch.float64)])
+    found = yin(frames, window=400, tau_min=20, tau_max=400)
+    assert found.dipped.tolist() == [True, False]
+    assert abs(found.period[0].item() - 100.0) < 0.05
+    with pytest.raises(ValueError, match="window \\+ tau_max"):
+        yin(frames[:, :700], window=400, tau_min=20, tau_max=400)

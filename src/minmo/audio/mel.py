@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minmo.audio.pitch import yin
+
 
 @dataclass(frozen=True)
 class MelSettings:
@@ -169,33 +171,7 @@ def estimate_f0(
     x = x.unfold(-1, win, hop)[:, :frames]  # (B, T, win)
     x = x - x.mean(dim=-1, keepdim=True)
     tau_min, tau_max = max(2, int(sr / fmax)), min(win // 2, int(sr / fmin))
-    w = win - tau_max  # integration window
-    nfft = 1 << (win + w - 1).bit_length()
-    spec_x = torch.fft.rfft(x, nfft)
-    spec_a = torch.fft.rfft(x[..., :w], nfft)
-    cross = torch.fft.irfft(spec_x * spec_a.conj(), nfft)[..., : tau_max + 1]  # sum_j a_j x_{j+tau}
-    sq = torch.cumsum(F.pad(x.pow(2), (1, 0)), dim=-1)
-    taus = torch.arange(tau_max + 1, device=x.device)
-    energy_shift = sq[..., taus + w] - sq[..., taus]
-    diff = (sq[..., w:w + 1] + energy_shift - 2 * cross).clamp(min=0)  # (B, T, tau_max + 1)
-    cmnd = diff[..., 1:] * taus[1:] / torch.cumsum(diff[..., 1:], dim=-1).clamp(min=1e-12)
-    cmnd = torch.cat([torch.ones_like(cmnd[..., :1]), cmnd], dim=-1)
-    search = cmnd[..., tau_min:]
-    below = search < threshold
-    first = torch.argmax(below.int(), dim=-1)  # first lag under the threshold
-    span = 32
-    idx = (first[..., None] + torch.arange(span, device=x.device)).clamp(max=search.shape[-1] - 1)
-    local = torch.gather(search, -1, idx)
-    best = first + torch.argmin(local, dim=-1)
-    tau = (best + tau_min).float()
-    # parabolic refinement around the minimum
-    i = (best + tau_min).clamp(1, tau_max - 1)
-    y0 = torch.gather(cmnd, -1, (i - 1)[..., None])[..., 0]
-    y1 = torch.gather(cmnd, -1, i[..., None])[..., 0]
-    y2 = torch.gather(cmnd, -1, (i + 1)[..., None])[..., 0]
-    denom = y0 - 2 * y1 + y2
-    tau = tau + torch.where(denom.abs() > 1e-9, 0.5 * (y0 - y2) / denom, torch.zeros_like(denom)).clamp(-1, 1)
-    rms = x.pow(2).mean(dim=-1).sqrt()
-    voiced = below.any(dim=-1) & (rms > silence_rms)
-    f0 = torch.where(voiced, sr / tau, torch.zeros_like(tau))
+    found = yin(x, win - tau_max, tau_min, tau_max, threshold)  # integration window: the rest
+    voiced = found.dipped & (x.pow(2).mean(dim=-1).sqrt() > silence_rms)
+    f0 = torch.where(voiced, sr / found.period, torch.zeros_like(found.period))
     return f0[0] if squeeze else f0

@@ -2,8 +2,8 @@
 
 * Speaking rate: syllables per second, syllables counted from the transcript (the text the
   speech was asked to say), seconds from the audio with leading and trailing silence trimmed.
-* F0: YIN (de Cheveigné & Kawahara 2002) in numpy: cumulative-mean-normalised difference
-  function, absolute threshold, parabolic interpolation. Only voiced frames count.
+* F0: YIN (de Cheveigné & Kawahara 2002, :func:`minmo.audio.pitch.yin`) on 10 ms frames.
+  Only voiced frames count.
 * Instruction following: a generated utterance obeys "fast"/"slow" when its speaking rate is at
   least ``margin`` (default 10 %) above/below the same speaker's neutral rendering of the text,
   and "high"/"low" pitch when its median F0 is at least ``semitones`` (default 1) above/below
@@ -18,7 +18,9 @@ import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from minmo.audio.pitch import yin
 from minmo.eval.normalize import canonical_language, normalize_english
 
 _VOWEL_GROUP = re.compile(r"[aeiouy]+")
@@ -156,54 +158,22 @@ def estimate_f0(
     Returns:
         :class:`F0Track` with ``F`` frames.
     """
-    x = np.asarray(wave, dtype=np.float64).reshape(-1)
+    x = torch.from_numpy(np.asarray(wave, dtype=np.float64).reshape(-1))
     tau_min = max(2, int(math.floor(sample_rate / fmax)))
     tau_max = int(math.ceil(sample_rate / fmin))
     window = tau_max
     frame_len = window + tau_max + 1
     hop = max(1, int(round(hop_s * sample_rate)))
     if len(x) < frame_len:
-        x = np.pad(x, (0, frame_len - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, frame_len)[::hop]  # (F, frame_len)
-    num_frames = frames.shape[0]
-
-    # d(tau) = sum_j x_j^2 + sum_j x_{j+tau}^2 - 2 sum_j x_j x_{j+tau}, j in [0, window)
-    squares = np.concatenate([np.zeros((num_frames, 1)), np.cumsum(frames**2, axis=1)], axis=1)
-    taus = np.arange(tau_max + 1)
-    energy_head = squares[:, window]  # (F,)
-    energy_shifted = squares[:, taus + window] - squares[:, taus]  # (F, tau_max+1)
-    n_fft = 1 << int(math.ceil(math.log2(frame_len + window)))
-    head_spec = np.fft.rfft(frames[:, :window], n_fft, axis=1)
-    full_spec = np.fft.rfft(frames, n_fft, axis=1)
-    corr = np.fft.irfft(np.conj(head_spec) * full_spec, n_fft, axis=1)[:, : tau_max + 1]
-    diff = np.maximum(energy_head[:, None] + energy_shifted - 2.0 * corr, 0.0)
-
-    cumulative = np.cumsum(diff[:, 1:], axis=1)  # (F, tau_max)
-    cmnd = np.ones_like(diff)
-    safe = np.where(cumulative > 0, cumulative, 1.0)
-    cmnd[:, 1:] = np.where(cumulative > 0, diff[:, 1:] * taus[1:] / safe, 1.0)
-
-    search = cmnd[:, tau_min:tau_max]  # lags tau_min .. tau_max-1 (tau+1 exists)
-    following = cmnd[:, tau_min + 1 : tau_max + 1]
-    dip_bottom = (search < threshold) & (following >= search)
-    has_dip = dip_bottom.any(axis=1)
-    best = np.where(has_dip, dip_bottom.argmax(axis=1), search.argmin(axis=1)) + tau_min
-
-    rows = np.arange(num_frames)
-    left = cmnd[rows, np.maximum(best - 1, 1)]
-    mid = cmnd[rows, best]
-    right = cmnd[rows, np.minimum(best + 1, tau_max)]
-    curvature = left - 2.0 * mid + right
-    shift = np.where(np.abs(curvature) > 1e-12, 0.5 * (left - right) / np.where(
-        np.abs(curvature) > 1e-12, curvature, 1.0), 0.0)
-    refined = best + np.clip(shift, -1.0, 1.0)
-
-    rms = np.sqrt(np.mean(frames[:, :window] ** 2, axis=1))
+        x = torch.nn.functional.pad(x, (0, frame_len - len(x)))
+    frames = x.unfold(0, frame_len, hop)  # (F, frame_len)
+    found = yin(frames, window, tau_min, tau_max, threshold)
+    rms = frames[:, :window].pow(2).mean(dim=1).sqrt().numpy()
     loud = rms > max(float(rms.max()) * 10.0 ** (silence_db / 20.0), 1e-6)
-    voiced = has_dip & loud
-    f0 = np.where(voiced, sample_rate / refined, np.nan)
-    times = np.arange(num_frames) * hop / sample_rate
-    return F0Track(times=times, f0=f0, aperiodicity=mid)
+    voiced = found.dipped.numpy() & loud
+    f0 = np.where(voiced, sample_rate / found.period.numpy(), np.nan)
+    times = np.arange(frames.shape[0]) * hop / sample_rate
+    return F0Track(times=times, f0=f0, aperiodicity=found.aperiodicity.numpy())
 
 
 def semitone_difference(f0: float, reference_f0: float) -> float:
