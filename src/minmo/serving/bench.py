@@ -24,6 +24,7 @@ import base64
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -307,13 +308,14 @@ def summary(results: list[LevelResult]) -> str:
     return text
 
 
-_CPU: dict[str, float] = {}
+ModuleRow = tuple[str, str, float, float, str]
+"""One row of the modules benchmark: (module, work, wall ms, CPU ms, note)."""
 
 
-def _timed(fn, repeats: int, sync=None) -> float:
-    """Mean wall seconds per call (``sync``: waits for queued device work, e.g.
-    ``torch.cuda.synchronize``, before each clock read); the mean CPU seconds of this thread
-    go to ``_CPU["last"]`` (CPU time does not grow when other processes share the cores)."""
+def _timed(fn, repeats: int, sync=None) -> tuple[float, float]:
+    """Mean wall and CPU seconds per call of ``fn`` after one warm-up call (``sync``: waits
+    for queued device work, e.g. ``torch.cuda.synchronize``, before each clock read). CPU
+    time is this thread's: it does not grow when other processes share the cores."""
     sync = sync or (lambda: None)
     fn()  # warm-up
     sync()
@@ -321,126 +323,164 @@ def _timed(fn, repeats: int, sync=None) -> float:
     for _ in range(repeats):
         fn()
     sync()
-    _CPU["last"] = (time.thread_time() - cpu) / repeats
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, (time.thread_time() - cpu) / repeats
+
+
+class _ModuleTimer:
+    """Collects the rows of :func:`run_modules_benchmark`."""
+
+    def __init__(self, repeats: int, sync=None) -> None:
+        self.repeats, self.sync = repeats, sync
+        self.rows: list[ModuleRow] = []
+
+    def time(self, module: str, work: str, fn, repeats: int | None = None,
+             note: str | Callable[[float], str] = "") -> None:
+        """Time ``fn``; ``note`` may be a function of the CPU milliseconds per call."""
+        wall, cpu = _timed(fn, repeats or self.repeats, sync=self.sync)
+        self.rows.append((module, work, 1000 * wall, 1000 * cpu,
+                          note(1000 * cpu) if callable(note) else note))
 
 
 def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", threads: int = 1,
-                          repeats: int = 20, device: str = "cpu"
-                          ) -> tuple[list[tuple[str, str, float, float, str]], dict]:
+                          repeats: int = 20, device: str = "cpu") -> tuple[list[ModuleRow], dict]:
     """Per-module latency of the serving path (one session unless noted), on ``device``
     (silero VAD always runs on the CPU, as in the server).
 
     Returns:
         rows ``(module, work, wall ms, cpu ms, note)`` and facts.
     """
-    import functools
-
     import torch
 
-    from minmo.inference import pipeline as P
-    from minmo.inference.generate import VoiceStream, voice_step
-    from minmo.inference.kv import KVStream, batched_forward
-    from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
     from minmo.inference.loading import load_runtime
-    from minmo.serving.vad import SileroVAD, stack_states
 
     torch.set_num_threads(threads)
     rt = load_runtime(model, vocoder=vocoder, device=device)
-    sync = torch.cuda.synchronize if rt.device.type == "cuda" else None
-    timeit = functools.partial(_timed, sync=sync)
-    rows: list[tuple[str, str, float, float, str]] = []
-
-    def add(module: str, work: str, ms: float, note: str = "") -> None:
-        rows.append((module, work, ms, 1000 * _CPU.get("last", float("nan")), note))
-    rng = np.random.default_rng(0)
-    wave3 = (rng.standard_normal(48000) * 0.1).astype(np.float32)
-    frame = 1920  # 120 ms at 16 kHz
+    timer = _ModuleTimer(repeats, sync=torch.cuda.synchronize if rt.device.type == "cuda" else None)
+    wave = (np.random.default_rng(0).standard_normal(48000) * 0.1).astype(np.float32)  # 3 s
     with torch.inference_mode():
-        add("encoder + projector", "3 s turn, offline", 1000 * timeit(
-            lambda: rt.encode_speech(wave3), repeats), "per committed turn")
-        cfg = ListenConfig()
-        st = new_listen_state(rt, cfg)
-        listen_step(rt, [st], [wave3[:frame * 4]], [lambda t: False], ["s"], cfg)
-        pos = {"k": 0}
-
-        def one_frame():
-            k = pos["k"] = (pos["k"] + 1) % 20
-            listen_step(rt, [st], [wave3[k * frame:(k + 1) * frame]], [lambda t: False], ["s"], cfg)
-
-        ms = 1000 * timeit(one_frame, repeats)
-        add("listening stream", "120 ms of audio -> duplex decision", ms,
-            f"CPU real-time factor {_CPU['last'] * 1000 / 120:.3f}")
-        sts = [new_listen_state(rt, cfg) for _ in range(8)]
-        listen_step(rt, sts, [wave3[:frame * 4]] * 8, [lambda t: False] * 8, ["s"] * 8, cfg)
-        ms8 = 1000 * timeit(lambda: listen_step(rt, sts, [wave3[:frame]] * 8,
-                                                 [lambda t: False] * 8, ["s"] * 8, cfg), repeats)
-        add("listening stream", "8 sessions x 120 ms, batched", ms8,
-            f"{_CPU['last'] * 1000 / 8:.2f} CPU ms per session")
-        h = rt.model.llm.hidden_size
-        x = torch.randn(200, h, device=rt.device, dtype=rt.dtype)
-        add("LLM", "prefill 200 positions", 1000 * timeit(
-            lambda: batched_forward(rt.llm_body, [KVStream()], [x]), repeats))
-        for b in (1, 8):
-            kvs = [KVStream() for _ in range(b)]
-            batched_forward(rt.llm_body, kvs, [x] * b)
-
-            def decode(kvs=kvs, b=b):
-                batched_forward(rt.llm_body, kvs, [x[:1]] * b)
-                for kv in kvs:  # keep the cache length constant
-                    kv.cache.crop(-1)
-                    kv.length = 200
-
-            add("LLM", f"decode step, {b} session(s) batched", 1000 * timeit(
-                decode, repeats), "one text token each")
-        sem = torch.randn(400, rt.model.voice_lm.hidden_size, device=rt.device)
-        for b in (1, 8):
-            streams = [VoiceStream(max_tokens=10 ** 6) for _ in range(b)]
-            for vs in streams:
-                vs.add_semantic(sem)
-
-            def vstep(streams=streams):
-                voice_step(rt, streams)
-
-            add("voice LM", f"speech-token step, {b} session(s) batched", 1000 * timeit(
-                vstep, repeats * 3), "25 tokens = 1 s of speech")
-        hid = torch.randn(1, 1, h, device=rt.device, dtype=rt.dtype)
-        dstate = rt.model.duplex.init_state(1, rt.device, rt.dtype)
-        flag = torch.zeros(1, 1, dtype=torch.long, device=rt.device)
-
-        def dstep():
-            rt.model.duplex.step(hid, flag, dstate)
-
-        add("duplex predictor", "one LLM frame", 1000 * timeit(dstep, repeats))
-        vocoder_state = rt.vocoder.init_state()
-        toks = torch.randint(0, 6561, (15,))
-        holder = {"s": vocoder_state}
-
-        def vocode():
-            _, holder["s"] = rt.vocoder.step(toks, holder["s"])
-
-        ms = 1000 * timeit(vocode, max(3, repeats // 4))
-        add(f"speech decoder ({rt.vocoder.name})", "15 tokens (0.6 s of audio)", ms,
-            f"CPU real-time factor {_CPU['last'] * 1000 / 600:.3f}")
-        vad = SileroVAD.from_package()
-        for b in (1, 8):
-            state = stack_states([vad.init_state(1)] * b)
-            win = torch.zeros(b, 512)
-            add("silero VAD", f"32 ms window, {b} session(s) batched", 1000 * timeit(
-                lambda: vad.step(win, state), repeats))
-        sess = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
-            max_text_tokens=20, max_speech_tokens=60)))
-        r = P.reply(rt, wave3, sess, with_transcript=False)
-        _CPU["last"] = float("nan")
-        for k in ("first_token", "five_tokens", "first_speech_chunk", "first_audio", "total"):
-            if k in r.timings:
-                add("reply (one turn)", f"commit -> {k.replace('_', ' ')}",
-                    1000 * r.timings[k], "20 text / 60 speech tokens")
+        _time_listening(timer, rt, wave)
+        _time_llm(timer, rt)
+        _time_speech_output(timer, rt)
+        _time_vad(timer)
+        timer.rows += _reply_rows(rt, wave)
     facts = {"model": rt.info.to_dict(), "threads": threads, "device": str(rt.device)}
-    return rows, facts
+    return timer.rows, facts
 
 
-def modules_table(rows: list[tuple[str, str, float, float, str]]) -> str:
+def _time_listening(timer: _ModuleTimer, rt, wave: np.ndarray) -> None:
+    """A committed turn's encoding, and the listening stream's 120 ms steps (1 and 8
+    sessions) that end in a duplex decision."""
+    from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
+
+    frame = 1920  # 120 ms at 16 kHz
+    timer.time("encoder + projector", "3 s turn, offline", lambda: rt.encode_speech(wave),
+               note="per committed turn")
+    cfg = ListenConfig()
+
+    def step(states, chunk) -> None:
+        n = len(states)
+        listen_step(rt, states, [chunk] * n, [lambda t: False] * n, ["s"] * n, cfg)
+
+    one = [new_listen_state(rt, cfg)]
+    step(one, wave[:frame * 4])
+    pos = {"k": 0}
+
+    def next_frame() -> None:
+        k = pos["k"] = (pos["k"] + 1) % 20
+        step(one, wave[k * frame:(k + 1) * frame])
+
+    timer.time("listening stream", "120 ms of audio -> duplex decision", next_frame,
+               note=lambda cpu_ms: f"CPU real-time factor {cpu_ms / 120:.3f}")
+    eight = [new_listen_state(rt, cfg) for _ in range(8)]
+    step(eight, wave[:frame * 4])
+    timer.time("listening stream", "8 sessions x 120 ms, batched",
+               lambda: step(eight, wave[:frame]),
+               note=lambda cpu_ms: f"{cpu_ms / 8:.2f} CPU ms per session")
+
+
+def _time_llm(timer: _ModuleTimer, rt) -> None:
+    """LLM prefill of 200 positions and a decode step after them (1 and 8 sessions)."""
+    import torch
+
+    from minmo.inference.kv import KVStream, batched_forward
+
+    x = torch.randn(200, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
+    timer.time("LLM", "prefill 200 positions",
+               lambda: batched_forward(rt.llm_body, [KVStream()], [x]))
+    for b in (1, 8):
+        kvs = [KVStream() for _ in range(b)]
+        batched_forward(rt.llm_body, kvs, [x] * b)
+
+        def decode(kvs=kvs, b=b) -> None:
+            batched_forward(rt.llm_body, kvs, [x[:1]] * b)
+            for kv in kvs:  # keep the cache length constant
+                kv.cache.crop(-1)
+                kv.length = 200
+
+        timer.time("LLM", f"decode step, {b} session(s) batched", decode,
+                   note="one text token each")
+
+
+def _time_speech_output(timer: _ModuleTimer, rt) -> None:
+    """Voice LM steps (1 and 8 sessions), the duplex predictor's step and the speech
+    decoder's first chunk of 15 tokens."""
+    import torch
+
+    from minmo.inference.generate import VoiceStream, voice_step
+
+    semantic = torch.randn(400, rt.model.voice_lm.hidden_size, device=rt.device)
+    for b in (1, 8):
+        streams = [VoiceStream(max_tokens=10 ** 6) for _ in range(b)]
+        for stream in streams:
+            stream.add_semantic(semantic)
+        timer.time("voice LM", f"speech-token step, {b} session(s) batched",
+                   lambda streams=streams: voice_step(rt, streams), repeats=timer.repeats * 3,
+                   note="25 tokens = 1 s of speech")
+    hidden = torch.randn(1, 1, rt.model.llm.hidden_size, device=rt.device, dtype=rt.dtype)
+    state = rt.model.duplex.init_state(1, rt.device, rt.dtype)
+    flag = torch.zeros(1, 1, dtype=torch.long, device=rt.device)
+    timer.time("duplex predictor", "one LLM frame",
+               lambda: rt.model.duplex.step(hidden, flag, state))
+    tokens = torch.randint(0, 6561, (15,))
+    holder = {"state": rt.vocoder.init_state()}
+
+    def vocode() -> None:
+        _, holder["state"] = rt.vocoder.step(tokens, holder["state"])
+
+    timer.time(f"speech decoder ({rt.vocoder.name})", "15 tokens (0.6 s of audio)", vocode,
+               repeats=max(3, timer.repeats // 4),
+               note=lambda cpu_ms: f"CPU real-time factor {cpu_ms / 600:.3f}")
+
+
+def _time_vad(timer: _ModuleTimer) -> None:
+    """silero VAD on one 32 ms window (1 and 8 sessions), on the CPU as in the server."""
+    import torch
+
+    from minmo.serving.vad import SileroVAD, stack_states
+
+    vad = SileroVAD.from_package()
+    for b in (1, 8):
+        state = stack_states([vad.init_state(1)] * b)
+        window = torch.zeros(b, 512)
+        timer.time("silero VAD", f"32 ms window, {b} session(s) batched",
+                   lambda window=window, state=state: vad.step(window, state))
+
+
+def _reply_rows(rt, wave: np.ndarray) -> list[ModuleRow]:
+    """One whole reply to ``wave`` (20 text / 60 speech tokens at most): its milestones from
+    the commit, measured once (no CPU figure)."""
+    from minmo.inference import pipeline as P
+
+    session = P.new_session(rt, P.SessionConfig(generation=P.GenerationConfig(
+        max_text_tokens=20, max_speech_tokens=60)))
+    timings = P.reply(rt, wave, session, with_transcript=False).timings
+    return [("reply (one turn)", f"commit -> {k.replace('_', ' ')}", 1000 * timings[k],
+             float("nan"), "20 text / 60 speech tokens")
+            for k in ("first_token", "five_tokens", "first_speech_chunk", "first_audio", "total")
+            if k in timings]
+
+
+def modules_table(rows: list[ModuleRow]) -> str:
     lines = ["| module | work | wall ms | CPU ms | note |", "|---|---|---:|---:|---|"]
     lines += [f"| {m} | {w} | {ms:.2f} | {'' if cpu != cpu else f'{cpu:.2f}'} | {n} |"
               for m, w, ms, cpu, n in rows]
