@@ -99,6 +99,17 @@ def test_rows_with_missing_audio_are_skipped_and_counted(tmp_path, capsys, caplo
     assert metrics[-1]["skipped_rows"] == 2
 
 
+def test_without_a_progress_bar_each_logged_step_is_one_line(tmp_path, caplog, corpus):
+    """stderr is not a terminal here (a log file, a batch job): no bar, so the loop says
+    each log_every step in one line instead of nothing until the end."""
+    caplog.set_level(logging.INFO)
+    assert train_main([CONFIG, f"data.train=[{corpus['asr']}]", *_fast(tmp_path / "o"),
+                       "log_every=1", "progress=true"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"], lines
+    assert all(" loss " in line and " ex/s" in line for line in lines)
+
+
 def test_init_that_is_nothing_names_what_init_takes(tmp_path, capsys, corpus):
     rc = train_main([CONFIG, f"data.train=[{corpus['asr']}]", *_fast(tmp_path / "o"),
                      f"init={tmp_path / 'nowhere'}"])

@@ -509,6 +509,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                       **(valid if validate else {})}
             if metrics is not None:
                 metrics.write(record)
+                if bar.disable:  # no progress bar (a log file, a batch job): one line instead
+                    log.info("%s", _step_line(record, cfg.optim.max_steps))
         if save_now:
             extra = {"stage": stage.name, "loss": loss, "skipped_rows": len(bad),
                      "bad_rows": sorted(bad), "train_seconds": spent + time.perf_counter() - loop_start}
@@ -523,6 +525,15 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                        skipped_rows=len(_global_bad_rows(source, info, prior_bad)),
                        seconds=time.perf_counter() - t0, output_dir=out_dir,
                        resumed_from=resume.path if resume else None, losses=losses, valid=valid)
+
+
+def _step_line(record: dict[str, Any], max_steps: int) -> str:
+    """``step 40/100 loss 0.9459 lr 1.58e-04 2.49 ex/s`` (+ validation loss, skipped rows)."""
+    line = (f"step {record['step']}/{max_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+            f"{record['examples_per_s']:.2f} ex/s")
+    if "valid_loss" in record:
+        line += f" valid_loss {record['valid_loss']:.4f}"
+    return line + (f" skipped_rows {record['skipped_rows']}" if record["skipped_rows"] else "")
 
 
 def _checked_stage(cfg: TrainConfig, needs_manifests: bool) -> Stage:
