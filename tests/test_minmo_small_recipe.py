@@ -274,6 +274,32 @@ def test_recipe_smoke_run_chains_stages_and_exports(tmp_path):
                        sft["input_projector.out.weight"].half().float())  # stored as float16
 
 
+def test_recipe_makes_the_corpus_only_when_a_stage_reads_it(tmp_path, monkeypatch):
+    """--set data.train=... on every stage (your own data): no synthetic corpus is made (hours
+    of CPU); with the default manifests under a missing --corpus it is."""
+    script = _script()
+
+    def refuse(corpus, hours):
+        raise RuntimeError(f"would synthesise {corpus}")
+
+    monkeypatch.setattr(script, "ensure_corpus", refuse)
+    run = tmp_path / "run"
+    _tiny_base(run / "base")
+    own = _tiny_corpus(tmp_path / "own") / "train" / "asr.jsonl"
+    sets = ["optim.max_steps=1", "optim.warmup_steps=1", "data.batch_size=2",
+            "data.num_workers=0", "progress=false"]
+    argv = ["--out", str(run), "--corpus", str(tmp_path / "none"), "--stages", "s2t_prealign",
+            "--llm-dtype", "fp32"] + [f"--set={s}" for s in sets]
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="would synthesise"):
+            script.main(argv)
+        assert script.main(argv + [f"--set=data.train=[{own}]"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "none").exists()
+
+
 def test_speech_stage_continues_a_package_and_exports_the_speech_output(tmp_path, monkeypatch):
     """--init-package + --speech: the speech run's tokenizer fills the t2s rows' tokens, the
     stage trains on top of the package's tensors, and the export holds both plus the flow
