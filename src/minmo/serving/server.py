@@ -133,92 +133,120 @@ async def _admit(ws: WebSocket, engine: Engine, cfg: ServerConfig) -> bool:
 async def _serve_connection(ws: WebSocket, engine: Engine, cfg: ServerConfig) -> None:
     if not await _admit(ws, engine, cfg):
         return
-    loop = asyncio.get_running_loop()
-    out: asyncio.Queue[tuple[dict, bool] | None] = asyncio.Queue()
-    opened: asyncio.Future = loop.create_future()
-    drained = asyncio.Event()
-    beta = ws.headers.get("openai-beta", "").startswith("realtime=v1")
-
-    def emit(ev: dict) -> None:  # engine thread
-        loop.call_soon_threadsafe(out.put_nowait, (ev, True))
-
-    def on_open(session: Any) -> None:
-        session.on_drain = lambda: loop.call_soon_threadsafe(drained.set)
-        loop.call_soon_threadsafe(opened.set_result, session)
-
-    engine.open(emit, beta, on_open)
-    session = await opened
-    sent = {"n": 0}
-
-    async def writer() -> None:
-        while True:
-            item = await out.get()
-            if item is None:
-                return
-            ev, from_engine = item
-            if ev.get("type") == CLOSE_EVENT:
-                await ws.close(code=1011, reason="internal error")
-                return
-            await ws.send_text(json.dumps(ev))
-            if from_engine:
-                sent["n"] += 1
-                session.sent = sent["n"]
-
-    def reject(err: R.ProtocolError) -> None:  # answered here, without the engine
-        engine.metrics.inc("client_errors")
-        out.put_nowait((R.error_event(err), False))
-
-    writer_task = asyncio.create_task(writer())
-    submitted = 0
+    conn = _Connection(ws, engine, cfg)
+    await conn.open()
     try:
-        while True:
-            try:
-                msg = await asyncio.wait_for(ws.receive(), timeout=cfg.idle_timeout_s)
-            except asyncio.TimeoutError:
-                out.put_nowait((R.error_event(R.ProtocolError(
-                    f"no client event for {cfg.idle_timeout_s:.0f} s: session closed",
-                    "idle_timeout")), False))
-                out.put_nowait(None)
-                await writer_task
-                await ws.close(code=1000, reason="idle timeout")
-                return
-            if msg["type"] == "websocket.disconnect":
-                return
-            if out.qsize() > cfg.max_queued_events:  # the client sends but does not read
-                out.put_nowait((R.error_event(R.ProtocolError(
-                    f"over {cfg.max_queued_events} events wait for the client to read them: "
-                    "session closed", "client_not_reading")), False))
-                out.put_nowait(None)
-                await ws.close(code=1008, reason="client not reading")
-                return
-            data = msg.get("text")
-            if data is None:
-                data = msg.get("bytes") or b""
-            if len(data) > cfg.max_message_bytes:
-                reject(R.ProtocolError(
-                    f"frame of {len(data)} bytes exceeds the limit of {cfg.max_message_bytes}: "
-                    "send audio in smaller input_audio_buffer.append events", "message_too_large"))
-                continue
-            try:
-                ev = R.parse_client_event(data)
-                if ev["type"] == "input_audio_buffer.append":
-                    eid = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
-                    pcm = R.decode_pcm16(ev.get("audio"), eid)
-                    await _backlog_below(cfg.max_backlog_seconds, session, submitted, drained)
-                    submitted += pcm.size
-                    engine.submit(session.id, "audio", pcm)
-                else:
-                    engine.submit(session.id, "event", ev)
-            except R.ProtocolError as err:
-                reject(err)
+        while await conn.receive():
+            pass
     except WebSocketDisconnect:
         pass
     finally:
-        engine.submit(session.id, "close")
-        out.put_nowait(None)
-        writer_task.cancel()
+        await conn.finish()
+
+
+class _Connection:
+    """One admitted client: the session it opened on the engine, and the queue of events a
+    writer task sends it in order (the engine's, from its thread, and the answers to bad
+    client events, which never reach the engine)."""
+
+    def __init__(self, ws: WebSocket, engine: Engine, cfg: ServerConfig) -> None:
+        self.ws, self.engine, self.cfg = ws, engine, cfg
+        self.loop = asyncio.get_running_loop()
+        self.out: asyncio.Queue[tuple[dict, bool] | None] = asyncio.Queue()
+        self.drained = asyncio.Event()
+        self.session: Any = None
+        self.writer: asyncio.Task | None = None
+        self.submitted = 0  # audio samples handed to the engine
+        self.sent = 0  # engine events sent to the client
+
+    async def open(self) -> None:
+        """Open the session on the engine's thread and start the writer."""
+        opened: asyncio.Future = self.loop.create_future()
+        beta = self.ws.headers.get("openai-beta", "").startswith("realtime=v1")
+
+        def emit(ev: dict) -> None:  # engine thread
+            self.loop.call_soon_threadsafe(self.out.put_nowait, (ev, True))
+
+        def on_open(session: Any) -> None:  # engine thread
+            session.on_drain = lambda: self.loop.call_soon_threadsafe(self.drained.set)
+            self.loop.call_soon_threadsafe(opened.set_result, session)
+
+        self.engine.open(emit, beta, on_open)
+        self.session = await opened
+        self.writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        while (item := await self.out.get()) is not None:
+            ev, from_engine = item
+            if ev.get("type") == CLOSE_EVENT:
+                await self.ws.close(code=1011, reason="internal error")
+                return
+            await self.ws.send_text(json.dumps(ev))
+            if from_engine:
+                self.sent += 1
+                self.session.sent = self.sent
+
+    def _reject(self, err: R.ProtocolError) -> None:
+        """Answer a bad client event here, without the engine."""
+        self.engine.metrics.inc("client_errors")
+        self.out.put_nowait((R.error_event(err), False))
+
+    async def receive(self) -> bool:
+        """Take one client message to the engine (or answer it); ``False``: the connection
+        is over (the client left, went idle, or stopped reading)."""
+        cfg = self.cfg
         try:
-            await writer_task
+            msg = await asyncio.wait_for(self.ws.receive(), timeout=cfg.idle_timeout_s)
+        except asyncio.TimeoutError:
+            self._last_word(f"no client event for {cfg.idle_timeout_s:.0f} s: session closed",
+                            "idle_timeout")
+            await self.writer  # the client reads: it gets the error before the close
+            await self.ws.close(code=1000, reason="idle timeout")
+            return False
+        if msg["type"] == "websocket.disconnect":
+            return False
+        if self.out.qsize() > cfg.max_queued_events:
+            self._last_word(f"over {cfg.max_queued_events} events wait for the client to read "
+                            "them: session closed", "client_not_reading")
+            await self.ws.close(code=1008, reason="client not reading")
+            return False
+        data = msg.get("text")
+        if data is None:
+            data = msg.get("bytes") or b""
+        if len(data) > cfg.max_message_bytes:
+            self._reject(R.ProtocolError(
+                f"frame of {len(data)} bytes exceeds the limit of {cfg.max_message_bytes}: "
+                "send audio in smaller input_audio_buffer.append events", "message_too_large"))
+            return True
+        try:
+            await self._submit(R.parse_client_event(data))
+        except R.ProtocolError as err:
+            self._reject(err)
+        return True
+
+    def _last_word(self, message: str, code: str) -> None:
+        """Queue a closing error event, then the writer's end."""
+        self.out.put_nowait((R.error_event(R.ProtocolError(message, code)), False))
+        self.out.put_nowait(None)
+
+    async def _submit(self, ev: dict) -> None:
+        if ev["type"] != "input_audio_buffer.append":
+            self.engine.submit(self.session.id, "event", ev)
+            return
+        eid = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+        pcm = R.decode_pcm16(ev.get("audio"), eid)
+        await _backlog_below(self.cfg.max_backlog_seconds, self.session, self.submitted,
+                             self.drained)
+        self.submitted += pcm.size
+        self.engine.submit(self.session.id, "audio", pcm)
+
+    async def finish(self) -> None:
+        """Close the session on the engine and stop the writer."""
+        self.engine.submit(self.session.id, "close")
+        self.out.put_nowait(None)
+        self.writer.cancel()
+        try:
+            await self.writer
         except (asyncio.CancelledError, Exception):
             pass
 
