@@ -49,3 +49,17 @@ def test_project_manifest_reads_a_repeated_row_once(tmp_path: Path) -> None:
     result = readers.read_project_manifest(tmp_path, split="test")
     assert [i.id for i in result.items] == ["t1"]
     assert len(result.problems) == 1 and "read once" in result.problems[0]
+
+
+def test_project_manifest_row_without_its_audio_is_a_problem_not_an_item(tmp_path: Path) -> None:
+    """A missing input file is the data's fault: it must not be scored as the model's empty
+    answer (it would count as 100 % WER)."""
+    write_wave(tmp_path / "wavs" / "a.wav")
+    rows = [{"id": "a", "task": "asr", "audio": "wavs/a.wav", "text": "hello"},
+            {"id": "gone", "task": "asr", "audio": "wavs/gone.wav", "text": "hello"},
+            {"id": "t", "task": "tts", "text": "no input audio", "speech_tokens": [1, 2]}]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = readers.read_project_manifest(path)
+    assert [i.id for i in result.items] == ["a", "t"]
+    assert len(result.problems) == 1 and "gone.wav not found" in result.problems[0]

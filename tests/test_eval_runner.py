@@ -319,6 +319,25 @@ def test_cli_says_the_models_warning_before_its_numbers(tmp_path: Path, monkeypa
     assert "minmo eval: WARNING: random weights — not a trained model" in capsys.readouterr().err
 
 
+def test_cli_says_how_many_items_failed_beside_a_figure(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Items the model failed on are scored as empty outputs; the console says how many."""
+    from minmo.cli.main import main
+
+    root = build_suite(tmp_path / "corpus")
+
+    class Failing(ScriptedModel):
+        def speech_to_text(self, task, wave, sample_rate, item):
+            raise RuntimeError("model broke")
+
+    monkeypatch.setattr(adapters, "load_eval_model", lambda spec, device="cpu", **options: Failing())
+    assert main(["eval", "--model", "x", "--suite", "synth-test", "--data", str(root),
+                 "--limit", "3", "--tasks", "asr", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    failed = [int(line.split("(")[-1].split()[0]) for line in lines if "failed: report.md" in line]
+    assert len(failed) == len(lines) and sum(failed) == 3, lines  # per language set
+
+
 def test_cli_refuses_to_print_numbers_without_a_model(tmp_path: Path, monkeypatch, capsys) -> None:
     from minmo.cli.main import main
 

@@ -145,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     write_predictions(Path(args.out) / "predictions.jsonl", output.predictions)
     for row in output.results.rows:
         flag = "" if math.isfinite(row.value) else "  (not computable)"
+        if row.details.get("failed"):  # scored as empty outputs; the errors are in report.md
+            flag += f"  ({row.details['failed']} failed: report.md lists them)"
         print(f"{row.system:8s} {row.task:14s} {row.dataset:28s} {row.metric:32s} "
               f"{format_value(row.value, row.unit):>10s}  n={row.count}{flag}")
     for skip in output.results.skipped:

@@ -344,6 +344,9 @@ def read_project_manifest(
             repeats += 1
             continue
         seen.add((row.task, row.id))
+        if row.audio and not Path(row.audio).is_file():  # the data's fault, not the model's
+            out.problems.append(f"{row.task} {row.id}: audio {row.audio} not found")
+            continue
         extra: dict[str, Any] = {
             "text": row.text, "target_language": row.target_language,
             "instruction": row.instruction, "style": row.style, "emotion": row.emotion,
