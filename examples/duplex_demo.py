@@ -9,10 +9,10 @@ interruption ("Wait, stop, I have another question.") and a back-channel ("uh hu
 prints whether the server stopped talking (it took the turn: ``speech_started`` while its
 reply played; the reply is ``cancelled`` if it was still being generated) or talked on.
 The server interrupts itself after 600 ms of the user's speech (``TurnPolicy.barge_in_ms``),
-so it talks on through short back-channels and stops for a real interruption; a short
-command ("stop", 256 ms of speech in espeak-ng's voice) does not stop it either (the page's
-Stop reply button does). Audio goes over the Realtime WebSocket API at real-time pace
-(``RealtimeClient``). Figures: docs/serving.md.
+so it talks on through short back-channels and stops for a real interruption; a shorter
+overlap it reads (``TurnPolicy.read_commands``), and a command ("stop", 256 ms of speech in
+espeak-ng's voice; "wait", "hold on", ...) stops it too. Audio goes over the Realtime
+WebSocket API at real-time pace (``RealtimeClient``). Figures: docs/serving.md.
 """
 
 from __future__ import annotations

@@ -348,6 +348,41 @@ def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(r
     assert done["response"]["id"] == rid and done["response"]["status"] == "cancelled"
 
 
+def test_a_short_barge_in_heard_as_a_command_interrupts(rt, tmp, monkeypatch):
+    """The same 150 ms blip, when the model reads it as "Stop.", interrupts: too short for
+    the length rule, so the server transcribes it once the user pauses, and a command stops
+    the reply (``TurnPolicy.read_commands``)."""
+    import minmo.serving.session as S
+
+    read = []
+
+    def transcribe(rt_, wave, gen=None, system=None):
+        read.append(wave.size)
+        return "Stop."
+
+    monkeypatch.setattr(S.P, "transcribe", transcribe)
+    gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
+    first = speech_24k("Tell me about the mountains.", tmp)
+    talk = speech_24k("No no, tell me about rivers instead.", tmp, lead=0.0, tail=1.2)
+    voiced = np.nonzero(np.abs(talk) > 0.05)[0]
+    blip = np.concatenate([talk[voiced[0]:voiced[0] + 3600], np.zeros(24000, np.float32)])
+
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.send_audio(first)
+            created = await c.wait_for("response.created", 30)
+            await c.wait_for("response.output_audio.delta", 30)
+            await c.send_audio(blip)
+            await c.send_audio(np.zeros(4800, np.float32))
+            done = await c.wait_for(lambda e: e["type"] == "response.done", 60)
+            return created["response"]["id"], done
+
+    with serving(rt, gen) as (engine, server):
+        rid, done = asyncio.run(main(server.ws_url))
+    assert done["response"]["id"] == rid and done["response"]["status"] == "cancelled"
+    assert len(read) == 1 and read[0] < 16000 * 1.0  # the blip and its pause, read once
+
+
 def _ticked_dialogue(rt, tmp, defer_s):
     """Drive an engine tick by tick (no threads, inline decoder): a user turn, its reply, a
     sustained interruption 0.4 s into the reply's audio, silence until its reply is over.

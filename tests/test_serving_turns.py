@@ -121,3 +121,49 @@ def test_the_server_waits_the_models_own_respond_silence():
               last_speech=16000 - 3072)
     assert turn_decision(False, Decision.RESPOND, respond_silence_ms=240.0, **kw) == Decision.LISTEN
     assert turn_decision(False, Decision.RESPOND, respond_silence_ms=160.0, **kw) == Decision.RESPOND
+
+
+def test_a_short_barge_in_read_as_a_command_stops_and_a_back_channel_does_not():
+    """The 160 ms blip while the assistant speaks (3.2 .. 3.36 s) is shorter than barge_in_ms:
+    the server reads its words once the user has paused 150 ms after it. Read as "Stop." it
+    stops the assistant; read as "Mm hmm." it does not, and the sustained barge-in later
+    stops by its length, unread. Each candidate is read once; with read_commands off, none."""
+    probs = np.zeros(200, dtype=np.float32)
+    probs[10:40] = 0.9
+    probs[100:105] = 0.95
+    probs[130:150] = 0.95
+    frame = 1280
+
+    def speaking(sample):
+        return 1.6 * 16000 <= sample < 4.2 * 16000
+
+    def reader(text, calls):
+        def read(start, end):
+            calls.append((start, end))
+            return text
+        return read
+
+    calls: list = []
+    out = replay_turns(probs, speaking, frame, 80, read_words=reader("Stop.", calls))
+    # candidate from 3.2 s (51200), speech to 3.36 s (53760); 150 ms later: frame 43, which
+    # ends at 56320; read from 250 ms before the candidate
+    assert calls == [(47200, 56320)]
+    assert np.flatnonzero(out == Decision.STOP).tolist()[0] == 43
+    calls = []
+    out = replay_turns(probs, speaking, frame, 80, read_words=reader("Mm hmm.", calls))
+    assert calls == [(47200, 56320)]
+    assert np.flatnonzero(out == Decision.STOP).tolist() == [59]
+    calls = []
+    out = replay_turns(probs, speaking, frame, 80, read_words=reader("Stop.", calls),
+                       policy=TurnPolicy(read_commands=False))
+    assert calls == [] and np.flatnonzero(out == Decision.STOP).tolist() == [59]
+
+
+def test_commands_are_the_duplex_corpus_commands_at_the_start_of_the_words():
+    from minmo.data.qa import BACKCHANNELS, COMMANDS
+    from minmo.serving.turns import is_command
+
+    assert all(is_command(c.capitalize() + ".") for c in COMMANDS)
+    assert not any(is_command(b) for b in BACKCHANNELS)
+    assert is_command("Stop it.") and is_command("Wait, what?")
+    assert not is_command("Stopping bit.") and not is_command("Cancel.") and not is_command("")

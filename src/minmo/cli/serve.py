@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "minmo-small; VAD still answers after 500 ms) or the VAD rule "
                    "alone (500 ms of silence); auto: the predictor when the model's duplex "
                    "predictor is trained. Either way 600 ms of user speech over the "
-                   "assistant interrupts it (shorter back-channels do not); see "
+                   "assistant interrupts it (shorter back-channels do not), and so does a "
+                   "shorter one the model hears as a command (--read-commands); see "
                    "docs/serving.md")
     p.add_argument("--barge-in-ms", type=float, default=None,
                    help="user speech over the assistant that interrupts it, in ms (default: "
@@ -62,6 +63,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "the user's last speech (100 ms), before the turn decision; taken if the "
                    "turn ends there (the same reply, sooner), dropped if the user goes on "
                    "(default: on; --no-speculate: start at the decision)")
+    p.add_argument("--read-commands", action=argparse.BooleanOptionalAction, default=True,
+                   help="read user speech over the assistant that is too short for "
+                   "--barge-in-ms: the model transcribes it once the user pauses 150 ms, and "
+                   "'stop', 'wait', 'hold on', ... interrupt (default: on; a transcription "
+                   "costs about one short turn's encoding)")
     p.add_argument("--predictor-stop", action="store_true",
                    help="with a trusted predictor, let its STOP interrupt sooner (off: "
                    "minmo-small's STOP stops at too many back-channels)")
@@ -108,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     trust = rt.info.trained_predictor if args.turn_policy == "auto" \
         else args.turn_policy == "predictor"
     turns = TurnPolicy.for_model(rt.model.cfg, trust_predictor=trust,
-                                 predictor_stop=args.predictor_stop)
+                                 predictor_stop=args.predictor_stop,
+                                 read_commands=args.read_commands)
     if args.barge_in_ms is not None:
         turns = dataclasses.replace(turns, barge_in_ms=args.barge_in_ms)
     limits = SessionLimits(turns=turns)
@@ -120,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
                                           max_message_bytes=args.max_message_bytes,
                                           idle_timeout_s=args.idle_timeout))
     barge = f"{turns.barge_in_ms:.0f} ms of speech" + (
+        ", a shorter command ('stop', 'wait', ...)" if turns.read_commands else "") + (
         " or the predictor's STOP" if trust and turns.predictor_stop else "")
     print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}, "
           f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'} ("

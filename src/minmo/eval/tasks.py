@@ -416,6 +416,14 @@ def _duplex_rows(ctx: GroupContext, runner: _Runner, scores: dm.DuplexScores, pr
     ]
 
 
+def _command_reader(ctx: GroupContext, item: EvalItem) -> Callable[[np.ndarray], str] | None:
+    """The model's transcript of a piece of the user channel (16 kHz), as the server reads a
+    short barge-in for a command; None for a model that cannot transcribe."""
+    if "speech_to_text" not in ctx.model.capabilities():
+        return None
+    return lambda wave: str(ctx.model.speech_to_text("asr", wave, 16000, item))
+
+
 def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
     """Full duplex: F1@K of assistant/user turn-taking, back-channels, turn-taking latency."""
     out = GroupOutcome()
@@ -451,7 +459,7 @@ def evaluate_duplex(ctx: GroupContext) -> GroupOutcome:
         if trace.decisions.size:
             user16k = user if ctx.sample_rate == 16000 else load_audio(item.audio, 16000, channel=0)
             replayed = server_decisions(vad, user16k, speaking10, trace.frame_ms, trace.decisions,
-                                        policies)
+                                        policies, _command_reader(ctx, item))
             for name, decisions in replayed.items():
                 server[name] = server[name] + score_duplex_trace(
                     item, true10, DuplexTrace(trace.frame_ms, decisions), ctx.k)

@@ -19,6 +19,7 @@ STAGES = {
     "first_audio": "turn commit to the first reply audio byte sent",
     "vad_stop_to_first_audio": "VAD end-of-speech event (after the silence window) to the first reply audio byte sent",
     "barge_in_stop": "barge-in decision to response cancelled",
+    "command_read": "transcription of a short barge-in candidate, read for a command",
 }
 
 

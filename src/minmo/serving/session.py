@@ -19,8 +19,9 @@ Turn taking (``server_vad``), per LLM frame (120 ms), see :meth:`on_frame`:
   and ``LISTEN`` change nothing (a back-channel is heard and ignored).
 * Who decides and when (``SessionLimits.turns``, a :class:`~minmo.serving.turns.TurnPolicy`):
   the VAD rule (``RESPOND`` once VAD reports ``silence_duration_ms`` of silence after speech;
-  ``STOP`` once the user's speech during the assistant's spans ``barge_in_ms``), or a trusted
-  duplex predictor with VAD confirming. The user's turn state
+  ``STOP`` once the user's speech during the assistant's spans ``barge_in_ms``, or a shorter
+  overlap the model transcribes as a command, ``read_commands``), or a trusted duplex
+  predictor with VAD confirming. The user's turn state
   (:class:`~minmo.serving.turns.TurnState`) and the decision are shared with the replay that
   scores the server on recorded dialogues: :mod:`minmo.serving.turns`.
 
@@ -478,6 +479,9 @@ class RealtimeSession:
                          self.speaking(end), self.turn.vad_active, self.turn.open)
         decision = hook(info) if hook is not None else None
         if decision is None:
+            span = self.turn.words_to_read(end, self.limits.turns) if busy else None
+            if span is not None:
+                self.turn.heard_words(self._read_words(*span))
             decision = self.turn.decide(busy, frame.decision, end, self.limits.turns)
         if busy and decision == Decision.STOP and td.interrupt_response:
             self._barge_in(end, td)
@@ -486,6 +490,15 @@ class RealtimeSession:
             self._commit_turn(min(stop, self.clock), respond=td.create_response)
         elif self.turn.open and end - self.turn_start > self.limits.max_turn_seconds * SR:
             self._commit_turn(end, respond=td.create_response)
+
+    def _read_words(self, start: int, end: int) -> str:
+        """The model's transcript of the user's speech between two stream samples: a short
+        barge-in candidate, read for a command (``TurnPolicy.read_commands``)."""
+        t0 = time.perf_counter()
+        text = P.transcribe(self.rt, self._audio(start, end),
+                            gen=P.GenerationConfig(transcribe_max_tokens=8))
+        self.metrics.observe("command_read", time.perf_counter() - t0)
+        return text
 
     def _vad_event(self, kind: str, pos: int, td: R.TurnDetection) -> None:
         was_open = self.turn.open

@@ -9,8 +9,13 @@ or with a trusted duplex predictor (``trust_predictor``):
 
 * assistant busy (speaking or replying): STOP needs a barge-in candidate (user speech that
   began while the assistant spoke) and either ``barge_in_ms`` of that speech heard (longer
-  than back-channels) or, with a trusted predictor (``predictor_stop``), its STOP while the
-  user still speaks (``stop_speech_ms``); anything else CONTINUEs;
+  than back-channels), or its words read as a command (``read_commands``: once the user
+  pauses ``command_pause_ms`` after a candidate shorter than ``barge_in_ms``, the model
+  transcribes it, and a transcript that begins with one of the duplex corpus' commands,
+  "stop", "wait", "hold on", ..., stops the assistant: short commands are as short as
+  back-channels, so their length cannot tell them apart), or, with a trusted predictor
+  (``predictor_stop``), its STOP while the user still speaks (``stop_speech_ms``); anything
+  else CONTINUEs;
 * assistant silent: a trusted predictor's RESPOND answers the open user turn once VAD has
   heard ``respond_silence_ms`` without speech; the VAD rule answers it once the VAD gate has
   closed it (``silence_duration_ms`` of silence).
@@ -23,20 +28,36 @@ with the predictor's own metrics (``minmo eval --tasks duplex``, ``scripts/tune_
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from minmo.config import DuplexConfig
+from minmo.data.qa import COMMANDS
 from minmo.models.duplex import Decision, speaking_lookup
 from minmo.serving.vad import SAMPLE_RATE, WINDOW, SileroVAD, VADGate, stream_probs
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+_COMMAND_WORDS = [_words(c) for c in COMMANDS]
+
+
+def is_command(text: str) -> bool:
+    """``text`` begins with one of the duplex corpus' commands (:data:`minmo.data.qa.COMMANDS`:
+    "stop", "wait", "hold on", ...), case and punctuation aside."""
+    words = _words(text)
+    return any(words[:len(c)] == c for c in _COMMAND_WORDS)
 
 
 def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open: bool,
                   turn_stopped: bool, candidate: int | None, last_speech: int,
                   barge_in_ms: float, respond_silence_ms: float,
-                  stop_speech_ms: float | None = None) -> Decision:
+                  stop_speech_ms: float | None = None, command: bool = False) -> Decision:
     """One frame's decision (see the module docstring).
 
     Args:
@@ -47,6 +68,7 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
         candidate: stream sample where a barge-in candidate began (None: none).
         last_speech: end of the last VAD speech window up to ``end``.
         barge_in_ms / respond_silence_ms / stop_speech_ms: :class:`TurnPolicy`'s.
+        command: the candidate's words were read as a command.
     """
     ms = SAMPLE_RATE / 1000
     if busy:
@@ -55,7 +77,7 @@ def turn_decision(busy: bool, predicted: Decision | None, *, end: int, turn_open
         heard = last_speech - candidate >= barge_in_ms * ms  # speech heard, not time elapsed
         stop = predicted == Decision.STOP and (stop_speech_ms is None
                                                or end - last_speech <= stop_speech_ms * ms)
-        return Decision.STOP if heard or stop else Decision.CONTINUE
+        return Decision.STOP if heard or command or stop else Decision.CONTINUE
     silent = end - last_speech >= respond_silence_ms * ms
     if predicted == Decision.RESPOND and turn_open and silent:
         return Decision.RESPOND
@@ -78,6 +100,10 @@ class TurnPolicy:
         stop_speech_ms: with ``predictor_stop``, its STOP counts only within this long of
             the last VAD speech window (a STOP as a back-channel ends is not a barge-in;
             None: always).
+        read_commands: a barge-in candidate shorter than ``barge_in_ms`` is transcribed
+            (with ``command_lead_ms`` before it) once the user pauses ``command_pause_ms``
+            after it, and stops the assistant when its words are a command
+            (:func:`is_command`).
     """
 
     trust_predictor: bool = False
@@ -85,6 +111,9 @@ class TurnPolicy:
     respond_silence_ms: float = DuplexConfig.respond_silence_ms  # a model's own: for_model
     predictor_stop: bool = False
     stop_speech_ms: float | None = 100.0
+    read_commands: bool = True
+    command_pause_ms: float = 150.0
+    command_lead_ms: float = 250.0
 
     @classmethod
     def for_model(cls, model_cfg: Any, **settings: Any) -> "TurnPolicy":
@@ -105,6 +134,8 @@ class TurnState:
             while the assistant was busy); None: none.
         last_speech: end of the last VAD speech window.
         vad_active: the VAD gate is in speech.
+        command: the candidate's words were read as a command.
+        read: the candidate whose words were read (each is read once).
     """
 
     open: bool = False
@@ -112,6 +143,8 @@ class TurnState:
     candidate: int | None = None
     last_speech: int = 0
     vad_active: bool = False
+    command: bool = False
+    read: int | None = None
 
     def vad_event(self, kind: str, pos: int, busy: bool) -> bool:
         """Apply one :meth:`VADGate.feed` event at stream sample ``pos`` (``busy``: the
@@ -121,6 +154,7 @@ class TurnState:
             self.last_speech = pos
             return False
         self.vad_active = kind == "start"
+        self.command = False
         if kind == "start":
             self.stopped = False
             if busy:
@@ -129,6 +163,25 @@ class TurnState:
         self.candidate = None
         self.stopped = self.open
         return False
+
+    def words_to_read(self, end: int, policy: TurnPolicy) -> tuple[int, int] | None:
+        """The stream span to read for a command at the frame ending at ``end`` (see
+        :class:`TurnPolicy`): the barge-in candidate's speech with ``command_lead_ms``
+        before it (the VAD starts late on a word's onset) and the pause after it, up to
+        ``end``; or None: no candidate, read already, no pause after it yet, or long enough
+        to interrupt by its length."""
+        ms = SAMPLE_RATE / 1000
+        if (not policy.read_commands or self.candidate is None or self.read == self.candidate
+                or self.last_speech <= self.candidate
+                or end - self.last_speech < policy.command_pause_ms * ms
+                or self.last_speech - self.candidate >= policy.barge_in_ms * ms):
+            return None
+        return max(0, self.candidate - int(policy.command_lead_ms * ms)), end
+
+    def heard_words(self, text: str) -> None:
+        """The candidate's words (:meth:`words_to_read`) as the model transcribed them."""
+        self.read = self.candidate
+        self.command = is_command(text)
 
     def decide(self, busy: bool, predicted: Decision | None, end: int,
                policy: TurnPolicy) -> Decision:
@@ -142,7 +195,7 @@ class TurnState:
             busy, predicted, end=end, turn_open=self.open, turn_stopped=self.stopped,
             candidate=self.candidate, last_speech=self.last_speech,
             barge_in_ms=policy.barge_in_ms, respond_silence_ms=policy.respond_silence_ms,
-            stop_speech_ms=policy.stop_speech_ms)
+            stop_speech_ms=policy.stop_speech_ms, command=self.command)
 
     def opened(self) -> None:
         """A user turn opened (VAD start, or a barge-in)."""
@@ -151,7 +204,7 @@ class TurnState:
     def barged_in(self) -> int | None:
         """The assistant was stopped: returns where the barge-in began (None: unknown), and
         forgets the candidate. The caller then opens the user's turn."""
-        start, self.candidate = self.candidate, None
+        start, self.candidate, self.command = self.candidate, None, False
         return start
 
     def closed(self) -> None:
@@ -161,13 +214,14 @@ class TurnState:
     def cleared(self) -> None:
         """The input audio was cleared: no open turn, no barge-in candidate."""
         self.closed()
-        self.candidate = None
+        self.candidate, self.command = None, False
 
 
 def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_samples: int,
                  num_frames: int, predicted: np.ndarray | None = None, *,
                  policy: TurnPolicy | None = None, threshold: float = 0.5,
-                 echo_threshold: float = 0.8, silence_ms: float = 500.0) -> np.ndarray:
+                 echo_threshold: float = 0.8, silence_ms: float = 500.0,
+                 read_words: Callable[[int, int], str] | None = None) -> np.ndarray:
     """The server's turn taking replayed on a recorded dialogue (defaults: the session's).
 
     VAD events as :meth:`RealtimeSession.on_vad` makes them (:meth:`VADGate.feed`), the
@@ -188,6 +242,8 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
         predicted: ``(num_frames,)`` the predictor's decisions (None: the VAD rule).
         policy: the server's settings (default ``TurnPolicy(trust_predictor=predicted is not
             None)``); threshold / echo_threshold / silence_ms: the VAD gate's.
+        read_words: ``f(start, end) -> transcript`` of the user's speech between two stream
+            samples, for the policy's ``read_commands`` (None: no words are read).
 
     Returns:
         ``(num_frames,)`` decisions (:class:`~minmo.models.duplex.Decision` values).
@@ -211,6 +267,9 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
             if turn.vad_event(kind, pos, busy=speaking(pos)):
                 turn.opened()
         busy = (speaking(start) or turn.candidate is not None) and not answering
+        span = turn.words_to_read(end, policy) if busy and read_words is not None else None
+        if span is not None:
+            turn.heard_words(read_words(*span))
         decision = turn.decide(busy, None if predicted is None else Decision(int(predicted[f])),
                                end, policy)
         if busy and decision == Decision.STOP:
@@ -235,7 +294,9 @@ def server_policies(respond_silence_ms: float = TurnPolicy.respond_silence_ms
 
 def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
                      frame_ms: float, predicted: np.ndarray,
-                     policies: dict[str, TurnPolicy] | None = None) -> dict[str, np.ndarray]:
+                     policies: dict[str, TurnPolicy] | None = None,
+                     transcribe: Callable[[np.ndarray], str] | None = None
+                     ) -> dict[str, np.ndarray]:
     """The server's decisions over one recorded dialogue on the predictor's frame grid.
 
     Args:
@@ -243,6 +304,8 @@ def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
         speaking10: the recorded assistant-speaking flags, 10 ms grid.
         frame_ms: decision frame length; predicted: the predictor's decisions on it.
         policies: name -> policy to replay (default :func:`server_policies`).
+        transcribe: the model's transcript of a piece of ``wave``, for the policies'
+            ``read_commands`` (None: no words are read, as without a model).
 
     Returns:
         name -> ``(F,)`` decisions.
@@ -254,5 +317,7 @@ def server_decisions(vad: SileroVAD, wave: np.ndarray, speaking10: np.ndarray,
     def speaking(sample: int) -> bool:
         return flags(sample / SAMPLE_RATE)
 
-    return {name: replay_turns(probs, speaking, frame, len(predicted), predicted, policy=policy)
+    read = None if transcribe is None else (lambda a, b: transcribe(wave[a:b]))
+    return {name: replay_turns(probs, speaking, frame, len(predicted), predicted, policy=policy,
+                               read_words=read)
             for name, policy in (policies or server_policies()).items()}
