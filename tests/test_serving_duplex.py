@@ -316,20 +316,32 @@ def test_internal_error_in_one_session_closes_only_that_session(rt, tmp):
     assert done["response"]["status"] in ("completed", "incomplete")
 
 
-def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(rt, tmp):
-    """Random weights: the VAD rule decides. A 150 ms blip during the assistant's speech (an
-    echo or a click) does not interrupt; sustained speech does."""
-    gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
+def _question_interruption_and_blip(tmp):
+    """A question, a sustained interruption, and its first 150 ms alone (a blip), 24 kHz."""
     first = speech_24k("Tell me about the mountains.", tmp)
     talk = speech_24k("No no, tell me about rivers instead.", tmp, lead=0.0, tail=1.2)
     voiced = np.nonzero(np.abs(talk) > 0.05)[0]
     blip = np.concatenate([talk[voiced[0]:voiced[0] + 3600], np.zeros(24000, np.float32)])
+    return first, talk, blip
+
+
+async def _ask_and_hear_the_reply(client, question):
+    """Send ``question``; return its reply's id once the reply's audio is coming."""
+    await client.send_audio(question)
+    created = await client.wait_for("response.created", 30)
+    await client.wait_for("response.output_audio.delta", 30)
+    return created["response"]["id"]
+
+
+def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(rt, tmp):
+    """Random weights: the VAD rule decides. A 150 ms blip during the assistant's speech (an
+    echo or a click) does not interrupt; sustained speech does."""
+    gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
+    first, talk, blip = _question_interruption_and_blip(tmp)
 
     async def main(url):
         async with RealtimeClient(url + "/v1/realtime") as c:
-            await c.send_audio(first)
-            created = await c.wait_for("response.created", 30)
-            await c.wait_for("response.output_audio.delta", 30)
+            rid = await _ask_and_hear_the_reply(c, first)
             mark = len(c.events)
             await c.send_audio(blip)
             # the blip is processed once the audio after it is: wait for a later delta
@@ -338,7 +350,7 @@ def test_vad_rule_without_predictor_blips_continue_sustained_speech_interrupts(r
             blip_events = [e["type"] for e in c.events[mark:]]
             await c.send_audio(talk)
             done = await c.wait_for(lambda e: e["type"] == "response.done", 60)
-            return created["response"]["id"], blip_events, done
+            return rid, blip_events, done
 
     with serving(rt, gen) as (engine, server):
         assert not engine.limits.turns.trust_predictor  # random weights: the VAD rule
@@ -362,20 +374,14 @@ def test_a_short_barge_in_heard_as_a_command_interrupts(rt, tmp, monkeypatch):
 
     monkeypatch.setattr(S.P, "transcribe", transcribe)
     gen = GenerationConfig(max_text_tokens=40, max_speech_tokens=600, transcribe_max_tokens=4)
-    first = speech_24k("Tell me about the mountains.", tmp)
-    talk = speech_24k("No no, tell me about rivers instead.", tmp, lead=0.0, tail=1.2)
-    voiced = np.nonzero(np.abs(talk) > 0.05)[0]
-    blip = np.concatenate([talk[voiced[0]:voiced[0] + 3600], np.zeros(24000, np.float32)])
+    first, talk, blip = _question_interruption_and_blip(tmp)
 
     async def main(url):
         async with RealtimeClient(url + "/v1/realtime") as c:
-            await c.send_audio(first)
-            created = await c.wait_for("response.created", 30)
-            await c.wait_for("response.output_audio.delta", 30)
+            rid = await _ask_and_hear_the_reply(c, first)
             await c.send_audio(blip)
             await c.send_audio(np.zeros(4800, np.float32))
-            done = await c.wait_for(lambda e: e["type"] == "response.done", 60)
-            return created["response"]["id"], done
+            return rid, await c.wait_for(lambda e: e["type"] == "response.done", 60)
 
     with serving(rt, gen) as (engine, server):
         rid, done = asyncio.run(main(server.ws_url))
