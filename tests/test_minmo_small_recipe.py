@@ -448,8 +448,8 @@ def test_default_model_selects_the_embedded_overlay(monkeypatch, tmp_path):
 
 def test_training_starts_from_a_package_and_its_run_loads_as_that_model(tmp_path, monkeypatch):
     """``minmo train ... init=PACKAGE``: the package's own model.yaml, its base weights and
-    trained tensors (LoRA continued as adapters); with lr 0 the run's model equals the
-    package's, and it speaks with the package's flow."""
+    trained tensors (LoRA continued as adapters); the run holds the whole model by default,
+    with lr 0 it equals the package's, and it speaks with the package's flow."""
     from minmo.config import DataConfig, OptimConfig
     from minmo.inference.loading import load_runtime
     from minmo.models.flow import ChunkFlowMatching
@@ -475,7 +475,7 @@ def test_training_starts_from_a_package_and_its_run_loads_as_that_model(tmp_path
     corpus = write_toy_corpus(tmp_path / "data", num_examples=2)
     run = tmp_path / "run"
     train(TrainConfig(stage="s2t_sft", model="minmo-7b", init=str(package), output_dir=str(run),
-                      progress=False, save_full_weights=True,
+                      progress=False,  # save_full_weights: None, on for a package's run
                       data=DataConfig(train=[str(corpus["asr"])], batch_size=2, num_workers=0),
                       optim=OptimConfig(lr=0.0, warmup_steps=1, max_steps=1)))
     step = ckpt.latest_checkpoint(run)

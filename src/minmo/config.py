@@ -421,7 +421,7 @@ class TrainConfig:
     keep_last: int = 2
     progress: bool = True
     resume: str = "auto"  # auto: latest checkpoint in output_dir; never; or a checkpoint path
-    save_full_weights: bool = False  # also write every model tensor (model.safetensors)
+    save_full_weights: bool | None = None  # also write every model tensor (model.safetensors); None: when init is a model package
     stage_options: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (speech stages: docs/speech_generation.md)
     aux_losses: list[str] = field(default_factory=list)  # added to the stage's losses: [ctc] on a stage training input_projector (docs/training.md)
 

@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog="fine-tune the shipped model on your own recordings (docs/training.md):\n"
                "  minmo data import folder my_clips/ --out my.jsonl --language en\n"
                "  minmo train configs/train/s2t_sft.yaml init=minmo-small data.train=[my.jsonl] \\\n"
-               "      optim.max_steps=100 save_full_weights=true output_dir=runs/my_sft\n"
+               "      optim.max_steps=100 output_dir=runs/my_sft\n"
                "  minmo chat my_clips/a.wav --model runs/my_sft")
     p.add_argument("config", help="train YAML (e.g. configs/train/s2t_prealign.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -18,6 +18,7 @@ killed after a checkpoint and resumed ends with the same parameters as an uninte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -414,6 +415,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, source: BatchSource 
 def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
            source: BatchSource | None, model_cfg: Any, t0: float) -> TrainResult:
     stage = _checked_stage(cfg, needs_manifests=source is None)
+    cfg = _full_weights_resolved(cfg, info)
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -525,6 +527,21 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                        skipped_rows=len(_global_bad_rows(source, info, prior_bad)),
                        seconds=time.perf_counter() - t0, output_dir=out_dir,
                        resumed_from=resume.path if resume else None, losses=losses, valid=valid)
+
+
+def _full_weights_resolved(cfg: TrainConfig, info: DistInfo) -> TrainConfig:
+    """``save_full_weights: null`` made true or false: true when ``init`` is a model package
+    (the run is then a model ``minmo chat/serve --model`` load, with the package's speech
+    output), false otherwise."""
+    if cfg.save_full_weights is not None:
+        return cfg
+    from minmo.checkpoints.overlay import package_dir
+
+    full = bool(cfg.init) and package_dir(cfg.init) is not None
+    if full and info.is_main:
+        log.info("init is a model package: every checkpoint holds the whole model "
+                 "(save_full_weights), so the run is a model for minmo chat/serve --model")
+    return dataclasses.replace(cfg, save_full_weights=full)
 
 
 def _step_line(record: dict[str, Any], max_steps: int) -> str:
