@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_model_config(package / CONFIG_FILE if package is not None else args.config,
                             args.overrides)
     if package is not None:
-        print(f"{args.config}: the model package {package} (its {CONFIG_FILE}; the preset "
-              f"file is configs/model/{cfg.name}.yaml)")
+        print(f"{args.config}: the model package {package} (its {CONFIG_FILE})")
     with torch.device("meta"):
         model = build_model(cfg)
     groups = model.param_groups()
