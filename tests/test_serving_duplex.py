@@ -381,12 +381,22 @@ def test_a_short_barge_in_heard_as_a_command_interrupts(rt, tmp, monkeypatch):
             rid = await _ask_and_hear_the_reply(c, first)
             await c.send_audio(blip)
             await c.send_audio(np.zeros(4800, np.float32))
-            return rid, await c.wait_for(lambda e: e["type"] == "response.done", 60)
+            done = await c.wait_for(lambda e: e["type"] == "response.done", 60)
+            mark = len(c.events)
+            await c.send_audio(np.zeros(24000, np.float32))  # 1 s of silence after "stop"
+            await c.wait_for("input_audio_buffer.committed", 30, since=mark)
+            await c.send_audio(np.zeros(12000, np.float32))
+            # its transcript comes after anything the commit emitted (a response.created)
+            await c.wait_for("conversation.item.input_audio_transcription.completed", 60,
+                             since=mark)
+            return rid, done, [e["type"] for e in c.events[mark:]]
 
     with serving(rt, gen) as (engine, server):
-        rid, done = asyncio.run(main(server.ws_url))
+        rid, done, after = asyncio.run(main(server.ws_url))
     assert done["response"]["id"] == rid and done["response"]["status"] == "cancelled"
     assert len(read) == 1 and read[0] < 16000 * 1.0  # the blip and its pause, read once
+    # the turn the command opened is committed, and not answered: "stop" asks for silence
+    assert "input_audio_buffer.committed" in after and "response.created" not in after
 
 
 def _ticked_dialogue(rt, tmp, defer_s):

@@ -167,3 +167,32 @@ def test_commands_are_the_duplex_corpus_commands_at_the_start_of_the_words():
     assert not any(is_command(b) for b in BACKCHANNELS)
     assert is_command("Stop it.") and is_command("Wait, what?")
     assert not is_command("Stopping bit.") and not is_command("Cancel.") and not is_command("")
+
+
+def test_a_turn_that_is_only_a_command_is_not_answered():
+    """"Stop." asks for silence: after the barge-in it decided, the turn the command opened
+    is committed without a reply (the VAD gate's RESPOND at frame 48 becomes LISTEN) unless
+    the user says more after the command."""
+    from minmo.serving.turns import TurnState
+
+    probs = np.zeros(200, dtype=np.float32)
+    probs[10:40] = 0.9
+    probs[100:105] = 0.95  # "stop", 3.2 .. 3.36 s; the recording cuts the assistant at 3.4 s
+
+    def speaking(sample):
+        return 1.6 * 16000 <= sample < 3.4 * 16000
+
+    out = replay_turns(probs, speaking, 1280, 80, read_words=lambda start, end: "Stop.")
+    assert np.flatnonzero(out == Decision.STOP).tolist() == [43]
+    assert np.flatnonzero(out == Decision.RESPOND).tolist() == [22]
+    turn = TurnState()
+    turn.vad_event("start", 1512, busy=True)
+    turn.vad_event("speech", 5000, busy=True)
+    turn.heard_words("Stop.")
+    turn.barged_in()
+    turn.opened()
+    assert turn.only_command()
+    turn.vad_event("speech", 9000, busy=False)  # "stop, tell me about rivers"
+    assert not turn.only_command()
+    turn.closed()
+    assert not turn.only_command()

@@ -487,7 +487,8 @@ class RealtimeSession:
             self._barge_in(end, td)
         elif not busy and decision == Decision.RESPOND and self.turn.open:
             stop = self.turn.last_speech + commit_tail(td)
-            self._commit_turn(min(stop, self.clock), respond=td.create_response)
+            self._commit_turn(min(stop, self.clock),
+                              respond=td.create_response and not self.turn.only_command())
         elif self.turn.open and end - self.turn_start > self.limits.max_turn_seconds * SR:
             self._commit_turn(end, respond=td.create_response)
 

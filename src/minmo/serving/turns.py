@@ -13,7 +13,8 @@ or with a trusted duplex predictor (``trust_predictor``):
   pauses ``command_pause_ms`` after a candidate shorter than ``barge_in_ms``, the model
   transcribes it, and a transcript that begins with one of the duplex corpus' commands,
   "stop", "wait", "hold on", ..., stops the assistant: short commands are as short as
-  back-channels, so their length cannot tell them apart), or, with a trusted predictor
+  back-channels, so their length cannot tell them apart; a turn that is only such a command
+  is committed without a reply), or, with a trusted predictor
   (``predictor_stop``), its STOP while the user still speaks (``stop_speech_ms``); anything
   else CONTINUEs;
 * assistant silent: a trusted predictor's RESPOND answers the open user turn once VAD has
@@ -136,6 +137,8 @@ class TurnState:
         vad_active: the VAD gate is in speech.
         command: the candidate's words were read as a command.
         read: the candidate whose words were read (each is read once).
+        command_end: after a barge-in by a command, where its speech ended: the turn it
+            opened is the bare command (not answered) until the user says more.
     """
 
     open: bool = False
@@ -145,6 +148,7 @@ class TurnState:
     vad_active: bool = False
     command: bool = False
     read: int | None = None
+    command_end: int | None = None
 
     def vad_event(self, kind: str, pos: int, busy: bool) -> bool:
         """Apply one :meth:`VADGate.feed` event at stream sample ``pos`` (``busy``: the
@@ -204,12 +208,19 @@ class TurnState:
     def barged_in(self) -> int | None:
         """The assistant was stopped: returns where the barge-in began (None: unknown), and
         forgets the candidate. The caller then opens the user's turn."""
+        self.command_end = self.last_speech if self.command else None
         start, self.candidate, self.command = self.candidate, None, False
         return start
+
+    def only_command(self) -> bool:
+        """The open turn is a command that stopped the assistant and nothing after it: "stop"
+        asks for silence, not an answer, so the turn is committed without a reply."""
+        return self.command_end is not None and self.last_speech <= self.command_end
 
     def closed(self) -> None:
         """The open turn was committed (answered) or dropped."""
         self.open = self.stopped = False
+        self.command_end = None
 
     def cleared(self) -> None:
         """The input audio was cleared: no open turn, no barge-in candidate."""
@@ -276,6 +287,8 @@ def replay_turns(probs: np.ndarray, speaking: Callable[[int], bool], frame_sampl
             turn.barged_in()
             turn.opened()
         elif not busy and decision == Decision.RESPOND and turn.open:
+            if turn.only_command():  # the server commits it without a reply
+                decision = Decision.LISTEN
             turn.closed()
             answering = False
         out[f] = decision
