@@ -73,6 +73,19 @@ def test_backchannel_accuracy() -> None:
     assert math.isnan(dm.backchannel_accuracy([], [1]).accuracy)
 
 
+def test_command_accuracy_is_the_mirror_of_back_channels() -> None:
+    """A command ("stop") must be followed by a STOP within [start, end + K]."""
+    commands = [(10, 20), (50, 55), (90, 95)]
+    score = dm.command_accuracy(commands, [18, 66], k=10)
+    assert (score.obeyed, score.total) == (1, 3)
+    assert dm.command_accuracy([(50, 55)], [65], k=10).obeyed == 1  # at end + K: in time
+    assert math.isnan(dm.command_accuracy([], [1]).accuracy)
+    both = dm.score_dialogue([0] * 100, [0] * 18 + [2] + [0] * 81, 80.0, backchannels=[(90, 95)],
+                             k=10, commands=[(10, 20)])
+    assert (both.commands.obeyed, both.backchannel.kept) == (1, 1)
+    assert (both + both).as_dict()["commands"] == {"accuracy": 1.0, "obeyed": 2, "total": 2}
+
+
 def test_turn_taking_latency() -> None:
     # true turn ends at 10, 50, 90 (frames of 80 ms); reactions: 14 (+4), 47 (-3), none for 90
     lat = dm.turn_taking_latency([10, 50, 90], [14, 47, 30], frame_ms=80.0, k=5)

@@ -159,19 +159,54 @@ class BackchannelScore:
         return {"accuracy": self.accuracy, "kept": self.kept, "total": self.total}
 
 
+def _stopped_in(intervals: Sequence[tuple[int, int]], predicted_stop_events: Sequence[int],
+                k: int, what: str) -> list[bool]:
+    """For each user interval ``[start, end]``: a predicted STOP lies in ``[start, end + k]``."""
+    stops = sorted(int(p) for p in predicted_stop_events)
+    out = []
+    for start, end in intervals:
+        if end < start:
+            raise ValueError(f"{what}: interval ({start}, {end}) ends before it starts")
+        i = bisect.bisect_left(stops, start)
+        out.append(i < len(stops) and stops[i] <= end + k)
+    return out
+
+
 def backchannel_accuracy(
     backchannels: Sequence[tuple[int, int]], predicted_stop_events: Sequence[int], k: int = 10
 ) -> BackchannelScore:
     """Count back-channels ``[start, end]`` with no predicted STOP in ``[start, end + k]``."""
-    stops = sorted(int(p) for p in predicted_stop_events)
-    kept = 0
-    for start, end in backchannels:
-        if end < start:
-            raise ValueError(f"backchannel_accuracy: interval ({start}, {end}) ends before it starts")
-        i = bisect.bisect_left(stops, start)
-        if i == len(stops) or stops[i] > end + k:
-            kept += 1
-    return BackchannelScore(kept, len(backchannels))
+    stopped = _stopped_in(backchannels, predicted_stop_events, k, "backchannel_accuracy")
+    return BackchannelScore(stopped.count(False), len(stopped))
+
+
+@dataclass
+class CommandScore:
+    """Short user commands ("stop", "wait") over the assistant that it stopped for."""
+
+    obeyed: int = 0
+    total: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        """obeyed / total; NaN when there was no command."""
+        return self.obeyed / self.total if self.total else float("nan")
+
+    def __add__(self, other: CommandScore) -> CommandScore:
+        return CommandScore(self.obeyed + other.obeyed, self.total + other.total)
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict for ``results.json``."""
+        return {"accuracy": self.accuracy, "obeyed": self.obeyed, "total": self.total}
+
+
+def command_accuracy(
+    commands: Sequence[tuple[int, int]], predicted_stop_events: Sequence[int], k: int = 10
+) -> CommandScore:
+    """Count commands ``[start, end]`` with a predicted STOP in ``[start, end + k]``: the
+    mirror of :func:`backchannel_accuracy` (a command must stop the assistant)."""
+    stopped = _stopped_in(commands, predicted_stop_events, k, "command_accuracy")
+    return CommandScore(stopped.count(True), len(stopped))
 
 
 @dataclass
@@ -226,6 +261,7 @@ class DuplexScores:
     latency: TurnLatency = field(default_factory=TurnLatency)
     dialogues: int = 0
     stop_latency: TurnLatency = field(default_factory=TurnLatency)
+    commands: CommandScore = field(default_factory=CommandScore)
 
     def __add__(self, other: DuplexScores) -> DuplexScores:
         return DuplexScores(
@@ -235,6 +271,7 @@ class DuplexScores:
             self.latency + other.latency,
             self.dialogues + other.dialogues,
             self.stop_latency + other.stop_latency,
+            self.commands + other.commands,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -244,6 +281,7 @@ class DuplexScores:
                 "backchannel": self.backchannel.as_dict(),
                 "turn_taking_latency": self.latency.as_dict(),
                 "barge_in_latency": self.stop_latency.as_dict(),
+                "commands": self.commands.as_dict(),
                 "dialogues": self.dialogues}
 
 
@@ -253,6 +291,7 @@ def score_dialogue(
     frame_ms: float,
     backchannels: Sequence[tuple[int, int]] = (),
     k: int = 10,
+    commands: Sequence[tuple[int, int]] = (),
 ) -> DuplexScores:
     """All duplex metrics of one dialogue from per-frame true and predicted decisions.
 
@@ -263,6 +302,7 @@ def score_dialogue(
         frame_ms: frame length in ms (for the latency).
         backchannels: user back-channel intervals ``(start, end)`` in frames.
         k: tolerance in frames.
+        commands: user command intervals ("stop", "wait") in frames.
     """
     true_respond = event_onsets(true_labels, RESPOND)
     pred_respond = event_onsets(predicted_labels, RESPOND)
@@ -275,4 +315,5 @@ def score_dialogue(
         latency=turn_taking_latency(true_respond, pred_respond, frame_ms, k),
         dialogues=1,
         stop_latency=turn_taking_latency(true_stop, pred_stop, frame_ms, k),
+        commands=command_accuracy(commands, pred_stop, k),
     )

@@ -368,12 +368,14 @@ def pool_labels(labels: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _turn_frames(item: EvalItem, frame_ms: float, role: str, backchannel: bool | None,
-                 ) -> list[tuple[int, int]]:
+                 command: bool | None = None) -> list[tuple[int, int]]:
     spans = []
     for turn in item.extra.get("turns") or []:
         if turn.get("role") != role:
             continue
         if backchannel is not None and bool(turn.get("backchannel")) != backchannel:
+            continue
+        if command is not None and bool(turn.get("command")) != command:
             continue
         spans.append((dm.seconds_to_frame(turn["start"], frame_ms),
                       dm.seconds_to_frame(turn["end"], frame_ms)))
@@ -390,24 +392,32 @@ def _label_factor(frame_ms: float) -> int:
 def score_duplex_trace(item: EvalItem, true10: np.ndarray, trace: DuplexTrace,
                        k: int) -> dm.DuplexScores:
     """One dialogue's scores: ``trace``'s decisions against its 10 ms labels ``true10``
-    (pooled to the trace's frames), back-channels from the item's turns."""
+    (pooled to the trace's frames), back-channels and commands from the item's turns."""
     truth = pool_labels(true10, _label_factor(trace.frame_ms))
     predicted = np.asarray(trace.decisions, dtype=np.int64).reshape(-1)
     backchannels = _turn_frames(item, trace.frame_ms, "user", True)
-    return dm.score_dialogue(truth, predicted, trace.frame_ms, backchannels, k)
+    commands = _turn_frames(item, trace.frame_ms, "user", None, command=True)
+    return dm.score_dialogue(truth, predicted, trace.frame_ms, backchannels, k, commands)
 
 
 def _duplex_rows(ctx: GroupContext, runner: _Runner, scores: dm.DuplexScores, prefix: str,
                  details: dict[str, Any]) -> list[MetricRow]:
-    """The five duplex rows of one decision policy (``details`` on the first)."""
+    """The duplex rows of one decision policy (``details`` on the first); commands obeyed
+    only where the dialogues mark command turns (the synthetic corpus' do)."""
     k, n = ctx.k, scores.dialogues
-    return [
+    rows = [
         _row(ctx, "duplex", f"{prefix}assistant turn-taking F1@{k}", scores.assistant_turn.f1,
              "F1", True, n, details, runner),
         _row(ctx, "duplex", f"{prefix}user turn-taking F1@{k}", scores.user_turn.f1, "F1", True,
              n, {}, runner),
         _row(ctx, "duplex", f"{prefix}back-channel accuracy", scores.backchannel.accuracy * 100,
              "%", True, scores.backchannel.total, {}, runner),
+    ]
+    if scores.commands.total:
+        rows.append(_row(ctx, "duplex", f"{prefix}commands obeyed",
+                         scores.commands.accuracy * 100, "%", True, scores.commands.total, {},
+                         runner))
+    return rows + [
         _row(ctx, "duplex", f"{prefix}turn-taking latency", scores.latency.mean_ms, "ms", False,
              len(scores.latency.values), {"missed": scores.latency.missed}, runner),
         _row(ctx, "duplex", f"{prefix}barge-in latency", scores.stop_latency.mean_ms, "ms",
