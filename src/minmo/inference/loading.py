@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
+from minmo.checkpoints import overlay
 from minmo.config import load_model_config
 from minmo.inference.runtime import MinMoRuntime, ModelInfo
 from minmo.inference.vocoder import PlaceholderVocoder, SpeechDecoder
 
 DEFAULT_MODEL = "minmo-small"
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
+EMBEDDED_DIR = overlay.EMBEDDED_DIR  # where minmo's own packages lie (tests point it elsewhere)
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model.yaml"
 _STEP = re.compile(r"^step_(\d+)$")

@@ -205,7 +205,7 @@ def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path
 
 def _lora_scaling(model: nn.Module) -> float | None:
     """``alpha / r`` of a MinMo's LLM adapters; ``None`` for a model without an LLM."""
-    lora = getattr(getattr(getattr(model, "cfg", None), "llm", None), "lora", None)
+    lora = getattr(getattr(model, "llm", None), "lora_cfg", None)
     return lora.alpha / lora.r if lora is not None else None
 
 
@@ -318,7 +318,7 @@ def save_checkpoint(cfg: TrainConfig, info: DistInfo, model: nn.Module, raw: nn.
     full = gather_model_state(model, trainable_only=False) if cfg.save_full_weights else None
     llm = getattr(raw, "llm", None)
     if full and getattr(llm, "lora_enabled", False):
-        full = ckpt.merge_lora(full, llm.lora_cfg.alpha / llm.lora_cfg.r)
+        full = ckpt.merge_lora(full, _lora_scaling(raw))
     optim_states = {name: gather_optimizer_state(model, opt) for name, opt in optimizers.items()}
     rng = [ckpt.capture_rng()]
     if info.distributed:
