@@ -75,7 +75,7 @@ def test_ctc_weight_holds_asr_transcripts_to_the_frames(model: MinMoEvalModel,
     assert chosen == []  # off by default
     joint = MinMoEvalModel(model.rt, "tiny", transcript_ctc_weight=0.0)
     assert joint.speech_to_text("asr", speech(0.6), SR, item) == greedy  # 0 is off
-    joint.transcript_ctc_weight = 0.5
+    joint = MinMoEvalModel(model.rt, "tiny", transcript_ctc_weight=0.5)
     out = joint.speech_to_text("asr", speech(0.6), SR, item)
     assert chosen and out == model.rt.decode(chosen)  # every token chosen by the scorer
     assert joint.describe()["transcript_ctc_weight"] == 0.5  # results.json says so
@@ -83,6 +83,34 @@ def test_ctc_weight_holds_asr_transcripts_to_the_frames(model: MinMoEvalModel,
     chosen.clear()
     joint.speech_to_text("lid", speech(0.6), SR, EvalItem("y", "lid", None, "English", "en"))
     assert chosen == []  # only transcripts: other tasks' text is not what the frames say
+
+
+def test_beam_size_decodes_every_speech_to_text_task_and_is_recorded(
+        model: MinMoEvalModel, monkeypatch) -> None:
+    import minmo.inference.pipeline as P
+
+    searched: list[int] = []
+    search = P.beam_search
+
+    def counting(rt, prompt, beam_size, max_tokens, length_penalty):
+        searched.append(beam_size)
+        return search(rt, prompt, beam_size, max_tokens, length_penalty)
+
+    monkeypatch.setattr(P, "beam_search", counting)
+    item = EvalItem("x", "asr", None, "hello", "en")
+    model.speech_to_text("asr", speech(0.6), SR, item)
+    assert searched == []  # greedy by default
+    wide = MinMoEvalModel(model.rt, "tiny", beam_size=3, length_penalty=0.5)
+    wide.speech_to_text("asr", speech(0.6), SR, item)
+    wide.speech_to_text("lid", speech(0.6), SR, EvalItem("y", "lid", None, "English", "en"))
+    assert searched == [3, 3]
+    assert wide.describe()["beam_size"] == 3 and wide.describe()["length_penalty"] == 0.5
+    assert "beam_size" not in model.describe()
+    cascade = bind_baseline("tiny", shared=wide, kind="cascade")
+    cascade.speech_to_text("asr", speech(0.6), SR, item)  # its transcripts decode as the model's
+    assert searched == [3, 3, 3]
+    with pytest.raises(ValueError, match="not both"):
+        MinMoEvalModel(model.rt, "tiny", beam_size=2, transcript_ctc_weight=0.5)
 
 
 def test_spoken_reply_and_tts_respect_limits(model: MinMoEvalModel) -> None:

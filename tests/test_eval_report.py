@@ -47,7 +47,11 @@ def fixture_results() -> EvalResults:
         [{k: v[i] for k, v in samples.items()} for i in range(40)])
     return EvalResults(
         model="runs/tiny", suite="fixture", created="2026-01-01T00:00:00",
-        settings={"limit": 20, "k": 10}, rows=rows,
+        settings={"limit": 20, "k": 10, "model_info[minmo]": {
+                      "name": "runs/tiny", "source": "runs/tiny", "vocoder": "token2wav"},
+                  "model_info[cascade]": {
+                      "name": "cascade(runs/tiny)", "source": "runs/tiny", "vocoder": "token2wav",
+                      "beam_size": 4, "length_penalty": 0.5}}, rows=rows,
         skipped=[SkippedTask("tts", "synth", "minmo", "model has no 'synthesize'", 5)],
         problems=[f"x.jsonl:{i}: missing_file" for i in range(25)],
         latency={"minmo": {k: v.as_dict() for k, v in stats.items()}},
@@ -84,6 +88,9 @@ def test_write_report_files_and_tables(tmp_path: Path) -> None:
     assert "model has no 'synthesize'" in md
     assert "… and 5 more" in md
     assert "![tasks](tasks.png)" in md
+    assert "speech decoder `token2wav`, speech-to-text decoded greedily." in md
+    assert ("`cascade(runs/tiny)` from `runs/tiny`, speech decoder `token2wav`, speech-to-text "
+            "decoded by beam search of width 4 (length penalty 0.5).") in md
 
 
 def test_paper_cell_rules() -> None:

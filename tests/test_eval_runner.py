@@ -302,6 +302,31 @@ def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert saved["settings"]["torch_threads"] == 1
 
 
+def test_cli_passes_the_beam_and_refuses_what_cannot_be(tmp_path: Path, monkeypatch,
+                                                        capsys) -> None:
+    from minmo.cli.main import main
+
+    root = build_suite(tmp_path / "corpus")
+    seen: dict = {}
+
+    def load(spec, device="cpu", **options):
+        seen.update(options)
+        return ScriptedModel()
+
+    monkeypatch.setattr(adapters, "load_eval_model", load)
+    args = ["eval", "--model", "m", "--suite", "synth-test", "--data", str(root), "--limit", "2",
+            "--tasks", "asr", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args + ["--beam-size", "4", "--length-penalty", "0.5"]) == 0
+    assert seen["beam_size"] == 4 and seen["length_penalty"] == 0.5
+    seen.clear()
+    capsys.readouterr()
+    assert main(args + ["--beam-size", "0"]) != 0
+    assert "--beam-size must be >= 1" in capsys.readouterr().err
+    assert main(args + ["--beam-size", "2", "--ctc-weight", "0.3"]) != 0
+    assert "not both" in capsys.readouterr().err
+    assert seen == {}  # refused before any model is loaded
+
+
 def test_cli_says_the_models_warning_before_its_numbers(tmp_path: Path, monkeypatch, capsys) -> None:
     """A model with random weights (or a weak one) is said on the console, as by chat."""
     from minmo.cli.main import main

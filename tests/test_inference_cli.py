@@ -74,6 +74,23 @@ def test_minmo_chat_writes_reply_speech(tmp_path, capsys):
     assert result["model"]["random_weights"] is True
 
 
+def test_minmo_chat_beam_size_decodes_the_transcript_by_beam_search(tmp_path, capsys):
+    from minmo.inference import pipeline as P
+    from minmo.inference.loading import load_runtime
+
+    t = np.arange(16000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    sf.write(tmp_path / "in.wav", wave, 16000)
+    args = ["chat", str(tmp_path / "in.wav"), "--model", "tiny", "--json", "--text-only",
+            "--max-text-tokens", "3", "--threads", "1", "--no-vad"]
+    assert main(args + ["--beam-size", "3"]) == 0
+    heard = json.loads(capsys.readouterr().out)["transcript"]
+    rt = load_runtime("tiny", vocoder="placeholder")
+    assert heard == P.transcribe(rt, wave, gen=P.GenerationConfig(transcribe_beam_size=3))
+    assert main(args + ["--beam-size", "0"]) == 1
+    assert "--beam-size must be >= 1" in capsys.readouterr().err
+
+
 def test_minmo_chat_errors_name_the_path(tmp_path, capsys):
     rc = main(["chat", str(tmp_path / "missing.wav")])
     assert rc == 1 and "missing.wav" in capsys.readouterr().err

@@ -72,6 +72,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="joint CTC/attention decoding of asr transcripts: the share of "
                         "the input projector's CTC prefix score in each token's choice (0, "
                         "the default: the LLM alone; docs/eval.md)")
+    parser.add_argument("--beam-size", type=int, default=1,
+                        help="beam search of speech-to-text passes (asr, s2tt, classification, "
+                        "spoken QA answers as text; cascade transcripts): hypotheses kept per "
+                        "step (1, the default: greedy; docs/eval.md has measured widths)")
+    parser.add_argument("--length-penalty", type=float, default=None,
+                        help="with --beam-size > 1: finished texts are ranked by "
+                        "log-probability / length ** this (default 0.5, chosen on real "
+                        "held-out speech; 0 prefers short texts)")
     parser.add_argument("--tts-text", choices=("generated", "given"), default="generated",
                         help="read-aloud tasks (tts, instruct_tts): speak the words the LLM "
                         "writes after the instruction (generated, the default: the whole "
@@ -100,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be a positive number of items, got {args.limit}")
     if args.k < 0:
         raise ValueError(f"--k must be >= 0 frames, got {args.k}")
+    if args.beam_size < 1:
+        raise ValueError(f"--beam-size must be >= 1 (1: greedy), got {args.beam_size}")
+    if args.beam_size > 1 and args.ctc_weight > 0:
+        raise ValueError("--ctc-weight decodes greedily (one beam): use it or --beam-size, "
+                         "not both")
     spec = SuiteSpec(args.suite, args.data, args.target_data, args.split, args.fleurs_task)
     read = read_suite(spec)
     if not read.items:
@@ -122,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_eval_model(args.model, args.device,
                                 max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder,
                                 transcript_ctc_weight=args.ctc_weight,
-                                tts_text=args.tts_text)
+                                tts_text=args.tts_text, beam_size=args.beam_size,
+                                length_penalty=args.length_penalty)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         for kind in args.baseline:
             from minmo.eval.model_binding import bind_baseline

@@ -186,7 +186,8 @@ def make_judge(spec: str, model: Any, device: str = "cpu") -> TranscriberJudge |
 
 def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
                     vocoder: str = "auto", transcript_ctc_weight: float = 0.0,
-                    tts_text: str = "generated") -> EvalModel:
+                    tts_text: str = "generated", beam_size: int = 1,
+                    length_penalty: float | None = None) -> EvalModel:
     """Bind ``--model`` (a checkpoint directory or a config preset) to an adapter.
 
     Args:
@@ -197,6 +198,8 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
         transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
         tts_text: read-aloud tasks speak the words the LLM writes (``generated``) or the
             given text (``given``).
+        beam_size, length_penalty: beam search of speech-to-text passes (1: greedy; a
+            length penalty of None: the default).
 
     Raises:
         ModelUnavailableError: the inference API this needs is not in this build, or the
@@ -205,4 +208,5 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
     from minmo.eval.model_binding import bind_minmo_model
 
     return bind_minmo_model(spec, device, max_reply_seconds=max_reply_seconds, vocoder=vocoder,
-                            transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text)
+                            transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text,
+                            beam_size=beam_size, length_penalty=length_penalty)

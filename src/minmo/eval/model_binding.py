@@ -104,12 +104,20 @@ class MinMoEvalModel:
 
     def __init__(self, runtime: Any, name: str, max_reply_seconds: float = 6.0,
                  max_reply_text_tokens: int = 64, max_tts_seconds: float = 30.0,
-                 transcript_ctc_weight: float = 0.0, tts_text: str = "generated"):
+                 transcript_ctc_weight: float = 0.0, tts_text: str = "generated",
+                 beam_size: int = 1, length_penalty: float | None = None):
+        from minmo.inference.pipeline import GenerationConfig
+
         if tts_text not in TTS_TEXT_MODES:
             raise ValueError(f"tts_text {tts_text!r}: expected one of {TTS_TEXT_MODES}")
         self.rt = runtime
         self.name = name
-        self.transcript_ctc_weight = transcript_ctc_weight  # joint CTC decoding of ``asr``
+        # how speech-to-text passes decode: joint CTC (``asr`` only) or a beam search
+        decoding = {"transcribe_ctc_weight": transcript_ctc_weight,
+                    "transcribe_beam_size": beam_size}
+        if length_penalty is not None:  # None: the generation default
+            decoding["transcribe_length_penalty"] = length_penalty
+        self.decoding = GenerationConfig(**decoding)
         self.tts_text = tts_text  # read-aloud replies: words the LLM writes, or the given ones
         self.max_reply_seconds = max_reply_seconds
         self.max_reply_text_tokens = max_reply_text_tokens
@@ -162,11 +170,14 @@ class MinMoEvalModel:
         return embedder.embed_features(speaker_features(audio)).numpy()
 
     def describe(self) -> dict[str, Any]:
-        """Provenance for ``results.json`` (random weights, placeholder vocoder, joint CTC
-        decoding of transcripts when on, ...)."""
+        """Provenance for ``results.json`` and the report (random weights, placeholder
+        vocoder, joint CTC decoding of transcripts or a beam search when on, ...)."""
         info = self.rt.info.to_dict()
-        if self.transcript_ctc_weight > 0:
-            info["transcript_ctc_weight"] = self.transcript_ctc_weight
+        if self.decoding.transcribe_ctc_weight > 0:
+            info["transcript_ctc_weight"] = self.decoding.transcribe_ctc_weight
+        if self.decoding.transcribe_beam_size > 1:
+            info["beam_size"] = self.decoding.transcribe_beam_size
+            info["length_penalty"] = self.decoding.transcribe_length_penalty
         info["tts_text"] = self.tts_text
         return info
 
@@ -174,17 +185,12 @@ class MinMoEvalModel:
 
     def speech_to_text(self, task: str, wave: np.ndarray, sample_rate: int,
                        item: EvalItem) -> str:
-        from minmo.inference.pipeline import GenerationConfig, new_transcription, run_job
+        from minmo.inference.pipeline import speech_to_text
 
         rt = self.rt
-        wave = _to_16k(wave, sample_rate, rt.sample_rate_in)
-        gen = GenerationConfig(transcribe_ctc_weight=self.transcript_ctc_weight)
-        limit = TEXT_TOKEN_LIMITS.get(task, gen.transcribe_max_tokens)
-        job = new_transcription(rt, rt.model.cfg.system_prompt, rt.encode_speech(wave), gen,
-                                task_instruction(task, item), limit)
-        for _ in run_job(rt, job, gen):
-            pass
-        return job.emitted
+        limit = TEXT_TOKEN_LIMITS.get(task, self.decoding.transcribe_max_tokens)
+        return speech_to_text(rt, _to_16k(wave, sample_rate, rt.sample_rate_in),
+                              task_instruction(task, item), limit, self.decoding)
 
     # ---- spoken replies and TTS ----------------------------------------------------------
 
@@ -310,7 +316,8 @@ class CascadeEvalModel(MinMoEvalModel):
     def _transcript(self, wave: np.ndarray, sample_rate: int) -> str:
         from minmo.inference.pipeline import transcribe
 
-        return transcribe(self.rt, _to_16k(wave, sample_rate, self.rt.sample_rate_in))
+        return transcribe(self.rt, _to_16k(wave, sample_rate, self.rt.sample_rate_in),
+                          gen=self.decoding)
 
     def _user_text(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> str:
         """The words typed to the LLM for a spoken question: here, its transcript."""
@@ -370,7 +377,8 @@ class TypedQuestionEvalModel(CascadeEvalModel):
 
 def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
                      vocoder: str = "auto", transcript_ctc_weight: float = 0.0,
-                     tts_text: str = "generated") -> EvalModel:
+                     tts_text: str = "generated", beam_size: int = 1,
+                     length_penalty: float | None = None) -> EvalModel:
     """Load ``spec`` (model directory, run directory or preset such as ``tiny``).
 
     Args:
@@ -381,13 +389,16 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
         transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
         tts_text: read-aloud tasks: ``generated`` (the LLM writes the words it speaks, as
             the paper's system does) or ``given`` (it is fed the text: the speech alone).
+        beam_size, length_penalty: beam search of speech-to-text passes (1: greedy;
+            :mod:`minmo.inference.beam`; a length penalty of None: the default).
 
     Raises:
         ModelUnavailableError: no loader in this build, or the model cannot be loaded.
     """
     return MinMoEvalModel(_load_runtime(spec, device, vocoder), spec,
                           max_reply_seconds=max_reply_seconds,
-                          transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text)
+                          transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text,
+                          beam_size=beam_size, length_penalty=length_penalty)
 
 
 def bind_baseline(spec: str, device: str = "cpu", shared: Any = None,
@@ -406,6 +417,8 @@ def bind_baseline(spec: str, device: str = "cpu", shared: Any = None,
         raise ValueError(f"baseline {kind!r}: one of {', '.join(classes)}")
     cls = classes[kind]
     if isinstance(shared, MinMoEvalModel):
-        return cls(shared.rt, f"{kind}({spec})", shared.max_reply_seconds,
-                   shared.max_reply_text_tokens, shared.max_tts_seconds)
+        baseline = cls(shared.rt, f"{kind}({spec})", shared.max_reply_seconds,
+                       shared.max_reply_text_tokens, shared.max_tts_seconds)
+        baseline.decoding = shared.decoding  # its transcripts are decoded as the model's
+        return baseline
     return cls(_load_runtime(spec, device), f"{kind}({spec})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from minmo.eval import plots
 from minmo.eval.latency import PAPER_STAGE_MS, STAGE_LABELS
@@ -90,6 +91,16 @@ def _latency_table(results: EvalResults) -> list[str]:
     return lines
 
 
+def _text_decoding(info: dict[str, Any]) -> str:
+    """How a system's speech-to-text passes were decoded, from its ``describe()``."""
+    if info.get("beam_size"):
+        return (f"by beam search of width {info['beam_size']} (length penalty "
+                f"{info['length_penalty']:g})")
+    if info.get("transcript_ctc_weight"):
+        return f"greedily, transcripts jointly with CTC (weight {info['transcript_ctc_weight']:g})"
+    return "greedily"
+
+
 def render_markdown(results: EvalResults, plot_files: list[Path]) -> str:
     """The ``report.md`` text."""
     systems = results.systems() or ["minmo"]
@@ -99,7 +110,8 @@ def render_markdown(results: EvalResults, plot_files: list[Path]) -> str:
         if key.startswith("model_info") and isinstance(info, dict):
             system = key[len("model_info["):-1] if "[" in key else "model"
             lines.append(f"Model ({system}): `{info.get('name')}` from `{info.get('source')}`, "
-                         f"speech decoder `{info.get('vocoder')}`.")
+                         f"speech decoder `{info.get('vocoder')}`, speech-to-text decoded "
+                         f"{_text_decoding(info)}.")
             if info.get("warning"):
                 lines.append(f"\n> **Warning:** {info['warning']}")
             lines.append("")

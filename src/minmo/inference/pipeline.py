@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from minmo.inference.beam import beam_search
 from minmo.inference.ctc_prefix import CtcPrefixScorer
 from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
 from minmo.inference.kv import KVStream, grouped_forward
@@ -67,6 +68,12 @@ class GenerationConfig:
         transcribe_max_tokens: input-transcript length limit.
         transcribe_ctc_weight: the CTC share of joint CTC/attention decoding of transcripts
             (:mod:`minmo.inference.ctc_prefix`; 0: the LLM alone, greedy).
+        transcribe_beam_size: beam width of offline speech-to-text passes (transcripts of
+            :func:`reply`, :func:`speech_to_text`, ``minmo eval``; :mod:`minmo.inference.beam`);
+            1: greedy. The server's streamed transcripts are always greedy.
+        transcribe_length_penalty: beam search ranks finished texts by log-probability /
+            length ** this (0: raw log-probability, which prefers short texts; 1: the
+            mean token log-probability).
         seed: session generator seed (None: nondeterministic).
     """
 
@@ -79,7 +86,16 @@ class GenerationConfig:
     fast_start: bool = True
     transcribe_max_tokens: int = 96
     transcribe_ctc_weight: float = 0.0
+    transcribe_beam_size: int = 1
+    transcribe_length_penalty: float = 0.5  # chosen on real held-out speech: docs/eval.md
     seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.transcribe_beam_size < 1:
+            raise ValueError(f"transcribe_beam_size must be >= 1, got {self.transcribe_beam_size}")
+        if self.transcribe_beam_size > 1 and self.transcribe_ctc_weight > 0:
+            raise ValueError("joint CTC decoding of transcripts is greedy: set "
+                             "transcribe_ctc_weight or transcribe_beam_size, not both")
 
 
 @dataclass
@@ -380,24 +396,52 @@ def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
     return job
 
 
+def _speech_prompt(rt: MinMoRuntime, system: str, speech: torch.Tensor,
+                   instruction: str) -> torch.Tensor:
+    """Input embeddings of a speech-in, text-out prompt (the training layout), up to the
+    assistant header."""
+    before, after = user_speech_ids(rt.tok, instruction)
+    return torch.cat([rt.embed_ids(system_ids(rt.tok, system) + before), speech.to(rt.dtype),
+                      rt.embed_ids(after + assistant_header_ids(rt.tok))])
+
+
+def _system_of(session_or_system: VoiceSession | str) -> str:
+    return (session_or_system.system if isinstance(session_or_system, VoiceSession)
+            else session_or_system)
+
+
 def new_transcription(rt: MinMoRuntime, session_or_system: VoiceSession | str,
                       speech: torch.Tensor, gen: GenerationConfig | None = None,
                       instruction: str = ASR_INSTRUCTION,
                       max_tokens: int | None = None) -> ResponseJob:
     """A speech-in, text-out job over ``(F, H)`` speech embeddings in its own throw-away
     cache: the transcript (ASR instruction) by default, or any task's ``instruction``
-    (translation, language ID, ...). Greedy; ``max_tokens`` defaults to
-    ``gen.transcribe_max_tokens``."""
+    (translation, language ID, ...). Greedy (streamed token by token; for beam search see
+    :func:`embeddings_to_text`); ``max_tokens`` defaults to ``gen.transcribe_max_tokens``."""
     gen = gen or GenerationConfig()
-    system = (session_or_system.system if isinstance(session_or_system, VoiceSession)
-              else session_or_system)
-    before, after = user_speech_ids(rt.tok, instruction)
-    prompt = torch.cat([rt.embed_ids(system_ids(rt.tok, system) + before), speech.to(rt.dtype),
-                        rt.embed_ids(after + assistant_header_ids(rt.tok))])
+    prompt = _speech_prompt(rt, _system_of(session_or_system), speech, instruction)
     text = TextStream(KVStream(), prompt, max_tokens or gen.transcribe_max_tokens)
     if gen.transcribe_ctc_weight > 0 and instruction == ASR_INSTRUCTION:
         text.ctc = CtcPrefixScorer(rt.ctc_log_probs(speech), gen.transcribe_ctc_weight)
     return ResponseJob(text, None, None, "transcript")
+
+
+def embeddings_to_text(rt: MinMoRuntime, session_or_system: VoiceSession | str,
+                       speech: torch.Tensor, gen: GenerationConfig | None = None,
+                       instruction: str = ASR_INSTRUCTION, max_tokens: int | None = None) -> str:
+    """The whole text of one speech-in, text-out pass over ``(F, H)`` speech embeddings:
+    a :func:`new_transcription` job run to its end, or, with ``gen.transcribe_beam_size >
+    1``, the best text of a beam search (:func:`minmo.inference.beam.beam_search`)."""
+    gen = gen or GenerationConfig()
+    if gen.transcribe_beam_size > 1:
+        prompt = _speech_prompt(rt, _system_of(session_or_system), speech, instruction)
+        best = beam_search(rt, prompt, gen.transcribe_beam_size,
+                           max_tokens or gen.transcribe_max_tokens, gen.transcribe_length_penalty)
+        return rt.decode(best.ids)
+    job = new_transcription(rt, session_or_system, speech, gen, instruction, max_tokens)
+    for _ in run_job(rt, job, gen):
+        pass
+    return job.emitted
 
 
 def _text_delta(rt: MinMoRuntime, job: ResponseJob) -> str:
@@ -578,13 +622,10 @@ def transcribe(rt: MinMoRuntime, wave: np.ndarray, gen: GenerationConfig | None 
 def speech_to_text(rt: MinMoRuntime, wave: np.ndarray, instruction: str,
                    max_tokens: int | None = None, gen: GenerationConfig | None = None,
                    system: str | None = None) -> str:
-    """One speech-in, text-out pass with any task instruction (greedy), e.g.
-    ``"Translate the speech into German."`` -- the training prompt layout."""
-    job = new_transcription(rt, system if system is not None else rt.model.cfg.system_prompt,
-                            rt.encode_speech(wave), gen, instruction, max_tokens)
-    for _ in run_job(rt, job, gen):
-        pass
-    return job.emitted
+    """One speech-in, text-out pass with any task instruction, e.g. ``"Translate the speech
+    into German."`` -- the training prompt layout (greedy, or a beam search: ``gen``)."""
+    return embeddings_to_text(rt, system if system is not None else rt.model.cfg.system_prompt,
+                              rt.encode_speech(wave), gen, instruction, max_tokens)
 
 
 @dataclass
@@ -621,10 +662,7 @@ def reply(rt: MinMoRuntime, wave: np.ndarray | None, session: VoiceSession | Non
     if wave is not None:
         speech = rt.encode_speech(wave)
         if with_transcript:
-            tjob = new_transcription(rt, session, speech, session.cfg.generation)
-            for _ in run_job(rt, tjob, session.cfg.generation):
-                pass
-            transcript = tjob.emitted
+            transcript = embeddings_to_text(rt, session, speech, session.cfg.generation)
         add_user_speech(rt, session, speech, transcript)
     elif text is not None:
         add_user_text(rt, session, text)
