@@ -270,6 +270,41 @@ def test_model_errors_count_as_failures(tmp_path: Path) -> None:
     assert any("decoder exploded" in p and "asr1" in p for p in out.results.problems)
 
 
+def test_progress_moves_item_by_item_within_a_group(tmp_path: Path, monkeypatch) -> None:
+    """A group of thousands of clips (LibriSpeech test-clean) must not hold the bar at 0 %."""
+    import minmo.eval.runner as runner_module
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.n, self.at_call = 0, []
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix_str(self, s):
+            pass
+
+        def close(self):
+            pass
+
+    bar = Bar()
+    monkeypatch.setattr(runner_module, "tqdm", lambda *a, **k: bar)
+
+    class Watched(ScriptedModel):
+        def speech_to_text(self, task, wave, sample_rate, item):
+            bar.at_call.append(bar.n)
+            if item.id == "asr1":
+                raise RuntimeError("a failed item counts as done too")
+            return super().speech_to_text(task, wave, sample_rate, item)
+
+    read = read_suite(SuiteSpec("synth-test", str(build_suite(tmp_path))))
+    asr = [i for i in read.items if i.task == "asr"]
+    run_evaluation([SystemUnderTest("minmo", Watched(), None)], read, "m", "s",
+                   RunSettings(tasks=["asr", "tts"], show_progress=False))
+    assert bar.at_call[:len(asr)] == list(range(len(asr)))  # one step per item, not per group
+    assert bar.n == len(asr) + sum(i.task == "tts" for i in read.items)
+
+
 def test_cli_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from minmo.cli.main import main
 

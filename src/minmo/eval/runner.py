@@ -207,10 +207,11 @@ def run_evaluation(
                 bar.update(len(members))
                 continue
             ctx = GroupContext(task, dataset, members, system.model, system.name, system.judge,
-                               settings.k, settings.sample_rate, settings.max_duplex_examples)
-            started = time.perf_counter()
+                               settings.k, settings.sample_rate, settings.max_duplex_examples,
+                               bar.update)
+            started, before = time.perf_counter(), bar.n
             outcome = evaluator(ctx)
-            bar.update(len(members))
+            bar.update(max(0, before + len(members) - bar.n))  # items it did not call on
             for row in outcome.rows:
                 row.details.setdefault("seconds", round(time.perf_counter() - started, 3))
             results.rows += outcome.rows

@@ -39,6 +39,8 @@ class GroupContext:
     k: int = 10
     sample_rate: int = 16000
     max_duplex_examples: int = 3
+    advance: Callable[[int], None] | None = None
+    """Told of each item as the model finishes its first call on it (a progress bar)."""
 
 
 @dataclass
@@ -65,10 +67,12 @@ def load_item_audio(item: EvalItem, sample_rate: int) -> np.ndarray:
 
 
 class _Runner:
-    """Calls the model item by item, turning exceptions into recorded failures."""
+    """Calls the model item by item, turning exceptions into recorded failures, and tells
+    ``ctx.advance`` of each item once its first call has ended."""
 
     def __init__(self, ctx: GroupContext, out: GroupOutcome):
         self.ctx, self.out, self.failed = ctx, out, 0
+        self._seen: set[int] = set()
 
     def call(self, item: EvalItem, fn: Callable[[], Any], default: Any) -> Any:
         try:
@@ -81,6 +85,11 @@ class _Runner:
                 f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})"
             )
             return default
+        finally:
+            if id(item) not in self._seen:
+                self._seen.add(id(item))
+                if self.ctx.advance is not None:
+                    self.ctx.advance(1)
 
 
 def _needs(ctx: GroupContext, out: GroupOutcome, capability: str) -> bool:
