@@ -201,7 +201,7 @@ def test_api_key_required(rt):
 
 
 def test_session_limit_and_oversize_frames(rt):
-    async def main(url):
+    async def main(url, engine):
         async with RealtimeClient(url + "/v1/realtime") as a, \
                 RealtimeClient(url + "/v1/realtime") as b:
             await a.wait_for("session.created")
@@ -215,12 +215,14 @@ def test_session_limit_and_oversize_frames(rt):
             big = await a.wait_for("error")
             await a.send({"type": "session.update", "session": {"instructions": "Be brief."}})
             upd = await a.wait_for("session.updated")
+        # the server frees a slot when it has seen the close, not when the client sent it
+        assert await asyncio.to_thread(engine.wait_until, lambda: engine.session_count == 0, 10)
         async with RealtimeClient(url + "/v1/realtime") as d:  # slots freed again
             again = await d.wait_for("session.created")
         return refused, close_code, big, upd, again
 
     with serving(rt, ServerConfig(max_message_bytes=4000), max_sessions=2) as (engine, server):
-        refused, code, big, upd, again = asyncio.run(main(server.ws_url))
+        refused, code, big, upd, again = asyncio.run(main(server.ws_url, engine))
         health = httpx.get(server.http_url + "/healthz").json()
         metrics = httpx.get(server.http_url + "/metrics").text
     assert refused["error"]["code"] == "session_limit_reached" and code == 1013
