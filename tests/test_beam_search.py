@@ -10,7 +10,7 @@ from minmo.inference import pipeline as P
 from minmo.inference.beam import Hypothesis, beam_search, expand, fork
 from minmo.inference.kv import KVStream, batched_forward
 from minmo.inference.loading import load_runtime
-from minmo.inference.prompts import ASR_INSTRUCTION
+from minmo.inference.prompts import ASR_INSTRUCTION, assistant_header_ids
 
 
 @pytest.fixture(scope="module")
@@ -117,23 +117,40 @@ def test_settings_are_checked(rt):
     with pytest.raises(ValueError, match=">= 1"):
         beam_search(rt, _prompt(rt), 0, 5, 1.0)
     with pytest.raises(ValueError, match=">= 1"):
-        P.GenerationConfig(transcribe_beam_size=0)
+        P.GenerationConfig(beam_size=0)
     with pytest.raises(ValueError, match="not both"):
-        P.GenerationConfig(transcribe_beam_size=2, transcribe_ctc_weight=0.3)
+        P.GenerationConfig(beam_size=2, transcribe_ctc_weight=0.3)
+    with pytest.raises(ValueError, match="not both"):
+        P.GenerationConfig(beam_size=2, temperature=0.7)
 
 
-def test_reply_transcript_uses_the_beam_and_the_reply_does_not_change(rt):
+def test_reply_with_a_beam_says_the_best_text_of_the_conversation_and_speaks_it(rt):
     wave = _wave(seed=2)
     gen1 = P.GenerationConfig(max_text_tokens=6, max_speech_tokens=30, transcribe_max_tokens=6)
     gen4 = P.GenerationConfig(max_text_tokens=6, max_speech_tokens=30, transcribe_max_tokens=6,
-                              transcribe_beam_size=4)
-    one = P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen1)), audio=False)
-    four = P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen4)), audio=False)
-    best = beam_search(rt, P._speech_prompt(rt, rt.model.cfg.system_prompt,
-                                            rt.encode_speech(wave), ASR_INSTRUCTION), 4, 6,
-                       gen4.transcribe_length_penalty)
-    assert four.transcript == rt.decode(best.ids)
-    assert four.text == one.text  # the model answers the speech, not its transcript
+                              beam_size=4)
+    one = P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen1)))
+    four = P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen4)))
+    speech = rt.encode_speech(wave)
+    heard = beam_search(rt, P._speech_prompt(rt, rt.model.cfg.system_prompt, speech,
+                                             ASR_INSTRUCTION), 4, 6, gen4.length_penalty)
+    assert four.transcript == rt.decode(heard.ids)
+    # the reply: the same search over the conversation (system, the user's speech, header)
+    conversation = P.new_session(rt, P.SessionConfig(generation=gen4))
+    P.add_user_speech(rt, conversation, speech, None)
+    chat = conversation.chat
+    header = rt.embed_ids(assistant_header_ids(rt.tok))
+    best = beam_search(rt, torch.cat([*chat.pending, header]), 4, 6, gen4.length_penalty,
+                       prefix=chat.kv)
+    assert four.text == rt.decode(best.ids) != one.text
+    assert four.status == ("completed" if best.finished else "incomplete")
+    assert four.wave.size > 0 and len(four.speech_tokens) > 0  # and its speech reads it
+    # the server's path (start_reply) decodes greedily whatever the beam setting
+    streamed = P.new_session(rt, P.SessionConfig(generation=gen4))
+    text = "".join(ev.text for ev in P.respond(rt, streamed, wave=wave, audio=False)
+                   if isinstance(ev, P.TextDelta))
+    assert text == P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen1)),
+                           audio=False).text
 
 
 def test_a_step_ends_only_stops_among_the_best_and_keeps_the_best_others():

@@ -74,7 +74,7 @@ def test_minmo_chat_writes_reply_speech(tmp_path, capsys):
     assert result["model"]["random_weights"] is True
 
 
-def test_minmo_chat_beam_size_decodes_the_transcript_by_beam_search(tmp_path, capsys):
+def test_minmo_chat_beam_size_decodes_transcript_and_reply_by_beam_search(tmp_path, capsys):
     from minmo.inference import pipeline as P
     from minmo.inference.loading import load_runtime
 
@@ -84,11 +84,16 @@ def test_minmo_chat_beam_size_decodes_the_transcript_by_beam_search(tmp_path, ca
     args = ["chat", str(tmp_path / "in.wav"), "--model", "tiny", "--json", "--text-only",
             "--max-text-tokens", "3", "--threads", "1", "--no-vad"]
     assert main(args + ["--beam-size", "3"]) == 0
-    heard = json.loads(capsys.readouterr().out)["transcript"]
+    said = json.loads(capsys.readouterr().out)
     rt = load_runtime("tiny", vocoder="placeholder")
-    assert heard == P.transcribe(rt, wave, gen=P.GenerationConfig(transcribe_beam_size=3))
+    gen = P.GenerationConfig(max_text_tokens=3, beam_size=3)
+    expected = P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen)), audio=False)
+    assert (said["transcript"], said["reply"]) == (expected.transcript, expected.text)
+    assert said["transcript"] == P.transcribe(rt, wave, gen=gen)
     assert main(args + ["--beam-size", "0"]) == 1
     assert "--beam-size must be >= 1" in capsys.readouterr().err
+    assert main(args + ["--beam-size", "2", "--temperature", "0.7"]) == 1
+    assert "use one" in capsys.readouterr().err
 
 
 def test_minmo_chat_errors_name_the_path(tmp_path, capsys):

@@ -25,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--text-only", action="store_true", help="reply in text only (no speech)")
     p.add_argument("--no-transcript", action="store_true", help="skip the transcription pass")
     p.add_argument("--beam-size", type=int, default=1,
-                   help="beam search of the transcript (hypotheses kept per step; 1, the "
-                   "default: greedy). The reply is not affected: the model answers the speech, "
-                   "not its transcript")
+                   help="beam search of the transcript and of the reply text (hypotheses kept "
+                   "per step; 1, the default: greedy, as the server decodes); the reply's "
+                   "speech then reads the chosen text, so its first audio waits for the search")
     p.add_argument("--max-text-tokens", type=int, default=200,
                    help="reply length limit in text tokens (default 200)")
     p.add_argument("--max-speech-tokens", type=int, default=1500,
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // 2))
     if args.beam_size < 1:
         raise ValueError(f"--beam-size must be >= 1 (1: greedy), got {args.beam_size}")
+    if args.beam_size > 1 and args.temperature > 0:
+        raise ValueError("--temperature samples and --beam-size searches: use one")
     wave = load_audio(args.input, 16000)
     if not args.no_vad and not heard_speech(wave):
         print(f"minmo chat: error: no speech heard in {args.input} (silero-vad: no 32 ms window "
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     gen = P.GenerationConfig(max_text_tokens=args.max_text_tokens,
                              max_speech_tokens=args.max_speech_tokens,
                              temperature=args.temperature, seed=args.seed,
-                             transcribe_beam_size=args.beam_size)
+                             beam_size=args.beam_size)
     session = P.new_session(rt, P.SessionConfig(generation=gen))
     result = P.reply(rt, wave, session, with_transcript=not args.no_transcript,
                      audio=not args.text_only)

@@ -22,6 +22,7 @@ the model heard every word.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -112,11 +113,12 @@ class MinMoEvalModel:
             raise ValueError(f"tts_text {tts_text!r}: expected one of {TTS_TEXT_MODES}")
         self.rt = runtime
         self.name = name
-        # how speech-to-text passes decode: joint CTC (``asr`` only) or a beam search
+        # how text is decoded: greedily, jointly with CTC (``asr`` transcripts only), or by
+        # beam search (every speech-to-text pass and reply text)
         decoding = {"transcribe_ctc_weight": transcript_ctc_weight,
-                    "transcribe_beam_size": beam_size}
+                    "beam_size": beam_size}
         if length_penalty is not None:  # None: the generation default
-            decoding["transcribe_length_penalty"] = length_penalty
+            decoding["length_penalty"] = length_penalty
         self.decoding = GenerationConfig(**decoding)
         self.tts_text = tts_text  # read-aloud replies: words the LLM writes, or the given ones
         self.max_reply_seconds = max_reply_seconds
@@ -142,10 +144,11 @@ class MinMoEvalModel:
         return None
 
     def _session(self, max_text_tokens: int, max_speech_tokens: int) -> Any:
-        from minmo.inference.pipeline import GenerationConfig, SessionConfig, new_session
+        """A fresh conversation whose replies decode as ``self.decoding`` says."""
+        from minmo.inference.pipeline import SessionConfig, new_session
 
-        gen = GenerationConfig(max_text_tokens=max_text_tokens,
-                               max_speech_tokens=max_speech_tokens)
+        gen = dataclasses.replace(self.decoding, max_text_tokens=max_text_tokens,
+                                  max_speech_tokens=max_speech_tokens)
         return new_session(self.rt, SessionConfig(generation=gen))
 
     def capabilities(self) -> frozenset[str]:
@@ -175,9 +178,9 @@ class MinMoEvalModel:
         info = self.rt.info.to_dict()
         if self.decoding.transcribe_ctc_weight > 0:
             info["transcript_ctc_weight"] = self.decoding.transcribe_ctc_weight
-        if self.decoding.transcribe_beam_size > 1:
-            info["beam_size"] = self.decoding.transcribe_beam_size
-            info["length_penalty"] = self.decoding.transcribe_length_penalty
+        if self.decoding.beam_size > 1:
+            info["beam_size"] = self.decoding.beam_size
+            info["length_penalty"] = self.decoding.length_penalty
         info["tts_text"] = self.tts_text
         return info
 
@@ -325,7 +328,7 @@ class CascadeEvalModel(MinMoEvalModel):
 
     def speech_to_text(self, task: str, wave: np.ndarray, sample_rate: int,
                        item: EvalItem) -> str:
-        from minmo.inference.pipeline import TextDelta, respond
+        from minmo.inference.pipeline import reply
 
         if task == "asr":  # used as the ASR judge
             return self._transcript(wave, sample_rate)
@@ -333,30 +336,22 @@ class CascadeEvalModel(MinMoEvalModel):
             raise ValueError(f"{self.name} is compared on spoken QA only, not {task}")
         session = self._session(self.max_reply_text_tokens, 0)
         question = self._user_text(wave, sample_rate, item)
-        return "".join(ev.text for ev in respond(self.rt, session, text=question, audio=False)
-                       if isinstance(ev, TextDelta))
+        return reply(self.rt, None, session, text=question, audio=False).text
 
     def spoken_reply(self, wave: np.ndarray, sample_rate: int, item: EvalItem) -> SpokenReply:
-        from minmo.inference.pipeline import AudioChunk, TextDelta, respond
+        from minmo.inference.pipeline import reply
 
         started = time.perf_counter()
         question = self._user_text(wave, sample_rate, item)
         asr_s = time.perf_counter() - started
         session = self._session(self.max_reply_text_tokens,
                                 int(self.max_reply_seconds * SPEECH_TOKENS_PER_SECOND))
-        text, chunks, first_audio = [], [], None
-        for ev in respond(self.rt, session, text=question, audio=True):
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            elif isinstance(ev, AudioChunk):
-                chunks.append(ev.samples)
-                if first_audio is None:
-                    first_audio = time.perf_counter() - started
-        wave_out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        out = reply(self.rt, None, session, text=question, audio=True)
         timings = {"asr": 1000.0 * asr_s} if self.transcribes else {}
-        if first_audio is not None:
-            timings["end_to_end"] = 1000.0 * first_audio
-        return SpokenReply("".join(text), wave_out, self.rt.sample_rate_out, timings)
+        if "first_audio" in out.timings:  # from the question's start (its ASR included)
+            timings["end_to_end"] = 1000.0 * (time.perf_counter() - started - out.timings["total"]
+                                              + out.timings["first_audio"])
+        return SpokenReply(out.text, out.wave, out.sample_rate, timings)
 
 
 class TypedQuestionEvalModel(CascadeEvalModel):

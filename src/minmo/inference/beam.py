@@ -57,15 +57,17 @@ def fork(stream: KVStream) -> KVStream:
 
 @torch.inference_mode()
 def beam_search(rt: MinMoRuntime, prompt: torch.Tensor, beam_size: int, max_tokens: int,
-                length_penalty: float) -> Hypothesis:
+                length_penalty: float, prefix: KVStream | None = None) -> Hypothesis:
     """The best continuation of ``prompt`` (``(n, H)`` input embeddings) up to the stop token.
 
     Args:
         rt: the runtime whose LLM writes.
-        prompt: the whole prompt's input embeddings.
+        prompt: the prompt's input embeddings (after ``prefix``).
         beam_size: hypotheses kept per step.
         max_tokens: length limit (tokens, the stop token excluded).
         length_penalty: exponent of the length normalisation (see module docstring).
+        prefix: a cache already holding the start of the context (a conversation); it is
+            forked, never changed. None: the prompt is the whole context.
 
     Returns:
         the best :class:`Hypothesis`.
@@ -74,7 +76,7 @@ def beam_search(rt: MinMoRuntime, prompt: torch.Tensor, beam_size: int, max_toke
         raise ValueError(f"beam_search: beam_size {beam_size} and max_tokens {max_tokens} "
                          "must be >= 1")
     stops = sorted(rt.stop_ids)
-    kv = KVStream()
+    kv = fork(prefix) if prefix is not None else KVStream()
     hidden = grouped_forward(rt.llm_body, [kv], [prompt.to(rt.dtype)])[0][-1:]
     live: list[tuple[Hypothesis, KVStream]] = [(Hypothesis([], 0.0, False), kv)]
     done: list[Hypothesis] = []

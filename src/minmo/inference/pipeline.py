@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from minmo.inference.beam import beam_search
+from minmo.inference.beam import Hypothesis, beam_search
 from minmo.inference.ctc_prefix import CtcPrefixScorer
 from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
 from minmo.inference.kv import KVStream, grouped_forward
@@ -68,10 +68,12 @@ class GenerationConfig:
         transcribe_max_tokens: input-transcript length limit.
         transcribe_ctc_weight: the CTC share of joint CTC/attention decoding of transcripts
             (:mod:`minmo.inference.ctc_prefix`; 0: the LLM alone, greedy).
-        transcribe_beam_size: beam width of offline speech-to-text passes (transcripts of
-            :func:`reply`, :func:`speech_to_text`, ``minmo eval``; :mod:`minmo.inference.beam`);
-            1: greedy. The server's streamed transcripts are always greedy.
-        transcribe_length_penalty: beam search ranks finished texts by log-probability /
+        beam_size: beam width of the offline helpers' text (:mod:`minmo.inference.beam`):
+            transcripts and other speech-to-text passes (:func:`transcribe`,
+            :func:`speech_to_text`), and :func:`reply`'s text, which its speech then reads;
+            1: greedy. The server streams replies and transcripts token by token
+            (:func:`start_reply`, :func:`respond` and :func:`new_transcription` ignore it).
+        length_penalty: beam search ranks finished texts by log-probability /
             length ** this (0: raw log-probability, which prefers short texts; 1: the
             mean token log-probability).
         seed: session generator seed (None: nondeterministic).
@@ -86,16 +88,19 @@ class GenerationConfig:
     fast_start: bool = True
     transcribe_max_tokens: int = 96
     transcribe_ctc_weight: float = 0.0
-    transcribe_beam_size: int = 1
-    transcribe_length_penalty: float = 0.5  # chosen on real held-out speech: docs/eval.md
+    beam_size: int = 1
+    length_penalty: float = 0.5  # chosen on real held-out speech: docs/eval.md
     seed: int | None = 0
 
     def __post_init__(self) -> None:
-        if self.transcribe_beam_size < 1:
-            raise ValueError(f"transcribe_beam_size must be >= 1, got {self.transcribe_beam_size}")
-        if self.transcribe_beam_size > 1 and self.transcribe_ctc_weight > 0:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.beam_size > 1 and self.temperature > 0:
+            raise ValueError("beam search is deterministic: set temperature (sampling) or "
+                             "beam_size, not both")
+        if self.beam_size > 1 and self.transcribe_ctc_weight > 0:
             raise ValueError("joint CTC decoding of transcripts is greedy: set "
-                             "transcribe_ctc_weight or transcribe_beam_size, not both")
+                             "transcribe_ctc_weight or beam_size, not both")
 
 
 @dataclass
@@ -372,14 +377,17 @@ class ResponseJob:
 
 
 def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
-                gen: GenerationConfig | None = None, say: str | None = None) -> ResponseJob:
+                gen: GenerationConfig | None = None, say: str | list[int] | None = None,
+                say_ends: bool = True) -> ResponseJob:
     """Begin a reply to the conversation so far (pending items are fed with its prompt).
 
-    ``say``: the reply's text, given instead of generated (read aloud): the LLM is fed it
-    token by token for its hidden states, and the voice LM speaks exactly these words."""
+    ``say``: the reply's text (or its token ids), given instead of generated (read aloud):
+    the LLM is fed it token by token for its hidden states, and the voice LM speaks exactly
+    these words; then the reply ends (``say_ends``), or stops there as cut by its length
+    limit (``incomplete``)."""
     gen = gen or session.cfg.generation
-    forced = rt.tok.encode(say) if say is not None else None
-    max_text = len(forced) + 1 if forced is not None else gen.max_text_tokens
+    forced = rt.tok.encode(say) if isinstance(say, str) else say
+    max_text = len(forced) + int(say_ends) if forced is not None else gen.max_text_tokens
     _fit(rt, session, len(assistant_header_ids(rt.tok)) + max_text + 2)
     chat = session.chat
     header = rt.embed_ids(assistant_header_ids(rt.tok))
@@ -394,6 +402,15 @@ def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
     job = ResponseJob(text, voice, rt.vocoder.init_state() if audio else None, "reply",
                       session=session)
     return job
+
+
+def _beam_reply(rt: MinMoRuntime, session: VoiceSession, gen: GenerationConfig) -> Hypothesis:
+    """The best reply text to the conversation so far by beam search, leaving the
+    conversation as it was (its pending items stay pending)."""
+    _fit(rt, session, len(assistant_header_ids(rt.tok)) + gen.max_text_tokens + 2)
+    prompt = torch.cat([*session.chat.pending, rt.embed_ids(assistant_header_ids(rt.tok))])
+    return beam_search(rt, prompt, gen.beam_size, gen.max_text_tokens, gen.length_penalty,
+                       prefix=session.chat.kv)
 
 
 def _speech_prompt(rt: MinMoRuntime, system: str, speech: torch.Tensor,
@@ -430,13 +447,13 @@ def embeddings_to_text(rt: MinMoRuntime, session_or_system: VoiceSession | str,
                        speech: torch.Tensor, gen: GenerationConfig | None = None,
                        instruction: str = ASR_INSTRUCTION, max_tokens: int | None = None) -> str:
     """The whole text of one speech-in, text-out pass over ``(F, H)`` speech embeddings:
-    a :func:`new_transcription` job run to its end, or, with ``gen.transcribe_beam_size >
+    a :func:`new_transcription` job run to its end, or, with ``gen.beam_size >
     1``, the best text of a beam search (:func:`minmo.inference.beam.beam_search`)."""
     gen = gen or GenerationConfig()
-    if gen.transcribe_beam_size > 1:
+    if gen.beam_size > 1:
         prompt = _speech_prompt(rt, _system_of(session_or_system), speech, instruction)
-        best = beam_search(rt, prompt, gen.transcribe_beam_size,
-                           max_tokens or gen.transcribe_max_tokens, gen.transcribe_length_penalty)
+        best = beam_search(rt, prompt, gen.beam_size,
+                           max_tokens or gen.transcribe_max_tokens, gen.length_penalty)
         return rt.decode(best.ids)
     job = new_transcription(rt, session_or_system, speech, gen, instruction, max_tokens)
     for _ in run_job(rt, job, gen):
@@ -604,7 +621,8 @@ def respond(rt: MinMoRuntime, session: VoiceSession, wave: np.ndarray | None = N
             text: str | None = None, audio: bool = True,
             say: str | None = None) -> Iterator[JobEvent]:
     """One user turn (speech ``wave`` at 16 kHz, or ``text``) and the streamed reply
-    (``say``: its given text, see :func:`start_reply`)."""
+    (``say``: its given text, see :func:`start_reply`), decoded token by token as the server
+    decodes it (greedy or sampled; ``beam_size`` is for :func:`reply`)."""
     if wave is not None:
         add_user_speech(rt, session, rt.encode_speech(wave))
     elif text is not None:
@@ -656,7 +674,9 @@ def reply(rt: MinMoRuntime, wave: np.ndarray | None, session: VoiceSession | Non
           say: str | None = None) -> Reply:
     """One turn offline: the user's speech ``wave`` (16 kHz; its transcript optional) or
     typed ``text``, then the reply text (``say``: given, see :func:`start_reply`) and the
-    reply speech."""
+    reply speech. With ``beam_size > 1`` in the session's generation config the transcript
+    and the reply text are beam-searched, and the reply's speech then reads that text (its
+    timings then count the search before the first token)."""
     session = session or new_session(rt)
     transcript = None
     if wave is not None:
@@ -666,7 +686,12 @@ def reply(rt: MinMoRuntime, wave: np.ndarray | None, session: VoiceSession | Non
         add_user_speech(rt, session, speech, transcript)
     elif text is not None:
         add_user_text(rt, session, text)
-    job = start_reply(rt, session, audio=audio, say=say)
+    say_ends, started = True, time.perf_counter()
+    if say is None and session.cfg.generation.beam_size > 1:  # the best text, then its speech
+        best = _beam_reply(rt, session, session.cfg.generation)
+        say, say_ends = best.ids, best.finished
+    job = start_reply(rt, session, audio=audio, say=say, say_ends=say_ends)
+    job.t0 = started  # the reply began with its search: its timings count it
     chunks, tokens = [], []
     for ev in run_job(rt, job, session.cfg.generation):
         if isinstance(ev, AudioChunk):
