@@ -12,3 +12,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rt():
+    """The tiny model on random weights, speaking placeholder tones: one per test module (a
+    test may patch it, and must undo the patch)."""
+    from minmo.inference.loading import load_runtime
+
+    return load_runtime("tiny", seed=0, vocoder="placeholder")

@@ -9,16 +9,7 @@ import torch
 from minmo.inference import pipeline as P
 from minmo.inference.beam import Hypothesis, beam_search, expand, fork
 from minmo.inference.kv import KVStream, batched_forward
-from minmo.inference.loading import load_runtime
 from minmo.inference.prompts import ASR_INSTRUCTION, assistant_header_ids
-
-
-@pytest.fixture(scope="module")
-def rt():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_runtime("tiny", seed=0, vocoder="placeholder")
-    torch.set_num_threads(threads)
 
 
 def _wave(seconds=1.2, seed=0):

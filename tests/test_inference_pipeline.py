@@ -19,14 +19,6 @@ from minmo.inference.prompts import (
 from minmo.models.duplex import pool_flags, speaking_lookup
 
 
-@pytest.fixture(scope="module")
-def rt():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_runtime("tiny", seed=0, vocoder="placeholder")
-    torch.set_num_threads(threads)
-
-
 def _wave(seconds=1.5, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(16000 * seconds)) / 16000

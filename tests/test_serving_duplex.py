@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from minmo.inference.loading import load_runtime
 from minmo.inference.pipeline import GenerationConfig
 from minmo.models.duplex import Decision
 from minmo.serving.client import RealtimeClient
@@ -24,14 +23,6 @@ from minmo.serving.engine import Engine, EngineConfig
 from minmo.serving.server import BackgroundServer, ServerConfig, create_app
 
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def rt():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_runtime("tiny", seed=0, vocoder="placeholder")
-    torch.set_num_threads(threads)
 
 
 def speech_24k(text, tmp, voice="en", lead=0.3, tail=1.0):

@@ -23,14 +23,6 @@ from minmo.serving.server import BackgroundServer, ServerConfig, create_app
 GEN = GenerationConfig(max_text_tokens=8, max_speech_tokens=45, transcribe_max_tokens=5)
 
 
-@pytest.fixture(scope="module")
-def rt():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_runtime("tiny", seed=0, vocoder="placeholder")
-    torch.set_num_threads(threads)
-
-
 def espeak_24k(text: str, tmp, voice: str = "en") -> np.ndarray:
     """A spoken turn: 0.5 s silence, speech, 1.2 s silence (float32, 24 kHz)."""
     if shutil.which("espeak-ng") is None:

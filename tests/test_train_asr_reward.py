@@ -53,13 +53,6 @@ class ScriptedJudge:
 
 
 @pytest.fixture(scope="module")
-def rt():
-    from minmo.inference.loading import load_runtime
-
-    return load_runtime("tiny", seed=0, vocoder="placeholder")
-
-
-@pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_corpus(tmp_path_factory.mktemp("toy"), num_examples=2)
 
