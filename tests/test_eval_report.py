@@ -88,9 +88,9 @@ def test_write_report_files_and_tables(tmp_path: Path) -> None:
     assert "model has no 'synthesize'" in md
     assert "… and 5 more" in md
     assert "![tasks](tasks.png)" in md
-    assert "speech decoder `token2wav`, speech-to-text decoded greedily." in md
-    assert ("`cascade(runs/tiny)` from `runs/tiny`, speech decoder `token2wav`, speech-to-text "
-            "decoded by beam search of width 4 (length penalty 0.5).") in md
+    assert "speech decoder `token2wav`, text decoded greedily." in md
+    assert ("`cascade(runs/tiny)` from `runs/tiny`, speech decoder `token2wav`, text decoded "
+            "by beam search of width 4 (length penalty 0.5).") in md
 
 
 def test_paper_cell_rules() -> None:

@@ -73,9 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "the input projector's CTC prefix score in each token's choice (0, "
                         "the default: the LLM alone; docs/eval.md)")
     parser.add_argument("--beam-size", type=int, default=1,
-                        help="beam search of speech-to-text passes (asr, s2tt, classification, "
-                        "spoken QA answers as text; cascade transcripts): hypotheses kept per "
-                        "step (1, the default: greedy; docs/eval.md has measured widths)")
+                        help="beam search of the text the model writes (transcripts and other "
+                        "speech-to-text tasks, the text of spoken replies and read-aloud turns, "
+                        "which is then spoken; the baselines' too): hypotheses kept per step "
+                        "(1, the default: greedy, as the server decodes; docs/eval.md)")
     parser.add_argument("--length-penalty", type=float, default=None,
                         help="with --beam-size > 1: finished texts are ranked by "
                         "log-probability / length ** this (default 0.5, chosen on real "

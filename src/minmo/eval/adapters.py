@@ -198,7 +198,7 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
         transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
         tts_text: read-aloud tasks speak the words the LLM writes (``generated``) or the
             given text (``given``).
-        beam_size, length_penalty: beam search of speech-to-text passes (1: greedy; a
+        beam_size, length_penalty: beam search of the text the model writes (1: greedy; a
             length penalty of None: the default).
 
     Raises:

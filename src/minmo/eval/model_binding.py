@@ -384,7 +384,7 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
         transcript_ctc_weight: joint CTC/attention decoding of ``asr`` transcripts (0: off).
         tts_text: read-aloud tasks: ``generated`` (the LLM writes the words it speaks, as
             the paper's system does) or ``given`` (it is fed the text: the speech alone).
-        beam_size, length_penalty: beam search of speech-to-text passes (1: greedy;
+        beam_size, length_penalty: beam search of the text the model writes (1: greedy;
             :mod:`minmo.inference.beam`; a length penalty of None: the default).
 
     Raises:
@@ -414,6 +414,6 @@ def bind_baseline(spec: str, device: str = "cpu", shared: Any = None,
     if isinstance(shared, MinMoEvalModel):
         baseline = cls(shared.rt, f"{kind}({spec})", shared.max_reply_seconds,
                        shared.max_reply_text_tokens, shared.max_tts_seconds)
-        baseline.decoding = shared.decoding  # its transcripts are decoded as the model's
+        baseline.decoding = shared.decoding  # its text is decoded as the model's
         return baseline
     return cls(_load_runtime(spec, device), f"{kind}({spec})")

@@ -92,7 +92,7 @@ def _latency_table(results: EvalResults) -> list[str]:
 
 
 def _text_decoding(info: dict[str, Any]) -> str:
-    """How a system's speech-to-text passes were decoded, from its ``describe()``."""
+    """How a system's text was decoded, from its ``describe()``."""
     if info.get("beam_size"):
         return (f"by beam search of width {info['beam_size']} (length penalty "
                 f"{info['length_penalty']:g})")
@@ -110,7 +110,7 @@ def render_markdown(results: EvalResults, plot_files: list[Path]) -> str:
         if key.startswith("model_info") and isinstance(info, dict):
             system = key[len("model_info["):-1] if "[" in key else "model"
             lines.append(f"Model ({system}): `{info.get('name')}` from `{info.get('source')}`, "
-                         f"speech decoder `{info.get('vocoder')}`, speech-to-text decoded "
+                         f"speech decoder `{info.get('vocoder')}`, text decoded "
                          f"{_text_decoding(info)}.")
             if info.get("warning"):
                 lines.append(f"\n> **Warning:** {info['warning']}")

@@ -1,5 +1,6 @@
-"""Beam search over the LLM's text, for offline speech-to-text passes (transcripts, ``minmo
-eval``'s speech-to-text tasks).
+"""Beam search over the LLM's text, for the offline helpers: transcripts and other
+speech-to-text passes, and the text of a reply that is then spoken
+(:func:`minmo.inference.pipeline.reply`; ``minmo chat`` and ``minmo eval --beam-size``).
 
 Each live hypothesis owns a :class:`~minmo.inference.kv.KVStream`. A kept hypothesis forks
 its parent's cache (the layers' tensors are shared, not copied: feeding concatenates onto
@@ -16,8 +17,8 @@ hypotheses are ranked as if finished there). With one beam this still differs fr
 decoding (a stop can lose to a continuation of better average log-probability), so callers
 decode greedily when asked for one (:func:`minmo.inference.pipeline.embeddings_to_text`).
 
-The server's streamed transcripts stay greedy: a beam's text is not final until the search
-ends, so it cannot be sent token by token.
+The server's replies and transcripts stay greedy (or sampled): a beam's text is not final
+until the search ends, so it cannot be sent, nor spoken, token by token.
 """
 
 from __future__ import annotations
