@@ -292,8 +292,28 @@ def test_whisper_variable_length_and_padding() -> None:
             alone, _ = enc(feats[b:b + 1, :n])
             torch.testing.assert_close(out[b, : out_lens[b]], alone[0], atol=1e-5, rtol=1e-5)
             assert out[b, out_lens[b]:].abs().sum() == 0
-    with pytest.raises(ValueError, match="max_positions"):
-        enc(torch.randn(1, 3002, 80))
+    with pytest.raises(ValueError, match="max_positions"):  # chunked: the stream's business
+        enc(torch.randn(1, 3002, 80), chunk_size=4)
+
+
+def test_whisper_reads_inputs_over_one_window_as_consecutive_windows() -> None:
+    """Over 30 s (2 * max_positions frames) the encoder reads window after window, as Whisper
+    reads long audio, instead of refusing: a 47 s `minmo chat` file, a 30 s server turn with
+    its 300 ms of prefix padding."""
+    torch.manual_seed(10)
+    enc = build_encoder(whisper_cfg(max_positions=20)).eval()  # windows of 40 frames
+    feats = torch.randn(2, 95, 80)
+    lens = torch.tensor([95, 43])
+    with torch.no_grad():
+        out, out_lens = enc(feats, lens)
+        assert out_lens.tolist() == [48, 22] == enc.output_lengths(lens).tolist()
+        for b, n in enumerate(lens.tolist()):
+            windows = [enc(feats[b:b + 1, s:min(s + 40, n)])[0][0] for s in range(0, n, 40)]
+            torch.testing.assert_close(out[b, :out_lens[b]], torch.cat(windows))
+            assert out[b, out_lens[b]:].abs().sum() == 0
+        # within one window nothing changes
+        short, _ = enc(feats[:1, :40])
+        torch.testing.assert_close(out[0, :20], short[0])
 
 
 @pytest.mark.parametrize("chunk_size,piece", [(1, 1), (4, 7), (5, 33)])

@@ -12,7 +12,9 @@ Differences from transformers, on purpose: any input length up to ``2 * max_posi
 mel frames (positions are sliced, no 30 s padding needed) and a padding mask: padded mel
 frames are zeroed before each convolution and masked out of attention, so padding does not
 change valid outputs. With a full 3000-frame input and no padding the output equals
-transformers' (tested).
+transformers' (tested). A longer input (full context) is encoded as Whisper reads long
+audio, in consecutive 30 s windows (``2 * max_positions`` frames), whose outputs are
+concatenated: a turn or a file over 30 s is heard, not refused.
 
 Streaming (the listening stream, docs/minmo_small.md "duplex"): ``forward(..., chunk_size=C)``
 runs a block-causal regime — output frame ``t`` attends to frames ``u`` with
@@ -222,13 +224,16 @@ class WhisperEncoderWrapper(nn.Module):
                 f"{tuple(feats.shape)}; check frontend.n_mels vs encoder.input_dim")
         batch, num, _ = feats.shape
         out_num = (num + 1) // 2
-        if out_num > self.cfg.max_positions:
-            raise ValueError(
-                f"{num} mel frames exceed the Whisper encoder's {2 * self.cfg.max_positions} "
-                f"({self.cfg.max_positions} positions, encoder.max_positions): split the audio")
         if feat_lens is None:
             feat_lens = torch.full((batch,), num, dtype=torch.long, device=feats.device)
         feat_lens = feat_lens.to(feats.device)
+        if out_num > self.cfg.max_positions:
+            if chunk_size is not None:
+                raise ValueError(
+                    f"{num} mel frames exceed the Whisper encoder's {2 * self.cfg.max_positions} "
+                    f"({self.cfg.max_positions} positions, encoder.max_positions) in the chunked "
+                    "regime: stream it (init_state / step restart at 30 s)")
+            return self._forward_windows(feats, feat_lens)
         in_valid = torch.arange(num, device=feats.device)[None, :] < feat_lens[:, None]
         x = (feats * in_valid[..., None].to(feats.dtype)).transpose(1, 2)  # (B, D_in, T)
         x = F.gelu(self.conv1(x)) * in_valid[:, None, :].to(feats.dtype)
@@ -247,6 +252,22 @@ class WhisperEncoderWrapper(nn.Module):
             x = layer(x, mask, allowed)
         x = self.layer_norm(x)
         return x * valid[..., None].to(x.dtype), out_lens
+
+    def _forward_windows(self, feats: torch.Tensor,
+                         feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-context encoding of an input longer than one window: each row's valid
+        outputs of consecutive ``2 * max_positions``-frame windows, concatenated."""
+        window = 2 * self.cfg.max_positions
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for start in range(0, feats.shape[1], window):
+            lens = (feat_lens - start).clamp(0, window)
+            out, out_lens = self.forward(feats[:, start:start + window], lens.clamp(min=1))
+            parts.append((out, torch.where(lens > 0, out_lens, 0)))
+        total = torch.stack([lens for _, lens in parts]).sum(0)
+        x = feats.new_zeros(feats.shape[0], int(total.max()), self.cfg.d_model)
+        for b in range(feats.shape[0]):
+            x[b, :int(total[b])] = torch.cat([out[b, :int(n[b])] for out, n in parts])
+        return x, total
 
     # ---- streaming -------------------------------------------------------------------
 
