@@ -231,8 +231,9 @@ class WhisperEncoderWrapper(nn.Module):
             if chunk_size is not None:
                 raise ValueError(
                     f"{num} mel frames exceed the Whisper encoder's {2 * self.cfg.max_positions} "
-                    f"({self.cfg.max_positions} positions, encoder.max_positions) in the chunked "
-                    "regime: stream it (init_state / step restart at 30 s)")
+                    f"({self.cfg.max_positions} positions, encoder.max_positions) in the "
+                    "block-causal regime (the duplex stage's features): cut dialogues to at most "
+                    "30 s (docs/training.md), or stream them (init_state / step restart there)")
             return self._forward_windows(feats, feat_lens)
         in_valid = torch.arange(num, device=feats.device)[None, :] < feat_lens[:, None]
         x = (feats * in_valid[..., None].to(feats.dtype)).transpose(1, 2)  # (B, D_in, T)
