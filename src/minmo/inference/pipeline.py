@@ -686,12 +686,14 @@ def reply(rt: MinMoRuntime, wave: np.ndarray | None, session: VoiceSession | Non
         add_user_speech(rt, session, speech, transcript)
     elif text is not None:
         add_user_text(rt, session, text)
-    say_ends, started = True, time.perf_counter()
+    say_ends, searched_from = True, None
     if say is None and session.cfg.generation.beam_size > 1:  # the best text, then its speech
+        searched_from = time.perf_counter()
         best = _beam_reply(rt, session, session.cfg.generation)
         say, say_ends = best.ids, best.finished
     job = start_reply(rt, session, audio=audio, say=say, say_ends=say_ends)
-    job.t0 = started  # the reply began with its search: its timings count it
+    if searched_from is not None:  # the reply began with its search: its timings count it
+        job.t0 = searched_from
     chunks, tokens = [], []
     for ev in run_job(rt, job, session.cfg.generation):
         if isinstance(ev, AudioChunk):
