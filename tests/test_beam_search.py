@@ -111,8 +111,12 @@ def test_settings_are_checked(rt):
         P.GenerationConfig(beam_size=0)
     with pytest.raises(ValueError, match="not both"):
         P.GenerationConfig(beam_size=2, transcribe_ctc_weight=0.3)
+    # transcripts never sample: a beam for them beside sampled (streamed) replies is fine,
+    # but reply() beam-searches its text too, which sampling contradicts
+    both = P.GenerationConfig(beam_size=2, temperature=0.7, max_text_tokens=3,
+                              transcribe_max_tokens=3)
     with pytest.raises(ValueError, match="not both"):
-        P.GenerationConfig(beam_size=2, temperature=0.7)
+        P.reply(rt, _wave(), P.new_session(rt, P.SessionConfig(generation=both)))
 
 
 def test_reply_with_a_beam_says_the_best_text_of_the_conversation_and_speaks_it(rt):
@@ -160,3 +164,38 @@ def test_a_step_ends_only_stops_among_the_best_and_keeps_the_best_others():
     lp2[0, 2], lp2[0, 3], lp2[0, 0] = -0.1, -0.2, -0.3  # stop third: outside a beam of 2
     ended, kept = expand(live[:1], lp2, 2, [0])
     assert ended == [] and [h.ids for _, h in kept] == [[7, 2], [7, 3]]
+
+
+def test_a_beam_transcript_stepped_beside_a_reply_finds_what_the_search_alone_finds(rt):
+    """The server's path: a beam transcript job shares step_jobs' batched LLM steps with
+    a streamed reply; it gives no text until its search ends, then all of it at once, and
+    neither job changes what the other writes."""
+    gen = P.GenerationConfig(max_text_tokens=6, transcribe_max_tokens=8, beam_size=4,
+                             length_penalty=0.5)
+    speech = rt.encode_speech(_wave(seed=3))
+    alone = beam_search(rt, P._speech_prompt(rt, rt.model.cfg.system_prompt, speech,
+                                             ASR_INSTRUCTION), 4, 8, 0.5)
+
+    def reply_job():
+        session = P.new_session(rt, P.SessionConfig(generation=gen))
+        P.add_user_speech(rt, session, rt.encode_speech(_wave(seed=4)))
+        return P.start_reply(rt, session, audio=False)
+
+    solo_reply = reply_job()
+    solo_text = "".join(ev.text for ev in P.run_job(rt, solo_reply, gen)
+                        if isinstance(ev, P.TextDelta))
+    transcript = P.new_transcription(rt, rt.model.cfg.system_prompt, speech, gen)
+    reply = reply_job()
+    jobs, events, steps = [transcript, reply], [[], []], 0
+    while not all(j.finished for j in jobs):
+        for got, new in zip(events, P.step_jobs(rt, jobs, fast_start=False)):
+            got.extend(new)
+        steps += 1
+        if not transcript.finished:
+            assert events[0] == []  # nothing of a beam's text is known before it ends
+    deltas = [ev.text for ev in events[0] if isinstance(ev, P.TextDelta)]
+    assert deltas == ([rt.decode(alone.ids)] if alone.ids else [])
+    assert events[0][-1] == P.JobDone("completed" if alone.finished else "incomplete",
+                                      rt.decode(alone.ids))
+    assert "".join(ev.text for ev in events[1] if isinstance(ev, P.TextDelta)) == solo_text
+    assert steps > 1

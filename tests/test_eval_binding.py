@@ -90,13 +90,13 @@ def test_beam_size_decodes_every_speech_to_text_task_and_is_recorded(
     import minmo.inference.pipeline as P
 
     searched: list[int] = []
-    search = P.beam_search
 
-    def counting(rt, prompt, beam_size, max_tokens, length_penalty):
-        searched.append(beam_size)
-        return search(rt, prompt, beam_size, max_tokens, length_penalty)
+    class Counting(P.BeamSearch):
+        def __init__(self, rt, prompt, beam_size, *args, **kwargs):
+            searched.append(beam_size)
+            super().__init__(rt, prompt, beam_size, *args, **kwargs)
 
-    monkeypatch.setattr(P, "beam_search", counting)
+    monkeypatch.setattr(P, "BeamSearch", Counting)
     item = EvalItem("x", "asr", None, "hello", "en")
     model.speech_to_text("asr", speech(0.6), SR, item)
     assert searched == []  # greedy by default

@@ -5,6 +5,7 @@ manual turns, text replies, API key, session limit, oversize frames."""
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -165,6 +166,46 @@ def test_manual_turn_text_reply_and_beta_names(rt, turn):
     assert err["error"]["code"] == "input_audio_buffer_commit_empty"
     assert err["error"]["event_id"] == "c2"
     assert done2["response"]["output"][0]["content"][0]["type"] == "output_text"
+
+
+def test_beam_transcripts_are_searched_in_the_engine_as_offline_and_sent_whole(
+        rt, turn, monkeypatch):
+    """``minmo serve --transcript-beam-size``: the input transcript is a beam search run
+    inside the engine's batched steps beside the reply; it is sent as one delta, and its
+    text is what the same search finds run alone on the same prompt."""
+    from minmo.inference import pipeline as P
+    from minmo.inference.beam import beam_search
+
+    searches = []
+
+    class Recorded(P.BeamSearch):
+        def __init__(self, rt_, prompt, *args, **kwargs):
+            super().__init__(rt_, prompt, *args, **kwargs)
+            searches.append((prompt, self))
+
+    monkeypatch.setattr(P, "BeamSearch", Recorded)
+    gen = dataclasses.replace(GEN, beam_size=3, transcribe_max_tokens=6)
+
+    async def main(url):
+        async with RealtimeClient(url + "/v1/realtime") as c:
+            await c.wait_for("session.created")
+            await c.send_audio(turn)
+            await c.wait_for("response.done", 60)
+            done = await c.wait_for("conversation.item.input_audio_transcription.completed", 60)
+            return c.events, done
+
+    with serving(rt, gen=gen) as (engine, server):
+        events, done = asyncio.run(main(server.ws_url))
+    deltas = [e["delta"] for e in events
+              if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    assert len(searches) == 1 and searches[0][1].best is not None
+    prompt, search = searches[0]
+    alone = beam_search(rt, prompt, 3, 6, gen.length_penalty)
+    assert done["transcript"] == rt.decode(alone.ids) == rt.decode(search.best.ids)
+    assert deltas == [done["transcript"]]
+    # the reply was streamed token by token all the same
+    assert sum(e["type"] == "response.output_audio_transcript.delta" for e in events) > 1
+    validate(events)
 
 
 def test_api_key_required(rt):

@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="the server's --defer-listening (0: listen every tick)")
     s.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=True,
                    help="the server's --speculate (default on)")
+    s.add_argument("--transcript-beam-size", type=int, default=1, metavar="N",
+                   help="the server's --transcript-beam-size (default 1: greedy transcripts)")
     s.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="the server's speech decoder (placeholder: tones, to time the rest)")
     s.add_argument("--max-text-tokens", type=int, default=24, help="reply cap (default 24)")
@@ -143,7 +145,8 @@ def run_serve(args: argparse.Namespace) -> int:
     results, facts = run_serve_benchmark(args.model, levels, args.rounds, args.max_text_tokens,
                                          args.max_speech_tokens, args.threads, args.vocoder,
                                          device=args.device, defer_listening=args.defer_listening,
-                                         speculate=args.speculate)
+                                         speculate=args.speculate,
+                                         transcript_beam_size=args.transcript_beam_size)
     table = markdown_table(results)
     means = stage_means(facts["metrics"])
     stages = ", ".join(f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in means.items()
@@ -164,11 +167,13 @@ def run_serve(args: argparse.Namespace) -> int:
                         "turns": [vars(t) for t in r.turns]} for r in results],
             "facts": {k: v for k, v in facts.items() if k != "metrics"}}, indent=2, default=str))
     if args.write_docs:
+        beam = (f" --transcript-beam-size {args.transcript_beam_size}"
+                if args.transcript_beam_size > 1 else "")
         body = "\n".join([
             f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
             f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder} --device "
             f"{args.device} --defer-listening {args.defer_listening}"
-            f"{'' if args.speculate else ' --no-speculate'}` "
+            f"{'' if args.speculate else ' --no-speculate'}{beam}` "
             f"({datetime.date.today()}, {_machine()}; model `{info['name']}` {info['source']}, "
             f"{'random weights' if info['random_weights'] else 'trained'}, speech decoder "
             f"{info['vocoder']}).",

@@ -17,8 +17,11 @@ hypotheses are ranked as if finished there). With one beam this still differs fr
 decoding (a stop can lose to a continuation of better average log-probability), so callers
 decode greedily when asked for one (:func:`minmo.inference.pipeline.embeddings_to_text`).
 
-The server's replies and transcripts stay greedy (or sampled): a beam's text is not final
-until the search ends, so it cannot be sent, nor spoken, token by token.
+A :class:`BeamSearch` advances one batched forward at a time, so a search can also run
+inside the scheduler's steps beside other jobs (:func:`minmo.inference.generate.text_step`):
+the server's input transcripts (``minmo serve --transcript-beam-size``), whose text is sent
+whole when the search ends. The server's replies stay greedy (or sampled): a beam's text is
+not final until the search ends, so it cannot be spoken token by token.
 """
 
 from __future__ import annotations
@@ -56,45 +59,74 @@ def fork(stream: KVStream) -> KVStream:
     return KVStream(cache, stream.length)
 
 
-@torch.inference_mode()
-def beam_search(rt: MinMoRuntime, prompt: torch.Tensor, beam_size: int, max_tokens: int,
-                length_penalty: float, prefix: KVStream | None = None) -> Hypothesis:
-    """The best continuation of ``prompt`` (``(n, H)`` input embeddings) up to the stop token.
+class BeamSearch:
+    """A beam search advanced one batched forward at a time, so that it can share the
+    scheduler's LLM steps with other jobs (:func:`minmo.inference.generate.text_step`) or
+    run alone (:func:`beam_search`).
+
+    Each step the caller feeds :attr:`feeds` to :attr:`streams` (one row per live
+    hypothesis; the first step feeds the prompt) and hands the last position's logits to
+    :meth:`advance`. When :attr:`best` is set the search is over.
 
     Args:
-        rt: the runtime whose LLM writes.
-        prompt: the prompt's input embeddings (after ``prefix``).
+        rt: the runtime whose LLM writes (its stop tokens and embeddings).
+        prompt: the prompt's input embeddings ``(n, H)`` (after ``prefix``).
         beam_size: hypotheses kept per step.
         max_tokens: length limit (tokens, the stop token excluded).
         length_penalty: exponent of the length normalisation (see module docstring).
         prefix: a cache already holding the start of the context (a conversation); it is
             forked, never changed. None: the prompt is the whole context.
+    """
+
+    def __init__(self, rt: MinMoRuntime, prompt: torch.Tensor, beam_size: int, max_tokens: int,
+                 length_penalty: float, prefix: KVStream | None = None) -> None:
+        if beam_size < 1 or max_tokens < 1:
+            raise ValueError(f"beam_search: beam_size {beam_size} and max_tokens {max_tokens} "
+                             "must be >= 1")
+        self.rt, self.beam_size, self.max_tokens = rt, beam_size, max_tokens
+        self.length_penalty = length_penalty
+        self.stops = sorted(rt.stop_ids)
+        self.live = [Hypothesis([], 0.0, False)]
+        self.streams = [fork(prefix) if prefix is not None else KVStream()]
+        self.feeds = [prompt.to(rt.dtype)]
+        self.done: list[Hypothesis] = []
+        self.steps = 0
+        self.best: Hypothesis | None = None
+
+    def advance(self, logits: torch.Tensor) -> None:
+        """One step: ``(len(streams), V)`` next-token logits of the rows just fed."""
+        if self.best is not None:
+            raise RuntimeError("BeamSearch.advance: the search has ended")
+        logprobs = logits.float().log_softmax(-1)
+        ended, kept = expand(self.live, logprobs, self.beam_size, self.stops)
+        self.done.extend(ended)
+        self.steps += 1
+        if self.steps == self.max_tokens:  # cut at the limit: the live ones as they are
+            self.done.extend(hyp for _, hyp in kept)
+        elif not _settled(self.done, [hyp for _, hyp in kept], self.beam_size,
+                          self.length_penalty):
+            self.streams = [fork(self.streams[parent]) for parent, _ in kept]
+            self.feeds = [self.rt.embed_ids(hyp.ids[-1:]) for _, hyp in kept]
+            self.live = [hyp for _, hyp in kept]
+            return
+        self.best = max(self.done, key=lambda h: h.score(self.length_penalty))
+        self.live, self.streams, self.feeds = [], [], []
+
+
+@torch.inference_mode()
+def beam_search(rt: MinMoRuntime, prompt: torch.Tensor, beam_size: int, max_tokens: int,
+                length_penalty: float, prefix: KVStream | None = None) -> Hypothesis:
+    """The best continuation of ``prompt`` (``(n, H)`` input embeddings) up to the stop
+    token: a :class:`BeamSearch` (same arguments) run alone to its end.
 
     Returns:
         the best :class:`Hypothesis`.
     """
-    if beam_size < 1 or max_tokens < 1:
-        raise ValueError(f"beam_search: beam_size {beam_size} and max_tokens {max_tokens} "
-                         "must be >= 1")
-    stops = sorted(rt.stop_ids)
-    kv = fork(prefix) if prefix is not None else KVStream()
-    hidden = grouped_forward(rt.llm_body, [kv], [prompt.to(rt.dtype)])[0][-1:]
-    live: list[tuple[Hypothesis, KVStream]] = [(Hypothesis([], 0.0, False), kv)]
-    done: list[Hypothesis] = []
-    for step in range(max_tokens):
-        logprobs = rt.model.llm.logits(hidden).float().log_softmax(-1)
-        ended, kept = expand([h for h, _ in live], logprobs, beam_size, stops)
-        done.extend(ended)
-        if step + 1 == max_tokens:  # cut at the limit: the live ones are ranked as they are
-            done.extend(hyp for _, hyp in kept)
-            break
-        if _settled(done, [hyp for _, hyp in kept], beam_size, length_penalty):
-            break
-        streams = [fork(live[parent][1]) for parent, _ in kept]
-        new = grouped_forward(rt.llm_body, streams, [rt.embed_ids(hyp.ids[-1:]) for _, hyp in kept])
-        hidden = torch.stack([h[-1] for h in new])
-        live = [(hyp, stream) for (_, hyp), stream in zip(kept, streams)]
-    return max(done, key=lambda h: h.score(length_penalty))
+    search = BeamSearch(rt, prompt, beam_size, max_tokens, length_penalty, prefix)
+    while search.best is None:
+        hidden = grouped_forward(rt.llm_body, search.streams, search.feeds)
+        search.advance(rt.model.llm.logits(torch.stack([h[-1] for h in hidden])))
+    return search.best
 
 
 def expand(live: list[Hypothesis], logprobs: torch.Tensor, beam_size: int,

@@ -3,6 +3,8 @@
 * :class:`TextStream`: the LLM writing a reply (or a transcript) token by token. Each step
   feeds the stream's pending embeddings, samples one token, and (for replies) makes the
   token's *semantic vector*: ``output_projector(hidden that produced y_t, embedding(y_t))``.
+  A transcript may instead be a beam search (:class:`~minmo.inference.beam.BeamSearch`),
+  whose hypotheses are fed in the same batched forward and whose text is known at its end.
 * :class:`VoiceStream`: the voice token LM's 5:15 schedule as a state machine. It holds the
   semantic vectors not fed yet and knows what to feed next: ``SOS``, a group of 5 vectors
   (then 15 speech tokens, one per step), or, once the text is done, the remaining vectors and
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from minmo.inference.beam import BeamSearch
 from minmo.inference.ctc_prefix import CtcPrefixScorer
 from minmo.inference.kv import KVStream, grouped_forward
 from minmo.inference.runtime import MinMoRuntime
@@ -44,6 +47,10 @@ class TextStream:
         forced: the reply's tokens, given (a text read aloud): each step feeds the next one
             instead of sampling (teacher forcing, as training does), so the semantic vectors
             are those of exactly this text; then the stream stops. None: generate.
+        beam: a beam search writing the text instead (a transcript in a throw-away cache;
+            ``kv`` and ``feed`` are then unused): each step feeds all its hypotheses, and
+            ``ids`` is set to the best text when the search ends (``finish_reason``
+            ``"stop"``, or ``"length"`` when it was cut at the limit).
     """
 
     kv: KVStream
@@ -59,6 +66,7 @@ class TextStream:
     steps: int = 0
     ctc: CtcPrefixScorer | None = None
     forced: list[int] | None = None
+    beam: BeamSearch | None = None
 
     @property
     def done(self) -> bool:
@@ -96,13 +104,28 @@ def sample_text(logits: torch.Tensor, temperature: float, top_p: float,
 
 @torch.inference_mode()
 def text_step(rt: MinMoRuntime, streams: list[TextStream]) -> list[TextStepOut]:
-    """One batched forward + one sampled token for every stream (none may be done)."""
-    hidden = grouped_forward(rt.llm_body, [s.kv for s in streams], [s.feed for s in streams])
+    """One batched forward + one token for every stream (none may be done); a beam search
+    feeds all its hypotheses in the same forward and gives no token until it ends."""
+    kvs, feeds, rows = [], [], []
+    for s in streams:
+        start = len(kvs)
+        kvs.extend(s.beam.streams if s.beam is not None else [s.kv])
+        feeds.extend(s.beam.feeds if s.beam is not None else [s.feed])
+        rows.append(slice(start, len(kvs)))
+    hidden = grouped_forward(rt.llm_body, kvs, feeds)
     last = torch.stack([h[-1] for h in hidden])
     logits = rt.model.llm.logits(last)
     outs = []
-    for s, h, lg in zip(streams, last, logits):
+    for s, row in zip(streams, rows):
         s.steps += 1
+        if s.beam is not None:
+            s.beam.advance(logits[row])
+            if s.beam.best is not None:
+                s.ids = list(s.beam.best.ids)
+                s.finish_reason = "stop" if s.beam.best.finished else "length"
+            outs.append(TextStepOut(None, None))
+            continue
+        h, lg = last[row.start], logits[row.start]
         if s.forced is not None:
             tok = s.forced[len(s.ids)] if len(s.ids) < len(s.forced) else min(rt.stop_ids)
         elif s.ctc is not None:

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from minmo.inference.beam import Hypothesis, beam_search
+from minmo.inference.beam import BeamSearch, Hypothesis, beam_search
 from minmo.inference.ctc_prefix import CtcPrefixScorer
 from minmo.inference.generate import TextStream, VoiceStream, text_step, voice_step
 from minmo.inference.kv import KVStream, grouped_forward
@@ -68,11 +68,12 @@ class GenerationConfig:
         transcribe_max_tokens: input-transcript length limit.
         transcribe_ctc_weight: the CTC share of joint CTC/attention decoding of transcripts
             (:mod:`minmo.inference.ctc_prefix`; 0: the LLM alone, greedy).
-        beam_size: beam width of the offline helpers' text (:mod:`minmo.inference.beam`):
-            transcripts and other speech-to-text passes (:func:`transcribe`,
-            :func:`speech_to_text`), and :func:`reply`'s text, which its speech then reads;
-            1: greedy. The server streams replies and transcripts token by token
-            (:func:`start_reply`, :func:`respond` and :func:`new_transcription` ignore it).
+        beam_size: beam width of the text of transcripts and other speech-to-text passes
+            (:func:`new_transcription`, so also :func:`transcribe`, :func:`speech_to_text`
+            and the server's input transcripts) and of :func:`reply`'s text, which its
+            speech then reads (:mod:`minmo.inference.beam`); 1: greedy. Replies that are
+            streamed (:func:`start_reply`, :func:`respond`, the server's) ignore it: they
+            are written, and spoken, token by token.
         length_penalty: beam search ranks finished texts by log-probability /
             length ** this (0: raw log-probability, which prefers short texts; 1: the
             mean token log-probability).
@@ -95,9 +96,6 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if self.beam_size > 1 and self.temperature > 0:
-            raise ValueError("beam search is deterministic: set temperature (sampling) or "
-                             "beam_size, not both")
         if self.beam_size > 1 and self.transcribe_ctc_weight > 0:
             raise ValueError("joint CTC decoding of transcripts is greedy: set "
                              "transcribe_ctc_weight or beam_size, not both")
@@ -433,12 +431,16 @@ def new_transcription(rt: MinMoRuntime, session_or_system: VoiceSession | str,
                       max_tokens: int | None = None) -> ResponseJob:
     """A speech-in, text-out job over ``(F, H)`` speech embeddings in its own throw-away
     cache: the transcript (ASR instruction) by default, or any task's ``instruction``
-    (translation, language ID, ...). Greedy (streamed token by token; for beam search see
-    :func:`embeddings_to_text`); ``max_tokens`` defaults to ``gen.transcribe_max_tokens``."""
+    (translation, language ID, ...). Greedy, streamed token by token; with
+    ``gen.beam_size > 1`` a beam search (:class:`~minmo.inference.beam.BeamSearch`) whose
+    text comes whole when it ends. ``max_tokens`` defaults to ``gen.transcribe_max_tokens``."""
     gen = gen or GenerationConfig()
     prompt = _speech_prompt(rt, _system_of(session_or_system), speech, instruction)
-    text = TextStream(KVStream(), prompt, max_tokens or gen.transcribe_max_tokens)
-    if gen.transcribe_ctc_weight > 0 and instruction == ASR_INSTRUCTION:
+    limit = max_tokens or gen.transcribe_max_tokens
+    text = TextStream(KVStream(), prompt, limit)
+    if gen.beam_size > 1:
+        text.beam = BeamSearch(rt, prompt, gen.beam_size, limit, gen.length_penalty)
+    elif gen.transcribe_ctc_weight > 0 and instruction == ASR_INSTRUCTION:
         text.ctc = CtcPrefixScorer(rt.ctc_log_probs(speech), gen.transcribe_ctc_weight)
     return ResponseJob(text, None, None, "transcript")
 
@@ -446,15 +448,9 @@ def new_transcription(rt: MinMoRuntime, session_or_system: VoiceSession | str,
 def embeddings_to_text(rt: MinMoRuntime, session_or_system: VoiceSession | str,
                        speech: torch.Tensor, gen: GenerationConfig | None = None,
                        instruction: str = ASR_INSTRUCTION, max_tokens: int | None = None) -> str:
-    """The whole text of one speech-in, text-out pass over ``(F, H)`` speech embeddings:
-    a :func:`new_transcription` job run to its end, or, with ``gen.beam_size >
-    1``, the best text of a beam search (:func:`minmo.inference.beam.beam_search`)."""
+    """The whole text of one speech-in, text-out pass over ``(F, H)`` speech embeddings: a
+    :func:`new_transcription` job (greedy, or a beam search) run to its end."""
     gen = gen or GenerationConfig()
-    if gen.beam_size > 1:
-        prompt = _speech_prompt(rt, _system_of(session_or_system), speech, instruction)
-        best = beam_search(rt, prompt, gen.beam_size,
-                           max_tokens or gen.transcribe_max_tokens, gen.length_penalty)
-        return rt.decode(best.ids)
     job = new_transcription(rt, session_or_system, speech, gen, instruction, max_tokens)
     for _ in run_job(rt, job, gen):
         pass
@@ -678,24 +674,28 @@ def reply(rt: MinMoRuntime, wave: np.ndarray | None, session: VoiceSession | Non
     and the reply text are beam-searched, and the reply's speech then reads that text (its
     timings then count the search before the first token)."""
     session = session or new_session(rt)
+    gen = session.cfg.generation
+    if gen.beam_size > 1 and gen.temperature > 0 and say is None:
+        raise ValueError("reply: the reply text is beam-searched (beam_size > 1), which is "
+                         "deterministic: set temperature (sampling) or beam_size, not both")
     transcript = None
     if wave is not None:
         speech = rt.encode_speech(wave)
         if with_transcript:
-            transcript = embeddings_to_text(rt, session, speech, session.cfg.generation)
+            transcript = embeddings_to_text(rt, session, speech, gen)
         add_user_speech(rt, session, speech, transcript)
     elif text is not None:
         add_user_text(rt, session, text)
     say_ends, searched_from = True, None
-    if say is None and session.cfg.generation.beam_size > 1:  # the best text, then its speech
+    if say is None and gen.beam_size > 1:  # the best text, then its speech
         searched_from = time.perf_counter()
-        best = _beam_reply(rt, session, session.cfg.generation)
+        best = _beam_reply(rt, session, gen)
         say, say_ends = best.ids, best.finished
     job = start_reply(rt, session, audio=audio, say=say, say_ends=say_ends)
     if searched_from is not None:  # the reply began with its search: its timings count it
         job.t0 = searched_from
     chunks, tokens = [], []
-    for ev in run_job(rt, job, session.cfg.generation):
+    for ev in run_job(rt, job, gen):
         if isinstance(ev, AudioChunk):
             chunks.append(ev.samples)
         elif isinstance(ev, SpeechTokens):

@@ -185,8 +185,8 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
                         rounds: int = 2, max_text_tokens: int = 24, max_speech_tokens: int = 150,
                         threads: int = 1, vocoder: str = "auto", timeout: float = 90.0,
                         progress: bool = True, device: str = "cpu",
-                        defer_listening: float = 1.0, speculate: bool = True
-                        ) -> tuple[list[LevelResult], dict]:
+                        defer_listening: float = 1.0, speculate: bool = True,
+                        transcript_beam_size: int = 1) -> tuple[list[LevelResult], dict]:
     """Start ``minmo serve`` (on ``device``) in a child process (its own interpreter, as in
     production) and measure each concurrency level with real-time clients from this process.
 
@@ -205,7 +205,8 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
            "--max-text-tokens", str(max_text_tokens), "--max-speech-tokens",
            str(max_speech_tokens), "--vocoder", vocoder, "--device", device,
            "--defer-listening", str(defer_listening),
-           "--speculate" if speculate else "--no-speculate"]
+           "--speculate" if speculate else "--no-speculate",
+           "--transcript-beam-size", str(transcript_beam_size)]
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
