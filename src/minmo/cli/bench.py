@@ -21,6 +21,8 @@ import platform
 import sys
 from pathlib import Path
 
+from minmo.cli import add_quantize_argument
+
 DOCS = "docs/benchmarks.md"
 
 
@@ -34,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=2, help="turns per session per level")
     s.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     s.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:1, ...")
+    add_quantize_argument(s)
     s.add_argument("--defer-listening", type=float, default=1.0, metavar="SECONDS",
                    help="the server's --defer-listening (0: listen every tick)")
     s.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=True,
@@ -54,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--model", default="tiny", help="model directory or preset (default tiny)")
     m.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (VAD stays on the CPU)")
+    add_quantize_argument(m)
     m.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder to time (default: the model's)")
     m.add_argument("--repeats", type=int, default=20, help="timed runs per module (default 20)")
@@ -146,7 +150,8 @@ def run_serve(args: argparse.Namespace) -> int:
                                          args.max_speech_tokens, args.threads, args.vocoder,
                                          device=args.device, defer_listening=args.defer_listening,
                                          speculate=args.speculate,
-                                         transcript_beam_size=args.transcript_beam_size)
+                                         transcript_beam_size=args.transcript_beam_size,
+                                         quantize=args.quantize)
     table = markdown_table(results)
     means = stage_means(facts["metrics"])
     stages = ", ".join(f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in means.items()
@@ -169,6 +174,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.write_docs:
         beam = (f" --transcript-beam-size {args.transcript_beam_size}"
                 if args.transcript_beam_size > 1 else "")
+        beam += f" --quantize {args.quantize}" if args.quantize != "none" else ""
         body = "\n".join([
             f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
             f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder} --device "
@@ -200,13 +206,15 @@ def run_modules(args: argparse.Namespace) -> int:
     from minmo.serving.bench import modules_table, run_modules_benchmark
 
     rows, facts = run_modules_benchmark(args.model, args.vocoder, args.threads, args.repeats,
-                                        args.device)
+                                        args.device, args.quantize)
     table = modules_table(rows)
     print(table)
     if args.write_docs:
         info = facts["model"]
         body = (f"`minmo bench modules --model {args.model} --threads {args.threads} --vocoder "
-                f"{args.vocoder} --device {args.device}` ({datetime.date.today()}, {_machine()}; "
+                f"{args.vocoder} --device {args.device}"
+                f"{f' --quantize {args.quantize}' if args.quantize != 'none' else ''}` "
+                f"({datetime.date.today()}, {_machine()}; "
                 f"model `{info['name']}`, "
                 f"speech decoder {info['vocoder']}):\n\n{table}")
         _section_file(args.write_docs, "modules", body)

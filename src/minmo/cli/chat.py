@@ -8,6 +8,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from minmo.cli import add_quantize_argument
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -45,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "take it as a turn)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    add_quantize_argument(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: half the cores, at least 1)")
     p.set_defaults(func=run)
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
               "reaches the server's turn threshold); the server would not take it as a turn. "
               "Pass --no-vad to answer it anyway", file=sys.stderr)
         return 1
-    rt = load_runtime(args.model, seed=args.seed, device=args.device, vocoder=args.vocoder)
+    rt = load_runtime(args.model, seed=args.seed, device=args.device, vocoder=args.vocoder,
+                      quantize=args.quantize)
     if rt.info.warning:
         print(f"minmo chat: WARNING: {rt.info.warning}", file=sys.stderr)
     gen = P.GenerationConfig(max_text_tokens=args.max_text_tokens,

@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from minmo.cli import add_quantize_argument
+
 
 BASELINES = ("cascade", "text")
 
@@ -87,6 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "system, as the paper measures it) or feed it the text to read "
                         "(given: the speech generation alone)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    add_quantize_argument(parser)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own). Spoken figures depend on "
                              "it (sampled speech tokens): compare runs made with the same count; "
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                                 max_reply_seconds=args.max_reply_seconds, vocoder=args.vocoder,
                                 transcript_ctc_weight=args.ctc_weight,
                                 tts_text=args.tts_text, beam_size=args.beam_size,
-                                length_penalty=args.length_penalty)
+                                length_penalty=args.length_penalty, quantize=args.quantize)
         systems = [SystemUnderTest("minmo", model, make_judge(args.asr_judge, model, args.device))]
         for kind in args.baseline:
             from minmo.eval.model_binding import bind_baseline

@@ -7,6 +7,8 @@ import dataclasses
 import os
 import sys
 
+from minmo.cli import add_quantize_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -47,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder: token2wav (flow + HiFT) or placeholder tones")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_quantize_argument(p)
     p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
                    help="who decides when to answer: the duplex predictor with VAD (answers "
                    "after the model's duplex.respond_silence_ms of silence, 200 ms for "
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
               "choose another with --port", file=sys.stderr)
         return 2
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-    rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder)
+    rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder,
+                      quantize=args.quantize)
     if rt.info.warning:
         print(f"minmo serve: WARNING: {rt.info.warning}", file=sys.stderr)
     if args.transcript_beam_size < 1:
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     barge = f"{turns.barge_in_ms:.0f} ms of speech" + (
         ", a shorter command ('stop', 'wait', ...)" if turns.read_commands else "") + (
         " or the predictor's STOP" if trust and turns.predictor_stop else "")
+    if rt.info.quantization:
+        print(f"minmo serve: {rt.info.quantization}", file=sys.stderr)
     print(f"minmo serve: model {rt.info.name} ({rt.info.source}), speech: {rt.info.vocoder}, "
           f"turns: {'duplex predictor + VAD' if trust else 'VAD rule'} ("
           + (f"answers after {turns.respond_silence_ms:.0f} ms of silence; " if trust else "")

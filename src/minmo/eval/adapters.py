@@ -187,7 +187,7 @@ def make_judge(spec: str, model: Any, device: str = "cpu") -> TranscriberJudge |
 def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
                     vocoder: str = "auto", transcript_ctc_weight: float = 0.0,
                     tts_text: str = "generated", beam_size: int = 1,
-                    length_penalty: float | None = None) -> EvalModel:
+                    length_penalty: float | None = None, quantize: str = "none") -> EvalModel:
     """Bind ``--model`` (a checkpoint directory or a config preset) to an adapter.
 
     Args:
@@ -200,6 +200,7 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
             given text (``given``).
         beam_size, length_penalty: beam search of the text the model writes (1: greedy; a
             length penalty of None: the default).
+        quantize: ``none`` or ``int8`` (the LLM's weights, CPU: :mod:`minmo.inference.quantize`).
 
     Raises:
         ModelUnavailableError: the inference API this needs is not in this build, or the
@@ -209,4 +210,5 @@ def load_eval_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6
 
     return bind_minmo_model(spec, device, max_reply_seconds=max_reply_seconds, vocoder=vocoder,
                             transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text,
-                            beam_size=beam_size, length_penalty=length_penalty)
+                            beam_size=beam_size, length_penalty=length_penalty,
+                            quantize=quantize)

@@ -43,7 +43,7 @@ TTS_MIN_SYLLABLES_PER_SECOND = 2.0
 reading), at least 2 s, at most ``max_tts_seconds``."""
 
 
-def _load_runtime(spec: str, device: str, vocoder: str = "auto") -> Any:
+def _load_runtime(spec: str, device: str, vocoder: str = "auto", quantize: str = "none") -> Any:
     try:
         from minmo.inference.loading import load_runtime
     except ImportError as exc:
@@ -52,7 +52,7 @@ def _load_runtime(spec: str, device: str, vocoder: str = "auto") -> Any:
             f"build ({exc}); no numbers were produced"
         ) from None
     try:
-        return load_runtime(spec, device=device, vocoder=vocoder)
+        return load_runtime(spec, device=device, vocoder=vocoder, quantize=quantize)
     except (FileNotFoundError, ValueError) as exc:  # ModelLoadError, ConfigError, ...
         raise ModelUnavailableError(f"cannot load model {spec!r}: {exc}") from None
 
@@ -373,7 +373,7 @@ class TypedQuestionEvalModel(CascadeEvalModel):
 def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 6.0,
                      vocoder: str = "auto", transcript_ctc_weight: float = 0.0,
                      tts_text: str = "generated", beam_size: int = 1,
-                     length_penalty: float | None = None) -> EvalModel:
+                     length_penalty: float | None = None, quantize: str = "none") -> EvalModel:
     """Load ``spec`` (model directory, run directory or preset such as ``tiny``).
 
     Args:
@@ -386,11 +386,12 @@ def bind_minmo_model(spec: str, device: str = "cpu", max_reply_seconds: float = 
             the paper's system does) or ``given`` (it is fed the text: the speech alone).
         beam_size, length_penalty: beam search of the text the model writes (1: greedy;
             :mod:`minmo.inference.beam`; a length penalty of None: the default).
+        quantize: ``none`` or ``int8`` (the LLM's weights, CPU: :mod:`minmo.inference.quantize`).
 
     Raises:
         ModelUnavailableError: no loader in this build, or the model cannot be loaded.
     """
-    return MinMoEvalModel(_load_runtime(spec, device, vocoder), spec,
+    return MinMoEvalModel(_load_runtime(spec, device, vocoder, quantize), spec,
                           max_reply_seconds=max_reply_seconds,
                           transcript_ctc_weight=transcript_ctc_weight, tts_text=tts_text,
                           beam_size=beam_size, length_penalty=length_penalty)

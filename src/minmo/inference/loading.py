@@ -26,6 +26,7 @@ import torch
 
 from minmo.checkpoints import overlay
 from minmo.config import load_model_config
+from minmo.inference.quantize import QUANTIZE_CHOICES, quantize_llm
 from minmo.inference.runtime import MinMoRuntime, ModelInfo
 from minmo.inference.vocoder import PlaceholderVocoder, SpeechDecoder
 
@@ -102,9 +103,10 @@ def _speech_decoder(model: torch.nn.Module, directory: Path | None, trained: boo
 
 
 def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 vocoder: str = "auto") -> MinMoRuntime:
+                 vocoder: str = "auto", quantize: str = "none") -> MinMoRuntime:
     """Build the runtime named by ``spec`` (see module docstring); ``vocoder`` picks the speech
-    decoder (``auto``/``token2wav`` or ``placeholder``).
+    decoder (``auto``/``token2wav`` or ``placeholder``); ``quantize="int8"`` stores the LLM's
+    linear weights as int8 (CPU only: :mod:`minmo.inference.quantize`).
 
     Raises:
         ModelLoadError / ConfigError / CheckpointError: with the path and the fix.
@@ -113,6 +115,11 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
     from minmo.checkpoints.overlay import is_overlay_dir, load_overlay_model
     from minmo.models.builders import build_model
 
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"unknown quantization '{quantize}': use " + " or ".join(QUANTIZE_CHOICES))
+    if quantize != "none" and torch.device(device).type != "cpu":
+        raise ValueError(f"--quantize {quantize} is for the CPU, not {device} (on a GPU the "
+                         "model runs in bfloat16 instead)")
     spec = spec or DEFAULT_MODEL
     path = Path(spec)
     notes: list[str] = []
@@ -150,6 +157,8 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
         info = ModelInfo(cfg.name, f"preset:{spec}", random_weights=True)
         model_dir = None
     model = model.to(device)
+    if quantize == "int8":
+        info.quantization = quantize_llm(model.llm).summary()
     decoder, vnotes = _speech_decoder(model, model_dir, not info.random_weights, vocoder)
     info.vocoder = decoder.name
     info.notes = notes + vnotes

@@ -31,6 +31,8 @@ class ModelInfo:
         notes: further plain-language caveats (e.g. a placeholder vocoder).
         untrained: parameter groups left at their random initialisation in an otherwise
             trained model (an overlay package's ``untrained_groups``, e.g. ``duplex``).
+        quantization: how the weights were quantized after loading (None: as loaded;
+            :mod:`minmo.inference.quantize`).
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelInfo:
     vocoder: str = "placeholder-tones"
     notes: list[str] = field(default_factory=list)
     untrained: list[str] = field(default_factory=list)
+    quantization: str | None = None
 
     @property
     def trained_predictor(self) -> bool:
@@ -56,7 +59,8 @@ class ModelInfo:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "random_weights": self.random_weights,
-                "vocoder": self.vocoder, "warning": self.warning}
+                "vocoder": self.vocoder, "warning": self.warning,
+                "quantization": self.quantization}
 
 
 class MinMoRuntime:

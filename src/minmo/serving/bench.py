@@ -186,7 +186,8 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
                         threads: int = 1, vocoder: str = "auto", timeout: float = 90.0,
                         progress: bool = True, device: str = "cpu",
                         defer_listening: float = 1.0, speculate: bool = True,
-                        transcript_beam_size: int = 1) -> tuple[list[LevelResult], dict]:
+                        transcript_beam_size: int = 1, quantize: str = "none"
+                        ) -> tuple[list[LevelResult], dict]:
     """Start ``minmo serve`` (on ``device``) in a child process (its own interpreter, as in
     production) and measure each concurrency level with real-time clients from this process.
 
@@ -206,7 +207,7 @@ def run_serve_benchmark(model: str | None = "tiny", levels: tuple[int, ...] = (1
            str(max_speech_tokens), "--vocoder", vocoder, "--device", device,
            "--defer-listening", str(defer_listening),
            "--speculate" if speculate else "--no-speculate",
-           "--transcript-beam-size", str(transcript_beam_size)]
+           "--transcript-beam-size", str(transcript_beam_size), "--quantize", quantize]
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -343,7 +344,8 @@ class _ModuleTimer:
 
 
 def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", threads: int = 1,
-                          repeats: int = 20, device: str = "cpu") -> tuple[list[ModuleRow], dict]:
+                          repeats: int = 20, device: str = "cpu", quantize: str = "none"
+                          ) -> tuple[list[ModuleRow], dict]:
     """Per-module latency of the serving path (one session unless noted), on ``device``
     (silero VAD always runs on the CPU, as in the server).
 
@@ -355,7 +357,7 @@ def run_modules_benchmark(model: str | None = "tiny", vocoder: str = "auto", thr
     from minmo.inference.loading import load_runtime
 
     torch.set_num_threads(threads)
-    rt = load_runtime(model, vocoder=vocoder, device=device)
+    rt = load_runtime(model, vocoder=vocoder, device=device, quantize=quantize)
     timer = _ModuleTimer(repeats, sync=torch.cuda.synchronize if rt.device.type == "cuda" else None)
     wave = (np.random.default_rng(0).standard_normal(48000) * 0.1).astype(np.float32)  # 3 s
     with torch.inference_mode():
