@@ -51,7 +51,8 @@ def fixture_results() -> EvalResults:
                       "name": "runs/tiny", "source": "runs/tiny", "vocoder": "token2wav"},
                   "model_info[cascade]": {
                       "name": "cascade(runs/tiny)", "source": "runs/tiny", "vocoder": "token2wav",
-                      "beam_size": 4, "length_penalty": 0.5}}, rows=rows,
+                      "beam_size": 4, "length_penalty": 0.5,
+                      "quantization": "int8 LLM weights: 211 linear layers"}}, rows=rows,
         skipped=[SkippedTask("tts", "synth", "minmo", "model has no 'synthesize'", 5)],
         problems=[f"x.jsonl:{i}: missing_file" for i in range(25)],
         latency={"minmo": {k: v.as_dict() for k, v in stats.items()}},
@@ -90,7 +91,8 @@ def test_write_report_files_and_tables(tmp_path: Path) -> None:
     assert "![tasks](tasks.png)" in md
     assert "speech decoder `token2wav`, text decoded greedily." in md
     assert ("`cascade(runs/tiny)` from `runs/tiny`, speech decoder `token2wav`, text decoded "
-            "by beam search of width 4 (length penalty 0.5).") in md
+            "by beam search of width 4 (length penalty 0.5); int8 LLM weights: 211 linear "
+            "layers.") in md
 
 
 def test_paper_cell_rules() -> None:

@@ -85,7 +85,8 @@ def test_minmo_chat_beam_size_decodes_transcript_and_reply_by_beam_search(tmp_pa
             "--max-text-tokens", "3", "--threads", "1", "--no-vad"]
     assert main(args + ["--beam-size", "3"]) == 0
     said = json.loads(capsys.readouterr().out)
-    rt = load_runtime("tiny", vocoder="placeholder")
+    wave, _ = sf.read(tmp_path / "in.wav", dtype="float32")  # as chat reads it (16-bit)
+    rt = load_runtime("tiny", vocoder="placeholder", quantize="int8")  # chat's CPU default
     gen = P.GenerationConfig(max_text_tokens=3, beam_size=3)
     expected = P.reply(rt, wave, P.new_session(rt, P.SessionConfig(generation=gen)), audio=False)
     assert (said["transcript"], said["reply"]) == (expected.transcript, expected.text)

@@ -11,7 +11,8 @@ from minmo.cli import QUANTIZE_CHOICES as CLI_CHOICES
 from minmo.inference import pipeline as P
 from minmo.inference.kv import KVStream, batched_forward
 from minmo.inference.loading import load_runtime
-from minmo.inference.quantize import QUANTIZE_CHOICES, Int8Linear, quantize_llm
+from minmo.inference.quantize import (QUANTIZE_CHOICES, Int8Linear, quantize_llm,
+                                      resolve_quantize)
 
 
 @pytest.mark.parametrize("out_features,in_features,bias", [(576, 576, False), (192, 576, True),
@@ -77,6 +78,8 @@ def test_a_quantized_runtime_runs_the_pipeline_close_to_the_float_one():
 
 def test_quantize_settings_are_checked():
     assert CLI_CHOICES == QUANTIZE_CHOICES
+    assert resolve_quantize("auto", "cpu") == "int8" and resolve_quantize("auto", "cuda:0") == "none"
+    assert resolve_quantize("none", "cpu") == "none" and resolve_quantize("int8", "cpu") == "int8"
     with pytest.raises(ValueError, match="unknown quantization 'int4'"):
         load_runtime("tiny", quantize="int4")
     with pytest.raises(ValueError, match="for the CPU"):

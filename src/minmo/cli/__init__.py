@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-QUANTIZE_CHOICES = ("none", "int8")  # as minmo.inference.quantize's (that one imports torch)
+QUANTIZE_CHOICES = ("auto", "none", "int8")  # as minmo.inference.quantize's (that imports torch)
 
 
-def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
-    """``--quantize none|int8``: the LLM's weights as loaded or as int8 (CPU)."""
-    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                        help="int8: store the LLM's linear weights as int8 rows with one scale "
-                        "each (CPU only); a decode step of minmo-small ran 3.1x faster on one "
-                        "thread with the same ASR WER (docs/benchmarks.md). none (default): "
-                        "as loaded")
+def add_quantize_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--quantize auto|none|int8``: the LLM's weights as int8 (CPU) or as loaded."""
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=default,
+                        help="int8: the LLM's linear weights as int8 rows with one scale each "
+                        "(CPU only): minmo-small's decode step ran 2.8x faster on one thread "
+                        "and scored within a point or an item of float on every test "
+                        "measured (docs/benchmarks.md); none: as loaded; auto: int8 on a "
+                        f"CPU, none on a GPU (default: {default})")

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=2, help="turns per session per level")
     s.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     s.add_argument("--device", default="cpu", help="the server's device: cpu, cuda, cuda:1, ...")
-    add_quantize_argument(s)
+    add_quantize_argument(s, "auto")
     s.add_argument("--defer-listening", type=float, default=1.0, metavar="SECONDS",
                    help="the server's --defer-listening (0: listen every tick)")
     s.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=True,
@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--model", default="tiny", help="model directory or preset (default tiny)")
     m.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (VAD stays on the CPU)")
-    add_quantize_argument(m)
+    add_quantize_argument(m, "auto")
     m.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder to time (default: the model's)")
     m.add_argument("--repeats", type=int, default=20, help="timed runs per module (default 20)")
@@ -97,6 +97,11 @@ def _machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return f"{platform.machine()}, {os.cpu_count()} cores{load}, {gpu}, torch {torch.__version__}"
+
+
+def _weights(info: dict) -> str:
+    """How the model's LLM weights were held, from its ``ModelInfo.to_dict()``."""
+    return info.get("quantization") or "LLM weights as loaded"
 
 
 def write_section(path: str | Path, heading: str, body: str) -> None:
@@ -174,15 +179,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.write_docs:
         beam = (f" --transcript-beam-size {args.transcript_beam_size}"
                 if args.transcript_beam_size > 1 else "")
-        beam += f" --quantize {args.quantize}" if args.quantize != "none" else ""
         body = "\n".join([
             f"`minmo bench serve --model {args.model} --levels {args.levels} --rounds "
             f"{args.rounds} --threads {args.threads} --vocoder {args.vocoder} --device "
             f"{args.device} --defer-listening {args.defer_listening}"
-            f"{'' if args.speculate else ' --no-speculate'}{beam}` "
+            f"{'' if args.speculate else ' --no-speculate'}{beam} --quantize {args.quantize}` "
             f"({datetime.date.today()}, {_machine()}; model `{info['name']}` {info['source']}, "
             f"{'random weights' if info['random_weights'] else 'trained'}, speech decoder "
-            f"{info['vocoder']}).",
+            f"{info['vocoder']}, {_weights(info)}).",
             "",
             f"Each client streams a {facts['turn_seconds']} s espeak-ng turn "
             f"({facts['speech_seconds']} s incl. lead-in to the end of speech, then silence) in "
@@ -212,11 +216,10 @@ def run_modules(args: argparse.Namespace) -> int:
     if args.write_docs:
         info = facts["model"]
         body = (f"`minmo bench modules --model {args.model} --threads {args.threads} --vocoder "
-                f"{args.vocoder} --device {args.device}"
-                f"{f' --quantize {args.quantize}' if args.quantize != 'none' else ''}` "
+                f"{args.vocoder} --device {args.device} --quantize {args.quantize}` "
                 f"({datetime.date.today()}, {_machine()}; "
                 f"model `{info['name']}`, "
-                f"speech decoder {info['vocoder']}):\n\n{table}")
+                f"speech decoder {info['vocoder']}, {_weights(info)}):\n\n{table}")
         _section_file(args.write_docs, "modules", body)
         print(f"wrote the Serving section of {args.write_docs}", file=sys.stderr)
     return 0

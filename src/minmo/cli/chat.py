@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "take it as a turn)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
-    add_quantize_argument(p)
+    add_quantize_argument(p, "auto")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: half the cores, at least 1)")
     p.set_defaults(func=run)

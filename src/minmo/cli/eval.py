@@ -89,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "system, as the paper measures it) or feed it the text to read "
                         "(given: the speech generation alone)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
-    add_quantize_argument(parser)
+    add_quantize_argument(parser, "none")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own). Spoken figures depend on "
                              "it (sampled speech tokens): compare runs made with the same count; "

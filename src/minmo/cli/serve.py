@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--vocoder", choices=("auto", "token2wav", "placeholder"), default="auto",
                    help="speech decoder: token2wav (flow + HiFT) or placeholder tones")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    add_quantize_argument(p)
+    add_quantize_argument(p, "auto")
     p.add_argument("--turn-policy", choices=("auto", "vad", "predictor"), default="auto",
                    help="who decides when to answer: the duplex predictor with VAD (answers "
                    "after the model's duplex.respond_silence_ms of silence, 200 ms for "

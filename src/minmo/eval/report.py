@@ -111,7 +111,9 @@ def render_markdown(results: EvalResults, plot_files: list[Path]) -> str:
             system = key[len("model_info["):-1] if "[" in key else "model"
             lines.append(f"Model ({system}): `{info.get('name')}` from `{info.get('source')}`, "
                          f"speech decoder `{info.get('vocoder')}`, text decoded "
-                         f"{_text_decoding(info)}.")
+                         f"{_text_decoding(info)}"
+                         + (f"; {info['quantization']}" if info.get("quantization") else "")
+                         + ".")
             if info.get("warning"):
                 lines.append(f"\n> **Warning:** {info['warning']}")
             lines.append("")

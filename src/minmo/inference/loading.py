@@ -26,7 +26,7 @@ import torch
 
 from minmo.checkpoints import overlay
 from minmo.config import load_model_config
-from minmo.inference.quantize import QUANTIZE_CHOICES, quantize_llm
+from minmo.inference.quantize import quantize_llm, resolve_quantize
 from minmo.inference.runtime import MinMoRuntime, ModelInfo
 from minmo.inference.vocoder import PlaceholderVocoder, SpeechDecoder
 
@@ -106,7 +106,7 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
                  vocoder: str = "auto", quantize: str = "none") -> MinMoRuntime:
     """Build the runtime named by ``spec`` (see module docstring); ``vocoder`` picks the speech
     decoder (``auto``/``token2wav`` or ``placeholder``); ``quantize="int8"`` stores the LLM's
-    linear weights as int8 (CPU only: :mod:`minmo.inference.quantize`).
+    linear weights as int8 (CPU only; ``auto``: on a CPU: :mod:`minmo.inference.quantize`).
 
     Raises:
         ModelLoadError / ConfigError / CheckpointError: with the path and the fix.
@@ -115,11 +115,7 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
     from minmo.checkpoints.overlay import is_overlay_dir, load_overlay_model
     from minmo.models.builders import build_model
 
-    if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"unknown quantization '{quantize}': use " + " or ".join(QUANTIZE_CHOICES))
-    if quantize != "none" and torch.device(device).type != "cpu":
-        raise ValueError(f"--quantize {quantize} is for the CPU, not {device} (on a GPU the "
-                         "model runs in bfloat16 instead)")
+    quantize = resolve_quantize(quantize, device)
     spec = spec or DEFAULT_MODEL
     path = Path(spec)
     notes: list[str] = []

@@ -1,14 +1,15 @@
-"""Weight-only int8 for the LLM on the CPU (``--quantize int8``).
+"""Weight-only int8 for the LLM on the CPU (``--quantize int8``; ``auto``, the default of
+``minmo serve``, ``chat`` and ``bench``, chooses it on a CPU).
 
 On a CPU one LLM step of a few positions is bound by reading the weights: minmo-small's
-SmolLM2-135M reads ~540 MB of float32 per decode step (its 30 layers and the 49,152-row
+SmolLM2-135M reads 513 MiB of float32 per decode step (its 30 layers and the 49,152-row
 output layer), and the server runs such steps for every 80 ms of user speech it listens to,
 as well as for every reply token. Stored as int8 with one float scale per output row, the
 same weights are a quarter of the bytes, and PyTorch's own kernel for that layout
 (``torch.ops.aten._weight_int8pack_mm``, the CPU path of gpt-fast's and torchao's int8
 weight-only linear) multiplies bfloat16 activations by them directly. Measured on minmo-small
-(``docs/benchmarks.md``): a decode step 3.1 times faster on one thread, with the same ASR
-WER on 80 open sentences.
+(``docs/benchmarks.md``): a decode step 2.8-3.1 times faster on one thread, at the same
+accuracy on every test set measured, within a point or an item.
 
 What is quantized: every ``nn.Linear`` of the LLM (attention and MLP projections of each
 layer, and the output layer, which in SmolLM2 shares its weight with the input embedding:
@@ -30,10 +31,28 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-QUANTIZE_CHOICES = ("none", "int8")
-"""``--quantize`` values: ``none`` (the weights as loaded) or ``int8`` (this module)."""
+QUANTIZE_CHOICES = ("auto", "none", "int8")
+"""``--quantize`` values: ``none`` (the weights as loaded), ``int8`` (this module), or
+``auto`` (:func:`resolve_quantize`: int8 on a CPU, none elsewhere)."""
 
 _K_MULTIPLE = 16  # input widths the int8 kernel computes correctly
+
+
+def resolve_quantize(choice: str, device: str | torch.device) -> str:
+    """``none`` or ``int8`` for ``choice`` on ``device`` (``auto``: int8 on a CPU).
+
+    Raises:
+        ValueError: an unknown choice, or int8 asked for on another device.
+    """
+    if choice not in QUANTIZE_CHOICES:
+        raise ValueError(f"unknown quantization '{choice}': use " + ", ".join(QUANTIZE_CHOICES))
+    on_cpu = torch.device(device).type == "cpu"
+    if choice == "auto":
+        return "int8" if on_cpu else "none"
+    if choice == "int8" and not on_cpu:
+        raise ValueError(f"--quantize int8 is for the CPU, not {device} (on a GPU the model "
+                         "runs in bfloat16 instead)")
+    return choice
 
 
 class Int8Linear(nn.Module):
@@ -92,8 +111,8 @@ class QuantizeReport:
 
     def summary(self) -> str:
         return (f"int8 LLM weights: {self.layers} linear layers read "
-                f"{self.bytes_after / 2**20:.1f} MB per step instead of "
-                f"{self.bytes_before / 2**20:.1f} MB"
+                f"{self.bytes_after / 2**20:.1f} MiB per step instead of "
+                f"{self.bytes_before / 2**20:.1f} MiB"
                 + (f" ({len(self.skipped)} left in float)" if self.skipped else ""))
 
 
