@@ -115,4 +115,6 @@ def run(args: argparse.Namespace) -> int:
     if "first_audio" in t:
         print(f"latency  : first token {t['first_token'] * 1000:.0f} ms, first audio "
               f"{t['first_audio'] * 1000:.0f} ms, total {t['total'] * 1000:.0f} ms")
+    if rt.info.quantization:
+        print(f"weights  : {rt.info.quantization} (--quantize none: float)")
     return 0
