@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minmo.cli import add_quantize_argument
+
 
 def espeak_24k(text: str, directory: Path, lead: float, tail: float) -> np.ndarray:
     """``text`` spoken by espeak-ng, 24 kHz (the wire rate), with silence around it."""
@@ -69,6 +71,7 @@ def main() -> int:
     parser.add_argument("--turn-policy", choices=("auto", "vad"), default="auto",
                         help="auto: trust the duplex predictor when trained (as minmo serve)")
     parser.add_argument("--threads", type=int, default=2)
+    add_quantize_argument(parser, "auto")
     parser.add_argument("--talk-over", action="append", default=None, metavar="TEXT",
                         help="what the user says over the reply (repeatable; default: an "
                              "interruption and the back-channel 'uh huh')")
@@ -86,7 +89,7 @@ def main() -> int:
     from minmo.serving.turns import TurnPolicy
 
     torch.set_num_threads(args.threads)
-    rt = load_runtime(args.model)
+    rt = load_runtime(args.model, quantize=args.quantize)
     if rt.info.warning:
         print("WARNING:", rt.info.warning)
     trust = rt.info.trained_predictor and args.turn_policy == "auto"
