@@ -66,7 +66,8 @@ minmo.hush = hush;
 
 function showModel(info) {
   if (!info) return;
-  ui.model.textContent = `${info.name} (${info.source})`;
+  ui.model.textContent = `${info.name} (${info.source})` +
+    (info.quantization ? " · " + info.quantization.split(":")[0] : "");
   if (info.random_weights || info.warning) {
     // the server's warning already says "random weights — not a trained model" when so
     ui.banner.style.display = "block";
