@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minmo.inference import pipeline as P
-from minmo.inference.generate import VoiceStream, text_step, voice_step
+from minmo.inference.generate import VoiceStream, ends_in_loop, text_step, voice_step
 from minmo.inference.kv import KVStream, batched_forward
 from minmo.inference.listen import ListenConfig, listen_step, new_listen_state
 from minmo.inference.loading import load_runtime
@@ -334,6 +334,50 @@ def test_text_only_reply_and_transcribe(rt):
     assert same == text  # transcribe is the ASR instruction pass
     other = P.speech_to_text(rt, _wave(), "Translate the speech into German.", max_tokens=3)
     assert isinstance(other, str) and other
+
+
+def test_loop_rule_needs_three_copies_covering_twelve_tokens():
+    area = [11, 12, 13]  # "the area of"
+    assert ends_in_loop([5] + area * 4) and not ends_in_loop([5] + area * 3)
+    assert ends_in_loop([1] + [0] * 12) and not ends_in_loop([1] + [0] * 11)  # "10000" is fine
+    assert ends_in_loop(list(range(6)) * 3)  # a period of 6, three times
+    assert not ends_in_loop(list(range(6)) * 2 + [0])  # two copies, then something new
+    assert not ends_in_loop(list(range(20)) * 2)  # a period longer than 16
+    assert not ends_in_loop([])
+
+
+def test_a_reply_that_loops_stops_where_the_loop_is_seen(rt, monkeypatch):
+    cycle = [101, 102, 103]  # the LLM made to write one three-token span over and over
+    logits = rt.model.llm.logits
+    calls = []
+
+    def looping(hidden):  # one call per text step (one stream here)
+        out = logits(hidden)
+        calls.append(1)
+        bias = torch.zeros(out.shape[-1], dtype=out.dtype)
+        bias[cycle[(len(calls) - 1) % 3]] = 1e4
+        return out + bias
+
+    monkeypatch.setattr(rt.model.llm, "logits", looping)
+    ids = {}
+    for stop in (True, False):
+        calls.clear()
+        gen = P.GenerationConfig(max_text_tokens=30, stop_loops=stop)
+        session = P.new_session(rt, P.SessionConfig(generation=gen))
+        P.add_user_text(rt, session, "hi")
+        job = P.start_reply(rt, session, audio=False)
+        events = list(P.run_job(rt, job, gen))
+        ids[stop] = job.text.ids
+        assert events[-1].status == "incomplete"
+        assert job.text.finish_reason == ("repetition" if stop else "length")
+        assert session.chat.items[-1].role == "assistant"  # what was said is kept
+    assert ids[False] == (cycle * 10)[:30]
+    assert ids[True] == cycle * 4  # cut at the fourth copy: 12 tokens
+    # a read-aloud text is said whole, loop or not
+    session = P.new_session(rt)
+    job = P.start_reply(rt, session, audio=False, say=cycle * 6)
+    list(P.run_job(rt, job))
+    assert job.text.ids == cycle * 6
 
 
 def test_reply_through_streaming_token2wav():

@@ -47,6 +47,9 @@ class TextStream:
         forced: the reply's tokens, given (a text read aloud): each step feeds the next one
             instead of sampling (teacher forcing, as training does), so the semantic vectors
             are those of exactly this text; then the stream stops. None: generate.
+        stop_loops: end the text (``finish_reason`` ``"repetition"``) once it repeats
+            itself (:func:`ends_in_loop`): a greedy LLM that starts "the area of the area
+            of ..." would otherwise write, and speak, the same words to its length limit.
         beam: a beam search writing the text instead (a transcript in a throw-away cache;
             ``kv`` and ``feed`` are then unused): each step feeds all its hypotheses, and
             ``ids`` is set to the best text when the search ends (``finish_reason``
@@ -66,6 +69,7 @@ class TextStream:
     steps: int = 0
     ctc: CtcPrefixScorer | None = None
     forced: list[int] | None = None
+    stop_loops: bool = False
     beam: BeamSearch | None = None
 
     @property
@@ -100,6 +104,27 @@ def sample_text(logits: torch.Tensor, temperature: float, top_p: float,
     keep = (p.cumsum(0) - p) < top_p
     p = p[keep] / p[keep].sum()
     return int(idx[keep][torch.multinomial(p, 1, generator=generator)])
+
+
+LOOP_MIN_COPIES = 3
+LOOP_MIN_TOKENS = 12
+LOOP_MAX_PERIOD = 16
+
+
+def ends_in_loop(ids: list[int]) -> bool:
+    """Whether ``ids`` end in a loop: one span of 1-:data:`LOOP_MAX_PERIOD` tokens repeated
+    back to back at least :data:`LOOP_MIN_COPIES` times, the copies covering at least
+    :data:`LOOP_MIN_TOKENS` tokens ("the area of" four times; twelve zeros in a row, not the
+    four of "10000")."""
+    n = len(ids)
+    for period in range(1, min(LOOP_MAX_PERIOD, n // LOOP_MIN_COPIES) + 1):
+        copies = 1
+        while (copies + 1) * period <= n and \
+                ids[n - (copies + 1) * period: n - copies * period] == ids[n - period:]:
+            copies += 1
+        if copies >= LOOP_MIN_COPIES and copies * period >= LOOP_MIN_TOKENS:
+            return True
+    return False
 
 
 @torch.inference_mode()
@@ -143,6 +168,9 @@ def text_step(rt: MinMoRuntime, streams: list[TextStream]) -> list[TextStepOut]:
         s.feed = emb
         if len(s.ids) >= s.max_new_tokens:
             s.finish_reason = "length"
+            s.last_unfed = tok
+        elif s.stop_loops and ends_in_loop(s.ids):
+            s.finish_reason = "repetition"
             s.last_unfed = tok
         outs.append(TextStepOut(tok, sem))
     return outs

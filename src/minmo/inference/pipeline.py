@@ -77,6 +77,10 @@ class GenerationConfig:
         length_penalty: beam search ranks finished texts by log-probability /
             length ** this (0: raw log-probability, which prefers short texts; 1: the
             mean token log-probability).
+        stop_loops: a generated reply that starts repeating itself
+            (:func:`~minmo.inference.generate.ends_in_loop`: a span repeated three times,
+            at least 12 tokens) ends there, ``incomplete`` as if cut by its length limit,
+            instead of writing and speaking the loop to ``max_text_tokens``.
         seed: session generator seed (None: nondeterministic).
     """
 
@@ -91,6 +95,7 @@ class GenerationConfig:
     transcribe_ctc_weight: float = 0.0
     beam_size: int = 1
     length_penalty: float = 0.5  # chosen on real held-out speech: docs/eval.md
+    stop_loops: bool = True
     seed: int | None = 0
 
     def __post_init__(self) -> None:
@@ -392,7 +397,8 @@ def start_reply(rt: MinMoRuntime, session: VoiceSession, audio: bool = True,
     prompt = torch.cat([*chat.pending, header])
     chat.pending = []
     text = TextStream(chat.kv, prompt, max_text, semantic=audio, temperature=gen.temperature,
-                      top_p=gen.top_p, generator=session.generator, forced=forced)
+                      top_p=gen.top_p, generator=session.generator, forced=forced,
+                      stop_loops=gen.stop_loops and forced is None)
     voice = None
     if audio:
         voice = VoiceStream(max_tokens=gen.max_speech_tokens, greedy=gen.voice_greedy,
@@ -595,7 +601,8 @@ def _finish(rt: MinMoRuntime, job: ResponseJob) -> list[JobEvent]:
     if tail != job.emitted and tail.startswith(job.emitted):
         out.append(TextDelta(tail[len(job.emitted):]))
         job.emitted = tail
-    job.status = "incomplete" if job.text.finish_reason == "length" else "completed"
+    job.status = "incomplete" if job.text.finish_reason in ("length", "repetition") \
+        else "completed"
     job._close(rt)
     out.append(JobDone(job.status, job.emitted))
     return out
