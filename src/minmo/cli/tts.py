@@ -14,6 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from minmo.cli import add_quantize_argument
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``tts`` and ``tokenize``."""
@@ -40,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tts.add_argument("--stream", action="store_true", help="decode through the streaming path (15-token steps)")
     tts.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     tts.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    add_quantize_argument(tts, "auto")  # with --text: the LLM that is fed the words
     tts.set_defaults(func=run_tts)
 
     tok = subparsers.add_parser("tokenize", help="fill speech_tokens into a manifest with the speech tokenizer",
@@ -105,7 +108,7 @@ def run_read_aloud(args: argparse.Namespace) -> int:
 
     if args.set:
         raise ValueError("minmo tts --text: --set applies to manifests only; choose the model with --model")
-    rt = load_runtime(args.model, seed=args.seed, device=args.device)
+    rt = load_runtime(args.model, seed=args.seed, device=args.device, quantize=args.quantize)
     if rt.info.warning:
         print(f"minmo tts: WARNING: {rt.info.warning}", file=sys.stderr)
     gen = P.GenerationConfig(seed=args.seed, max_speech_tokens=read_aloud_token_cap(args.text, "en"))

@@ -1,5 +1,5 @@
 """Weight-only int8 for the LLM on the CPU (``--quantize int8``; ``auto``, the default of
-``minmo serve``, ``chat`` and ``bench``, chooses it on a CPU).
+``minmo serve``, ``chat``, ``tts --text`` and ``bench``, chooses it on a CPU).
 
 On a CPU one LLM step of a few positions is bound by reading the weights: minmo-small's
 SmolLM2-135M reads 513 MiB of float32 per decode step (its 30 layers and the 49,152-row
