@@ -86,3 +86,31 @@ def test_quantize_settings_are_checked():
         load_runtime("tiny", device="meta", quantize="int8")
     with pytest.raises(ValueError, match="multiple of 16"):
         Int8Linear(torch.zeros(4, 24))
+
+
+def test_a_kernel_that_is_missing_or_wrong_leaves_the_layers_float(monkeypatch):
+    import minmo.inference.quantize as Q
+
+    assert Q.kernel_problem(64) is None  # this machine's kernel is right
+    real = torch.ops.aten._weight_int8pack_mm
+
+    class Ops:  # torch.ops.aten with the int8 kernel replaced
+        def __init__(self, kernel):
+            self._weight_int8pack_mm = kernel
+
+    def wrong(x, w, s):
+        return real(x, w, s) * 1.5
+
+    def missing(x, w, s):
+        raise NotImplementedError("Could not run 'aten::_weight_int8pack_mm' with arguments")
+
+    for kernel, reason in ((wrong, "is wrong for width 32"), (missing, "no int8 kernel here")):
+        monkeypatch.setattr(torch.ops, "aten", Ops(kernel))
+        model = nn.Sequential(nn.Linear(32, 8), nn.Linear(8, 16))
+        report = quantize_llm(model)
+        assert report.layers == 0 and [type(m) for m in model] == [nn.Linear, nn.Linear]
+        assert reason in report.skipped[0] and "input width 8" in report.skipped[1]
+    # and a runtime asked for int8 then says so, running float
+    rt = load_runtime("tiny", seed=0, vocoder="placeholder", quantize="int8")
+    assert rt.info.quantization is None and "int8 LLM weights unavailable here" in rt.info.warning
+    assert not any(isinstance(m, Int8Linear) for m in rt.model.modules())

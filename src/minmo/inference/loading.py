@@ -154,7 +154,12 @@ def load_runtime(spec: str | None = None, seed: int = 0, device: str | torch.dev
         model_dir = None
     model = model.to(device)
     if quantize == "int8":
-        info.quantization = quantize_llm(model.llm).summary()
+        report = quantize_llm(model.llm)
+        if report.layers:
+            info.quantization = report.summary()
+        else:  # the kernel is missing or wrong on this machine: say so, run float
+            notes.append("int8 LLM weights unavailable here, the LLM runs in float: "
+                         + (report.skipped[0] if report.skipped else "no linear layers"))
     decoder, vnotes = _speech_decoder(model, model_dir, not info.random_weights, vocoder)
     info.vocoder = decoder.name
     info.notes = notes + vnotes

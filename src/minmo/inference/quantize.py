@@ -16,6 +16,9 @@ layer, and the output layer, which in SmolLM2 shares its weight with the input e
 the embedding table stays float32), except LoRA adapters (which a loaded overlay has already
 folded into the weights) and layers whose input width is not a multiple of 16, which the
 kernel does not handle (it returns wrong numbers or crashes there: checked on torch 2.13).
+Before a width is used the kernel is tried on a random layer of that width
+(:func:`kernel_problem`): where it is missing from the torch build or its product is wrong,
+those layers stay float, and a runtime left with none says so in its warning.
 The encoder, projectors, voice LM, flow and vocoder stay as they are: they are small, and
 the speech they make depends on them most.
 
@@ -99,6 +102,24 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight"
 
 
+def kernel_problem(in_features: int) -> str | None:
+    """Why the int8 kernel cannot be used for layers of this input width on this machine
+    (None: it can): it is missing from this torch build, or its product on a random layer
+    differs from the float product of the same int8 weights by more than bfloat16 rounding
+    explains (as it did for widths that are not multiples of 16, on torch 2.13 / AVX-512)."""
+    g = torch.Generator().manual_seed(in_features)
+    layer = Int8Linear(torch.randn(64, in_features, generator=g))
+    x = torch.randn(4, in_features, generator=g)
+    try:
+        got = layer(x)
+    except (RuntimeError, NotImplementedError) as exc:  # no CPU kernel in this build
+        return f"no int8 kernel here: {str(exc).splitlines()[0][:80]}"
+    want = x.to(torch.bfloat16).float() @ layer.dequantized().T
+    if not (got - want).abs().max() <= 0.02 * want.abs().max():
+        return f"the int8 kernel is wrong for width {in_features} here"
+    return None
+
+
 @dataclass
 class QuantizeReport:
     """What :func:`quantize_llm` did: layers quantized, float32 bytes before and int8 bytes
@@ -129,6 +150,7 @@ def quantize_llm(llm: nn.Module) -> QuantizeReport:
         raise ValueError(f"--quantize int8 is for the CPU; this LLM is on {device} (on a GPU "
                          "the model runs in bfloat16 instead)")
     report = QuantizeReport()
+    checked: dict[int, str | None] = {}
     for name, module in list(llm.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is not nn.Linear:
@@ -138,6 +160,11 @@ def quantize_llm(llm: nn.Module) -> QuantizeReport:
                 continue
             if child.in_features % _K_MULTIPLE:
                 report.skipped.append(f"{full} (input width {child.in_features})")
+                continue
+            if child.in_features not in checked:
+                checked[child.in_features] = kernel_problem(child.in_features)
+            if checked[child.in_features] is not None:
+                report.skipped.append(f"{full} ({checked[child.in_features]})")
                 continue
             setattr(module, child_name, Int8Linear.from_linear(child))
             report.layers += 1
