@@ -196,6 +196,14 @@ def test_serve_on_a_busy_port_fails_at_once_with_the_fix(capsys):
     assert f"127.0.0.1:{port} is in use" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_bad_transcript_beam_before_loading(capsys, monkeypatch):
+    import minmo.inference.loading as loading
+
+    monkeypatch.setattr(loading, "load_runtime", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["serve", "--model", "tiny", "--port", "0", "--transcript-beam-size", "0"]) == 2
+    assert "--transcript-beam-size must be >= 1" in capsys.readouterr().err
+
+
 def test_version_names_the_libraries_that_decide_results(capsys):
     import peft
     import transformers

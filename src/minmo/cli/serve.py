@@ -113,14 +113,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"minmo serve: error: {args.host}:{args.port} is in use (another server?); "
               "choose another with --port", file=sys.stderr)
         return 2
+    if args.transcript_beam_size < 1:
+        print("minmo serve: error: --transcript-beam-size must be >= 1 (1: greedy)",
+              file=sys.stderr)
+        return 2
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
     rt = load_runtime(args.model, device=args.device, vocoder=args.vocoder,
                       quantize=args.quantize)
     if rt.info.warning:
         print(f"minmo serve: WARNING: {rt.info.warning}", file=sys.stderr)
-    if args.transcript_beam_size < 1:
-        print("minmo serve: error: --transcript-beam-size must be >= 1", file=sys.stderr)
-        return 2
     gen = GenerationConfig(max_text_tokens=args.max_text_tokens,
                            max_speech_tokens=args.max_speech_tokens,
                            temperature=args.temperature, seed=None,
